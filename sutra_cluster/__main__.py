@@ -1,0 +1,3 @@
+from sutra_cluster.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""sutra.storage.StorageService: maps RPCs to the engine. Validation happens here,
+before anything is logged, so a rejected request changes nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from sutra_cluster.api.status import grpc_errors
+from sutra_cluster.errors import InvalidArgument
+from sutra_cluster.pb import storage_pb2 as pb
+from sutra_cluster.pb import storage_pb2_grpc, wal_pb2
+from sutra_cluster.storage import model
+from sutra_cluster.storage.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
+    def __init__(self, engine: Engine, health: Callable[[], tuple[bool, str]] | None = None) -> None:
+        self.engine = engine
+        self.limits = engine.limits
+        self.health = health or (lambda: (True, "serving"))
+
+    # ---- writes ----------------------------------------------------------
+    @grpc_errors
+    def LearnConcept(self, request: pb.LearnConceptRequest, context: grpc.ServicerContext) -> pb.LearnConceptResponse:
+        self._size(request)
+        model.check_concept(request, self.limits)
+        model.normalise_embeddings([request], self.limits.dimension, "embedding")
+        batch = wal_pb2.WalBatch(request_id=request.request_id)
+        batch.concepts.append(request)
+        return pb.LearnConceptResponse(sequence=self.engine.submit(batch))
+
+    @grpc_errors
+    def LearnAssociation(
+        self, request: pb.LearnAssociationRequest, context: grpc.ServicerContext
+    ) -> pb.LearnAssociationResponse:
+        model.check_association(request)
+        batch = wal_pb2.WalBatch(request_id=request.request_id)
+        batch.associations.append(request)
+        return pb.LearnAssociationResponse(sequence=self.engine.submit(batch))
+
+    @grpc_errors
+    def DeleteConcept(self, request: pb.DeleteConceptRequest, context: grpc.ServicerContext) -> pb.DeleteConceptResponse:
+        model.check_id("concept_id", request.concept_id)
+        batch = wal_pb2.WalBatch(request_id=request.request_id, delete_concept_ids=[request.concept_id])
+        return pb.DeleteConceptResponse(sequence=self.engine.submit(batch))
+
+    def _log_batch(self, request: pb.LearnBatchRequest) -> int:
+        model.check_batch(request, self.limits)
+        self.engine.check_writable()
+        # Same field numbers: the request's bytes are a valid WalBatch payload.
+        batch = wal_pb2.WalBatch.FromString(request.SerializeToString())
+        return self.engine.submit(batch)
+
+    @grpc_errors
+    def LearnBatch(self, request: pb.LearnBatchRequest, context: grpc.ServicerContext) -> pb.LearnBatchResponse:
+        lsn = self._log_batch(request)
+        return pb.LearnBatchResponse(
+            sequence=lsn, concepts=len(request.concepts), associations=len(request.associations),
+            deletes=len(request.delete_concept_ids),
+        )
+
+    @grpc_errors
+    def LearnStream(
+        self, request_iterator: Iterator[pb.LearnBatchRequest], context: grpc.ServicerContext
+    ) -> pb.LearnStreamResponse:
+        out = pb.LearnStreamResponse()
+        for i, request in enumerate(request_iterator):
+            try:
+                out.sequence = self._log_batch(request)
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"stream message {i}: {exc} (messages before it are durable up to sequence {out.sequence})"
+                ) from exc
+            out.batches += 1
+            out.concepts += len(request.concepts)
+            out.associations += len(request.associations)
+        return out
+
+    def _size(self, request: object) -> None:
+        size = request.ByteSize()  # type: ignore[attr-defined]
+        if size > self.limits.max_message_bytes:
+            raise InvalidArgument(
+                f"message has {size} bytes, SUTRA_MAX_MESSAGE_BYTES is {self.limits.max_message_bytes}"
+            )
+
+    # ---- reads -----------------------------------------------------------
+    @grpc_errors
+    def QueryConcept(self, request: pb.QueryConceptRequest, context: grpc.ServicerContext) -> pb.QueryConceptResponse:
+        model.check_id("concept_id", request.concept_id)
+        self.engine.wait_visible(request.sequence)
+        c = self.engine.get_concept(request.concept_id)
+        if c is None:
+            return pb.QueryConceptResponse(found=False, concept_id=request.concept_id)
+        return pb.QueryConceptResponse(
+            found=True, concept_id=request.concept_id, content=c.content, strength=c.strength,
+            confidence=c.confidence, attributes=c.attributes, has_embedding=bool(c.embedding),
+            embedding_f32=c.embedding if request.include_embedding else b"",
+            created_at_us=c.created_us, updated_at_us=c.updated_us,
+        )
+
+    @grpc_errors
+    def GetNeighbors(self, request: pb.GetNeighborsRequest, context: grpc.ServicerContext) -> pb.GetNeighborsResponse:
+        model.check_id("concept_id", request.concept_id)
+        self.engine.wait_visible(request.sequence)
+        found = self.engine.neighbors(
+            request.concept_id, request.direction != pb.INCOMING, request.direction != pb.OUTGOING
+        )
+        ids = sorted({f[0] for f in found})
+        return pb.GetNeighborsResponse(
+            neighbor_ids=ids,
+            neighbors=[pb.Neighbor(concept_id=o, assoc_type=t, confidence=c, outgoing=out) for o, t, c, out in found],
+        )
+
+    @grpc_errors
+    def FindPath(self, request: pb.FindPathRequest, context: grpc.ServicerContext) -> pb.FindPathResponse:
+        model.check_id("start_id", request.start_id)
+        model.check_id("end_id", request.end_id)
+        depth = model.path_depth(request.max_depth)
+        self.engine.wait_visible(request.sequence)
+        path = self.engine.find_path(request.start_id, request.end_id, depth)
+        return pb.FindPathResponse(found=path is not None, path=path or [])
+
+    @grpc_errors
+    def VectorSearch(self, request: pb.VectorSearchRequest, context: grpc.ServicerContext) -> pb.VectorSearchResponse:
+        model.check_k(request.k)
+        model.check_ef_search(request.ef_search)
+        query = model.vector_from_request("query_vector", request.query_vector, request.query_f32, self.limits.dimension)
+        if query is None:
+            raise InvalidArgument(f"query_vector is empty, VECTOR_DIMENSION is {self.limits.dimension}")
+        self.engine.wait_visible(request.sequence)
+        hits, exact = self.engine.search(query, request.k, request.ef_search)
+        return pb.VectorSearchResponse(
+            results=[pb.SearchResult(concept_id=cid, similarity=s) for cid, s in hits], exact=exact
+        )
+
+    # ---- operations ------------------------------------------------------
+    @grpc_errors
+    def Flush(self, request: pb.FlushRequest, context: grpc.ServicerContext) -> pb.FlushResponse:
+        lsn = self.engine.checkpoint(drain=True)
+        return pb.FlushResponse(success=True, checkpoint_lsn=lsn, wal_bytes=self.engine.wal.active_bytes())
+
+    @grpc_errors
+    def HealthCheck(self, request: pb.HealthCheckRequest, context: grpc.ServicerContext) -> pb.HealthCheckResponse:
+        healthy, status = self.health()
+        return pb.HealthCheckResponse(
+            healthy=healthy, status=status, uptime_seconds=int(self.engine.stats()["uptime_seconds"]),
+            role=self.engine.role, node_id=self.engine.cfg.node_id,
+        )
+
+    @grpc_errors
+    def GetStats(self, request: pb.GetStatsRequest, context: grpc.ServicerContext) -> pb.GetStatsResponse:
+        return pb.GetStatsResponse(**self.engine.stats())  # type: ignore[arg-type]
+
+    @grpc_errors
+    def GetDigest(self, request: pb.GetDigestRequest, context: grpc.ServicerContext) -> pb.GetDigestResponse:
+        lsn, digest, concepts, edges = self.engine.digest(request.sequence)
+        return pb.GetDigestResponse(lsn=lsn, digest=digest, concepts=concepts, edges=edges)

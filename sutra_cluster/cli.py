@@ -1,0 +1,61 @@
+"""The ``sutra-cluster`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sutra_cluster import config
+from sutra_cluster.errors import ConfigError, StorageFailure
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sutra_cluster.server import serve
+
+    try:
+        cfg = config.load()
+    except ConfigError as exc:
+        print(f"sutra-cluster: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return serve(cfg)
+    except StorageFailure as exc:
+        print(f"sutra-cluster: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _local(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sutra_cluster import local
+
+    root = Path(args.dir).resolve()
+    if args.action == "down":
+        n = local.down(root)
+        print(f"stopped {n} process(es) of the local cluster in {root}")
+        return 0
+    procs = local.up(root, dim=args.dim, base_port=args.port)
+    leader = next(p for p in procs if p.role == "leader")
+    seq = None if args.no_sample else local.sample_data(f"127.0.0.1:{leader.port}", args.dim)
+    local.print_table(procs, seq)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sutra-cluster", description="Sutra Cluster storage nodes and tools")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run one node, configured from the environment")
+    s.set_defaults(func=_serve)
+    lc = sub.add_parser("local", help="run the embedded default cluster on this machine")
+    lc.add_argument("action", choices=["up", "down"])
+    lc.add_argument("--dir", default=".local-cluster", help="data folder of the local cluster")
+    lc.add_argument("--dim", type=int, default=768, help="VECTOR_DIMENSION")
+    lc.add_argument("--port", type=int, default=50051, help="first gRPC port to try")
+    lc.add_argument("--no-sample", action="store_true", help="do not write sample data")
+    lc.set_defaults(func=_local)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

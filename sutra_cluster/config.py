@@ -1,0 +1,179 @@
+"""Settings from the environment, validated once at start.
+
+Every problem is reported, one line per bad setting, in a single ``ConfigError``,
+so an operator fixes them all in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sutra_cluster.errors import ConfigError
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A node's settings. Field comments name the environment variable."""
+
+    storage_path: str = "./sutra-data"  # STORAGE_PATH
+    port: int = 50051  # STORAGE_PORT
+    host: str = "0.0.0.0"  # SUTRA_HOST
+    reconcile_interval_ms: int = 10  # RECONCILE_INTERVAL_MS
+    memory_threshold: int = 50_000  # MEMORY_THRESHOLD: writes between automatic checkpoints
+    vector_dimension: int = 768  # VECTOR_DIMENSION
+    metrics_port: int = 0  # SUTRA_METRICS_PORT (0: no metrics endpoint)
+    log_level: str = "info"  # SUTRA_LOG_LEVEL (falls back to RUST_LOG, as the guide sets it)
+    wal_fsync: bool = True  # SUTRA_WAL_FSYNC on|off
+    wal_segment_bytes: int = 64 << 20  # SUTRA_WAL_SEGMENT_BYTES
+    ann_threshold: int = 10_000  # SUTRA_ANN_THRESHOLD: exact search up to this many vectors
+    max_batch: int = 10_000  # SUTRA_MAX_BATCH: concepts + associations + deletes per batch
+    max_message_bytes: int = 64 << 20  # SUTRA_MAX_MESSAGE_BYTES
+    read_wait_ms: int = 5_000  # SUTRA_READ_WAIT_MS: longest wait for a read's `sequence`
+    grpc_workers: int = 32  # SUTRA_GRPC_WORKERS
+    node_id: str = ""  # SUTRA_NODE_ID
+    role: str = "leader"  # SUTRA_NODE_ROLE leader|replica
+    replicas: tuple[str, ...] = ()  # SUTRA_REPLICAS host:port,...
+    leader: str = ""  # SUTRA_LEADER host:port
+    advertise: str = ""  # SUTRA_ADVERTISE host:port others use to reach this node
+    commit_mode: str = "async"  # SUTRA_COMMIT_MODE async|sync
+    sync_replicas: int = 1  # SUTRA_SYNC_REPLICAS
+    sync_timeout_ms: int = 5_000  # SUTRA_SYNC_TIMEOUT_MS
+    sync_fallback: bool = False  # SUTRA_SYNC_FALLBACK: degrade sync to async when replicas are missing
+    wal_keep_bytes: int = 1 << 30  # SUTRA_WAL_KEEP_BYTES
+    etcd_endpoints: tuple[str, ...] = ()  # SUTRA_ETCD_ENDPOINTS
+    tls_cert: str = ""  # SUTRA_TLS_CERT
+    tls_key: str = ""  # SUTRA_TLS_KEY
+    tls_ca: str = ""  # SUTRA_TLS_CA
+    shard: int = 0  # SUTRA_SHARD
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        """host:port at which other nodes and clients reach this node."""
+        if self.advertise:
+            return self.advertise
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "[::]") else self.host
+        return f"{host}:{self.port}"
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[str] = []
+
+    def get(self, name: str, default: T, parse: Callable[[str], T], check: Callable[[T], str | None]) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = parse(raw.strip())
+        except ValueError as exc:
+            self.errors.append(f"{name}={raw!r}: {exc}")
+            return default
+        problem = check(value)
+        if problem:
+            self.errors.append(f"{name}={raw!r}: {problem}")
+            return default
+        return value
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        def parse(s: str) -> int:
+            try:
+                return int(s.replace("_", ""))
+            except ValueError:
+                raise ValueError("not an integer") from None
+
+        return self.get(name, default, parse, lambda v: None if lo <= v <= hi else f"must be {lo}..{hi}")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        return self.get(
+            name, default, str.lower, lambda v: None if v in choices else f"must be one of {'|'.join(choices)}"
+        )
+
+    def flag(self, name: str, default: bool) -> bool:
+        def parse(s: str) -> bool:
+            low = s.lower()
+            if low in ("1", "true", "on", "yes", "always"):
+                return True
+            if low in ("0", "false", "off", "no", "never"):
+                return False
+            raise ValueError("must be on|off")
+
+        return self.get(name, default, parse, lambda v: None)
+
+    def address_list(self, name: str) -> tuple[str, ...]:
+        return self.get(name, (), _parse_addresses, lambda v: None)
+
+
+def _parse_addresses(raw: str) -> tuple[str, ...]:
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+        out.append(part)
+    return tuple(out)
+
+
+def load(env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate every setting. Raises ConfigError listing each bad one."""
+    env = os.environ if env is None else env
+    r = _Reader(env)
+    port = r.integer("STORAGE_PORT", 50051, 1, 65535)
+    log_default = env.get("RUST_LOG", "info").lower()
+    log_default = log_default if log_default in LOG_LEVELS else "info"
+    role = r.choice("SUTRA_NODE_ROLE", "leader", ("leader", "replica"))
+    leader = r.get("SUTRA_LEADER", "", lambda s: _parse_addresses(s)[0] if s else "", lambda v: None)
+    cfg = Config(
+        storage_path=env.get("STORAGE_PATH", "").strip() or "./sutra-data",
+        port=port,
+        host=env.get("SUTRA_HOST", "").strip() or "0.0.0.0",
+        reconcile_interval_ms=r.integer("RECONCILE_INTERVAL_MS", 10, 1, 60_000),
+        memory_threshold=r.integer("MEMORY_THRESHOLD", 50_000, 1, 1 << 40),
+        vector_dimension=r.integer("VECTOR_DIMENSION", 768, 1, 65_536),
+        metrics_port=r.integer("SUTRA_METRICS_PORT", 0, 0, 65535),
+        log_level=r.choice("SUTRA_LOG_LEVEL", log_default, LOG_LEVELS),
+        wal_fsync=r.flag("SUTRA_WAL_FSYNC", True),
+        wal_segment_bytes=r.integer("SUTRA_WAL_SEGMENT_BYTES", 64 << 20, 1 << 16, 1 << 34),
+        ann_threshold=r.integer("SUTRA_ANN_THRESHOLD", 10_000, 0, 1 << 40),
+        max_batch=r.integer("SUTRA_MAX_BATCH", 10_000, 1, 1_000_000),
+        max_message_bytes=r.integer("SUTRA_MAX_MESSAGE_BYTES", 64 << 20, 1 << 20, 1 << 30),
+        read_wait_ms=r.integer("SUTRA_READ_WAIT_MS", 5_000, 0, 600_000),
+        grpc_workers=r.integer("SUTRA_GRPC_WORKERS", 32, 2, 1024),
+        node_id=env.get("SUTRA_NODE_ID", "").strip() or f"{socket.gethostname()}-{port}",
+        role=role,
+        replicas=r.address_list("SUTRA_REPLICAS"),
+        leader=leader,
+        advertise=env.get("SUTRA_ADVERTISE", "").strip(),
+        commit_mode=r.choice("SUTRA_COMMIT_MODE", "async", ("async", "sync")),
+        sync_replicas=r.integer("SUTRA_SYNC_REPLICAS", 1, 1, 16),
+        sync_timeout_ms=r.integer("SUTRA_SYNC_TIMEOUT_MS", 5_000, 1, 600_000),
+        sync_fallback=r.flag("SUTRA_SYNC_FALLBACK", False),
+        wal_keep_bytes=r.integer("SUTRA_WAL_KEEP_BYTES", 1 << 30, 0, 1 << 44),
+        etcd_endpoints=r.address_list("SUTRA_ETCD_ENDPOINTS"),
+        tls_cert=env.get("SUTRA_TLS_CERT", "").strip(),
+        tls_key=env.get("SUTRA_TLS_KEY", "").strip(),
+        tls_ca=env.get("SUTRA_TLS_CA", "").strip(),
+        shard=r.integer("SUTRA_SHARD", 0, 0, 65_535),
+    )
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        r.errors.append("SUTRA_TLS_CERT/SUTRA_TLS_KEY: set both or neither")
+    for name, path in (("SUTRA_TLS_CERT", cfg.tls_cert), ("SUTRA_TLS_KEY", cfg.tls_key), ("SUTRA_TLS_CA", cfg.tls_ca)):
+        if path and not os.path.isfile(path):
+            r.errors.append(f"{name}={path!r}: no such file")
+    if role == "replica" and not cfg.leader and not cfg.etcd_endpoints:
+        r.errors.append("SUTRA_LEADER: a replica needs its leader's host:port (or SUTRA_ETCD_ENDPOINTS)")
+    if r.errors:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(r.errors))
+    return cfg

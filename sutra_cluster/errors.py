@@ -1,0 +1,36 @@
+"""The project's error tree. Each class maps to one gRPC status code in
+``sutra_cluster.api.status``; nothing else decides status codes."""
+
+from __future__ import annotations
+
+
+class SutraError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(SutraError):
+    """One or more settings are invalid; the message has one line per bad setting."""
+
+
+class InvalidArgument(SutraError):
+    """The request is malformed; the message names the field and the limit. Nothing was written."""
+
+
+class NotFound(SutraError):
+    """The named object does not exist."""
+
+
+class FailedPrecondition(SutraError):
+    """The node cannot take this request in its current state (for example a write sent to a replica)."""
+
+
+class Unavailable(SutraError):
+    """The write was not acknowledged and may be retried (disk full, too few replicas, shutting down)."""
+
+
+class DeadlineExceeded(SutraError):
+    """A read waited for a sequence that did not become visible in time."""
+
+
+class StorageFailure(SutraError):
+    """The node's own storage failed in a way a restart is needed to clear (for example fsync failure)."""

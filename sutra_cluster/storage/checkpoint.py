@@ -1,0 +1,176 @@
+"""storage.dat: the checkpoint file (format in docs/wal_format.md, "Snapshot file").
+
+The same framed stream is what a leader sends a new replica and what a backup
+holds, so one encoder and one decoder serve all three.
+
+Writing follows the classic recipe: write ``storage.dat.tmp``, fsync it, keep the
+current file as ``storage.dat.backup`` (a hard link, replaced atomically), rename
+the new file over ``storage.dat``, fsync the directory. A crash at any point
+leaves either the old or the new checkpoint complete, never half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import crc32c
+
+from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.state import Concept
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SUTRADAT"
+VERSION = 1
+FILE_HEADER = struct.Struct("<8sII")  # magic, version, reserved
+FRAME = struct.Struct("<IIB7x")  # payload length, crc32c(payload), kind
+KIND_HEADER, KIND_CHUNK, KIND_END = 1, 2, 3
+CHUNK_CONCEPTS = 512
+CHUNK_EDGES = 8192
+MAX_FRAME = 1 << 30
+
+STORAGE_FILE = "storage.dat"
+BACKUP_FILE = "storage.dat.backup"
+
+
+class SnapshotError(Exception):
+    """A snapshot file or stream is damaged or incomplete; names where."""
+
+    def __init__(self, where: str, offset: int, reason: str) -> None:
+        super().__init__(f"{where}: damaged snapshot at offset {offset}: {reason}")
+        self.where, self.offset, self.reason = where, offset, reason
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    return FRAME.pack(len(payload), crc32c.crc32c(payload), kind) + payload
+
+
+def encode_snapshot(
+    header: wal_pb2.SnapshotHeader,
+    concepts: dict[str, Concept],
+    edges: list[tuple[str, str, int, float]],
+) -> Iterator[bytes]:
+    """Yield the snapshot as byte blocks: file header, header frame, chunks, end frame."""
+    yield FILE_HEADER.pack(MAGIC, VERSION, 0)
+    yield _frame(KIND_HEADER, header.SerializeToString())
+    chunk = wal_pb2.SnapshotChunk()
+    for cid, c in concepts.items():
+        chunk.concepts.add(
+            concept_id=cid, content=c.content, strength=c.strength, confidence=c.confidence,
+            attributes=c.attributes, embedding_f32=c.embedding,
+            created_at_us=c.created_us, updated_at_us=c.updated_us,
+        )
+        if len(chunk.concepts) >= CHUNK_CONCEPTS:
+            yield _frame(KIND_CHUNK, chunk.SerializeToString())
+            chunk = wal_pb2.SnapshotChunk()
+    for i in range(0, len(edges), CHUNK_EDGES):
+        for s, d, t, conf in edges[i : i + CHUNK_EDGES]:
+            chunk.edges.add(source_id=s, target_id=d, assoc_type=t, confidence=conf)
+        yield _frame(KIND_CHUNK, chunk.SerializeToString())
+        chunk = wal_pb2.SnapshotChunk()
+    if len(chunk.concepts):
+        yield _frame(KIND_CHUNK, chunk.SerializeToString())
+    yield _frame(KIND_END, header.SerializeToString())
+
+
+class SnapshotDecoder:
+    """Decode a snapshot from a file-like object, validating every frame.
+
+    Iterating yields SnapshotChunk messages; ``header`` is set once the first
+    frame is read. Raises SnapshotError on any damage or a missing end frame.
+    """
+
+    def __init__(self, stream: BinaryIO, where: str) -> None:
+        self.stream, self.where, self.offset = stream, where, 0
+        head = self._read(FILE_HEADER.size, "file header")
+        magic, version, _ = FILE_HEADER.unpack(head)
+        if magic != MAGIC or version != VERSION:
+            raise SnapshotError(where, 0, f"not a snapshot (magic {magic!r}, version {version})")
+        kind, payload = self._next()
+        if kind != KIND_HEADER:
+            raise SnapshotError(where, self.offset, "first frame is not a header")
+        self.header = wal_pb2.SnapshotHeader.FromString(payload)
+
+    def _read(self, n: int, what: str) -> bytes:
+        data = self.stream.read(n)
+        if len(data) != n:
+            raise SnapshotError(self.where, self.offset, f"truncated {what}")
+        self.offset += n
+        return data
+
+    def _next(self) -> tuple[int, bytes]:
+        at = self.offset
+        length, crc, kind = FRAME.unpack(self._read(FRAME.size, "frame header"))
+        if length > MAX_FRAME or kind not in (KIND_HEADER, KIND_CHUNK, KIND_END):
+            raise SnapshotError(self.where, at, f"bad frame header (length {length}, kind {kind})")
+        payload = self._read(length, "frame")
+        if crc32c.crc32c(payload) != crc:
+            raise SnapshotError(self.where, at, "checksum mismatch")
+        return kind, payload
+
+    def __iter__(self) -> Iterator[wal_pb2.SnapshotChunk]:
+        while True:
+            at = self.offset
+            kind, payload = self._next()
+            if kind == KIND_END:
+                if wal_pb2.SnapshotHeader.FromString(payload) != self.header:
+                    raise SnapshotError(self.where, at, "end frame does not match the header")
+                return
+            if kind != KIND_CHUNK:
+                raise SnapshotError(self.where, at, "unexpected header frame")
+            yield wal_pb2.SnapshotChunk.FromString(payload)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(
+    directory: Path, blocks: Iterable[bytes], fsync: bool = True, step: Callable[[str], None] = lambda s: None
+) -> int:
+    """Atomically install a new storage.dat from ``blocks``; returns its size.
+
+    The previous storage.dat becomes storage.dat.backup. Raises OSError with
+    nothing replaced if writing or syncing the new file fails. ``step`` is
+    called between steps (crash tests pause there).
+    """
+    tmp = directory / (STORAGE_FILE + ".tmp")
+    size = 0
+    with open(tmp, "wb", buffering=1 << 20) as f:
+        for block in blocks:
+            f.write(block)
+            size += len(block)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    step("tmp-written")
+    current = directory / STORAGE_FILE
+    if current.exists():
+        link_tmp = directory / (BACKUP_FILE + ".tmp")
+        link_tmp.unlink(missing_ok=True)
+        os.link(current, link_tmp)
+        os.replace(link_tmp, directory / BACKUP_FILE)
+        step("backup-linked")
+    os.replace(tmp, current)
+    step("renamed")
+    if fsync:
+        fsync_dir(directory)
+    return size
+
+
+def clean_temporaries(directory: Path) -> None:
+    """Remove files a crash in the middle of a checkpoint may leave behind."""
+    for name in (STORAGE_FILE + ".tmp", BACKUP_FILE + ".tmp"):
+        p = directory / name
+        if p.exists():
+            log.warning("removing %s left by an interrupted checkpoint", p)
+            p.unlink()

@@ -1,0 +1,404 @@
+"""The storage engine of one node: WAL, in-memory graph, vector index,
+reconciler and checkpoints.
+
+Write path: validate (api layer) -> append to the WAL -> wait for the group
+fsync -> (replication's commit gate, in sync mode) -> acknowledge with the LSN.
+The reconciler makes durable records visible to reads every
+RECONCILE_INTERVAL_MS, in LSN order. Checkpoints write storage.dat and cut the WAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sutra_cluster.config import Config
+from sutra_cluster.errors import DeadlineExceeded, FailedPrecondition, StorageFailure, Unavailable
+from sutra_cluster.metrics import NodeMetrics
+from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage.model import Limits, batch_items
+from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, iter_vectors
+from sutra_cluster.storage.vectors import VectorIndex
+from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+RT_BATCH = 1  # payload: wal_pb2.WalBatch
+RT_TERM = 2  # payload: empty; marks the first record of a new term
+
+
+class Engine:
+    """One node's storage. Thread-safe; every public method may be called from
+    any gRPC worker thread."""
+
+    def __init__(self, cfg: Config, metrics: NodeMetrics | None = None) -> None:
+        self.cfg = cfg
+        self.dir = Path(cfg.storage_path)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = metrics or NodeMetrics()
+        self.limits = Limits(cfg.vector_dimension, cfg.max_batch, cfg.max_message_bytes)
+        self.state = GraphState()
+        self.vectors = VectorIndex(cfg.vector_dimension, exact_limit=cfg.ann_threshold)
+        self._lock = threading.RLock()  # guards state, vectors' consistency with applied_lsn
+        self._applied = threading.Condition(self._lock)
+        self._append_lock = threading.Lock()
+        self._ckpt_lock = threading.Lock()
+        self._unapplied: deque[tuple[int, wal_pb2.WalBatch | None, int]] = deque()
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self.started = time.monotonic()
+        self.role = cfg.role
+        self.leader_address = cfg.leader
+        self.term = 1
+        self.applied_lsn = 0
+        self.checkpoint_lsn = 0
+        self.backup_lsn = 0
+        self.written = 0
+        self.dropped = 0
+        self.reconciliations = 0
+        self.flushes = 0
+        self.pending_items = 0
+        self._since_checkpoint = 0
+        self._ckpt_thread: threading.Thread | None = None
+        self.write_failure: str | None = None
+        # Set by the replication layer: block until the record is committed
+        # cluster-wide (sync mode), and the highest LSN that may become visible.
+        self.commit_gate: Callable[[int], None] | None = None
+        self.visible_limit: Callable[[], int] | None = None
+        self._recover()
+        self.metrics.add_gauges(self._gauges)
+        self._reconciler = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
+        self._reconciler.start()
+
+    # ---- start-up -------------------------------------------------------
+    def _recover(self) -> None:
+        t0 = time.monotonic()
+        ckpt.clean_temporaries(self.dir)
+        self.checkpoint_lsn, self.term = self._load_checkpoint()
+        self.wal = WriteAheadLog(
+            self.dir, fsync=self.cfg.wal_fsync, segment_bytes=self.cfg.wal_segment_bytes,
+            on_dropped=self._on_dropped, start_lsn=self.checkpoint_lsn,
+        )
+        self.wal.on_fsync = self._on_fsync
+        if self.wal.last_lsn > self.checkpoint_lsn and self.wal.first_lsn > self.checkpoint_lsn + 1:
+            raise StorageFailure(
+                f"{self.dir}: the WAL starts at LSN {self.wal.first_lsn} but the checkpoint is at "
+                f"{self.checkpoint_lsn}; records {self.checkpoint_lsn + 1}..{self.wal.first_lsn - 1} are missing"
+            )
+        replayed = 0
+        batch: list[WalRecord] = []
+        for rec in self.wal.records(self.checkpoint_lsn):
+            batch.append(rec)
+            if len(batch) >= 1024:
+                replayed += self._apply_records(batch)
+                batch = []
+        replayed += self._apply_records(batch)
+        self.applied_lsn = max(self.applied_lsn, self.checkpoint_lsn, self.wal.last_lsn)
+        log.info(
+            "node %s recovered in %.2fs: checkpoint LSN %d, %d WAL records replayed, last LSN %d, term %d",
+            self.cfg.node_id, time.monotonic() - t0, self.checkpoint_lsn, replayed, self.wal.last_lsn, self.term,
+        )
+
+    def _load_checkpoint(self) -> tuple[int, int]:
+        errors = []
+        for name in (ckpt.STORAGE_FILE, ckpt.BACKUP_FILE):
+            path = self.dir / name
+            if not path.exists():
+                continue
+            try:
+                return self._load_snapshot_file(path)
+            except (ckpt.SnapshotError, OSError) as exc:
+                errors.append(str(exc))
+                log.error("cannot load %s: %s; trying the previous checkpoint", path, exc)
+                self.state.clear()
+                self.vectors.clear()
+        if errors:
+            if not (self.dir / ckpt.BACKUP_FILE).exists() and len(errors) == 1:
+                raise StorageFailure(errors[0])
+            raise StorageFailure("no usable checkpoint: " + "; ".join(errors))
+        return 0, 1
+
+    def _load_snapshot_file(self, path: Path) -> tuple[int, int]:
+        with open(path, "rb", buffering=1 << 20) as f:
+            dec = ckpt.SnapshotDecoder(f, str(path))
+            self._load_snapshot(dec)
+        log.info("loaded %s at LSN %d (%d concepts, %d edges)", path, dec.header.lsn,
+                 len(self.state.concepts), self.state.edges)
+        return dec.header.lsn, max(1, dec.header.term)
+
+    def _load_snapshot(self, dec: ckpt.SnapshotDecoder) -> None:
+        dim = self.cfg.vector_dimension
+        if dec.header.vector_dimension and dec.header.vector_dimension != dim:
+            raise StorageFailure(
+                f"{dec.where} holds {dec.header.vector_dimension}-dimension vectors, VECTOR_DIMENSION is {dim}"
+            )
+        for chunk in dec:
+            vec = ApplyResult({}, set())
+            self.state.load_chunk(chunk, vec)
+            for keys, mat in iter_vectors(vec.upserts, dim):
+                self.vectors.upsert(keys, mat)
+
+    def _on_dropped(self, path: Path, offset: int, nbytes: int, reason: str) -> None:
+        log.warning("WAL %s: cut %d bytes at offset %d (%s); kept in a .broken file", path, nbytes, offset, reason)
+
+    def _on_fsync(self, seconds: float) -> None:
+        self.metrics.fsync_latency.observe(seconds)
+
+    # ---- applying records ------------------------------------------------
+    def _apply_records(self, records: list[WalRecord]) -> int:
+        """Apply durable records (recovery, replicas); returns how many."""
+        if not records:
+            return 0
+        entries = []
+        for r in records:
+            if r.rtype == RT_BATCH:
+                b = wal_pb2.WalBatch.FromString(r.payload)
+                entries.append((r.lsn, b, batch_items(b)))
+            else:
+                entries.append((r.lsn, None, 0))
+            self.term = max(self.term, r.term)
+        self._apply_entries(entries)
+        return len(records)
+
+    def _apply_entries(self, entries: list[tuple[int, wal_pb2.WalBatch | None, int]]) -> None:
+        vec = ApplyResult({}, set())
+        items = 0
+        with self._lock:
+            for lsn, batch, n in entries:
+                if batch is not None:
+                    self.state.apply_batch(batch, vec)
+                items += n
+            if vec.removes:
+                self.vectors.remove(vec.removes)
+            for keys, mat in iter_vectors(vec.upserts, self.cfg.vector_dimension):
+                self.vectors.upsert(keys, mat)
+            self.applied_lsn = entries[-1][0]
+            self._since_checkpoint += items
+            self._applied.notify_all()
+
+    def reconcile_once(self) -> int:
+        """Make every committed record visible; returns how many were applied."""
+        limit = self.wal.durable_lsn
+        if self.visible_limit is not None:
+            limit = min(limit, self.visible_limit())
+        entries = []
+        while self._unapplied and self._unapplied[0][0] <= limit:
+            entries.append(self._unapplied.popleft())
+        if not entries:
+            return 0
+        self._apply_entries(entries)
+        with self._append_lock:
+            self.pending_items -= sum(e[2] for e in entries)
+        self.reconciliations += 1
+        return len(entries)
+
+    def _reconcile_loop(self) -> None:
+        interval = self.cfg.reconcile_interval_ms / 1000.0
+        while not self._stop.is_set():
+            self._kick.wait(interval)
+            self._kick.clear()
+            try:
+                self.reconcile_once()
+                if self._since_checkpoint >= self.cfg.memory_threshold:
+                    self._start_background_checkpoint()
+            except Exception:  # a bug here must not silently stop visibility
+                log.exception("reconciler failed")
+
+    def _start_background_checkpoint(self) -> None:
+        if self._ckpt_thread is not None and self._ckpt_thread.is_alive():
+            return
+        self._ckpt_thread = threading.Thread(target=self._auto_checkpoint, name="checkpoint", daemon=True)
+        self._ckpt_thread.start()
+
+    def _auto_checkpoint(self) -> None:
+        try:
+            self.checkpoint()
+        except Exception:
+            log.exception("automatic checkpoint failed; the WAL still holds every write")
+
+    # ---- writes ----------------------------------------------------------
+    def check_writable(self) -> None:
+        if self.role != "leader":
+            where = self.leader_address or "unknown (no leader elected)"
+            raise FailedPrecondition(f"this node ({self.cfg.node_id}) is a replica; send writes to the leader at {where}")
+        if self.write_failure:
+            raise StorageFailure(f"writes are disabled after a storage failure: {self.write_failure}")
+        if self._stop.is_set():
+            raise Unavailable("node is shutting down")
+
+    def submit(self, batch: wal_pb2.WalBatch) -> int:
+        """Log a validated batch and return its LSN once it is committed.
+
+        Raises FailedPrecondition on a replica, Unavailable when the write could
+        not be made durable (it is then not acknowledged and may be retried).
+        """
+        t0 = time.perf_counter()
+        self.check_writable()
+        batch.timestamp_us = time.time_ns() // 1000
+        payload = batch.SerializeToString()
+        items = batch_items(batch)
+        with self._append_lock:
+            self.check_writable()
+            lsn = self.wal.append(RT_BATCH, payload, self.term)
+            self._unapplied.append((lsn, batch, items))
+            self.pending_items += items
+        try:
+            self.wal.wait_durable(lsn)
+        except WalWriteError as exc:
+            self._on_write_failure(exc)
+            self.dropped += items
+            self.metrics.write_errors.labels("wal").inc(items)
+            raise Unavailable(f"write not acknowledged: {exc}") from exc
+        if self.commit_gate is not None:
+            try:
+                self.commit_gate(lsn)
+            except Unavailable:
+                self.dropped += items
+                self.metrics.write_errors.labels("replication").inc(items)
+                raise
+        self.written += items
+        self.metrics.writes.inc(items)
+        self.metrics.write_latency.observe(time.perf_counter() - t0)
+        return lsn
+
+    def _on_write_failure(self, exc: WalWriteError) -> None:
+        """Forget records that never became durable, so they are never applied."""
+        with self._append_lock:
+            durable = self.wal.durable_lsn
+            kept = deque(e for e in self._unapplied if e[0] <= durable)
+            lost = len(self._unapplied) - len(kept)
+            self._unapplied = kept
+            self.pending_items = sum(e[2] for e in kept)
+            if getattr(self.wal, "failed", False):
+                self.write_failure = str(exc)
+        log.error("node %s: %d WAL record(s) not durable: %s", self.cfg.node_id, lost, exc)
+
+    # ---- checkpoints -----------------------------------------------------
+    def checkpoint(self, drain: bool = False) -> int:
+        """Write storage.dat at the applied LSN and cut the WAL; returns that LSN.
+
+        With ``drain``, everything committed so far is applied first, so the new
+        wal.log holds nothing but its header (the guide's "< 1 KB after flush").
+        """
+        with self._ckpt_lock:
+            if drain:
+                self.reconcile_once()
+            with self._lock:
+                lsn = self.applied_lsn
+                concepts, edges = self.state.capture()
+                term = self.term
+            self.wal.rotate()
+            self._fault_step("wal-rotated")
+            header = wal_pb2.SnapshotHeader(
+                lsn=lsn, term=term, concepts=len(concepts), edges=len(edges),
+                vector_dimension=self.cfg.vector_dimension, created_at_us=time.time_ns() // 1000,
+                node_id=self.cfg.node_id,
+            )
+            size = ckpt.write_checkpoint(
+                self.dir, ckpt.encode_snapshot(header, concepts, edges), self.cfg.wal_fsync, self._fault_step
+            )
+            previous = self.checkpoint_lsn
+            self.backup_lsn, self.checkpoint_lsn = previous, lsn
+            self._since_checkpoint = 0
+            freed = self.wal.drop_segments_through(self.retain_floor(previous))
+            self._fault_step("segments-dropped")
+            self.flushes += 1
+            self.metrics.flushes.inc()
+            log.info("checkpoint at LSN %d: storage.dat %d bytes, %d WAL bytes freed", lsn, size, freed)
+            return lsn
+
+    def _fault_step(self, step: str) -> None:
+        """Fault injection for crash tests: SUTRA_FAULT_CHECKPOINT_PAUSE=step:ms
+        pauses the checkpoint at that step so a test can SIGKILL the process there."""
+        spec = os.environ.get("SUTRA_FAULT_CHECKPOINT_PAUSE", "")
+        name, _, ms = spec.partition(":")
+        if name == step:
+            log.warning("fault injection: checkpoint paused at step %s for %s ms", step, ms)
+            time.sleep(int(ms or "0") / 1000.0)
+
+    def retain_floor(self, backup_lsn: int) -> int:
+        """Highest LSN whose WAL segments may be deleted: the backup checkpoint
+        must stay recoverable. Replication lowers this for replicas that lag."""
+        return backup_lsn
+
+    # ---- reads -----------------------------------------------------------
+    def wait_visible(self, sequence: int, timeout_s: float | None = None) -> None:
+        """Return once ``sequence`` is visible to reads; raise DeadlineExceeded otherwise."""
+        if sequence <= self.applied_lsn:
+            return
+        wait = self.cfg.read_wait_ms / 1000.0 if timeout_s is None else timeout_s
+        self._kick.set()
+        with self._applied:
+            if not self._applied.wait_for(lambda: self.applied_lsn >= sequence, wait):
+                raise DeadlineExceeded(
+                    f"sequence {sequence} is not visible on {self.cfg.node_id} after {wait * 1000:.0f} ms "
+                    f"(applied LSN {self.applied_lsn}); SUTRA_READ_WAIT_MS is {self.cfg.read_wait_ms}"
+                )
+
+    def get_concept(self, cid: str) -> Concept | None:
+        return self.state.concepts.get(cid)
+
+    def neighbors(self, cid: str, outgoing: bool = True, incoming: bool = True) -> list[tuple[str, int, float, bool]]:
+        with self._lock:
+            return self.state.neighbors(cid, outgoing, incoming)
+
+    def find_path(self, start: str, end: str, depth: int) -> list[str] | None:
+        with self._lock:
+            return self.state.find_path(start, end, depth)
+
+    def search(self, query: np.ndarray, k: int, ef_search: int = 0) -> tuple[list[tuple[str, float]], bool]:
+        return self.vectors.search(query, k, ef_search)
+
+    def digest(self, sequence: int = 0) -> tuple[int, str, int, int]:
+        """(applied LSN, sha256 hex, concepts, edges) of the state, consistent."""
+        self.wait_visible(sequence)
+        with self._lock:
+            return self.applied_lsn, self.state.digest(), len(self.state.concepts), self.state.edges
+
+    def stats(self) -> dict[str, int | str]:
+        return {
+            "concepts": len(self.state.concepts), "edges": self.state.edges, "written": self.written,
+            "dropped": self.dropped, "pending": max(0, self.pending_items),
+            "reconciliations": self.reconciliations, "uptime_seconds": int(time.monotonic() - self.started),
+            "vectors": len(self.vectors), "last_lsn": self.wal.last_lsn, "durable_lsn": self.wal.durable_lsn,
+            "applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "role": self.role,
+            "term": self.term, "node_id": self.cfg.node_id, "wal_bytes": self.wal.total_bytes(),
+            "flushes": self.flushes, "leader": self.leader_address, "shard": self.cfg.shard,
+        }
+
+    def _gauges(self) -> dict[str, tuple[str, float]]:
+        return {
+            "sutra_concepts": ("Concepts visible to reads", len(self.state.concepts)),
+            "sutra_edges": ("Associations visible to reads", self.state.edges),
+            "sutra_vectors": ("Vectors in the search index", len(self.vectors)),
+            "sutra_pending_writes": ("Acknowledged writes not yet visible to reads", max(0, self.pending_items)),
+            "sutra_wal_size_bytes": ("Bytes in all WAL segments", self.wal.total_bytes()),
+            "sutra_wal_active_size_bytes": ("Bytes in wal.log, the active segment", self.wal.active_bytes()),
+            "sutra_last_lsn": ("Highest LSN in the WAL", self.wal.last_lsn),
+            "sutra_applied_lsn": ("Highest LSN visible to reads", self.applied_lsn),
+            "sutra_checkpoint_lsn": ("LSN of storage.dat", self.checkpoint_lsn),
+            "sutra_term": ("Current term", self.term),
+            "sutra_is_leader": ("1 when this node takes writes", 1 if self.role == "leader" else 0),
+        }
+
+    # ---- shutdown --------------------------------------------------------
+    def close(self) -> None:
+        """Stop background work after flushing every buffered WAL record."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._kick.set()
+        self._reconciler.join(timeout=10)
+        if self._ckpt_thread is not None:
+            self._ckpt_thread.join(timeout=60)
+        self.wal.close()
+        self.vectors.close()
+        log.info("node %s closed at LSN %d", self.cfg.node_id, self.wal.last_lsn)

@@ -1,0 +1,195 @@
+"""Request validation and the limits it enforces.
+
+Every check here runs before anything is logged, so a rejected request writes
+nothing. Messages name the field and the limit, as operators read them from
+grpcurl (``embedding has 512 values, VECTOR_DIMENSION is 768``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sutra_cluster.errors import InvalidArgument
+from sutra_cluster.pb import storage_pb2, wal_pb2
+
+MAX_ID_BYTES = 256
+MAX_CONTENT_BYTES = 10 * 1024 * 1024
+MAX_ATTRIBUTES = 1024
+MAX_ATTRIBUTE_KEY_BYTES = 256
+MAX_ATTRIBUTE_VALUE_BYTES = 64 * 1024
+MAX_PATH_DEPTH = 20
+DEFAULT_PATH_DEPTH = 6
+MAX_K = 1000
+MAX_EF_SEARCH = 4096
+ASSOC_TYPES = {0: "semantic", 1: "causal", 2: "temporal", 3: "hierarchical", 4: "compositional"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The configurable limits, taken from the node's Config."""
+
+    dimension: int
+    max_batch: int
+    max_message_bytes: int
+
+
+def check_id(field: str, value: str) -> None:
+    """Raise InvalidArgument unless ``value`` is a non-empty id of at most 256 UTF-8 bytes."""
+    if not value:
+        raise InvalidArgument(f"{field} is empty")
+    n = len(value.encode("utf-8"))
+    if n > MAX_ID_BYTES:
+        raise InvalidArgument(f"{field} has {n} bytes, the limit is {MAX_ID_BYTES}")
+
+
+def _check_unit(field: str, value: float) -> None:
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidArgument(f"{field} is {value}, it must be between 0 and 1")
+
+
+def _check_strength(field: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0.0:
+        raise InvalidArgument(f"{field} is {value}, it must be a finite number >= 0")
+
+
+def vector_from_request(field: str, floats: object, raw: bytes, dim: int) -> np.ndarray | None:
+    """The (dim,) float32 vector a request carries, or None when it carries none.
+
+    ``floats`` is a repeated-float field (the grpcurl path), ``raw`` the
+    little-endian float32 bytes (the fast path). Raises InvalidArgument on a wrong
+    length, both forms at once, NaN or infinity, or an all-zero vector.
+    """
+    n_floats = len(floats)  # type: ignore[arg-type]
+    if raw and n_floats:
+        raise InvalidArgument(f"{field}: send either the float list or the float32 bytes, not both")
+    if raw:
+        if len(raw) % 4:
+            raise InvalidArgument(f"{field}_f32 has {len(raw)} bytes, not a whole number of float32 values")
+        vec = np.frombuffer(raw, dtype="<f4")
+    elif n_floats:
+        vec = np.asarray(floats, dtype=np.float32)
+    else:
+        return None
+    if vec.shape[0] != dim:
+        raise InvalidArgument(f"{field} has {vec.shape[0]} values, VECTOR_DIMENSION is {dim}")
+    _check_vectors(field, vec.reshape(1, dim))
+    return vec
+
+
+def _check_vectors(field: str, mat: np.ndarray) -> None:
+    finite = np.isfinite(mat).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise InvalidArgument(f"{field} #{row} contains NaN or infinite values")
+    norms = np.einsum("ij,ij->i", mat, mat)
+    if (norms == 0).any():
+        row = int(np.argmin(norms))
+        raise InvalidArgument(f"{field} #{row} is all zeros; cosine similarity needs a non-zero vector")
+
+
+def _check_attributes(prefix: str, attrs: object) -> None:
+    items = attrs.items()  # type: ignore[attr-defined]
+    if len(items) > MAX_ATTRIBUTES:
+        raise InvalidArgument(f"{prefix}attributes has {len(items)} entries, the limit is {MAX_ATTRIBUTES}")
+    for key, value in items:
+        if not key or len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES:
+            raise InvalidArgument(f"{prefix}attributes key must be 1..{MAX_ATTRIBUTE_KEY_BYTES} bytes")
+        if len(value.encode()) > MAX_ATTRIBUTE_VALUE_BYTES:
+            raise InvalidArgument(
+                f"{prefix}attributes[{key!r}] has {len(value.encode())} bytes, "
+                f"the limit is {MAX_ATTRIBUTE_VALUE_BYTES}"
+            )
+
+
+def check_concept(req: storage_pb2.LearnConceptRequest, limits: Limits, prefix: str = "") -> None:
+    """Validate one concept except its vector (see ``normalise_embeddings``)."""
+    check_id(f"{prefix}concept_id", req.concept_id)
+    if not req.content:
+        raise InvalidArgument(f"{prefix}content is empty")
+    n = len(req.content.encode("utf-8"))
+    if n > MAX_CONTENT_BYTES:
+        raise InvalidArgument(f"{prefix}content has {n} bytes, the limit is {MAX_CONTENT_BYTES}")
+    _check_strength(f"{prefix}strength", req.strength)
+    _check_unit(f"{prefix}confidence", req.confidence)
+    if req.attributes:
+        _check_attributes(prefix, req.attributes)
+
+
+def check_association(req: storage_pb2.LearnAssociationRequest, prefix: str = "") -> None:
+    check_id(f"{prefix}source_id", req.source_id)
+    check_id(f"{prefix}target_id", req.target_id)
+    if req.assoc_type not in ASSOC_TYPES:
+        raise InvalidArgument(
+            f"{prefix}assoc_type is {req.assoc_type}, it must be 0..4 "
+            "(semantic, causal, temporal, hierarchical, compositional)"
+        )
+    _check_unit(f"{prefix}confidence", req.confidence)
+
+
+def normalise_embeddings(concepts: object, dim: int, prefix: str = "concepts") -> None:
+    """Validate every concept's vector and move it to ``embedding_f32`` in place.
+
+    The fast path (all float32 bytes) is checked with one numpy pass over the
+    joined bytes; only concepts sent with a float list are converted one by one.
+    """
+    raws: list[bytes] = []
+    for i, c in enumerate(concepts):  # type: ignore[attr-defined]
+        if c.embedding:
+            vec = vector_from_request(f"{prefix}[{i}].embedding", c.embedding, c.embedding_f32, dim)
+            assert vec is not None
+            c.embedding_f32 = vec.astype("<f4").tobytes()
+            del c.embedding[:]
+        elif c.embedding_f32:
+            if len(c.embedding_f32) != 4 * dim:
+                raise InvalidArgument(
+                    f"{prefix}[{i}].embedding has {len(c.embedding_f32) / 4:g} values, VECTOR_DIMENSION is {dim}"
+                )
+            raws.append(c.embedding_f32)
+    if raws:
+        mat = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(raws), dim)
+        _check_vectors(f"{prefix} embedding", mat)
+
+
+def batch_items(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch) -> int:
+    return len(batch.concepts) + len(batch.associations) + len(batch.delete_concept_ids)
+
+
+def check_batch(batch: storage_pb2.LearnBatchRequest, limits: Limits) -> None:
+    """Validate a whole batch; it is accepted entirely or not at all."""
+    size = batch.ByteSize()
+    if size > limits.max_message_bytes:
+        raise InvalidArgument(
+            f"message has {size} bytes, SUTRA_MAX_MESSAGE_BYTES is {limits.max_message_bytes}"
+        )
+    items = batch_items(batch)
+    if items == 0:
+        raise InvalidArgument("batch is empty")
+    if items > limits.max_batch:
+        raise InvalidArgument(f"batch has {items} items, SUTRA_MAX_BATCH is {limits.max_batch}")
+    for i, c in enumerate(batch.concepts):
+        check_concept(c, limits, f"concepts[{i}].")
+    for i, a in enumerate(batch.associations):
+        check_association(a, f"associations[{i}].")
+    for i, cid in enumerate(batch.delete_concept_ids):
+        check_id(f"delete_concept_ids[{i}]", cid)
+    normalise_embeddings(batch.concepts, limits.dimension)
+
+
+def check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument(f"k is {k}, it must be 1..{MAX_K}")
+
+
+def check_ef_search(ef: int) -> None:
+    if ef > MAX_EF_SEARCH:
+        raise InvalidArgument(f"ef_search is {ef}, the limit is {MAX_EF_SEARCH}")
+
+
+def path_depth(max_depth: int) -> int:
+    """The effective BFS depth: 0 means the default; above 20 is rejected."""
+    if max_depth > MAX_PATH_DEPTH:
+        raise InvalidArgument(f"max_depth is {max_depth}, the limit is {MAX_PATH_DEPTH}")
+    return max_depth or DEFAULT_PATH_DEPTH

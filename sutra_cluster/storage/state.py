@@ -1,0 +1,179 @@
+"""The in-memory graph: concepts, typed edges, and the digest that proves two
+nodes hold the same data.
+
+Not thread-safe by itself: the engine holds its state lock around every call.
+Concept records are immutable once built, so a shallow copy of the dict is a
+consistent snapshot for checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from sutra_cluster.pb import wal_pb2
+
+EdgeKey = tuple[str, int]  # (other concept id, assoc_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Concept:
+    content: str
+    strength: float
+    confidence: float
+    attributes: dict[str, str]
+    embedding: bytes  # little-endian float32, empty when the concept has none
+    created_us: int
+    updated_us: int
+
+
+@dataclass
+class ApplyResult:
+    """What one apply changed in the vector index, in order-independent form:
+    the last operation per key wins."""
+
+    upserts: dict[str, bytes]
+    removes: set[str]
+
+
+class GraphState:
+    def __init__(self) -> None:
+        self.concepts: dict[str, Concept] = {}
+        self.out: dict[str, dict[EdgeKey, float]] = {}
+        self.inc: dict[str, dict[EdgeKey, float]] = {}
+        self.edges = 0
+
+    # ---- mutation -------------------------------------------------------
+    def apply_batch(self, batch: wal_pb2.WalBatch, vec: ApplyResult) -> None:
+        """Apply a logged batch: concepts, then associations, then deletes."""
+        ts = batch.timestamp_us
+        for c in batch.concepts:
+            old = self.concepts.get(c.concept_id)
+            self.concepts[c.concept_id] = Concept(
+                c.content, c.strength, c.confidence, dict(c.attributes), c.embedding_f32,
+                old.created_us if old else ts, ts,
+            )
+            if c.embedding_f32:
+                vec.upserts[c.concept_id] = c.embedding_f32
+                vec.removes.discard(c.concept_id)
+            elif old is not None and old.embedding:
+                vec.upserts.pop(c.concept_id, None)
+                vec.removes.add(c.concept_id)
+        for a in batch.associations:
+            self.add_edge(a.source_id, a.target_id, a.assoc_type, a.confidence)
+        for cid in batch.delete_concept_ids:
+            self.delete_concept(cid, vec)
+
+    def add_edge(self, src: str, dst: str, atype: int, conf: float) -> None:
+        outs = self.out.setdefault(src, {})
+        if (dst, atype) not in outs:
+            self.edges += 1
+        outs[(dst, atype)] = conf
+        self.inc.setdefault(dst, {})[(src, atype)] = conf
+
+    def delete_concept(self, cid: str, vec: ApplyResult) -> None:
+        old = self.concepts.pop(cid, None)
+        if old is not None and old.embedding:
+            vec.upserts.pop(cid, None)
+            vec.removes.add(cid)
+        for (dst, atype) in self.out.pop(cid, {}):
+            self.edges -= 1
+            back = self.inc.get(dst)
+            if back is not None:
+                back.pop((cid, atype), None)
+                if not back:
+                    del self.inc[dst]
+        for (src, atype) in self.inc.pop(cid, {}):
+            fwd = self.out.get(src)
+            if fwd is not None and fwd.pop((cid, atype), None) is not None:
+                self.edges -= 1
+                if not fwd:
+                    del self.out[src]
+
+    def load_chunk(self, chunk: wal_pb2.SnapshotChunk, vec: ApplyResult) -> None:
+        for c in chunk.concepts:
+            self.concepts[c.concept_id] = Concept(
+                c.content, c.strength, c.confidence, dict(c.attributes), c.embedding_f32,
+                c.created_at_us, c.updated_at_us,
+            )
+            if c.embedding_f32:
+                vec.upserts[c.concept_id] = c.embedding_f32
+        for e in chunk.edges:
+            self.add_edge(e.source_id, e.target_id, e.assoc_type, e.confidence)
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    # ---- reads ----------------------------------------------------------
+    def neighbors(self, cid: str, outgoing: bool, incoming: bool) -> list[tuple[str, int, float, bool]]:
+        """(other id, type, confidence, is_outgoing) sorted by id, type, direction."""
+        found = []
+        if outgoing:
+            found += [(d, t, c, True) for (d, t), c in self.out.get(cid, {}).items()]
+        if incoming:
+            found += [(s, t, c, False) for (s, t), c in self.inc.get(cid, {}).items()]
+        found.sort(key=lambda x: (x[0], x[1], not x[3]))
+        return found
+
+    def find_path(self, start: str, end: str, depth: int) -> list[str] | None:
+        """Shortest path over edges in either direction, at most ``depth`` hops.
+
+        Breadth-first, visiting neighbours in id order, so the answer is the same
+        on every node that holds the same data.
+        """
+        if start == end:
+            return [start] if start in self.concepts or start in self.out or start in self.inc else None
+        parent: dict[str, str] = {start: start}
+        frontier = deque([(start, 0)])
+        while frontier:
+            node, dist = frontier.popleft()
+            if dist >= depth:
+                continue
+            nxt = {d for d, _ in self.out.get(node, {})} | {s for s, _ in self.inc.get(node, {})}
+            for other in sorted(nxt):
+                if other in parent:
+                    continue
+                parent[other] = node
+                if other == end:
+                    path = [end]
+                    while path[-1] != start:
+                        path.append(parent[path[-1]])
+                    return path[::-1]
+                frontier.append((other, dist + 1))
+        return None
+
+    # ---- snapshots ------------------------------------------------------
+    def capture(self) -> tuple[dict[str, Concept], list[tuple[str, str, int, float]]]:
+        """A consistent copy for a checkpoint; call under the state lock."""
+        edges = [(s, d, t, c) for s, outs in self.out.items() for (d, t), c in outs.items()]
+        return dict(self.concepts), edges
+
+    def digest(self) -> str:
+        """sha256 over every concept and edge in a canonical order, hex-encoded."""
+        h = hashlib.sha256()
+        pack = struct.Struct("<ffqq").pack
+        for cid in sorted(self.concepts):
+            c = self.concepts[cid]
+            h.update(cid.encode() + b"\0" + c.content.encode() + b"\0")
+            h.update(pack(c.strength, c.confidence, c.created_us, c.updated_us))
+            for k in sorted(c.attributes):
+                h.update(k.encode() + b"\1" + c.attributes[k].encode() + b"\2")
+            h.update(len(c.embedding).to_bytes(4, "little") + c.embedding)
+        h.update(b"edges")
+        for src in sorted(self.out):
+            for (dst, t), conf in sorted(self.out[src].items()):
+                h.update(src.encode() + b"\0" + dst.encode() + b"\0" + struct.pack("<If", t, conf))
+        return h.hexdigest()
+
+
+def iter_vectors(upserts: dict[str, bytes], dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Group upserts into (keys, (n, dim) float32 matrix) for one index call."""
+    if upserts:
+        keys = list(upserts)
+        mat = np.frombuffer(b"".join(upserts.values()), dtype="<f4").reshape(len(keys), dim)
+        yield keys, mat
