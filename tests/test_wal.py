@@ -468,6 +468,7 @@ def test_wait_durable_timeout_and_listeners(tmp_path: Path, opener: Opener, monk
     notified = threading.Event()
 
     def listener(lsn: int) -> None:
+        assert threading.current_thread().name == "wal-flusher"
         heard.append(lsn)
         notified.set()
 

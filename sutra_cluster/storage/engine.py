@@ -270,14 +270,23 @@ class Engine:
         return lsn
 
     def _on_write_failure(self, exc: WalWriteError) -> None:
-        """Forget records that never became durable, so they are never applied."""
+        """Forget records that never became durable, so they are never applied.
+
+        LSNs of failed records are reused by later appends, so each entry is
+        asked by its own generation-carrying LSN whether it failed.
+        """
         with self._append_lock:
-            durable = self.wal.durable_lsn
-            kept = deque(e for e in self._unapplied if e[0] <= durable)
+            kept: deque[tuple[int, wal_pb2.WalBatch | None, int]] = deque()
+            for entry in self._unapplied:
+                try:
+                    self.wal.wait_durable(entry[0], timeout=0)
+                except WalWriteError:
+                    continue
+                kept.append(entry)
             lost = len(self._unapplied) - len(kept)
             self._unapplied = kept
             self.pending_items = sum(e[2] for e in kept)
-            if getattr(self.wal, "failed", False):
+            if self.wal.failed:
                 self.write_failure = str(exc)
         log.error("node %s: %d WAL record(s) not durable: %s", self.cfg.node_id, lost, exc)
 

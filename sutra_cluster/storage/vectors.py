@@ -394,6 +394,7 @@ class VectorIndex:
         with self._lock:
             ann = self._ann
             use_ann = ann is not None and ann.count > 0 and self._live > self.exact_limit
+            start = 0
             if use_ann:
                 start = int(np.searchsorted(self._seq[: self._n], ann.watermark))
                 view = (ann.count, ann.dead, ann.labels_seq)
@@ -401,7 +402,7 @@ class VectorIndex:
                 # full scan of up to 2x exact_limit rows (a cost already
                 # accepted at the limit) beats waiting out the batch.
                 wait = self._n > 2 * self.exact_limit
-            snap = self._snapshot_locked(start if use_ann else 0)
+            snap = self._snapshot_locked(start)
         if k <= 0:
             return [], not use_ann
         if use_ann:
