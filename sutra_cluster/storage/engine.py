@@ -185,18 +185,32 @@ class Engine:
             self._applied.notify_all()
 
     def reconcile_once(self) -> int:
-        """Make every committed record visible; returns how many were applied."""
-        limit = self.wal.durable_lsn
-        if self.visible_limit is not None:
-            limit = min(limit, self.visible_limit())
+        """Make every committed record visible; returns how many were applied.
+
+        Each entry is asked by its own LSN (which carries the write generation)
+        whether it is durable, failed or still pending: a failed record's LSN may
+        already be reused by a later, durable one.
+        """
+        limit = self.visible_limit() if self.visible_limit is not None else None
         entries = []
-        while self._unapplied and self._unapplied[0][0] <= limit:
-            entries.append(self._unapplied.popleft())
+        dropped_items = 0
+        with self._append_lock:
+            while self._unapplied:
+                lsn, batch, n = self._unapplied[0]
+                if limit is not None and lsn > limit:
+                    break
+                try:
+                    if not self.wal.wait_durable(lsn, timeout=0):
+                        break
+                except WalWriteError:
+                    dropped_items += n
+                    self._unapplied.popleft()
+                    continue
+                entries.append(self._unapplied.popleft())
+            self.pending_items -= dropped_items + sum(e[2] for e in entries)
         if not entries:
             return 0
         self._apply_entries(entries)
-        with self._append_lock:
-            self.pending_items -= sum(e[2] for e in entries)
         self.reconciliations += 1
         return len(entries)
 
@@ -270,25 +284,10 @@ class Engine:
         return lsn
 
     def _on_write_failure(self, exc: WalWriteError) -> None:
-        """Forget records that never became durable, so they are never applied.
-
-        LSNs of failed records are reused by later appends, so each entry is
-        asked by its own generation-carrying LSN whether it failed.
-        """
-        with self._append_lock:
-            kept: deque[tuple[int, wal_pb2.WalBatch | None, int]] = deque()
-            for entry in self._unapplied:
-                try:
-                    self.wal.wait_durable(entry[0], timeout=0)
-                except WalWriteError:
-                    continue
-                kept.append(entry)
-            lost = len(self._unapplied) - len(kept)
-            self._unapplied = kept
-            self.pending_items = sum(e[2] for e in kept)
-            if self.wal.failed:
-                self.write_failure = str(exc)
-        log.error("node %s: %d WAL record(s) not durable: %s", self.cfg.node_id, lost, exc)
+        # The reconciler discards the failed records themselves (see reconcile_once).
+        if self.wal.failed:
+            self.write_failure = str(exc)
+        log.error("node %s: WAL write failed, write not acknowledged: %s", self.cfg.node_id, exc)
 
     # ---- checkpoints -----------------------------------------------------
     def checkpoint(self, drain: bool = False) -> int:

@@ -72,13 +72,8 @@ class _RWLock:
         self._writers_waiting = 0
 
     @contextlib.contextmanager
-    def read(self, blocking: bool = True) -> Iterator[bool]:
-        """Hold shared; yields False (not held) if busy and not ``blocking``."""
+    def read(self) -> Iterator[None]:
         with self._cond:
-            busy = self._writer or (self._writers_waiting and not self._readers_turn)
-            if busy and not blocking:
-                yield False
-                return
             self._readers_waiting += 1
             while self._writer or (self._writers_waiting and not self._readers_turn):
                 self._cond.wait()
@@ -88,7 +83,7 @@ class _RWLock:
                 self._readers_turn = False
                 self._cond.notify_all()
         try:
-            yield True
+            yield
         finally:
             with self._cond:
                 self._readers -= 1
@@ -398,20 +393,13 @@ class VectorIndex:
             if use_ann:
                 start = int(np.searchsorted(self._seq[: self._n], ann.watermark))
                 view = (ann.count, ann.dead, ann.labels_seq)
-                # While the maintainer holds the graph for a batch insert, a
-                # full scan of up to 2x exact_limit rows (a cost already
-                # accepted at the limit) beats waiting out the batch.
-                wait = self._n > 2 * self.exact_limit
             snap = self._snapshot_locked(start)
         if k <= 0:
             return [], not use_ann
+        cands = self._exact_candidates(*snap, qn, k)
         if use_ann:
-            found = self._ann_candidates(ann, *view, qn, k, ef_search, wait)
-            if found is not None:
-                return _ranked(found + self._exact_candidates(*snap, qn, k), k), False
-            with self._lock:
-                snap = self._snapshot_locked(0)
-        return _ranked(self._exact_candidates(*snap, qn, k), k), True
+            cands.extend(self._ann_candidates(ann, *view, qn, k, ef_search))
+        return _ranked(cands, k), not use_ann
 
     def _snapshot_locked(
         self, start: int
@@ -442,13 +430,10 @@ class VectorIndex:
 
     def _ann_candidates(
         self, ann: _Ann, count: int, dead: int, labels_seq: np.ndarray,
-        qn: np.ndarray, k: int, ef_search: int, wait: bool,
-    ) -> list[tuple[str, float]] | None:
+        qn: np.ndarray, k: int, ef_search: int,
+    ) -> list[tuple[str, float]]:
         """Live top-k from the graph's first ``count`` labels (over-fetching
-        to make up for tombstones; doubling if filtering left too few).
-
-        Returns None, without searching, if the graph is busy and not ``wait``.
-        """
+        to make up for tombstones; doubling if filtering left too few)."""
         want = min(k, max(0, count - dead))
         fetch = min(count, math.ceil(k * count / max(1, count - dead)) + _FETCH_SLACK)
         saved_threads = faiss.omp_get_max_threads()
@@ -457,11 +442,8 @@ class VectorIndex:
             while True:
                 params = faiss.SearchParametersHNSW()
                 params.efSearch = max(ef_search, fetch, self._default_ef)
-                with ann.rw.read(blocking=wait) as held:
-                    if not held:
-                        return None
+                with ann.rw.read():
                     sims, labels = ann.index.search(qn[None, :], fetch, params=params)
-                wait = True  # a retry has already paid for the graph search
                 # Labels >= count were added after our snapshot; the exact
                 # tail scan already covers them.
                 ok = (labels[0] >= 0) & (labels[0] < count)
