@@ -17,12 +17,15 @@ from grpc_reflection.v1alpha import reflection
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.config import Config
 from sutra_cluster.metrics import NodeMetrics
-from sutra_cluster.pb import storage_pb2, storage_pb2_grpc
+from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2, storage_pb2_grpc
+from sutra_cluster.replication.manager import LagCollector, ReplicationManager
+from sutra_cluster.replication.service import ReplicationServicer
 from sutra_cluster.storage.engine import Engine
 
 log = logging.getLogger(__name__)
 
 STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+REPLICATION_SERVICE = replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name
 
 
 class _NodeContext(logging.Filter):
@@ -76,10 +79,15 @@ class Node:
             futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="grpc"),
             options=grpc_options(cfg),
         )
+        self.replication = ReplicationManager(self.engine, cfg)
+        self.metrics.registry.register(LagCollector(self.replication))
         storage_pb2_grpc.add_StorageServiceServicer_to_server(StorageServicer(self.engine), self.server)
+        replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
+            ReplicationServicer(self.replication), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (STORAGE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (STORAGE_SERVICE, REPLICATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
             self.server,
         )
         self._stopped = threading.Event()
@@ -89,6 +97,7 @@ class Node:
         if self.server.add_insecure_port(bind) == 0:
             raise OSError(f"cannot listen on {bind}")
         self.server.start()
+        self.replication.start()
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -102,7 +111,10 @@ class Node:
         self._stopped.set()
         log.info("stopping: refusing new requests, letting in-flight ones finish (grace %.0fs)", grace)
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        stopped = self.server.stop(grace)
+        self.replication.leader.close(grace)
+        stopped.wait()
+        self.replication.stop()
         self.engine.close()
 
     def wait(self) -> None:

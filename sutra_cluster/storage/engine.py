@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,11 @@ from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.model import Limits, batch_items
+from sutra_cluster.replication.recent import Entry, RecentLog
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, iter_vectors
+from sutra_cluster.storage.terms import TermHistory
 from sutra_cluster.storage.vectors import VectorIndex
-from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog
+from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog, wal_files
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,9 @@ class Engine:
         self.started = time.monotonic()
         self.role = cfg.role
         self.leader_address = cfg.leader
-        self.term = 1
+        self.recent = RecentLog()
+        self.terms = TermHistory(self.dir)
+        self.durable_listeners: list[Callable[[int], None]] = []
         self.applied_lsn = 0
         self.checkpoint_lsn = 0
         self.backup_lsn = 0
@@ -66,6 +70,7 @@ class Engine:
         self.reconciliations = 0
         self.flushes = 0
         self.pending_items = 0
+        self.inflight = 0
         self._since_checkpoint = 0
         self._ckpt_thread: threading.Thread | None = None
         self.write_failure: str | None = None
@@ -82,12 +87,9 @@ class Engine:
     def _recover(self) -> None:
         t0 = time.monotonic()
         ckpt.clean_temporaries(self.dir)
-        self.checkpoint_lsn, self.term = self._load_checkpoint()
-        self.wal = WriteAheadLog(
-            self.dir, fsync=self.cfg.wal_fsync, segment_bytes=self.cfg.wal_segment_bytes,
-            on_dropped=self._on_dropped, start_lsn=self.checkpoint_lsn,
-        )
-        self.wal.on_fsync = self._on_fsync
+        self.checkpoint_lsn, ckpt_term = self._load_checkpoint()
+        self.terms.observe(ckpt_term)
+        self.wal = self._open_wal(self.checkpoint_lsn)
         if self.wal.last_lsn > self.checkpoint_lsn and self.wal.first_lsn > self.checkpoint_lsn + 1:
             raise StorageFailure(
                 f"{self.dir}: the WAL starts at LSN {self.wal.first_lsn} but the checkpoint is at "
@@ -106,6 +108,24 @@ class Engine:
             "node %s recovered in %.2fs: checkpoint LSN %d, %d WAL records replayed, last LSN %d, term %d",
             self.cfg.node_id, time.monotonic() - t0, self.checkpoint_lsn, replayed, self.wal.last_lsn, self.term,
         )
+
+    def _open_wal(self, start_lsn: int) -> WriteAheadLog:
+        wal = WriteAheadLog(
+            self.dir, fsync=self.cfg.wal_fsync, segment_bytes=self.cfg.wal_segment_bytes,
+            on_dropped=self._on_dropped, start_lsn=start_lsn,
+        )
+        wal.on_fsync = self._on_fsync
+        wal.add_durable_listener(self._on_durable)
+        return wal
+
+    def _on_durable(self, lsn: int) -> None:
+        for fn in self.durable_listeners:
+            fn(lsn)
+
+    @property
+    def term(self) -> int:
+        """The highest term this node has seen; a leader writes in it."""
+        return self.terms.highest
 
     def _load_checkpoint(self) -> tuple[int, int]:
         errors = []
@@ -164,7 +184,8 @@ class Engine:
                 entries.append((r.lsn, b, batch_items(b)))
             else:
                 entries.append((r.lsn, None, 0))
-            self.term = max(self.term, r.term)
+            if r.term > self.terms.last_term:
+                self.terms.begin(r.term, r.lsn)
         self._apply_entries(entries)
         return len(records)
 
@@ -256,12 +277,22 @@ class Engine:
         """
         t0 = time.perf_counter()
         self.check_writable()
+        with self._append_lock:
+            self.inflight += 1
+        try:
+            return self._submit(batch, t0)
+        finally:
+            with self._append_lock:
+                self.inflight -= 1
+
+    def _submit(self, batch: wal_pb2.WalBatch, t0: float) -> int:
         batch.timestamp_us = time.time_ns() // 1000
         payload = batch.SerializeToString()
         items = batch_items(batch)
         with self._append_lock:
             self.check_writable()
             lsn = self.wal.append(RT_BATCH, payload, self.term)
+            self.recent.append(lsn, self.term, RT_BATCH, payload)
             self._unapplied.append((lsn, batch, items))
             self.pending_items += items
         try:
@@ -284,9 +315,11 @@ class Engine:
         return lsn
 
     def _on_write_failure(self, exc: WalWriteError) -> None:
+        # Fail-stop, as PostgreSQL does: after a WAL write failure the node takes
+        # no more writes until restarted (reads go on). So failed LSNs are never
+        # reused, and replication and the reconciler can trust LSN numbers.
         # The reconciler discards the failed records themselves (see reconcile_once).
-        if self.wal.failed:
-            self.write_failure = str(exc)
+        self.write_failure = str(exc)
         log.error("node %s: WAL write failed, write not acknowledged: %s", self.cfg.node_id, exc)
 
     # ---- checkpoints -----------------------------------------------------
@@ -299,20 +332,11 @@ class Engine:
         with self._ckpt_lock:
             if drain:
                 self.reconcile_once()
-            with self._lock:
-                lsn = self.applied_lsn
-                concepts, edges = self.state.capture()
-                term = self.term
+            header, blocks = self.snapshot_blocks()
+            lsn = header.lsn
             self.wal.rotate()
             self._fault_step("wal-rotated")
-            header = wal_pb2.SnapshotHeader(
-                lsn=lsn, term=term, concepts=len(concepts), edges=len(edges),
-                vector_dimension=self.cfg.vector_dimension, created_at_us=time.time_ns() // 1000,
-                node_id=self.cfg.node_id,
-            )
-            size = ckpt.write_checkpoint(
-                self.dir, ckpt.encode_snapshot(header, concepts, edges), self.cfg.wal_fsync, self._fault_step
-            )
+            size = ckpt.write_checkpoint(self.dir, blocks, self.cfg.wal_fsync, self._fault_step)
             previous = self.checkpoint_lsn
             self.backup_lsn, self.checkpoint_lsn = previous, lsn
             self._since_checkpoint = 0
@@ -336,6 +360,101 @@ class Engine:
         """Highest LSN whose WAL segments may be deleted: the backup checkpoint
         must stay recoverable. Replication lowers this for replicas that lag."""
         return backup_lsn
+
+    # ---- replication -----------------------------------------------------
+    def append_replicated(self, entries: list[tuple[int, int, int, bytes]]) -> int:
+        """Append (lsn, term, rtype, payload) records streamed from the leader and
+        make them durable with one fsync; returns the last LSN.
+
+        Raises ValueError when an LSN is not the next one or a term goes
+        backwards (the stream is then broken off and the data is unchanged).
+        """
+        if not entries:
+            return self.wal.last_lsn
+        with self._append_lock:
+            if self.write_failure:
+                raise StorageFailure(f"writes are disabled after a storage failure: {self.write_failure}")
+            last_term = self.terms.last_term
+            for lsn, term, rtype, payload in entries:
+                if term < last_term:
+                    raise ValueError(f"record {lsn} has term {term}, older than term {last_term} before it")
+                self.wal.append_at(lsn, term, rtype, payload)
+                if term > self.terms.last_term:
+                    self.terms.begin(term, lsn)
+                last_term = term
+                batch = wal_pb2.WalBatch.FromString(payload) if rtype == RT_BATCH else None
+                n = batch_items(batch) if batch is not None else 0
+                self._unapplied.append((lsn, batch, n))
+                self.pending_items += n
+                self.recent.append(lsn, term, rtype, payload)
+        last = entries[-1][0]
+        try:
+            self.wal.wait_durable(last)
+        except WalWriteError as exc:
+            self._on_write_failure(exc)
+            raise StorageFailure(f"replicated records not durable: {exc}") from exc
+        self.written += sum(1 for e in entries if e[2] == RT_BATCH)
+        return last
+
+    def read_after(self, lsn: int, max_bytes: int = 4 << 20, max_count: int = 4096) -> list[Entry] | None:
+        """Durable records after ``lsn`` from memory; None when memory does not reach
+        back that far (the caller then reads the WAL files)."""
+        return self.recent.after(lsn, self.wal.durable_lsn, max_bytes, max_count)
+
+    def begin_term(self, term: int) -> int:
+        """Start writing in ``term`` (promotion): log a term record and make it
+        durable; returns its LSN. The caller has made this node the leader."""
+        with self._append_lock:
+            if term < self.terms.highest:
+                raise ValueError(f"term {term} is older than term {self.terms.highest} already seen")
+            self.terms.begin(term, self.wal.last_lsn + 1)
+            lsn = self.wal.append(RT_TERM, b"", term)
+            self.recent.append(lsn, term, RT_TERM, b"")
+            self._unapplied.append((lsn, None, 0))
+        self.wal.wait_durable(lsn)
+        return lsn
+
+    def install_snapshot(self, path: Path) -> int:
+        """Replace this node's whole state and history with a snapshot file
+        (already fsynced); returns the snapshot's LSN. Used by replicas that
+        are new, too far behind, or divergent. Crash-safe: the old WAL goes
+        first, so an old tail can never be replayed on top of the snapshot."""
+        with self._ckpt_lock, self._append_lock, self._lock:
+            with open(path, "rb") as f:
+                header = ckpt.SnapshotDecoder(f, str(path)).header
+            self.wal.close()
+            for p in wal_files(self.dir):
+                p.unlink()
+            ckpt.fsync_dir(self.dir)
+            (self.dir / ckpt.BACKUP_FILE).unlink(missing_ok=True)
+            os.replace(path, self.dir / ckpt.STORAGE_FILE)
+            ckpt.fsync_dir(self.dir)
+            self.state.clear()
+            self.vectors.clear()
+            self._unapplied.clear()
+            self.pending_items = 0
+            self.recent.clear()
+            self._load_snapshot_file(self.dir / ckpt.STORAGE_FILE)
+            self.terms.reset(max(1, header.term), header.lsn)
+            self.wal = self._open_wal(header.lsn)
+            self.applied_lsn = self.checkpoint_lsn = header.lsn
+            self.backup_lsn = 0
+            self._applied.notify_all()
+        log.info("installed snapshot at LSN %d (term %d)", header.lsn, header.term)
+        return header.lsn
+
+    def snapshot_blocks(self) -> tuple[wal_pb2.SnapshotHeader, Iterator[bytes]]:
+        """A consistent snapshot of the applied state, for a replica or a backup."""
+        with self._lock:
+            lsn = self.applied_lsn
+            concepts, edges = self.state.capture()
+            term = self.terms.term_at(lsn) or self.term
+        header = wal_pb2.SnapshotHeader(
+            lsn=lsn, term=term, concepts=len(concepts), edges=len(edges),
+            vector_dimension=self.cfg.vector_dimension, created_at_us=time.time_ns() // 1000,
+            node_id=self.cfg.node_id,
+        )
+        return header, ckpt.encode_snapshot(header, concepts, edges)
 
     # ---- reads -----------------------------------------------------------
     def wait_visible(self, sequence: int, timeout_s: float | None = None) -> None:

@@ -2,29 +2,25 @@
 
 Design (why it looks like this):
 
-* An exact *flat store* holds every live vector, original and L2-normalised,
-  in fixed-size row chunks.  Appends are a memcpy (hundreds of thousands of
-  rows/s), so writes from the reconciler never wait on graph construction.
-  Rows are append-only and ordered by a monotonically increasing sequence
-  number; updates and removals tombstone the old row, and the store is
-  compacted (order preserved) once tombstones pass 25 %.  Rows below the
-  published row count are never written again, which lets searches and
-  checkpoints read a snapshot without holding the lock.
+* An exact *flat store* keeps every live vector, original and L2-normalised,
+  in fixed-size row chunks.  Appending is a memcpy, so reconciler writes never
+  wait on graph construction.  Rows are append-only, ordered by a sequence
+  number; updates and removals tombstone the old row and the store compacts
+  (order kept) past 25 % tombstones.  Rows below the published count are never
+  rewritten, so searches and checkpoints read snapshots outside the lock.
 * An *HNSW* graph (faiss ``IndexHNSWFlat``, inner product on normalised
-  vectors) trails the flat store.  A maintainer thread inserts the rows whose
-  sequence number is at or past the graph's *watermark*, in small batches, so
-  graph insertion (thousands of rows/s) is never on a request path.  HNSW
-  cannot delete, so dead graph entries are filtered at search time
-  (over-fetch) and the graph is rebuilt off to the side once more than 20 %
-  of it is dead, then swapped in.
-* ``search`` is exact while the index holds at most ``exact_limit`` vectors
-  or no graph exists yet.  Past that it merges HNSW results for the covered
-  prefix with an exact scan of the not-yet-covered tail, so a freshly written
-  vector is findable immediately, whatever the graph's lag.
+  vectors) trails the flat store: a maintainer thread inserts rows at or past
+  the graph's sequence *watermark* in small batches, so slow graph insertion
+  is never on a request path.  HNSW cannot delete: dead entries are filtered
+  at search time (over-fetch) and past 20 % dead the graph is rebuilt off to
+  the side and swapped in.
+* ``search`` is exact up to ``exact_limit`` vectors or while no graph exists;
+  beyond, it merges HNSW hits for the covered prefix with an exact scan of the
+  uncovered tail, so a fresh vector is findable at once, whatever the lag.
 
-Thread-safety: every public method may be called from any thread.  One lock
-guards the flat store's bookkeeping; the HNSW graph has its own reader/writer
-lock because faiss forbids searching an index while ``add`` runs on it.
+Thread-safety: all public methods may be called from any thread.  One lock
+guards the flat store; the graph has its own reader/writer lock because faiss
+forbids searching an index while ``add`` runs on it.
 """
 
 from __future__ import annotations
@@ -40,10 +36,11 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Measured on 768-d data, M=32: efConstruction 64 builds ~1.5-3x faster than
-# 100-200 with equal recall at efSearch >= 64 on clustered data.
+# Measured at 20K x 768-d, M=32: efConstruction 64 builds 1.5-3x faster than
+# 100-200 for the same recall at efSearch >= 64 on clustered data.
 DEFAULT_EF_CONSTRUCTION = 64
-# recall@10 on 20K clustered 768-d data: 0.985-1.0 at ef 64, >= 0.996 at 96.
+# recall@10 at 20K x 768-d clustered data: 0.985-1.0 at ef 64, 0.995-1.0 at 96
+# (~4K qps per thread).  Gaussian data needs ef ~1000 for 0.95: see tests.
 DEFAULT_EF_SEARCH = 96
 
 _CHUNK_ROWS = 4096  # rows per storage chunk: growth never copies old rows
@@ -52,15 +49,15 @@ _COMPACT_MIN_DEAD = 1024  # ...but never for a handful of rows
 _REBUILD_FRACTION = 0.2  # rebuild the HNSW past this tombstone share
 _TIE_SLACK = 64  # extra equal-score rows kept so ties break by key, not row
 _FETCH_SLACK = 16  # extra HNSW hits requested beyond the tombstone estimate
+_BUILD_BATCH = 1024  # private (re)builds block no one; batch only for stop checks
 
 
 class _RWLock:
     """Phase-fair reader/writer lock: many readers or one writer.
 
-    A waiting writer blocks newly arriving readers (so steady search traffic
-    cannot starve the HNSW maintainer), and readers already waiting when a
-    writer releases get in before the next writer (so a maintainer that
-    re-requests the lock right away cannot starve searches either).
+    A waiting writer blocks new readers (search traffic cannot starve the
+    maintainer); readers waiting when a writer releases go before the next
+    writer (a maintainer re-locking at once cannot starve searches).
     """
 
     def __init__(self) -> None:
@@ -127,11 +124,8 @@ class _Ann:
         self.watermark = 0
 
     def stage_labels(self, seqs: np.ndarray) -> None:
-        """Write labels past ``count`` (maintainer only; published later).
-
-        Growth allocates a new array, so readers holding the old one still
-        see valid labels below the count they snapshotted.
-        """
+        """Write labels past ``count`` (maintainer only; published later).  Growth
+        reallocates, so readers' old arrays stay valid below their count."""
         need = self.count + len(seqs)
         if need > len(self.labels_seq):
             grown = np.empty(max(need, 2 * len(self.labels_seq), 1024), dtype=np.int64)
@@ -190,19 +184,20 @@ class VectorIndex:
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         default_ef_search: int = DEFAULT_EF_SEARCH,
         background: bool = True,
-        index_batch: int = 256,
+        index_batch: int = 64,
         search_threads: int = 1,
         index_threads: int = 1,
     ) -> None:
         """Create an empty index.
 
         ``index_batch`` bounds how long one HNSW insert holds the graph's
-        write lock (searches wait at most that long: ~30-100 ms for 256
-        rows at 768-d).  ``search_threads``/``index_threads`` are the faiss
-        OpenMP threads per search call and for the maintainer: a single
-        query gains nothing from more threads (faiss parallelises across
-        queries), and on a small box the maintainer should leave cores to
-        request threads.
+        write lock, i.e. how long a search may wait while the graph catches
+        up (measured at 768-d, 30K rows: p99 ~25-35 ms at 64, ~60-85 ms at
+        256; idle p99 < 1 ms).  Insert throughput barely depends on it.
+        ``search_threads``/``index_threads`` are faiss OpenMP threads per
+        search call and for the maintainer: one query gains nothing from
+        more (faiss parallelises across queries), and on a small box the
+        maintainer should leave cores to request threads.
         """
         if dim <= 0 or exact_limit < 0 or hnsw_m <= 0 or index_batch <= 0:
             raise ValueError("dim, hnsw_m and index_batch must be positive, exact_limit >= 0")
@@ -225,9 +220,7 @@ class VectorIndex:
         self._stop = False
         self._thread: threading.Thread | None = None
         if background:
-            self._thread = threading.Thread(
-                target=self._run, name="vector-index-hnsw", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="vector-index-hnsw", daemon=True)
             self._thread.start()
 
     # ----------------------------------------------------------- flat store
@@ -370,9 +363,7 @@ class VectorIndex:
             self._maybe_compact_locked()
             self._cv.notify_all()  # may have made a rebuild due
 
-    def search(
-        self, query: np.ndarray, k: int, ef_search: int = 0
-    ) -> tuple[list[tuple[str, float]], bool]:
+    def search(self, query: np.ndarray, k: int, ef_search: int = 0) -> tuple[list[tuple[str, float]], bool]:
         """Top-k ``[(key, cosine)]`` sorted by similarity desc then key asc.
 
         Returns ``(results, exact)``.  ``ef_search`` can only raise the HNSW
@@ -401,9 +392,7 @@ class VectorIndex:
             cands.extend(self._ann_candidates(ann, *view, qn, k, ef_search))
         return _ranked(cands, k), not use_ann
 
-    def _snapshot_locked(
-        self, start: int
-    ) -> tuple[list[np.ndarray], list[str], int, int, np.ndarray]:
+    def _snapshot_locked(self, start: int) -> tuple[list[np.ndarray], list[str], int, int, np.ndarray]:
         """What an exact scan of rows ``[start, n)`` needs, readable unlocked:
         rows below ``n`` are never rewritten; only liveness must be copied."""
         n = self._n
@@ -441,7 +430,8 @@ class VectorIndex:
         try:
             while True:
                 params = faiss.SearchParametersHNSW()
-                params.efSearch = max(ef_search, fetch, self._default_ef)
+                # A beam wider than the graph buys nothing; cap caller input.
+                params.efSearch = min(count, max(ef_search, fetch, self._default_ef))
                 with ann.rw.read():
                     sims, labels = ann.index.search(qn[None, :], fetch, params=params)
                 # Labels >= count were added after our snapshot; the exact
@@ -475,11 +465,7 @@ class VectorIndex:
             return key in self._row_of
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
-        """Snapshot (as of this call) of ``(key, original vector copy)``.
-
-        Takes the lock only to snapshot, so writers proceed while a
-        checkpoint iterates.
-        """
+        """``(key, original vector copy)`` as of this call; writers may proceed meanwhile."""
         with self._lock:
             n, chunks, keys = self._n, self._orig, self._keys
             rows = np.flatnonzero(self._alive[:n])
@@ -511,13 +497,9 @@ class VectorIndex:
             pending = self._n
             if ann is not None:
                 pending -= int(np.searchsorted(self._seq[: self._n], ann.watermark))
-            return {
-                "live": self._live,
-                "rows": self._n,
-                "hnsw_total": 0 if ann is None else ann.count,
-                "hnsw_dead": 0 if ann is None else ann.dead,
-                "pending": pending,
-            }
+            total, dead = (0, 0) if ann is None else (ann.count, ann.dead)
+            return {"live": self._live, "rows": self._n, "hnsw_total": total,
+                    "hnsw_dead": dead, "pending": pending}
 
     def build_pending(self, limit: int | None = None) -> int:
         """Bring the graph up to date now (build, rebuild, catch up).
@@ -568,10 +550,8 @@ class VectorIndex:
         return None
 
     def _step(self, auto: bool, budget: int) -> int | None:
-        """One unit of maintenance; returns rows inserted, None if idle/aborted.
-
-        Caller holds ``_maint_lock``.
-        """
+        """One unit of maintenance (caller holds ``_maint_lock``); returns rows
+        inserted, or None if there was nothing to do or it was aborted."""
         with self._lock:
             work = self._work_locked(auto)
             if work is None:
@@ -615,10 +595,10 @@ class VectorIndex:
         ann = None
         if len(rows):
             ann = _Ann(self.dim, self._m, self._ef_construction)
-            for lo in range(0, len(rows), self._batch):
+            for lo in range(0, len(rows), _BUILD_BATCH):
                 if (auto and self._stop) or self._epoch != epoch:
                     return None
-                ann.index.add(_gather(chunks, rows[lo : lo + self._batch], self.dim))
+                ann.index.add(_gather(chunks, rows[lo : lo + _BUILD_BATCH], self.dim))
             ann.stage_labels(seqs)
             ann.count = len(seqs)
             ann.watermark = watermark

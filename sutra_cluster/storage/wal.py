@@ -644,3 +644,11 @@ class WriteAheadLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def wal_files(directory: str | Path) -> list[Path]:
+    """Every WAL file of a data directory (sealed segments and wal.log); for
+    replacing a node's whole history with a snapshot."""
+    d = Path(directory)
+    files = sorted((d / SEALED_DIR).glob("*.wal")) if (d / SEALED_DIR).is_dir() else []
+    return files + [p for p in (d / ACTIVE_NAME, d / TMP_NAME) if p.exists()]

@@ -1,0 +1,176 @@
+"""Replica side of WAL streaming: connects to the leader, appends and fsyncs the
+records it streams (one fsync per message), reports written/flushed/applied
+LSNs, rejects leaders from stale terms, and bootstraps from a snapshot when
+the leader says it must."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from sutra_cluster.config import Config
+from sutra_cluster.pb import replication_pb2 as rpb
+from sutra_cluster.pb import replication_pb2_grpc
+from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage.engine import Engine
+
+log = logging.getLogger(__name__)
+
+INCOMING = "storage.dat.incoming"
+
+
+class StaleLeader(Exception):
+    pass
+
+
+class FollowerLoop:
+    """Follows one leader address until stopped; reconnects with backoff."""
+
+    def __init__(self, engine: Engine, cfg: Config, leader_address: str,
+                 channel_factory=None) -> None:  # type: ignore[no-untyped-def]
+        self.engine = engine
+        self.cfg = cfg
+        self.leader_address = leader_address
+        self.channel_factory = channel_factory or (lambda addr: grpc.insecure_channel(addr))
+        self.state = "connecting"
+        self.leader_id = ""
+        self.leader_last = 0
+        self.caught_up_at = time.monotonic()
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._call: grpc.Future | None = None
+        self._thread = threading.Thread(target=self._run, name="follower", daemon=True)
+
+    def start(self) -> FollowerLoop:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following; returns once no more records will be appended."""
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+        self.state = "stopped"
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self._stream_once()
+                backoff = 0.05
+            except StaleLeader as exc:
+                self.state, self.last_error = "rejected-stale-leader", str(exc)
+                backoff = 1.0
+            except grpc.RpcError as exc:
+                if not self._stop.is_set():
+                    self.state = "disconnected"
+                    self.last_error = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                    log.info("stream from %s ended: %s", self.leader_address, self.last_error)
+            except Exception as exc:  # keep following; the next hello resynchronises
+                self.state, self.last_error = "error", f"{type(exc).__name__}: {exc}"
+                log.exception("replication from %s failed", self.leader_address)
+                backoff = 1.0
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _ack(self) -> rpb.FollowerMessage:
+        eng = self.engine
+        return rpb.FollowerMessage(ack=rpb.Ack(
+            written_lsn=eng.wal.last_lsn, flushed_lsn=eng.wal.durable_lsn, applied_lsn=eng.applied_lsn))
+
+    def _stream_once(self) -> None:
+        eng = self.engine
+        acks: queue.Queue[rpb.FollowerMessage | None] = queue.Queue()
+        last = eng.wal.last_lsn
+        hello = rpb.Hello(node_id=self.cfg.node_id, address=self.cfg.address, last_lsn=last,
+                          last_term=eng.terms.term_at(last) if last else 0, highest_term=eng.term)
+
+        def requests() -> Iterator[rpb.FollowerMessage]:
+            yield rpb.FollowerMessage(hello=hello)
+            while True:
+                m = acks.get()
+                if m is None:
+                    return
+                yield m
+
+        channel = self.channel_factory(self.leader_address)
+        try:
+            stub = replication_pb2_grpc.ReplicationServiceStub(channel)
+            call = stub.StreamWal(requests())
+            self._call = call
+            if self._stop.is_set():
+                call.cancel()
+                return
+            self.state = "connected"
+            for msg in call:
+                if self._stop.is_set():
+                    break
+                self._handle(msg, call, acks, stub)
+                if msg.WhichOneof("kind") == "need_snapshot":
+                    break
+        finally:
+            acks.put(None)
+            self._call = None
+            channel.close()
+
+    def _handle(self, msg: rpb.LeaderMessage, call: grpc.Future, acks: queue.Queue, stub) -> None:  # type: ignore[no-untyped-def,type-arg]
+        eng = self.engine
+        if msg.term < eng.term:
+            call.cancel()
+            raise StaleLeader(f"rejected stream from {msg.leader_id or self.leader_address}: its term {msg.term} "
+                              f"is older than term {eng.term} this node has seen")
+        if msg.term > eng.term:
+            eng.terms.observe(msg.term)
+        self.leader_id = msg.leader_id
+        eng.leader_address = msg.leader_address or self.leader_address
+        kind = msg.WhichOneof("kind")
+        if kind == "records":
+            entries = [(e.lsn, e.term, e.rtype, e.payload) for e in msg.records.entries]
+            if any(e[1] > msg.term for e in entries):
+                call.cancel()
+                raise StaleLeader(f"leader {msg.leader_id} sent a record from a term above its own ({msg.term})")
+            eng.append_replicated(entries)
+            self.state = "streaming"
+        elif kind == "heartbeat":
+            self.leader_last = msg.heartbeat.last_lsn
+        elif kind == "need_snapshot":
+            log.warning("leader %s says: %s; bootstrapping from a snapshot", msg.leader_id, msg.need_snapshot.reason)
+            self._bootstrap(stub)
+            return
+        if eng.wal.durable_lsn >= self.leader_last:
+            self.caught_up_at = time.monotonic()
+        acks.put(self._ack())
+
+    def _bootstrap(self, stub) -> None:  # type: ignore[no-untyped-def]
+        eng = self.engine
+        self.state = "snapshot"
+        tmp = eng.dir / INCOMING
+        t0 = time.monotonic()
+        size = 0
+        with open(tmp, "wb", buffering=1 << 20) as f:
+            for block in stub.GetSnapshot(rpb.SnapshotRequest(node_id=self.cfg.node_id)):
+                if self._stop.is_set():
+                    return
+                f.write(block.data)
+                size += len(block.data)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp, "rb", buffering=1 << 20) as f:
+            for _ in ckpt.SnapshotDecoder(f, str(tmp)):
+                pass  # validate every frame before the old state is thrown away
+        lsn = eng.install_snapshot(tmp)
+        log.info("bootstrapped from a %d-byte snapshot at LSN %d in %.2fs", size, lsn, time.monotonic() - t0)
+
+    def lag(self) -> tuple[int, float]:
+        """(records, seconds) this replica is behind what the leader last reported."""
+        behind = max(0, self.leader_last - self.engine.wal.durable_lsn)
+        return behind, 0.0 if behind == 0 else time.monotonic() - self.caught_up_at

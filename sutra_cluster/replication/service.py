@@ -1,0 +1,53 @@
+"""sutra.replication.ReplicationService."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from sutra_cluster.api.status import grpc_errors
+from sutra_cluster.pb import replication_pb2 as rpb
+from sutra_cluster.pb import replication_pb2_grpc
+from sutra_cluster.replication.manager import ReplicationManager
+
+BLOCK = 1 << 20
+
+
+class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
+    def __init__(self, manager: ReplicationManager) -> None:
+        self.m = manager
+
+    def StreamWal(self, request_iterator: Iterator[rpb.FollowerMessage],
+                  context: grpc.ServicerContext) -> Iterator[rpb.LeaderMessage]:
+        return self.m.leader.stream(request_iterator, context)
+
+    def GetSnapshot(self, request: rpb.SnapshotRequest, context: grpc.ServicerContext) -> Iterator[rpb.SnapshotBlock]:
+        header, blocks = self.m.engine.snapshot_blocks()
+        buf: list[bytes] = []
+        size = 0
+        first = True
+        for b in blocks:
+            buf.append(b)
+            size += len(b)
+            if size >= BLOCK:
+                yield rpb.SnapshotBlock(data=b"".join(buf), lsn=header.lsn if first else 0,
+                                        term=header.term if first else 0)
+                first, buf, size = False, [], 0
+        if buf or first:
+            yield rpb.SnapshotBlock(data=b"".join(buf), lsn=header.lsn if first else 0, term=header.term if first else 0)
+
+    @grpc_errors
+    def GetReplicationStatus(self, request: rpb.ReplicationStatusRequest,
+                             context: grpc.ServicerContext) -> rpb.ReplicationStatus:
+        return self.m.status()
+
+    @grpc_errors
+    def Promote(self, request: rpb.PromoteRequest, context: grpc.ServicerContext) -> rpb.PromoteResponse:
+        term, lsn = self.m.promote(request.min_lsn)
+        return rpb.PromoteResponse(term=term, lsn=lsn)
+
+    @grpc_errors
+    def Follow(self, request: rpb.FollowRequest, context: grpc.ServicerContext) -> rpb.FollowResponse:
+        self.m.follow(request.leader_address)
+        return rpb.FollowResponse(term=self.m.engine.term)

@@ -1,0 +1,78 @@
+"""The term history of a node, like PostgreSQL's timeline history: which term
+wrote which LSNs, and the highest term this node has ever seen.
+
+Persisted in ``terms.json`` (written to a temporary file, fsynced, renamed, and
+the directory fsynced) before any record of a new term is acknowledged, so a
+restarted replica still rejects leaders older than the newest it followed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sutra_cluster.storage.checkpoint import fsync_dir
+
+FILE = "terms.json"
+
+
+class TermHistory:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / FILE
+        self.highest = 1
+        # (term, first LSN written in that term), ascending.
+        self.history: list[tuple[int, int]] = [(1, 1)]
+        if self.path.exists():
+            data = json.loads(self.path.read_text())
+            self.highest = int(data["highest"])
+            self.history = [(int(t), int(lsn)) for t, lsn in data["history"]]
+
+    @property
+    def current(self) -> int:
+        return self.highest
+
+    @property
+    def last_term(self) -> int:
+        return self.history[-1][0] if self.history else 0
+
+    def term_at(self, lsn: int) -> int:
+        """Term of the record at ``lsn``; 0 when the history does not reach back that far."""
+        found = 0
+        for term, first in self.history:
+            if first <= lsn:
+                found = term
+            else:
+                break
+        return found
+
+    def observe(self, term: int) -> bool:
+        """Remember a term seen from a leader or etcd; True if it was new."""
+        if term <= self.highest:
+            return False
+        self.highest = term
+        self._save()
+        return True
+
+    def begin(self, term: int, first_lsn: int) -> None:
+        """Record that ``term`` writes from ``first_lsn`` on (drops later entries)."""
+        if self.history and self.history[-1][0] == term:
+            return
+        self.history = [(t, f) for t, f in self.history if f < first_lsn] + [(term, first_lsn)]
+        self.highest = max(self.highest, term)
+        self._save()
+
+    def reset(self, term: int, lsn: int) -> None:
+        """After installing a snapshot taken at ``lsn`` in ``term``."""
+        self.history = [(term, lsn)]
+        self.highest = max(self.highest, term)
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"highest": self.highest, "history": self.history}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
