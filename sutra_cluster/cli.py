@@ -41,11 +41,53 @@ def _local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _addresses(raw: str) -> list[str]:
+    return [a.strip() for a in raw.split(",") if a.strip()]
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from sutra_cluster import admin
+
+    resp = admin.promote(args.node, _addresses(args.followers or ""), args.min_lsn)
+    print(f"promoted {args.node}: leader at term {resp.term} from LSN {resp.lsn}")
+    return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    from sutra_cluster import admin
+
+    resp = admin.follow(args.node, args.leader)
+    print(f"{args.node} now follows {args.leader} (term {resp.term})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sutra_cluster import admin
+
+    nodes = _addresses(args.nodes or "")
+    if not nodes:
+        print("sutra-cluster status: give --nodes host:port,...", file=sys.stderr)
+        return 2
+    return admin.print_status(nodes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sutra-cluster", description="Sutra Cluster storage nodes and tools")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run one node, configured from the environment")
     s.set_defaults(func=_serve)
+    pr = sub.add_parser("promote", help="make a replica the leader (clusters without etcd)")
+    pr.add_argument("--node", required=True, help="host:port of the replica to promote")
+    pr.add_argument("--followers", help="host:port,... of the other nodes, pointed at the new leader")
+    pr.add_argument("--min-lsn", type=int, default=0, help="refuse unless the node has flushed this LSN")
+    pr.set_defaults(func=_promote)
+    fo = sub.add_parser("follow", help="point a node at a leader")
+    fo.add_argument("--node", required=True)
+    fo.add_argument("--leader", required=True)
+    fo.set_defaults(func=_follow)
+    st = sub.add_parser("status", help="shard, node, role, term, LSNs and lag as a table")
+    st.add_argument("--nodes", help="host:port,... of the nodes to ask")
+    st.set_defaults(func=_status)
     lc = sub.add_parser("local", help="run the embedded default cluster on this machine")
     lc.add_argument("action", choices=["up", "down"])
     lc.add_argument("--dir", default=".local-cluster", help="data folder of the local cluster")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sutra_cluster.errors import ConfigError
@@ -53,7 +53,12 @@ class Config:
     tls_key: str = ""  # SUTRA_TLS_KEY
     tls_ca: str = ""  # SUTRA_TLS_CA
     shard: int = 0  # SUTRA_SHARD
-    extra: dict[str, str] = field(default_factory=dict)
+    cluster_name: str = "sutra"  # SUTRA_CLUSTER_NAME: etcd key prefix /<name>/
+    lease_ttl_s: int = 2  # SUTRA_LEASE_TTL_S: leader key lease (etcd's minimum at its defaults is 2)
+    loop_wait_ms: int = 100  # SUTRA_LOOP_WAIT_MS: HA loop period
+    retry_timeout_ms: int = 400  # SUTRA_RETRY_TIMEOUT_MS: one etcd call's deadline
+    fence_margin_ms: int = 500  # SUTRA_FENCE_MARGIN_MS: stop acknowledging this long before the lease can expire
+    max_lag_on_failover: int = 1_000_000  # SUTRA_MAX_LAG_ON_FAILOVER: records a candidate may be behind
 
     @property
     def address(self) -> str:
@@ -126,6 +131,23 @@ def _parse_addresses(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def timing_problems(cfg: Config) -> list[str]:
+    """The failover timing invariants (Patroni's, plus the fencing margin)."""
+    ttl_ms = cfg.lease_ttl_s * 1000
+    problems = []
+    if cfg.loop_wait_ms + 2 * cfg.retry_timeout_ms > ttl_ms:
+        problems.append(
+            f"SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS ({cfg.loop_wait_ms} + 2 * {cfg.retry_timeout_ms}) "
+            f"must be <= SUTRA_LEASE_TTL_S ({ttl_ms} ms), or a leader could lose its key between two renewals"
+        )
+    if cfg.fence_margin_ms + cfg.retry_timeout_ms >= ttl_ms:
+        problems.append(
+            f"SUTRA_FENCE_MARGIN_MS + SUTRA_RETRY_TIMEOUT_MS ({cfg.fence_margin_ms} + {cfg.retry_timeout_ms}) "
+            f"must be < SUTRA_LEASE_TTL_S ({ttl_ms} ms)"
+        )
+    return problems
+
+
 def load(env: Mapping[str, str] | None = None) -> Config:
     """Read and validate every setting. Raises ConfigError listing each bad one."""
     env = os.environ if env is None else env
@@ -166,7 +188,14 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         tls_key=env.get("SUTRA_TLS_KEY", "").strip(),
         tls_ca=env.get("SUTRA_TLS_CA", "").strip(),
         shard=r.integer("SUTRA_SHARD", 0, 0, 65_535),
+        cluster_name=env.get("SUTRA_CLUSTER_NAME", "").strip() or "sutra",
+        lease_ttl_s=r.integer("SUTRA_LEASE_TTL_S", 2, 1, 600),
+        loop_wait_ms=r.integer("SUTRA_LOOP_WAIT_MS", 100, 10, 600_000),
+        retry_timeout_ms=r.integer("SUTRA_RETRY_TIMEOUT_MS", 400, 10, 600_000),
+        fence_margin_ms=r.integer("SUTRA_FENCE_MARGIN_MS", 500, 0, 600_000),
+        max_lag_on_failover=r.integer("SUTRA_MAX_LAG_ON_FAILOVER", 1_000_000, 0, 1 << 62),
     )
+    r.errors.extend(timing_problems(cfg))
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         r.errors.append("SUTRA_TLS_CERT/SUTRA_TLS_KEY: set both or neither")
     for name, path in (("SUTRA_TLS_CERT", cfg.tls_cert), ("SUTRA_TLS_KEY", cfg.tls_key), ("SUTRA_TLS_CA", cfg.tls_ca)):

@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.config import Config
+from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+from sutra_cluster.failover.loop import HaLoop
 from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2, storage_pb2_grpc
 from sutra_cluster.replication.manager import LagCollector, ReplicationManager
@@ -91,6 +93,13 @@ class Node:
             self.server,
         )
         self._stopped = threading.Event()
+        self.ha: HaLoop | None = None
+        if cfg.etcd_endpoints:
+            coord = EtcdCoordinator(
+                cfg.etcd_endpoints, shard_prefix(cfg.cluster_name, cfg.shard), cfg.node_id,
+                ttl=cfg.lease_ttl_s, timeout=cfg.retry_timeout_ms / 1000.0,
+            )
+            self.ha = HaLoop(self.replication, coord, cfg)
 
     def start(self) -> None:
         bind = f"{self.cfg.host}:{self.cfg.port}"
@@ -98,6 +107,8 @@ class Node:
             raise OSError(f"cannot listen on {bind}")
         self.server.start()
         self.replication.start()
+        if self.ha is not None:
+            self.ha.start()
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -111,6 +122,8 @@ class Node:
         self._stopped.set()
         log.info("stopping: refusing new requests, letting in-flight ones finish (grace %.0fs)", grace)
         self.health.enter_graceful_shutdown()
+        if self.ha is not None:
+            self.ha.stop(release=True)  # a replica takes over now, not after the lease TTL
         stopped = self.server.stop(grace)
         self.replication.leader.close(grace)
         stopped.wait()

@@ -51,6 +51,10 @@ class FollowerLoop:
         self._thread.start()
         return self
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
     def stop(self) -> None:
         """Stop following; returns once no more records will be appended."""
         self._stop.set()
@@ -132,6 +136,10 @@ class FollowerLoop:
             eng.terms.observe(msg.term)
         self.leader_id = msg.leader_id
         eng.leader_address = msg.leader_address or self.leader_address
+        if msg.WhichOneof("kind") in ("records", "heartbeat") and eng.read_fence:
+            # The leader accepted our hello: our history is a prefix of its own.
+            log.info("history checked against leader %s: serving reads again", msg.leader_id)
+            eng.read_fence = None
         kind = msg.WhichOneof("kind")
         if kind == "records":
             entries = [(e.lsn, e.term, e.rtype, e.payload) for e in msg.records.entries]

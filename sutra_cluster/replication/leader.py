@@ -48,6 +48,10 @@ class LeaderStreams:
         self._data = threading.Condition()
         self._streams = 0
         self.closing = False
+        # None: any connected replica counts for sync commits (manual clusters).
+        # A tuple: only these (the sync set published in etcd) count.
+        self.sync_ids: tuple[str, ...] | None = None
+        self.max_committed = 0
         self.on_stale: list = []  # callbacks(term) when a follower proves this leader stale
         engine.durable_listeners.append(self._on_durable)
 
@@ -142,6 +146,9 @@ class LeaderStreams:
                 pos = f.sent = entries[-1].lsn
                 last_send = time.monotonic()
                 continue
+            # Nothing left to send: the replica has everything that is durable here
+            # (an idle leader's replicas are streaming, not forever in catch-up).
+            f.state = "streaming"
             with self._data:
                 self._data.wait_for(lambda: eng.wal.durable_lsn > pos or not f.connected, HEARTBEAT_S / 2)
             if time.monotonic() - last_send >= HEARTBEAT_S:
@@ -181,8 +188,12 @@ class LeaderStreams:
     def connected(self) -> list[Follower]:
         return [f for f in self.followers.values() if f.connected]
 
+    def _counted(self) -> list[Follower]:
+        ids = self.sync_ids
+        return [f for f in self.followers.values() if f.connected and (ids is None or f.node_id in ids)]
+
     def _flushed_at_least(self, lsn: int) -> int:
-        return sum(1 for f in self.followers.values() if f.connected and f.flushed >= lsn)
+        return sum(1 for f in self._counted() if f.flushed >= lsn)
 
     def _degraded(self) -> bool:
         return self.cfg.sync_fallback and len(self.connected()) < self.cfg.sync_replicas
@@ -193,7 +204,7 @@ class LeaderStreams:
         durable = self.engine.wal.durable_lsn
         if self.cfg.commit_mode != "sync" or self._degraded():
             return durable
-        flushed = sorted((f.flushed for f in self.followers.values() if f.connected), reverse=True)
+        flushed = sorted((f.flushed for f in self._counted()), reverse=True)
         n = self.cfg.sync_replicas
         return min(durable, flushed[n - 1]) if len(flushed) >= n else self.engine.applied_lsn
 
@@ -201,6 +212,7 @@ class LeaderStreams:
         """The sync-mode commit gate. Raises Unavailable, and the write is then
         not acknowledged, when too few replicas flush it in time."""
         if self.cfg.commit_mode != "sync" or self._degraded():
+            self.max_committed = max(self.max_committed, lsn)
             return
         n = self.cfg.sync_replicas
         timeout = self.cfg.sync_timeout_ms / 1000.0
@@ -212,12 +224,14 @@ class LeaderStreams:
             got = self._flushed_at_least(lsn)
         if self.engine.role != "leader":
             raise Unavailable(f"leadership lost before LSN {lsn} was replicated; the write was not acknowledged")
-        if not ok and got < n:
-            raise Unavailable(
-                f"sync commit: {got} of {n} required replicas acknowledged LSN {lsn} within "
-                f"{self.cfg.sync_timeout_ms} ms ({len(self.connected())} connected); the write is durable on "
-                "the leader but was NOT acknowledged: retry it"
-            )
+        if ok or got >= n:
+            self.max_committed = max(self.max_committed, lsn)
+            return
+        raise Unavailable(
+            f"sync commit: {got} of {n} required replicas acknowledged LSN {lsn} within "
+            f"{self.cfg.sync_timeout_ms} ms ({len(self.connected())} connected); the write is durable on "
+            "the leader but was NOT acknowledged: retry it"
+        )
 
     def retain_floor(self) -> int | None:
         """Lowest flushed LSN of replicas connected or seen recently: the WAL they
@@ -257,5 +271,7 @@ class LeaderStreams:
         """Replicas whose acknowledgements currently commit sync writes."""
         if self.cfg.commit_mode != "sync":
             return set()
+        if self.sync_ids is not None:
+            return set(self.sync_ids)
         best = sorted(self.connected(), key=lambda f: (-f.flushed, f.node_id))
         return {f.node_id for f in best[: self.cfg.sync_replicas]}

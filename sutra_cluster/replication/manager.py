@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -31,20 +31,67 @@ class ReplicationManager:
         self.leader.on_stale.append(self._stale)
         self.follower: FollowerLoop | None = None
         self._lock = threading.RLock()
+        self.managed = bool(cfg.etcd_endpoints)
+        # Set by the HA loop in managed mode: raises when the lease may have expired.
+        self.fence: Callable[[], None] | None = None
         engine.retain_floor = self._retain_floor  # type: ignore[method-assign]
 
     def start(self) -> None:
-        if self.cfg.role == "leader":
+        if self.managed:
+            # The HA loop decides; until a leader's stream has validated this
+            # node's history, it serves no reads (it may hold a divergent tail).
+            self.engine.role = "replica"
+            self.engine.read_fence = "joining the cluster: history not yet checked against the leader"
+        elif self.cfg.role == "leader":
             self._become_leader()
         else:
             self.follow(self.cfg.leader)
 
+    def _commit(self, lsn: int) -> None:
+        self.leader.wait_commit(lsn)
+        if self.fence is not None:
+            self.fence()
+
     def _become_leader(self) -> None:
         eng = self.engine
         eng.leader_address = self.cfg.address
-        eng.commit_gate = self.leader.wait_commit
+        eng.commit_gate = self._commit
         eng.visible_limit = self.leader.commit_lsn if self.cfg.commit_mode == "sync" else None
+        eng.read_fence = None
         eng.role = "leader"
+
+    def promote_to(self, term: int, managed: bool = False) -> int:
+        """Lead at ``term`` (from the HA loop, which took it from etcd)."""
+        with self._lock:
+            eng = self.engine
+            if self.follower is not None:
+                self.follower.stop()
+                self.follower = None
+            self.leader.sync_ids = () if managed and self.cfg.commit_mode == "sync" else None
+            lsn = eng.begin_term(term)
+            self._become_leader()
+            log.warning("promoted self: leader at term %d from LSN %d", term, lsn)
+            return lsn
+
+    def demote(self) -> None:
+        """Stop taking writes at once; the HA loop decides whom to follow next."""
+        with self._lock:
+            eng = self.engine
+            was_leader = eng.role == "leader"
+            eng.role = "replica"
+            eng.commit_gate = None
+            eng.visible_limit = None
+            eng.leader_address = ""
+            if was_leader:
+                eng.read_fence = "former leader rejoining: history not yet checked against the new leader"
+                log.warning("demoted at term %d", eng.term)
+
+    def freeze(self) -> None:
+        """Stop streaming (an election is under way); keep serving reads."""
+        with self._lock:
+            if self.follower is not None:
+                self.follower.stop()
+                self.follower = None
 
     def promote(self, min_lsn: int = 0) -> tuple[int, int]:
         """Make this node the leader in a new, higher term; returns (term, lsn of
@@ -68,12 +115,14 @@ class ReplicationManager:
         """Become (or stay) a replica of ``leader_address``."""
         with self._lock:
             eng = self.engine
+            if eng.role == "leader":
+                self.demote()
             eng.role = "replica"
             eng.commit_gate = None
             eng.visible_limit = None
             eng.leader_address = leader_address
             if self.follower is not None:
-                if self.follower.leader_address == leader_address:
+                if self.follower.leader_address == leader_address and self.follower.alive:
                     return
                 self.follower.stop()
             self.follower = FollowerLoop(eng, self.cfg, leader_address).start()

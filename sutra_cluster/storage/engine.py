@@ -74,6 +74,8 @@ class Engine:
         self._since_checkpoint = 0
         self._ckpt_thread: threading.Thread | None = None
         self.write_failure: str | None = None
+        self.write_pause: str | None = None  # e.g. a switchover in progress
+        self.read_fence: str | None = None  # reads refused (a rejoining node's history is unchecked)
         # Set by the replication layer: block until the record is committed
         # cluster-wide (sync mode), and the highest LSN that may become visible.
         self.commit_gate: Callable[[int], None] | None = None
@@ -268,6 +270,16 @@ class Engine:
             raise StorageFailure(f"writes are disabled after a storage failure: {self.write_failure}")
         if self._stop.is_set():
             raise Unavailable("node is shutting down")
+        if self.write_pause:
+            raise Unavailable(f"writes paused for {self.write_pause}; retry shortly")
+
+    def pause_writes(self, why: str) -> None:
+        with self._append_lock:
+            self.write_pause = why
+
+    def resume_writes(self) -> None:
+        with self._append_lock:
+            self.write_pause = None
 
     def submit(self, batch: wal_pb2.WalBatch) -> int:
         """Log a validated batch and return its LSN once it is committed.
@@ -458,7 +470,10 @@ class Engine:
 
     # ---- reads -----------------------------------------------------------
     def wait_visible(self, sequence: int, timeout_s: float | None = None) -> None:
-        """Return once ``sequence`` is visible to reads; raise DeadlineExceeded otherwise."""
+        """Return once ``sequence`` is visible to reads; raise DeadlineExceeded otherwise,
+        and Unavailable while this node may hold a divergent history."""
+        if self.read_fence:
+            raise Unavailable(f"{self.cfg.node_id} serves no reads yet: {self.read_fence}")
         if sequence <= self.applied_lsn:
             return
         wait = self.cfg.read_wait_ms / 1000.0 if timeout_s is None else timeout_s

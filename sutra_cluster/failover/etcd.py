@@ -1,0 +1,150 @@
+"""The etcd coordinator, on the maintained etcd v3 client ``pyetcd``
+(etcd-sdk-python; see docs/HA.md for why not the old ``etcd3`` package)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+import pyetcd
+from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
+
+from sutra_cluster.failover.coordinator import (
+    ClusterSnapshot,
+    Coordinator,
+    CoordinatorUnavailable,
+    LeaderKey,
+    MemberInfo,
+    SyncState,
+    parse_snapshot,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def shard_prefix(cluster: str, shard: int) -> str:
+    return f"/{cluster}/shards/{shard}/"
+
+
+class EtcdCoordinator(Coordinator):
+    def __init__(self, endpoints: tuple[str, ...] | list[str], prefix: str, node_id: str, *, ttl: int = 2,
+                 member_ttl: int = 5, timeout: float = 0.4) -> None:
+        eps = []
+        for ep in endpoints:
+            host, _, port = ep.rpartition(":")
+            # A failed endpoint is retried after 0.5 s (the library's default waits 300 s).
+            eps.append(Endpoint(host, int(port), secure=False, time_retry=0.5))
+        self.client = MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        self.prefix, self.node_id, self.ttl, self.member_ttl = prefix, node_id, ttl, member_ttl
+        self.member_lease: int = 0
+        self._lock = threading.Lock()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (pyetcd.Etcd3Exception, grpc.RpcError, ValueError, ConnectionError) as exc:
+            for ep in self.client.endpoints.values():
+                ep.last_failed = 0  # let the next call try again rather than wait out time_retry
+            raise CoordinatorUnavailable(f"etcd unreachable: {type(exc).__name__}: {exc}") from exc
+
+    def snapshot(self) -> ClusterSnapshot:
+        def read() -> ClusterSnapshot:
+            kv = {}
+            revision = 0
+            for value, meta in self.client.get_prefix(self.prefix):
+                kv[meta.key.decode()] = value.decode()
+                revision = max(revision, meta.mod_revision)
+            return parse_snapshot(self.prefix, kv, revision)
+
+        return self._call(read)
+
+    def publish_member(self, info: MemberInfo) -> None:
+        def put() -> None:
+            with self._lock:
+                if self.member_lease:
+                    alive = list(self.client.refresh_lease(self.member_lease))
+                    if not alive or alive[0].TTL <= 0:
+                        self.member_lease = 0
+                if not self.member_lease:
+                    self.member_lease = self.client.lease(self.member_ttl).id
+                self.client.put(f"{self.prefix}members/{info.node_id}", info.encode(), lease=self.member_lease)
+
+        self._call(put)
+
+    def acquire(self, key: LeaderKey, expected_term: int) -> LeaderKey | None:
+        def txn() -> LeaderKey | None:
+            lease = self.client.lease(self.ttl)
+            stored = LeaderKey(key.node_id, key.address, key.term, lease.id)
+            t = self.client.transactions
+            term_cmp = (t.version(self.prefix + "term") == 0 if expected_term == 0
+                        else t.value(self.prefix + "term") == str(expected_term))
+            ok, _ = self.client.transaction(
+                compare=[t.create(self.prefix + "leader") == 0, term_cmp],
+                success=[t.put(self.prefix + "leader", stored.encode(), lease=lease.id),
+                         t.put(self.prefix + "term", str(key.term))],
+                failure=[],
+            )
+            if not ok:
+                self.client.revoke_lease(lease.id)
+                return None
+            return stored
+
+        return self._call(txn)
+
+    def renew(self, key: LeaderKey) -> bool:
+        def refresh() -> bool:
+            value, _ = self.client.get(self.prefix + "leader")
+            if value is None or value.decode() != key.encode():
+                return False
+            alive = list(self.client.refresh_lease(key.lease))
+            return bool(alive) and alive[0].TTL > 0
+
+        return self._call(refresh)
+
+    def release(self, key: LeaderKey) -> bool:
+        return self.revoke(key)
+
+    def revoke(self, key: LeaderKey) -> bool:
+        def rev() -> bool:
+            t = self.client.transactions
+            ok, _ = self.client.transaction(
+                compare=[t.value(self.prefix + "leader") == key.encode()],
+                success=[t.delete(self.prefix + "leader")], failure=[],
+            )
+            if ok:
+                try:
+                    self.client.revoke_lease(key.lease)
+                except pyetcd.Etcd3Exception:
+                    pass  # the key is gone already; an unrevoked lease only expires later
+            return bool(ok)
+
+        return self._call(rev)
+
+    def set_sync(self, leader: LeaderKey, sync: SyncState) -> bool:
+        def put() -> bool:
+            t = self.client.transactions
+            ok, _ = self.client.transaction(
+                compare=[t.value(self.prefix + "leader") == leader.encode()],
+                success=[t.put(self.prefix + "sync", sync.encode())], failure=[],
+            )
+            return bool(ok)
+
+        return self._call(put)
+
+    def request_switchover(self, target: str) -> None:
+        self._call(lambda: self.client.put(self.prefix + "switchover", target))
+
+    def clear_switchover(self) -> None:
+        self._call(lambda: self.client.delete(self.prefix + "switchover"))
+
+    def close(self) -> None:
+        try:
+            if self.member_lease:
+                self.client.revoke_lease(self.member_lease)
+        except Exception:  # closing: the member key expires with its lease anyway
+            pass
+        self.client.close()
