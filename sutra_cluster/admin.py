@@ -82,3 +82,51 @@ def print_status(addresses: Sequence[str], out=sys.stdout) -> int:  # type: igno
               f"{r['durable_lsn']!s:>9} {r['applied_lsn']!s:>9} {r.get('lag_bytes', '-')!s:>8} "
               f"{lag_ms:>8}  {r['state']}", file=out)
     return 0 if all(r["role"] != "down" for r in rows) else 1
+
+
+def etcd_members(endpoints: Sequence[str], cluster: str, shard: int) -> tuple[list[str], str]:
+    """Addresses of a shard's members as published in etcd, and the leader's."""
+    from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+
+    coord = EtcdCoordinator(list(endpoints), shard_prefix(cluster, shard), "admin", timeout=2.0)
+    try:
+        snap = coord.snapshot()
+    finally:
+        coord.close()
+    addrs = sorted(m.address for m in snap.members.values())
+    return addrs, snap.leader.address if snap.leader else ""
+
+
+def switchover(endpoints: Sequence[str], cluster: str, shard: int, target: str = "",
+               timeout: float = 10.0) -> tuple[str, float]:
+    """Planned switchover: ask the leader to hand over to ``target`` (or the most
+    caught-up replica), wait until the target holds the leader key; returns
+    (target, seconds). No acknowledged write is lost: the leader pauses writes
+    and hands over only once the target has flushed everything."""
+    import time
+
+    from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+
+    coord = EtcdCoordinator(list(endpoints), shard_prefix(cluster, shard), "admin", timeout=2.0)
+    try:
+        snap = coord.snapshot()
+        if snap.leader is None:
+            raise RuntimeError("no leader: nothing to switch over")
+        if not target:
+            replicas = [m for m in snap.members.values() if m.node_id != snap.leader.node_id and m.healthy]
+            if not replicas:
+                raise RuntimeError("no healthy replica to switch over to")
+            target = sorted(replicas, key=lambda m: (-m.flushed_lsn, m.node_id))[0].node_id
+        if target not in snap.members:
+            raise RuntimeError(f"{target} is not a live member of shard {shard}")
+        t0 = time.monotonic()
+        coord.request_switchover(target)
+        while time.monotonic() - t0 < timeout:
+            cur = coord.snapshot().leader
+            if cur is not None and cur.node_id == target:
+                return target, time.monotonic() - t0
+            time.sleep(0.01)
+        coord.clear_switchover()
+        raise RuntimeError(f"switchover to {target} did not finish within {timeout:.0f} s")
+    finally:
+        coord.close()

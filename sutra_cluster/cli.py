@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from sutra_cluster import config
@@ -65,10 +66,26 @@ def _status(args: argparse.Namespace) -> int:
     from sutra_cluster import admin
 
     nodes = _addresses(args.nodes or "")
+    etcd = _addresses(args.etcd or os.environ.get("SUTRA_ETCD_ENDPOINTS", ""))
+    if not nodes and etcd:
+        nodes, _ = admin.etcd_members(etcd, args.cluster, args.shard)
     if not nodes:
-        print("sutra-cluster status: give --nodes host:port,...", file=sys.stderr)
+        print("sutra-cluster status: give --nodes host:port,... or --etcd host:port", file=sys.stderr)
         return 2
+    print(f"shard {args.shard}")
     return admin.print_status(nodes)
+
+
+def _switchover(args: argparse.Namespace) -> int:
+    from sutra_cluster import admin
+
+    etcd = _addresses(args.etcd or os.environ.get("SUTRA_ETCD_ENDPOINTS", ""))
+    if not etcd:
+        print("sutra-cluster switchover: give --etcd host:port (switchover needs etcd)", file=sys.stderr)
+        return 2
+    target, secs = admin.switchover(etcd, args.cluster, args.shard, args.to or "")
+    print(f"switchover done: {target} leads shard {args.shard} after {secs * 1000:.0f} ms")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     fo.set_defaults(func=_follow)
     st = sub.add_parser("status", help="shard, node, role, term, LSNs and lag as a table")
     st.add_argument("--nodes", help="host:port,... of the nodes to ask")
+    st.add_argument("--etcd", help="etcd host:port,... (default SUTRA_ETCD_ENDPOINTS): find the nodes there")
+    st.add_argument("--cluster", default=os.environ.get("SUTRA_CLUSTER_NAME", "sutra"))
+    st.add_argument("--shard", type=int, default=0)
     st.set_defaults(func=_status)
+    sw = sub.add_parser("switchover", help="hand leadership to a caught-up replica (etcd clusters)")
+    sw.add_argument("--to", help="node id of the new leader (default: the most caught-up replica)")
+    sw.add_argument("--etcd", help="etcd host:port,... (default SUTRA_ETCD_ENDPOINTS)")
+    sw.add_argument("--cluster", default=os.environ.get("SUTRA_CLUSTER_NAME", "sutra"))
+    sw.add_argument("--shard", type=int, default=0)
+    sw.set_defaults(func=_switchover)
     lc = sub.add_parser("local", help="run the embedded default cluster on this machine")
     lc.add_argument("action", choices=["up", "down"])
     lc.add_argument("--dir", default=".local-cluster", help="data folder of the local cluster")

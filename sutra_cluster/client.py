@@ -176,3 +176,112 @@ def batches_of(concepts: Iterable[Concept], size: int) -> Iterator[pb.LearnBatch
             chunk = []
     if chunk:
         yield SutraClient.batch_request(chunk)
+
+
+class ClusterClient:
+    """A client for an etcd-managed shard: writes go to the current leader,
+    found in etcd; on UNAVAILABLE or "not the leader" it looks the leader up
+    again and retries with the same request id, so a write retried across a
+    failover is applied once. A watch on the leader key keeps the cached
+    address fresh between calls.
+    """
+
+    def __init__(self, etcd_endpoints: Sequence[str], *, cluster: str = "sutra", shard: int = 0,
+                 timeout: float = 10.0, failover_deadline: float = 15.0, watch: bool = True) -> None:
+        from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+
+        self._coord = EtcdCoordinator(list(etcd_endpoints), shard_prefix(cluster, shard), "client", timeout=2.0)
+        self.timeout = timeout
+        self.failover_deadline = failover_deadline
+        self._clients: dict[str, SutraClient] = {}
+        self.leader_address = ""
+        self._watch_id: Any = None
+        if watch:
+            try:
+                self._watch_id = self._coord.client.add_watch_callback(
+                    self._coord.prefix + "leader", self._on_watch)
+            except Exception:  # the watch is an optimisation; lookups on error still work
+                self._watch_id = None
+
+    def _on_watch(self, event: Any) -> None:
+        from sutra_cluster.failover.coordinator import LeaderKey
+
+        for ev in getattr(event, "events", []) or []:
+            value = getattr(ev, "value", b"")
+            self.leader_address = LeaderKey.decode(value).address if value else ""
+
+    def close(self) -> None:
+        if self._watch_id is not None:
+            try:
+                self._coord.client.cancel_watch(self._watch_id)
+            except Exception:  # closing anyway
+                pass
+        for c in self._clients.values():
+            c.close()
+        self._coord.close()
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _client(self, address: str) -> SutraClient:
+        if address not in self._clients:
+            self._clients[address] = SutraClient(address, timeout=self.timeout, retry_deadline=0.0)
+        return self._clients[address]
+
+    def find_leader(self, deadline: float) -> str:
+        import time
+
+        from sutra_cluster.failover.coordinator import CoordinatorUnavailable
+
+        while True:
+            try:
+                snap = self._coord.snapshot()
+                if snap.leader is not None:
+                    self.leader_address = snap.leader.address
+                    return self.leader_address
+            except CoordinatorUnavailable:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("no leader found in etcd before the deadline")
+            time.sleep(0.02)
+
+    def call_leader(self, method: str, request: Any) -> Any:
+        """Call ``method`` on the leader, following it across failovers until
+        ``failover_deadline``; the request (and its request id) is reused."""
+        import time
+
+        deadline = time.monotonic() + self.failover_deadline
+        address = self.leader_address or self.find_leader(deadline)
+        while True:
+            try:
+                return getattr(self._client(address).stub, method)(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
+                                grpc.StatusCode.DEADLINE_EXCEEDED) or time.monotonic() > deadline:
+                    raise
+                if code == grpc.StatusCode.FAILED_PRECONDITION and "replica" not in (exc.details() or ""):  # type: ignore[attr-defined]
+                    raise
+                time.sleep(0.02)
+                self.leader_address = ""
+                address = self.find_leader(deadline)
+
+    def learn_concept(self, concept_id: str, content: str, embedding: np.ndarray | None = None, *,
+                      request_id: str = "", **kw: Any) -> int:
+        req = Concept(concept_id, content, embedding, **kw).to_pb()
+        req.request_id = request_id or uuid.uuid4().hex
+        return int(self.call_leader("LearnConcept", req).sequence)
+
+    def learn_batch(self, concepts: Sequence[Concept] = (), associations: Sequence[Association] = (),
+                    deletes: Sequence[str] = (), request_id: str = "") -> int:
+        req = SutraClient.batch_request(concepts, associations, deletes)
+        if request_id:
+            req.request_id = request_id
+        return int(self.call_leader("LearnBatch", req).sequence)
+
+    def query_concept(self, concept_id: str, sequence: int = 0) -> pb.QueryConceptResponse | None:
+        r = self.call_leader("QueryConcept", pb.QueryConceptRequest(concept_id=concept_id, sequence=sequence))
+        return r if r.found else None

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"sutra_cluster/pb/replication.proto\x12\x11sutra.replication\"d\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08last_lsn\x18\x03 \x01(\x04\x12\x11\n\tlast_term\x18\x04 \x01(\x04\x12\x14\n\x0chighest_term\x18\x05 \x01(\x04\"D\n\x03\x41\x63k\x12\x13\n\x0bwritten_lsn\x18\x01 \x01(\x04\x12\x13\n\x0b\x66lushed_lsn\x18\x02 \x01(\x04\x12\x13\n\x0b\x61pplied_lsn\x18\x03 \x01(\x04\"k\n\x0f\x46ollowerMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.sutra.replication.HelloH\x00\x12%\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x16.sutra.replication.AckH\x00\x42\x06\n\x04kind\"E\n\x08WalEntry\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05rtype\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"7\n\x07Records\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.sutra.replication.WalEntry\"G\n\tHeartbeat\x12\x10\n\x08last_lsn\x18\x01 \x01(\x04\x12\x12\n\ncommit_lsn\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x03 \x01(\x03\"\x1e\n\x0cNeedSnapshot\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xec\x01\n\rLeaderMessage\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12-\n\x07records\x18\x04 \x01(\x0b\x32\x1a.sutra.replication.RecordsH\x00\x12\x31\n\theartbeat\x18\x05 \x01(\x0b\x32\x1c.sutra.replication.HeartbeatH\x00\x12\x38\n\rneed_snapshot\x18\x06 \x01(\x0b\x32\x1f.sutra.replication.NeedSnapshotH\x00\x42\x06\n\x04kind\"\"\n\x0fSnapshotRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"8\n\rSnapshotBlock\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x1a\n\x18ReplicationStatusRequest\"\xcf\x01\n\rReplicaStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0bwritten_lsn\x18\x04 \x01(\x04\x12\x13\n\x0b\x66lushed_lsn\x18\x05 \x01(\x04\x12\x13\n\x0b\x61pplied_lsn\x18\x06 \x01(\x04\x12\x11\n\tlag_bytes\x18\x07 \x01(\x04\x12\x0e\n\x06lag_ms\x18\x08 \x01(\x01\x12\x0c\n\x04sync\x18\t \x01(\x08\x12\x1d\n\x15last_seen_seconds_ago\x18\n \x01(\x01\"\x87\x02\n\x11ReplicationStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x10\n\x08last_lsn\x18\x04 \x01(\x04\x12\x13\n\x0b\x64urable_lsn\x18\x05 \x01(\x04\x12\x13\n\x0b\x61pplied_lsn\x18\x06 \x01(\x04\x12\x12\n\ncommit_lsn\x18\x07 \x01(\x04\x12\x13\n\x0b\x63ommit_mode\x18\x08 \x01(\t\x12\x16\n\x0eleader_address\x18\t \x01(\t\x12\x32\n\x08replicas\x18\n \x03(\x0b\x32 .sutra.replication.ReplicaStatus\x12\x14\n\x0c\x66ollow_state\x18\x0b \x01(\t\"!\n\x0ePromoteRequest\x12\x0f\n\x07min_lsn\x18\x01 \x01(\x04\",\n\x0fPromoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\"\'\n\rFollowRequest\x12\x16\n\x0eleader_address\x18\x01 \x01(\t\"\x1e\n\x0e\x46ollowResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x32\xce\x03\n\x12ReplicationService\x12U\n\tStreamWal\x12\".sutra.replication.FollowerMessage\x1a .sutra.replication.LeaderMessage(\x01\x30\x01\x12U\n\x0bGetSnapshot\x12\".sutra.replication.SnapshotRequest\x1a .sutra.replication.SnapshotBlock0\x01\x12i\n\x14GetReplicationStatus\x12+.sutra.replication.ReplicationStatusRequest\x1a$.sutra.replication.ReplicationStatus\x12P\n\x07Promote\x12!.sutra.replication.PromoteRequest\x1a\".sutra.replication.PromoteResponse\x12M\n\x06\x46ollow\x12 .sutra.replication.FollowRequest\x1a!.sutra.replication.FollowResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"sutra_cluster/pb/replication.proto\x12\x11sutra.replication\"d\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08last_lsn\x18\x03 \x01(\x04\x12\x11\n\tlast_term\x18\x04 \x01(\x04\x12\x14\n\x0chighest_term\x18\x05 \x01(\x04\"D\n\x03\x41\x63k\x12\x13\n\x0bwritten_lsn\x18\x01 \x01(\x04\x12\x13\n\x0b\x66lushed_lsn\x18\x02 \x01(\x04\x12\x13\n\x0b\x61pplied_lsn\x18\x03 \x01(\x04\"k\n\x0f\x46ollowerMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.sutra.replication.HelloH\x00\x12%\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x16.sutra.replication.AckH\x00\x42\x06\n\x04kind\"E\n\x08WalEntry\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05rtype\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"7\n\x07Records\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.sutra.replication.WalEntry\"G\n\tHeartbeat\x12\x10\n\x08last_lsn\x18\x01 \x01(\x04\x12\x12\n\ncommit_lsn\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x03 \x01(\x03\"\x1e\n\x0cNeedSnapshot\x12\x0e\n\x06reason\x18\x01 \x01(\t\"2\n\x08\x44iverged\x12\x16\n\x0etruncate_after\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9d\x02\n\rLeaderMessage\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12-\n\x07records\x18\x04 \x01(\x0b\x32\x1a.sutra.replication.RecordsH\x00\x12\x31\n\theartbeat\x18\x05 \x01(\x0b\x32\x1c.sutra.replication.HeartbeatH\x00\x12\x38\n\rneed_snapshot\x18\x06 \x01(\x0b\x32\x1f.sutra.replication.NeedSnapshotH\x00\x12/\n\x08\x64iverged\x18\x07 \x01(\x0b\x32\x1b.sutra.replication.DivergedH\x00\x42\x06\n\x04kind\"\"\n\x0fSnapshotRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"8\n\rSnapshotBlock\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x1a\n\x18ReplicationStatusRequest\"\xcf\x01\n\rReplicaStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0bwritten_lsn\x18\x04 \x01(\x04\x12\x13\n\x0b\x66lushed_lsn\x18\x05 \x01(\x04\x12\x13\n\x0b\x61pplied_lsn\x18\x06 \x01(\x04\x12\x11\n\tlag_bytes\x18\x07 \x01(\x04\x12\x0e\n\x06lag_ms\x18\x08 \x01(\x01\x12\x0c\n\x04sync\x18\t \x01(\x08\x12\x1d\n\x15last_seen_seconds_ago\x18\n \x01(\x01\"\x87\x02\n\x11ReplicationStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x10\n\x08last_lsn\x18\x04 \x01(\x04\x12\x13\n\x0b\x64urable_lsn\x18\x05 \x01(\x04\x12\x13\n\x0b\x61pplied_lsn\x18\x06 \x01(\x04\x12\x12\n\ncommit_lsn\x18\x07 \x01(\x04\x12\x13\n\x0b\x63ommit_mode\x18\x08 \x01(\t\x12\x16\n\x0eleader_address\x18\t \x01(\t\x12\x32\n\x08replicas\x18\n \x03(\x0b\x32 .sutra.replication.ReplicaStatus\x12\x14\n\x0c\x66ollow_state\x18\x0b \x01(\t\"!\n\x0ePromoteRequest\x12\x0f\n\x07min_lsn\x18\x01 \x01(\x04\",\n\x0fPromoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\"\'\n\rFollowRequest\x12\x16\n\x0eleader_address\x18\x01 \x01(\t\"\x1e\n\x0e\x46ollowResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x32\xce\x03\n\x12ReplicationService\x12U\n\tStreamWal\x12\".sutra.replication.FollowerMessage\x1a .sutra.replication.LeaderMessage(\x01\x30\x01\x12U\n\x0bGetSnapshot\x12\".sutra.replication.SnapshotRequest\x1a .sutra.replication.SnapshotBlock0\x01\x12i\n\x14GetReplicationStatus\x12+.sutra.replication.ReplicationStatusRequest\x1a$.sutra.replication.ReplicationStatus\x12P\n\x07Promote\x12!.sutra.replication.PromoteRequest\x1a\".sutra.replication.PromoteResponse\x12M\n\x06\x46ollow\x12 .sutra.replication.FollowRequest\x1a!.sutra.replication.FollowResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,26 +45,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_end=537
   _globals['_NEEDSNAPSHOT']._serialized_start=539
   _globals['_NEEDSNAPSHOT']._serialized_end=569
-  _globals['_LEADERMESSAGE']._serialized_start=572
-  _globals['_LEADERMESSAGE']._serialized_end=808
-  _globals['_SNAPSHOTREQUEST']._serialized_start=810
-  _globals['_SNAPSHOTREQUEST']._serialized_end=844
-  _globals['_SNAPSHOTBLOCK']._serialized_start=846
-  _globals['_SNAPSHOTBLOCK']._serialized_end=902
-  _globals['_REPLICATIONSTATUSREQUEST']._serialized_start=904
-  _globals['_REPLICATIONSTATUSREQUEST']._serialized_end=930
-  _globals['_REPLICASTATUS']._serialized_start=933
-  _globals['_REPLICASTATUS']._serialized_end=1140
-  _globals['_REPLICATIONSTATUS']._serialized_start=1143
-  _globals['_REPLICATIONSTATUS']._serialized_end=1406
-  _globals['_PROMOTEREQUEST']._serialized_start=1408
-  _globals['_PROMOTEREQUEST']._serialized_end=1441
-  _globals['_PROMOTERESPONSE']._serialized_start=1443
-  _globals['_PROMOTERESPONSE']._serialized_end=1487
-  _globals['_FOLLOWREQUEST']._serialized_start=1489
-  _globals['_FOLLOWREQUEST']._serialized_end=1528
-  _globals['_FOLLOWRESPONSE']._serialized_start=1530
-  _globals['_FOLLOWRESPONSE']._serialized_end=1560
-  _globals['_REPLICATIONSERVICE']._serialized_start=1563
-  _globals['_REPLICATIONSERVICE']._serialized_end=2025
+  _globals['_DIVERGED']._serialized_start=571
+  _globals['_DIVERGED']._serialized_end=621
+  _globals['_LEADERMESSAGE']._serialized_start=624
+  _globals['_LEADERMESSAGE']._serialized_end=909
+  _globals['_SNAPSHOTREQUEST']._serialized_start=911
+  _globals['_SNAPSHOTREQUEST']._serialized_end=945
+  _globals['_SNAPSHOTBLOCK']._serialized_start=947
+  _globals['_SNAPSHOTBLOCK']._serialized_end=1003
+  _globals['_REPLICATIONSTATUSREQUEST']._serialized_start=1005
+  _globals['_REPLICATIONSTATUSREQUEST']._serialized_end=1031
+  _globals['_REPLICASTATUS']._serialized_start=1034
+  _globals['_REPLICASTATUS']._serialized_end=1241
+  _globals['_REPLICATIONSTATUS']._serialized_start=1244
+  _globals['_REPLICATIONSTATUS']._serialized_end=1507
+  _globals['_PROMOTEREQUEST']._serialized_start=1509
+  _globals['_PROMOTEREQUEST']._serialized_end=1542
+  _globals['_PROMOTERESPONSE']._serialized_start=1544
+  _globals['_PROMOTERESPONSE']._serialized_end=1588
+  _globals['_FOLLOWREQUEST']._serialized_start=1590
+  _globals['_FOLLOWREQUEST']._serialized_end=1629
+  _globals['_FOLLOWRESPONSE']._serialized_start=1631
+  _globals['_FOLLOWRESPONSE']._serialized_end=1661
+  _globals['_REPLICATIONSERVICE']._serialized_start=1664
+  _globals['_REPLICATIONSERVICE']._serialized_end=2126
 # @@protoc_insertion_point(module_scope)

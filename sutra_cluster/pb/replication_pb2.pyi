@@ -72,21 +72,31 @@ class NeedSnapshot(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class Diverged(_message.Message):
+    __slots__ = ("truncate_after", "reason")
+    TRUNCATE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    truncate_after: int
+    reason: str
+    def __init__(self, truncate_after: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class LeaderMessage(_message.Message):
-    __slots__ = ("term", "leader_id", "leader_address", "records", "heartbeat", "need_snapshot")
+    __slots__ = ("term", "leader_id", "leader_address", "records", "heartbeat", "need_snapshot", "diverged")
     TERM_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     NEED_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    DIVERGED_FIELD_NUMBER: _ClassVar[int]
     term: int
     leader_id: str
     leader_address: str
     records: Records
     heartbeat: Heartbeat
     need_snapshot: NeedSnapshot
-    def __init__(self, term: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., records: _Optional[_Union[Records, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., need_snapshot: _Optional[_Union[NeedSnapshot, _Mapping]] = ...) -> None: ...
+    diverged: Diverged
+    def __init__(self, term: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., records: _Optional[_Union[Records, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., need_snapshot: _Optional[_Union[NeedSnapshot, _Mapping]] = ..., diverged: _Optional[_Union[Diverged, _Mapping]] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("node_id",)

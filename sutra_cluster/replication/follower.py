@@ -119,7 +119,7 @@ class FollowerLoop:
                 if self._stop.is_set():
                     break
                 self._handle(msg, call, acks, stub)
-                if msg.WhichOneof("kind") == "need_snapshot":
+                if msg.WhichOneof("kind") in ("need_snapshot", "diverged"):
                     break
         finally:
             acks.put(None)
@@ -150,6 +150,10 @@ class FollowerLoop:
             self.state = "streaming"
         elif kind == "heartbeat":
             self.leader_last = msg.heartbeat.last_lsn
+            self.state = "streaming"  # connected and accepted: an idle stream is still a stream
+        elif kind == "diverged":
+            self._rewind(msg, stub)
+            return
         elif kind == "need_snapshot":
             log.warning("leader %s says: %s; bootstrapping from a snapshot", msg.leader_id, msg.need_snapshot.reason)
             self._bootstrap(stub)
@@ -157,6 +161,17 @@ class FollowerLoop:
         if eng.wal.durable_lsn >= self.leader_last:
             self.caught_up_at = time.monotonic()
         acks.put(self._ack())
+
+    def _rewind(self, msg: rpb.LeaderMessage, stub) -> None:  # type: ignore[no-untyped-def]
+        eng = self.engine
+        lsn = msg.diverged.truncate_after
+        log.warning("leader %s says: %s; cutting this node's log after LSN %d", msg.leader_id, msg.diverged.reason, lsn)
+        keep = eng.dir / f"divergent-{eng.terms.last_term}-{lsn + 1:016x}-{int(time.time())}.wal"
+        try:
+            eng.rewind_to(lsn, keep)
+        except ValueError as exc:
+            log.warning("cannot cut the log back (%s); bootstrapping from a snapshot", exc)
+            self._bootstrap(stub)
 
     def _bootstrap(self, stub) -> None:  # type: ignore[no-untyped-def]
         eng = self.engine

@@ -60,20 +60,23 @@ class LeaderStreams:
             self._data.notify_all()
 
     # ---- streaming -------------------------------------------------------
-    def _divergence(self, hello: rpb.Hello) -> str | None:
+    def _divergence(self, hello: rpb.Hello) -> tuple[str, int | None] | None:
+        """None when the follower's log is a prefix of ours; else (reason, the
+        LSN to truncate after, or None when only a snapshot can help)."""
         eng = self.engine
         if hello.last_lsn == 0:
             return None
-        if hello.last_lsn > eng.wal.last_lsn:
-            return (f"follower {hello.node_id} is ahead: its last LSN {hello.last_lsn} > leader's "
-                    f"{eng.wal.last_lsn}; its tail is divergent")
-        mine = eng.terms.term_at(hello.last_lsn)
+        mine = eng.terms.term_at(hello.last_lsn) if hello.last_lsn <= eng.wal.last_lsn else -1
+        if mine == hello.last_term:
+            return None
+        branch = eng.terms.branch_point(hello.last_lsn, hello.last_term)
+        if mine == -1 and branch is not None and branch == hello.last_lsn:
+            branch = eng.wal.last_lsn if eng.terms.term_at(eng.wal.last_lsn) == hello.last_term else None
+        reason = (f"history diverged: follower {hello.node_id} ends at LSN {hello.last_lsn} of term "
+                  f"{hello.last_term}; this leader has {'no such LSN' if mine == -1 else f'term {mine} there'}")
         if mine == 0:
-            return f"leader's history does not reach back to LSN {hello.last_lsn}"
-        if mine != hello.last_term:
-            return (f"history diverged: follower {hello.node_id} has LSN {hello.last_lsn} in term "
-                    f"{hello.last_term}, the leader in term {mine}")
-        return None
+            reason = f"leader's history does not reach back to LSN {hello.last_lsn}"
+        return reason, branch
 
     def stream(self, requests: Iterator[rpb.FollowerMessage], context: grpc.ServicerContext) -> Iterator[rpb.LeaderMessage]:
         eng = self.engine
@@ -93,10 +96,15 @@ class LeaderStreams:
                           f"{self.cfg.node_id} is not the leader (leader: {eng.leader_address or 'unknown'})")
         term = eng.term
         head = {"term": term, "leader_id": self.cfg.node_id, "leader_address": self.cfg.address}
-        reason = self._divergence(hello)
-        if reason:
-            log.warning("follower %s needs a snapshot: %s", hello.node_id, reason)
-            yield rpb.LeaderMessage(**head, need_snapshot=rpb.NeedSnapshot(reason=reason))
+        diverged = self._divergence(hello)
+        if diverged is not None:
+            reason, branch = diverged
+            if branch is not None and branch >= eng.wal.first_lsn - 1:
+                log.warning("follower %s must cut its log after LSN %d: %s", hello.node_id, branch, reason)
+                yield rpb.LeaderMessage(**head, diverged=rpb.Diverged(truncate_after=branch, reason=reason))
+            else:
+                log.warning("follower %s needs a snapshot: %s", hello.node_id, reason)
+                yield rpb.LeaderMessage(**head, need_snapshot=rpb.NeedSnapshot(reason=reason))
             return
         with self._acks:
             self._streams += 1
@@ -119,6 +127,13 @@ class LeaderStreams:
         pos = f.sent
         disk: Iterator | None = None
         last_send = time.monotonic()
+        if pos + 1 < eng.wal.first_lsn:
+            # The WAL was cut past what this replica has (a new, empty replica of a
+            # checkpointed leader, or one gone too long): it starts from a snapshot,
+            # whether or not the in-memory tail happens to reach back that far.
+            reason = f"needs LSN {pos + 1}, the oldest this leader's WAL keeps is {eng.wal.first_lsn}"
+            yield rpb.LeaderMessage(**head, need_snapshot=rpb.NeedSnapshot(reason=reason))
+            return
         while context.is_active() and f.connected and eng.role == "leader" and eng.term == term and not self.closing:
             entries = eng.read_after(pos, MAX_MESSAGE_BYTES)
             if entries is None:

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RT_BATCH = 1  # payload: wal_pb2.WalBatch
 RT_TERM = 2  # payload: empty; marks the first record of a new term
+REQUEST_IDS_KEPT = 200_000
 
 
 class Engine:
@@ -60,6 +61,8 @@ class Engine:
         self.role = cfg.role
         self.leader_address = cfg.leader
         self.recent = RecentLog()
+        # Recent client request ids -> LSN, so a write retried across a failover applies once.
+        self.request_ids: OrderedDict[str, int] = OrderedDict()
         self.terms = TermHistory(self.dir)
         self.durable_listeners: list[Callable[[int], None]] = []
         self.applied_lsn = 0
@@ -97,6 +100,14 @@ class Engine:
                 f"{self.dir}: the WAL starts at LSN {self.wal.first_lsn} but the checkpoint is at "
                 f"{self.checkpoint_lsn}; records {self.checkpoint_lsn + 1}..{self.wal.first_lsn - 1} are missing"
             )
+        replayed = self._replay()
+        log.info(
+            "node %s recovered in %.2fs: checkpoint LSN %d, %d WAL records replayed, last LSN %d, term %d",
+            self.cfg.node_id, time.monotonic() - t0, self.checkpoint_lsn, replayed, self.wal.last_lsn, self.term,
+        )
+
+    def _replay(self) -> int:
+        """Apply every WAL record after the checkpoint; returns how many."""
         replayed = 0
         batch: list[WalRecord] = []
         for rec in self.wal.records(self.checkpoint_lsn):
@@ -106,10 +117,7 @@ class Engine:
                 batch = []
         replayed += self._apply_records(batch)
         self.applied_lsn = max(self.applied_lsn, self.checkpoint_lsn, self.wal.last_lsn)
-        log.info(
-            "node %s recovered in %.2fs: checkpoint LSN %d, %d WAL records replayed, last LSN %d, term %d",
-            self.cfg.node_id, time.monotonic() - t0, self.checkpoint_lsn, replayed, self.wal.last_lsn, self.term,
-        )
+        return replayed
 
     def _open_wal(self, start_lsn: int) -> WriteAheadLog:
         wal = WriteAheadLog(
@@ -184,6 +192,7 @@ class Engine:
             if r.rtype == RT_BATCH:
                 b = wal_pb2.WalBatch.FromString(r.payload)
                 entries.append((r.lsn, b, batch_items(b)))
+                self._remember(b.request_id, r.lsn)
             else:
                 entries.append((r.lsn, None, 0))
             if r.term > self.terms.last_term:
@@ -297,16 +306,33 @@ class Engine:
             with self._append_lock:
                 self.inflight -= 1
 
+    def _remember(self, request_id: str, lsn: int) -> None:
+        if request_id:
+            self.request_ids[request_id] = lsn
+            if len(self.request_ids) > REQUEST_IDS_KEPT:
+                self.request_ids.popitem(last=False)
+
     def _submit(self, batch: wal_pb2.WalBatch, t0: float) -> int:
+        rid = batch.request_id
         batch.timestamp_us = time.time_ns() // 1000
         payload = batch.SerializeToString()
         items = batch_items(batch)
         with self._append_lock:
             self.check_writable()
-            lsn = self.wal.append(RT_BATCH, payload, self.term)
-            self.recent.append(lsn, self.term, RT_BATCH, payload)
-            self._unapplied.append((lsn, batch, items))
-            self.pending_items += items
+            earlier = self.request_ids.get(rid) if rid else None
+            if earlier is None:
+                lsn = self.wal.append(RT_BATCH, payload, self.term)
+                self._remember(rid, lsn)
+                self.recent.append(lsn, self.term, RT_BATCH, payload)
+                self._unapplied.append((lsn, batch, items))
+                self.pending_items += items
+        if earlier is not None:
+            # A retry of a write this cluster already logged (perhaps by a former
+            # leader): answer with its LSN once committed, and log nothing new.
+            self.wal.wait_durable(earlier)
+            if self.commit_gate is not None:
+                self.commit_gate(earlier)
+            return earlier
         try:
             self.wal.wait_durable(lsn)
         except WalWriteError as exc:
@@ -396,6 +422,8 @@ class Engine:
                 last_term = term
                 batch = wal_pb2.WalBatch.FromString(payload) if rtype == RT_BATCH else None
                 n = batch_items(batch) if batch is not None else 0
+                if batch is not None:
+                    self._remember(batch.request_id, lsn)
                 self._unapplied.append((lsn, batch, n))
                 self.pending_items += n
                 self.recent.append(lsn, term, rtype, payload)
@@ -454,6 +482,32 @@ class Engine:
             self._applied.notify_all()
         log.info("installed snapshot at LSN %d (term %d)", header.lsn, header.term)
         return header.lsn
+
+    def rewind_to(self, lsn: int, keep_file: Path) -> int:
+        """Cut every record after ``lsn`` (a divergent tail), keeping them in
+        ``keep_file`` for the operator, and rebuild the state from the checkpoint
+        and the remaining WAL; returns how many records were cut. Raises
+        ValueError when the checkpoint is already past ``lsn`` (only a snapshot
+        can help then)."""
+        with self._ckpt_lock, self._append_lock, self._lock:
+            if self.checkpoint_lsn > lsn:
+                raise ValueError(f"checkpoint at LSN {self.checkpoint_lsn} is past LSN {lsn}")
+            cut = self.wal.truncate_after(lsn, keep_file)
+            self.terms.truncate(lsn)
+            self.state.clear()
+            self.vectors.clear()
+            self._unapplied.clear()
+            self.pending_items = 0
+            self.recent.clear()
+            self.request_ids.clear()
+            self.applied_lsn = 0
+            self.checkpoint_lsn, _ = self._load_checkpoint()
+            self._replay()
+            self._applied.notify_all()
+        if cut:
+            log.warning("cut %d divergent record(s), LSN %d..%d (terms %s), kept in %s; they are not served",
+                        len(cut), cut[0].lsn, cut[-1].lsn, sorted({r.term for r in cut}), keep_file)
+        return len(cut)
 
     def snapshot_blocks(self) -> tuple[wal_pb2.SnapshotHeader, Iterator[bytes]]:
         """A consistent snapshot of the applied state, for a replica or a backup."""

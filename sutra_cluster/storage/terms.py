@@ -62,6 +62,27 @@ class TermHistory:
         self.highest = max(self.highest, term)
         self._save()
 
+    def branch_point(self, lsn: int, term: int) -> int | None:
+        """Last LSN a follower whose log ends at (``lsn``, ``term``) shares with this
+        history, or None when this history does not know ``term`` at all."""
+        ends = None
+        for i, (t, first) in enumerate(self.history):
+            if t == term:
+                ends = self.history[i + 1][1] - 1 if i + 1 < len(self.history) else None
+                if first > lsn:
+                    return None
+                break
+        else:
+            return None
+        return lsn if ends is None else min(lsn, ends)
+
+    def truncate(self, lsn: int) -> None:
+        """Forget history after ``lsn`` (a divergent tail was cut)."""
+        kept = [(t, f) for t, f in self.history if f <= lsn]
+        if kept != self.history:
+            self.history = kept or [(1, 1)]
+            self._save()
+
     def reset(self, term: int, lsn: int) -> None:
         """After installing a snapshot taken at ``lsn`` in ``term``."""
         self.history = [(term, lsn)]
