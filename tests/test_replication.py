@@ -35,8 +35,8 @@ from tests.cluster import (
 )
 from tests.helpers import rpc_code, tool, wait_for
 
-KILL_ROUNDS = int(os.environ.get("SUTRA_REPL_KILL_ROUNDS", "10"))
-ASYNC_KILL_ROUNDS = int(os.environ.get("SUTRA_REPL_ASYNC_KILL_ROUNDS", "3"))
+KILL_ROUNDS = int(os.environ.get("SUTRA_REPL_KILL_ROUNDS", "20"))
+ASYNC_KILL_ROUNDS = int(os.environ.get("SUTRA_REPL_ASYNC_KILL_ROUNDS", "5"))
 SEED = int(os.environ.get("SUTRA_TEST_SEED", random.randrange(1 << 30)))
 
 
@@ -51,14 +51,14 @@ def test_digests_equal_after_concurrent_load(tmp_path: Path, mode: str) -> None:
     with running_cluster(tmp_path, replicas=2, mode=mode) as c:
         wait_streaming(c.leader, ["r1", "r2"])
         t0 = time.monotonic()
-        with WriteLoad(c.leader.address, threads=4, per_thread=60, seed=SEED) as load:
+        with WriteLoad(c.leader.address, threads=4, per_thread=150, seed=SEED) as load:
             load.join()
         took = time.monotonic() - t0
         assert not load.errors(), load.errors()
         final = load.last_lsn()
-        assert load.count() == 240 and final >= 240
+        assert load.count() == 600 and final >= 600
         d = assert_same_digest(c.nodes, final)
-        print(f"{mode}: 240 batches in {took:.2f}s; all 3 nodes at LSN {final}: {d.digest[:16]} "
+        print(f"{mode}: 600 batches in {took:.2f}s; all 3 nodes at LSN {final}: {d.digest[:16]} "
               f"({d.concepts} concepts, {d.edges} edges)")
         assert d.concepts > 0 and d.edges > 0
 
@@ -306,3 +306,234 @@ def test_paused_replica_async_writes_go_on(tmp_path: Path) -> None:
         assert_same_digest(c.nodes, final)
         wait_for(lambda: {x.node_id: x for x in c.leader.status().replicas}["r1"].lag_bytes == 0, 10,
                  "r1's lag to return to 0")
+
+
+# ---- 7. stale terms -----------------------------------------------------------------
+def _state(node: Node) -> tuple[int, int, str, int]:
+    st = node.status()
+    d = node.digest()
+    return st.durable_lsn, st.term, d.digest, d.lsn
+
+
+def test_stale_old_leader_is_rejected(tmp_path: Path) -> None:
+    """After r1 is promoted (term 2) the old leader comes back with its data as a
+    leader of term 1 and takes writes; r2 (which has seen term 2) is pointed at it
+    and must not take anything from it."""
+    from sutra_cluster.client import Concept, SutraClient
+
+    with running_cluster(tmp_path, replicas=2, mode="async") as c:
+        old, r1, r2 = c.leader, c.replicas[0], c.replicas[1]
+        wait_streaming(old, ["r1", "r2"])
+        with WriteLoad(old.address, threads=2, per_thread=20, seed=SEED) as load:
+            load.join()
+        assert_same_digest(c.nodes, load.last_lsn())
+        old.kill()
+        resp = promote(r1, [r2])
+        assert resp.term == 2
+        with SutraClient(r1.address, timeout=10, retry_deadline=0) as cl:
+            lsn2 = cl.learn_batch([Concept("term2", "written in term 2")])
+        assert_same_digest([r1, r2], lsn2)
+        assert r2.status().term == 2
+
+        old.restart()  # same data, same settings: a leader of term 1 again
+        st = old.status()
+        assert (st.role, st.term) == ("leader", 1), st
+        with SutraClient(old.address, timeout=10, retry_deadline=0) as cl:
+            stale_lsn = cl.learn_batch([Concept("stale", "written by the old leader in term 1")])
+        before = _state(r2)
+        admin.follow(r2.address, old.address)
+
+        def rejected() -> str | None:
+            s = r2.status()
+            return s.follow_state if s.follow_state.startswith("rejected") else None
+
+        state = wait_for(rejected, 15, "r2 to reject the stream of the term-1 leader")
+        # The old leader learned of term 2 from r2's hello and stopped taking writes.
+        wait_for(lambda: old.status().role != "leader", 10, "the old leader to step down")
+        with SutraClient(old.address, timeout=10, retry_deadline=0) as cl:
+            with pytest.raises(grpc.RpcError) as err:
+                cl.learn_batch([Concept("stale-2", "x")])
+            assert rpc_code(err.value) == grpc.StatusCode.FAILED_PRECONDITION, err.value
+        after = _state(r2)
+        assert after == before, (before, after)
+        with r2.client() as rc:
+            assert rc.query_concept("stale") is None and rc.query_concept("term2") is not None
+        print(f"r2 ({state}) kept LSN {after[0]}, term {after[1]}, digest {after[2][:16]} while the old leader "
+              f"wrote LSN {stale_lsn} in term 1")
+
+
+class _StaleFeeder:
+    """A leader of term 1 that ignores what the follower says (an old build, or a
+    leader that does not check hellos) and streams a term-1 record at once: the
+    replica's own check is then the only fence."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        from sutra_cluster.pb import replication_pb2_grpc
+
+        outer = self
+        self.hellos: list[object] = []
+
+        class Servicer(replication_pb2_grpc.ReplicationServiceServicer):
+            def StreamWal(self, request_iterator, context):  # type: ignore[no-untyped-def]
+                from sutra_cluster.pb import replication_pb2 as rpb
+                from sutra_cluster.pb import wal_pb2
+                from sutra_cluster.pb import storage_pb2 as spb
+
+                hello = next(request_iterator).hello
+                outer.hellos.append(hello)
+                batch = wal_pb2.WalBatch(request_id="stale", concepts=[spb.LearnConceptRequest(
+                    concept_id="from-stale-feeder", content="must never be applied")])
+                head = {"term": 1, "leader_id": "stale-feeder", "leader_address": outer.address}
+                yield rpb.LeaderMessage(**head, records=rpb.Records(entries=[rpb.WalEntry(
+                    lsn=hello.last_lsn + 1, term=1, rtype=1, payload=batch.SerializeToString())]))
+                yield rpb.LeaderMessage(**head, heartbeat=rpb.Heartbeat(last_lsn=hello.last_lsn + 1))
+                while context.is_active():
+                    time.sleep(0.05)
+
+        from tests.helpers import free_port
+
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        replication_pb2_grpc.add_ReplicationServiceServicer_to_server(Servicer(), self.server)
+        self.server.add_insecure_port(self.address)
+
+    def __enter__(self) -> _StaleFeeder:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(0).wait()
+
+
+def test_replica_rejects_records_of_a_stale_term(tmp_path: Path) -> None:
+    """The replica-side fence: a stream whose term is below the highest term the
+    replica has seen is rejected, even if the stale node does not check hellos."""
+    from sutra_cluster.client import Concept, SutraClient
+
+    with running_cluster(tmp_path, replicas=2, mode="async") as c, _StaleFeeder() as feeder:
+        old, r1, r2 = c.leader, c.replicas[0], c.replicas[1]
+        wait_streaming(old, ["r1", "r2"])
+        old.kill()
+        promote(r1, [r2])
+        with SutraClient(r1.address, timeout=10, retry_deadline=0) as cl:
+            lsn2 = cl.learn_batch([Concept("term2", "written in term 2")])
+        assert_same_digest([r1, r2], lsn2)
+        before = _state(r2)
+        assert before[1] == 2
+        admin.follow(r2.address, feeder.address)
+        wait_for(lambda: r2.status().follow_state == "rejected-stale-leader", 10,
+                 "r2 to reject the term-1 stream")
+        assert feeder.hellos and feeder.hellos[0].highest_term == 2  # type: ignore[attr-defined]
+        assert _state(r2) == before
+        with r2.client() as rc:
+            assert rc.query_concept("from-stale-feeder") is None
+        # And it follows the real leader again from where it was.
+        admin.follow(r2.address, r1.address)
+        with SutraClient(r1.address, timeout=10, retry_deadline=0) as cl:
+            lsn3 = cl.learn_batch([Concept("term2-b", "x")])
+        assert_same_digest([r1, r2], lsn3)
+
+
+# ---- 8.-10. operations on a running group (one cluster for these tests) -------------
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("group"), replicas=2, mode="async",
+                         replica_env={"SUTRA_READ_WAIT_MS": "1000"}) as c:
+        wait_streaming(c.leader, ["r1", "r2"])
+        with WriteLoad(c.leader.address, threads=2, per_thread=10, seed=SEED) as load:
+            load.join()
+        wait_lsn(c.nodes, load.last_lsn())
+        yield c
+
+
+def _grpcurl(address: str, method: str, *flags: str) -> dict[str, object]:
+    out = subprocess.run([tool("grpcurl"), "-plaintext", *flags, address, method],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def _field(d: dict[str, object], name: str) -> object:
+    """A field of grpcurl's JSON, by its proto name or its JSON (camelCase) name."""
+    camel = name.split("_")[0] + "".join(w.title() for w in name.split("_")[1:])
+    assert name in d or camel in d, f"{name} not in {sorted(d)}"
+    return d[name] if name in d else d[camel]
+
+
+def test_grpcurl_shows_replication_status_and_replica_stats(group: Cluster) -> None:
+    listed = subprocess.run([tool("grpcurl"), "-plaintext", group.leader.address, "list"],
+                            capture_output=True, text=True, timeout=30)
+    assert "sutra.replication.ReplicationService" in listed.stdout.split(), listed
+    last = group.leader.status().durable_lsn
+    st = _grpcurl(group.leader.address, "sutra.replication.ReplicationService/GetReplicationStatus")
+    print(json.dumps(st, indent=1))
+    assert _field(st, "role") == "leader" and int(_field(st, "term")) == 1  # type: ignore[call-overload]
+    reps = {r["node_id" if "node_id" in r else "nodeId"]: r for r in st["replicas"]}  # type: ignore[attr-defined]
+    assert set(reps) == {"r1", "r2"}, reps
+    for r in reps.values():
+        assert _field(r, "state") == "streaming"
+        for lsn in ("written_lsn", "flushed_lsn", "applied_lsn"):
+            assert int(_field(r, lsn)) == last, (lsn, r)  # type: ignore[call-overload]
+    # proto3 JSON leaves out zeros; -emit-defaults shows the (here zero) lag fields too.
+    st = _grpcurl(group.leader.address, "sutra.replication.ReplicationService/GetReplicationStatus", "-emit-defaults")
+    for r in st["replicas"]:  # type: ignore[attr-defined]
+        assert int(_field(r, "lag_bytes")) == 0 and float(_field(r, "lag_ms")) == 0.0, r  # type: ignore[call-overload,arg-type]
+
+    rs = _grpcurl(group.replicas[0].address, "sutra.storage.StorageService/GetStats")
+    print(json.dumps(rs, indent=1))
+    assert _field(rs, "role") == "replica" and int(_field(rs, "term")) == 1  # type: ignore[call-overload]
+    for lsn in ("last_lsn", "durable_lsn", "applied_lsn"):
+        assert int(_field(rs, lsn)) == last, (lsn, rs)  # type: ignore[call-overload]
+    assert _field(rs, "leader") == group.leader.address
+
+
+def test_replica_refuses_writes_and_waits_for_sequence(group: Cluster) -> None:
+    import threading
+
+    from sutra_cluster.client import Concept, SutraClient
+
+    r1 = group.replicas[0]
+    with SutraClient(r1.address, timeout=10, retry_deadline=0) as rc, \
+            SutraClient(group.leader.address, timeout=10, retry_deadline=0) as lc:
+        for write in (lambda: rc.learn_concept("on-replica", "x"), lambda: rc.learn_batch([Concept("on-replica", "x")]),
+                      lambda: rc.learn_association("a", "b")):
+            with pytest.raises(grpc.RpcError) as err:
+                write()
+            assert rpc_code(err.value) == grpc.StatusCode.FAILED_PRECONDITION, err.value
+            assert group.leader.address in err.value.details(), err.value.details()  # type: ignore[attr-defined]
+        print(f"write on a replica: {err.value.details()}")  # type: ignore[attr-defined]
+
+        # Read-your-writes across nodes: a read carrying the write's sequence waits for it.
+        for i in range(30):
+            seq = lc.learn_concept(f"ryw-{i}", f"ryw {i}")
+            got = rc.query_concept(f"ryw-{i}", sequence=seq)
+            assert got is not None and got.content == f"ryw {i}", (i, seq)
+            assert rc.get_neighbors(f"ryw-{i}", sequence=seq) == []
+        # A read sent before the write exists returns it once applied, not "not found".
+        nxt = group.leader.status().last_lsn + 1
+        result: list[object] = []
+        reader = threading.Thread(target=lambda: result.append(rc.query_concept("later", sequence=nxt)))
+        reader.start()
+        seq = lc.learn_concept("later", "later")
+        reader.join(timeout=10)
+        assert seq == nxt and result and result[0] is not None, (seq, nxt, result)
+        # A sequence the replica never reaches: DEADLINE_EXCEEDED after SUTRA_READ_WAIT_MS, never stale data.
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            rc.query_concept("later", sequence=seq + 1000)
+        assert rpc_code(err.value) == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
+        assert 0.9 <= time.monotonic() - t0 < 5
+
+
+def test_lag_metrics_on_every_node(group: Cluster) -> None:
+    for node in group.nodes:
+        text = node.metrics()
+        secs = lag_samples(text, "sutra_replication_lag_seconds")
+        size = lag_samples(text, "sutra_replication_lag_bytes")
+        expected = {"r1", "r2"} if node is group.leader else {node.name}
+        assert set(secs) == expected and set(size) == expected, (node.name, secs, size)
+        assert all(v >= 0 for v in [*secs.values(), *size.values()]), (secs, size)
+        print(f"{node.name}: lag seconds {secs}, bytes {size}")

@@ -64,6 +64,8 @@ class HaLoop:
         self.refused = 0
         self.last_reason = ""
         self.last_action: Action | None = None
+        # Sync-set members chosen at election, not yet streaming: kept for a grace period.
+        self._sync_grace_until = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ha-loop", daemon=True)
@@ -197,6 +199,12 @@ class HaLoop:
         leader = self.m.leader
         current = leader.sync_ids or ()
         connected = {f.node_id: f.flushed for f in leader.connected()}
+        if time.monotonic() < self._sync_grace_until:
+            # Members chosen at election hold every acknowledged write; give them
+            # time to connect before replacing them.
+            for node in current:
+                if node in snap.members:
+                    connected.setdefault(node, snap.members[node].flushed_lsn)
         wanted = next_sync_set(current, connected, self.cfg.sync_replicas, leader.max_committed)
         published = snap.sync.members if snap.sync is not None and snap.sync.term == self.key.term else None
         if wanted == current and published == wanted:
@@ -222,9 +230,15 @@ class HaLoop:
             if snap.switchover_to == self.cfg.node_id:
                 self.coord.clear_switchover()
             if self.cfg.commit_mode == "sync":
-                # Until replicas catch up and are published, the sync set is empty.
-                self.m.leader.sync_ids = ()
-                self.coord.set_sync(stored, SyncState(self.cfg.node_id, action.term, ()))
+                # Replicas that froze at this node's LSN hold every acknowledged
+                # write, so they may form the sync set at once.
+                mine = self.m.engine.wal.durable_lsn - 1  # the term record is not acknowledged data
+                peers = sorted(m.node_id for m in snap.members.values()
+                               if m.node_id != self.cfg.node_id and m.healthy and m.flushed_lsn >= mine)
+                initial = tuple(peers[: self.cfg.sync_replicas])
+                self.m.leader.sync_ids = initial
+                self._sync_grace_until = time.monotonic() + 2 * self.cfg.lease_ttl_s
+                self.coord.set_sync(stored, SyncState(self.cfg.node_id, action.term, initial))
         except Exception:
             log.exception("promotion to term %d failed; releasing the leader key", action.term)
             self.coord.revoke(stored)
@@ -256,6 +270,10 @@ class HaLoop:
                 self.coord.clear_switchover()
                 return
             key = self.key
+            if self.cfg.commit_mode == "sync":
+                # The target holds everything: make it the sync set, so it may take over.
+                leader.sync_ids = (action.target,)
+                self.coord.set_sync(key, SyncState(self.cfg.node_id, key.term, (action.target,)))
             self._demote()
             self.coord.release(key)
             self.m.follow(target.address)

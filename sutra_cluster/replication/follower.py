@@ -73,11 +73,19 @@ class FollowerLoop:
                 backoff = 0.05
             except StaleLeader as exc:
                 self.state, self.last_error = "rejected-stale-leader", str(exc)
+                log.warning("%s", exc)
                 backoff = 1.0
             except grpc.RpcError as exc:
                 if not self._stop.is_set():
-                    self.state = "disconnected"
-                    self.last_error = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                    details = exc.details() or ""  # type: ignore[attr-defined]
+                    self.last_error = f"{exc.code().name}: {details}"  # type: ignore[attr-defined]
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                        # The node refused to feed us: it is stale (our hello carried a newer
+                        # term) or not a leader. Shown as such, not as a network blip.
+                        self.state = "rejected-stale-leader" if "stale leader" in details else "rejected"
+                        backoff = 1.0
+                    else:
+                        self.state = "disconnected"
                     log.info("stream from %s ended: %s", self.leader_address, self.last_error)
             except Exception as exc:  # keep following; the next hello resynchronises
                 self.state, self.last_error = "error", f"{type(exc).__name__}: {exc}"
@@ -114,7 +122,8 @@ class FollowerLoop:
             if self._stop.is_set():
                 call.cancel()
                 return
-            self.state = "connected"
+            if not self.state.startswith("rejected"):  # a rejection stands until a message is accepted
+                self.state = "connected"
             for msg in call:
                 if self._stop.is_set():
                     break
