@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     from sutra_cluster import local
@@ -35,9 +36,15 @@ def _local(args: argparse.Namespace) -> int:
         n = local.down(root)
         print(f"stopped {n} process(es) of the local cluster in {root}")
         return 0
-    procs = local.up(root, dim=args.dim, base_port=args.port)
-    leader = next(p for p in procs if p.role == "leader")
-    seq = None if args.no_sample else local.sample_data(f"127.0.0.1:{leader.port}", args.dim)
+    if args.action == "kill-leader":
+        old, new, rto = local.kill_leader(root)
+        print(f"killed the leader at {old} with SIGKILL; {new} took over; first acknowledged write "
+              f"after {rto * 1000:.0f} ms; the old node restarted as a replica")
+        return 0
+    procs = local.up(root, dim=args.dim, base_port=args.port, commit_mode=args.commit_mode)
+    (root / "settings.json").write_text(json.dumps({"dim": args.dim, "commit_mode": args.commit_mode}))
+    etcd = next(p for p in procs if p.role == "etcd")
+    seq = None if args.no_sample else local.sample_data(f"127.0.0.1:{etcd.port}", args.dim)
     local.print_table(procs, seq)
     return 0
 
@@ -115,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--shard", type=int, default=0)
     sw.set_defaults(func=_switchover)
     lc = sub.add_parser("local", help="run the embedded default cluster on this machine")
-    lc.add_argument("action", choices=["up", "down"])
+    lc.add_argument("action", choices=["up", "down", "kill-leader"])
+    lc.add_argument("--commit-mode", default="sync", choices=["sync", "async"])
     lc.add_argument("--dir", default=".local-cluster", help="data folder of the local cluster")
     lc.add_argument("--dim", type=int, default=768, help="VECTOR_DIMENSION")
     lc.add_argument("--port", type=int, default=50051, help="first gRPC port to try")
@@ -125,5 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import grpc
+
+    from sutra_cluster.failover.coordinator import CoordinatorUnavailable
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (CoordinatorUnavailable, RuntimeError, TimeoutError) as exc:
+        print(f"sutra-cluster {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"sutra-cluster {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1

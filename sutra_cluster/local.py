@@ -107,6 +107,7 @@ def _wait_healthy(proc: Proc, timeout: float = 60.0) -> None:
 
 
 def sample_data(address: str, dim: int) -> int:
+    """Write a few concepts and associations through the leader (``address`` is etcd's)."""
     rng = np.random.default_rng(7)
     facts = [
         ("water", "Water is a molecule of two hydrogen atoms and one oxygen atom."),
@@ -118,27 +119,137 @@ def sample_data(address: str, dim: int) -> int:
     concepts = [Concept(cid, text, rng.standard_normal(dim).astype(np.float32), 1.0, 0.9) for cid, text in facts]
     assocs = [Association("ice", "water", 3, 0.9), Association("steam", "water", 3, 0.9),
               Association("heat", "melting", 1, 0.8), Association("melting", "ice", 1, 0.7)]
-    with SutraClient(address) as c:
+    from sutra_cluster.client import ClusterClient
+
+    with ClusterClient([address]) as c:
         return c.learn_batch(concepts, assocs)
 
 
-def up(root: Path, dim: int = 768, base_port: int = 50051) -> list[Proc]:
+def _spawn_etcd(root: Path, client_port: int, peer_port: int) -> Proc:
+    data = root / "etcd"
+    log = root / "etcd.log"
+    etcd = Path(sys.executable).parent / "etcd"
+    if not etcd.exists():
+        raise RuntimeError("the etcd binary is missing from the virtual environment; run ./dev setup")
+    cu, pu = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    cmd = [str(etcd), "--name", "sutra-local", "--data-dir", str(data), "--listen-client-urls", cu,
+           "--advertise-client-urls", cu, "--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
+           "--initial-cluster", f"sutra-local={pu}", "--log-level", "warn"]
+    with open(log, "ab") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return Proc("etcd", "etcd", p.pid, client_port, 0, str(data), str(log))
+
+
+def _wait_etcd(proc: Proc, timeout: float = 30.0) -> None:
+    import pyetcd
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(proc.pid):
+            raise RuntimeError(f"etcd exited; see {proc.log}")
+        try:
+            c = pyetcd.client("127.0.0.1", proc.port, timeout=1)
+            c.status()
+            c.close()
+            return
+        except Exception:  # not up yet
+            time.sleep(0.1)
+    raise RuntimeError(f"etcd not answering after {timeout:.0f}s; see {proc.log}")
+
+
+def wait_leader(etcd: str, timeout: float = 30.0) -> str:
+    from sutra_cluster.admin import etcd_members
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, leader = etcd_members([etcd], "sutra", 0)
+            if leader:
+                return leader
+        except Exception:  # etcd or nodes still starting
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"no leader elected within {timeout:.0f}s")
+
+
+def up(root: Path, dim: int = 768, base_port: int = 50051, nodes: int = 3, commit_mode: str = "sync") -> list[Proc]:
+    """Start etcd and a ``nodes``-node HA shard under ``root``; returns the processes."""
     root.mkdir(parents=True, exist_ok=True)
     running = [p for p in _load(root) if _alive(p.pid)]
     if running:
         raise RuntimeError(f"a local cluster is already running from {root}; run `sutra-cluster local down`")
-    port = _pick_port(base_port)
-    metrics = _pick_port(9091)
-    env = {"VECTOR_DIMENSION": str(dim)}
-    procs = [_spawn(root, "node-1", "leader", port, metrics, env)]
+    etcd = _spawn_etcd(root, _pick_port(2379), _pick_port(2380))
+    procs = [etcd]
     _save(root, procs)
-    for p in procs:
+    _wait_etcd(etcd)
+    endpoint = f"127.0.0.1:{etcd.port}"
+    ports = []
+    for i in range(nodes):
+        port = _pick_port(base_port + i)
+        while port in ports:
+            port = _pick_port(0)
+        ports.append(port)
+    for i, port in enumerate(ports):
+        role = "leader" if i == 0 else "replica"
+        env = {"VECTOR_DIMENSION": str(dim), "SUTRA_ETCD_ENDPOINTS": endpoint, "SUTRA_COMMIT_MODE": commit_mode,
+               "SUTRA_REPLICAS": ",".join(f"127.0.0.1:{p}" for p in ports if p != port),
+               "SUTRA_LEADER": f"127.0.0.1:{ports[0]}"}
+        procs.append(_spawn(root, f"node-{i + 1}", role, port, _pick_port(9091 + i), env))
+        _save(root, procs)
+    for p in procs[1:]:
         _wait_healthy(p)
+    wait_leader(endpoint)
+    _wait_streaming([f"127.0.0.1:{p}" for p in ports])
     return procs
+
+
+def _wait_streaming(addresses: list[str], timeout: float = 30.0) -> None:
+    """Wait until every replica streams from the leader."""
+    from sutra_cluster.admin import replication_status
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = [replication_status(a, 1.0) for a in addresses]
+            if all(s.role == "leader" or s.follow_state == "streaming" for s in states):
+                return
+        except Exception:  # a node still starting
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"replicas not streaming after {timeout:.0f}s")
+
+
+def kill_leader(root: Path) -> tuple[str, str, float]:
+    """SIGKILL the leader, time the failover, restart the killed node (it rejoins
+    as a replica). Returns (old leader, new leader, seconds to the first write)."""
+    from sutra_cluster.client import ClusterClient
+
+    procs = _load(root)
+    etcd = next(p for p in procs if p.role == "etcd")
+    endpoint = f"127.0.0.1:{etcd.port}"
+    old = wait_leader(endpoint)
+    victim = next(p for p in procs if p.role != "etcd" and f"127.0.0.1:{p.port}" == old)
+    dim = int(json.loads((root / "settings.json").read_text())["dim"]) if (root / "settings.json").exists() else 768
+    os.kill(victim.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with ClusterClient([endpoint], failover_deadline=30) as c:
+        c.learn_concept("failover-probe", "written right after the leader was killed",
+                        np.ones(dim, dtype=np.float32))
+    rto = time.monotonic() - t0
+    new = wait_leader(endpoint)
+    env = {"VECTOR_DIMENSION": str(dim), "SUTRA_ETCD_ENDPOINTS": endpoint,
+           "SUTRA_COMMIT_MODE": json.loads((root / "settings.json").read_text()).get("commit_mode", "sync")
+           if (root / "settings.json").exists() else "sync"}
+    restarted = _spawn(root, victim.name, "replica", victim.port, victim.metrics_port, env)
+    _save(root, [restarted if p.name == victim.name else p for p in procs])
+    _wait_healthy(restarted)
+    return old, new, rto
 
 
 def down(root: Path, timeout: float = 30.0) -> int:
     procs = _load(root)
+    # Nodes first (the leader releases its key), etcd last.
+    procs = [p for p in procs if p.role != "etcd"] + [p for p in procs if p.role == "etcd"]
     for p in procs:
         if _alive(p.pid):
             os.kill(p.pid, signal.SIGTERM)
@@ -153,18 +264,27 @@ def down(root: Path, timeout: float = 30.0) -> int:
 
 
 def print_table(procs: list[Proc], sequence: int | None) -> None:
-    print(f"{'NODE':<10} {'ROLE':<8} {'PID':>7} {'GRPC':<16} {'METRICS':<28} DATA")
-    for p in procs:
-        print(f"{p.name:<10} {p.role:<8} {p.pid:>7} 127.0.0.1:{p.port:<6} "
-              f"http://127.0.0.1:{p.metrics_port}/metrics  {p.data}")
-    leader = next(p for p in procs if p.role == "leader")
+    from sutra_cluster.admin import print_status
+
+    etcd = next(p for p in procs if p.role == "etcd")
+    endpoint = f"127.0.0.1:{etcd.port}"
+    leader = wait_leader(endpoint)
+    nodes = [p for p in procs if p.role != "etcd"]
+    print(f"etcd      http://{endpoint}   (data {etcd.data})\n")
+    print_status([f"127.0.0.1:{p.port}" for p in nodes])
+    print(f"\n{'NODE':<10} {'PID':>7} {'GRPC':<18} {'PROMETHEUS METRICS':<34} DATA")
+    for p in nodes:
+        print(f"{p.name:<10} {p.pid:>7} 127.0.0.1:{p.port:<8} http://127.0.0.1:{p.metrics_port}/metrics  {p.data}")
     if sequence is not None:
-        print(f"\nSample data written (sequence {sequence}). Try:")
-    print(f"  grpcurl -plaintext 127.0.0.1:{leader.port} list")
-    print(f"  grpcurl -plaintext 127.0.0.1:{leader.port} sutra.storage.StorageService/GetStats")
-    print(f"  grpcurl -plaintext -d '{{\"concept_id\": \"water\"}}' 127.0.0.1:{leader.port} "
-          "sutra.storage.StorageService/QueryConcept")
-    print(f"  grpcurl -plaintext -d '{{\"start_id\": \"heat\", \"end_id\": \"water\"}}' 127.0.0.1:{leader.port} "
+        print(f"\nSample data written through the leader (sequence {sequence}). Try:")
+    print(f"  grpcurl -plaintext {leader} list")
+    print(f"  grpcurl -plaintext {leader} sutra.storage.StorageService/GetStats")
+    print(f"  grpcurl -plaintext -d '{{\"concept_id\": \"water\"}}' {leader} sutra.storage.StorageService/QueryConcept")
+    print(f"  grpcurl -plaintext -d '{{\"start_id\": \"heat\", \"end_id\": \"water\"}}' {leader} "
           "sutra.storage.StorageService/FindPath")
-    print(f"Prometheus: scrape http://127.0.0.1:{leader.metrics_port}/metrics")
-    print("Stop with: ./dev down   (or: sutra-cluster local down)")
+    print(f"  grpcurl -plaintext {leader} sutra.replication.ReplicationService/GetReplicationStatus")
+    print(f"  .venv/bin/sutra-cluster status --etcd {endpoint}")
+    print("  .venv/bin/sutra-cluster local kill-leader    # watch a failover")
+    targets = ", ".join(f"'127.0.0.1:{p.metrics_port}'" for p in nodes)
+    print(f"Prometheus: scrape_configs: [{{job_name: sutra, static_configs: [{{targets: [{targets}]}}]}}]")
+    print("Stop with: ./dev down   (or: .venv/bin/sutra-cluster local down)")

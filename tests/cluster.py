@@ -208,10 +208,18 @@ def assert_same_digest(nodes: Sequence[Node], lsn: int, timeout: float = 60.0) -
     return next(iter(got.values()))
 
 
-def most_advanced(nodes: Sequence[Node]) -> tuple[Node, int]:
-    """The node with the highest flushed LSN, as an operator picks whom to promote."""
-    best = max(((n, n.status().durable_lsn) for n in nodes), key=lambda x: x[1])
-    return best
+def most_advanced(nodes: Sequence[Node], timeout: float = 30.0) -> tuple[Node, int]:
+    """The replica with the highest flushed LSN once the dead leader's stream has
+    ended on every one (records it sent before dying may still be in a replica's
+    receive buffer: an LSN read too early is not final), as an operator picks
+    whom to promote."""
+    def settled() -> list[rpb.ReplicationStatus] | None:
+        sts = [n.status() for n in nodes]
+        return sts if all(s.follow_state != "streaming" and s.last_lsn == s.durable_lsn for s in sts) else None
+
+    sts = wait_for(settled, timeout, "the dead leader's streams to end on every replica")
+    i = max(range(len(nodes)), key=lambda k: sts[k].durable_lsn)
+    return nodes[i], sts[i].durable_lsn
 
 
 def promote(node: Node, followers: Sequence[Node]) -> rpb.PromoteResponse:

@@ -93,6 +93,7 @@ def _kill_round(base: Path, mode: str, rng: random.Random, rnd: int) -> dict[str
         others = [r for r in c.replicas if r is not new]
         resp = promote(new, others)
         assert resp.term == 2, resp
+        assert resp.lsn == new_lsn + 1, (resp, new_lsn)  # its term record follows what it held
         max_acked = acked[-1].lsn if acked else 0
         # Read back every acknowledged batch on the promoted node (sequence=: wait for
         # all it holds to be visible; what it does not hold cannot appear).

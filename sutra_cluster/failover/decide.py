@@ -36,12 +36,14 @@ class Local:
     lease_ok: bool = True  # as leader: renewed recently enough to keep acknowledging writes
     leader_refused: bool = False  # the key holder's port refused connections (twice): it is dead
     lag_ms: float = 0.0
+    uptime_s: float = 1e9  # seconds since this node started
 
 
 @dataclass(frozen=True)
 class Settings:
     commit_mode: str = "async"
     max_lag_on_failover: int = 1_000_000
+    startup_grace_s: float = 4.0  # a new cluster waits this long for its configured leader
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
                      if m.healthy and m.role != "leader" and m.frozen_term != snap.term)
     if waiting:
         return Action(WAIT, f"no leader at term {snap.term}: waiting for {', '.join(waiting)} to publish a final LSN")
+    if snap.term == 0 and me.uptime_s < s.startup_grace_s and not any(m.preferred for m in snap.members.values()):
+        return Action(WAIT, "new cluster: waiting for the configured leader (SUTRA_NODE_ROLE=leader) to join")
     best, why = candidate(snap, s)
     if best is None:
         return Action(WAIT, f"no leader at term {snap.term}: {why}")

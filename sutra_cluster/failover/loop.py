@@ -57,7 +57,8 @@ class HaLoop:
         self.m = manager
         self.coord = coord
         self.cfg = cfg
-        self.settings = Settings(cfg.commit_mode, cfg.max_lag_on_failover)
+        self.settings = Settings(cfg.commit_mode, cfg.max_lag_on_failover, startup_grace_s=2.0 * cfg.lease_ttl_s)
+        self.started = time.monotonic()
         self.key: LeaderKey | None = None
         self.lease_deadline = 0.0
         self.frozen_term = 0
@@ -123,6 +124,7 @@ class HaLoop:
             node_id=self.cfg.node_id, address=self.cfg.address, role=eng.role, term=eng.term,
             flushed_lsn=eng.wal.durable_lsn, last_term=eng.terms.last_term, frozen_term=self.frozen_term,
             lease_ok=time.monotonic() < self.lease_deadline, leader_refused=refused, lag_ms=lag,
+            uptime_s=time.monotonic() - self.started,
         )
 
     def tick(self) -> Action | None:
@@ -234,7 +236,8 @@ class HaLoop:
                 # write, so they may form the sync set at once.
                 mine = self.m.engine.wal.durable_lsn - 1  # the term record is not acknowledged data
                 peers = sorted(m.node_id for m in snap.members.values()
-                               if m.node_id != self.cfg.node_id and m.healthy and m.flushed_lsn >= mine)
+                               if m.node_id != self.cfg.node_id and m.healthy and m.role != "leader"
+                               and m.frozen_term == snap.term and m.flushed_lsn >= mine)
                 initial = tuple(peers[: self.cfg.sync_replicas])
                 self.m.leader.sync_ids = initial
                 self._sync_grace_until = time.monotonic() + 2 * self.cfg.lease_ttl_s

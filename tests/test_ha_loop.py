@@ -1,0 +1,627 @@
+"""The thin HA loop (issue 4), driven tick by tick for three simulated nodes.
+
+Each node is a real ``HaLoop`` (its thread never started) with a
+``MemoryCoordinator`` on ONE shared ``MemoryStore``. Only the replication
+manager is faked, with exactly the attributes the loop touches. One injectable
+clock drives both the store's leases and the loop's lease deadline, so expiry
+is reached by advancing the clock, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from sutra_cluster.config import Config
+from sutra_cluster.errors import Unavailable
+from sutra_cluster.failover import loop as loop_mod
+from sutra_cluster.failover.coordinator import LeaderKey, MemoryCoordinator, MemoryStore
+from sutra_cluster.failover.decide import ACQUIRE, DEMOTE, FOLLOW, FREEZE, HANDOVER, RENEW, REVOKE, WAIT, Action
+from sutra_cluster.failover.loop import HANDOVER_TIMEOUT_S, HaLoop
+
+PREFIX = "/sutra/shards/0/"
+TTL = 2  # seconds: the leader key's lease
+MARGIN_MS = 500  # stop acknowledging this long before the lease can expire
+
+
+# --------------------------------------------------------------------------- clock and fakes
+
+
+class Clock:
+    """One monotonic clock for the store's leases and the loop's deadlines."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@dataclass
+class FakeWal:
+    durable_lsn: int = 0
+
+
+@dataclass
+class FakeTerms:
+    last_term: int = 0
+
+
+@dataclass
+class FakeEngine:
+    role: str = "replica"
+    term: int = 0
+    wal: FakeWal = field(default_factory=FakeWal)
+    terms: FakeTerms = field(default_factory=FakeTerms)
+    write_failure: str | None = None
+    paused: list[str] = field(default_factory=list)
+    resumed: int = 0
+
+    def pause_writes(self, reason: str) -> None:
+        self.paused.append(reason)
+
+    def resume_writes(self) -> None:
+        self.resumed += 1
+
+
+@dataclass
+class FakeFollower:
+    """This node streaming from a leader (ReplicationManager.follower)."""
+
+    leader_address: str
+    state: str = "streaming"
+    behind_s: float = 0.0
+
+    def lag(self) -> tuple[int, float]:
+        return 0, self.behind_s
+
+
+@dataclass
+class FakeStream:
+    """A replica as the leader sees it (LeaderStreams.followers values)."""
+
+    node_id: str
+    flushed: int
+    connected: bool = True
+
+
+class FakeAcks:
+    """LeaderStreams._acks: waiting on it advances the shared clock instead of sleeping."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.waits = 0
+
+    def __enter__(self) -> FakeAcks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def wait(self, timeout: float) -> bool:
+        self.waits += 1
+        self.clock.advance(timeout)
+        return False
+
+
+class FakeLeaderStreams:
+    def __init__(self, clock: Clock) -> None:
+        self.followers: dict[str, FakeStream] = {}
+        self.sync_ids: tuple[str, ...] | None = None
+        self.max_committed = 0
+        self._acks = FakeAcks(clock)
+
+    def connected(self) -> list[FakeStream]:
+        return [f for f in self.followers.values() if f.connected]
+
+
+class FakeManager:
+    """The ReplicationManager surface HaLoop uses, recording every call."""
+
+    def __init__(self, clock: Clock, commit_mode: str) -> None:
+        self.engine = FakeEngine()
+        self.follower: FakeFollower | None = None
+        self.leader = FakeLeaderStreams(clock)
+        self.fence = None
+        self.commit_mode = commit_mode
+        self.calls: list[str] = []
+        self.promote_error: Exception | None = None
+
+    def promote_to(self, term: int, managed: bool = False) -> int:
+        self.calls.append(f"promote_to {term}")
+        if self.promote_error is not None:
+            raise self.promote_error
+        self.follower = None
+        self.leader.sync_ids = () if managed and self.commit_mode == "sync" else None
+        self.engine.term = term
+        self.engine.terms.last_term = term
+        self.engine.wal.durable_lsn += 1  # the term record
+        self.engine.role = "leader"
+        return self.engine.wal.durable_lsn
+
+    def demote(self) -> None:
+        self.calls.append("demote")
+        self.engine.role = "replica"
+
+    def follow(self, address: str) -> None:
+        self.calls.append(f"follow {address}")
+        self.engine.role = "replica"
+        if self.follower is None or self.follower.leader_address != address:
+            self.follower = FakeFollower(address)
+
+    def freeze(self) -> None:
+        self.calls.append("freeze")
+        self.follower = None
+
+
+# --------------------------------------------------------------------------- the simulated shard
+
+
+def addr(node_id: str) -> str:
+    return f"{node_id}:50051"
+
+
+class Node:
+    def __init__(self, sim: Sim, node_id: str, role: str, commit_mode: str, lsn: int) -> None:
+        self.id = node_id
+        self.cfg = Config(node_id=node_id, advertise=addr(node_id), role=role, commit_mode=commit_mode,
+                          sync_replicas=1, lease_ttl_s=TTL, loop_wait_ms=100, retry_timeout_ms=400,
+                          fence_margin_ms=MARGIN_MS, leader="" if role == "leader" else addr("n1"))
+        self.m = FakeManager(sim.clock, commit_mode)
+        self.m.engine.wal.durable_lsn = lsn
+        self.coord = MemoryCoordinator(sim.store, PREFIX, node_id, ttl=TTL, member_ttl=4.0)
+        self.loop = HaLoop(self.m, self.coord, self.cfg)  # type: ignore[arg-type]
+
+    def tick(self) -> Action | None:
+        return self.loop.tick()
+
+    def restart(self, sim: Sim) -> None:
+        """The process died and came back: fresh memory, same data on disk."""
+        old = self.m.engine
+        self.m = FakeManager(sim.clock, self.cfg.commit_mode)
+        self.m.engine.wal.durable_lsn = old.wal.durable_lsn
+        self.m.engine.term = old.term
+        self.m.engine.terms.last_term = old.terms.last_term
+        self.coord = MemoryCoordinator(sim.store, PREFIX, self.id, ttl=TTL, member_ttl=4.0)
+        self.loop = HaLoop(self.m, self.coord, self.cfg)  # type: ignore[arg-type]
+
+
+class Sim:
+    def __init__(self, commit_mode: str = "async", lsns: tuple[int, int, int] = (10, 10, 10)) -> None:
+        self.clock = Clock()
+        self.store = MemoryStore()
+        self.store.now = self.clock
+        self.refusing: set[str] = set()  # addresses where nothing listens any more
+        self.nodes = {
+            "n1": Node(self, "n1", "leader", commit_mode, lsns[0]),
+            "n2": Node(self, "n2", "replica", commit_mode, lsns[1]),
+            "n3": Node(self, "n3", "replica", commit_mode, lsns[2]),
+        }
+
+    def __getitem__(self, node_id: str) -> Node:
+        return self.nodes[node_id]
+
+    def snapshot(self):  # type: ignore[no-untyped-def]
+        return MemoryCoordinator(self.store, PREFIX, "observer").snapshot()
+
+    def boot(self) -> None:
+        """Every node has published itself once (they start at about the same time)."""
+        for n in self.nodes.values():
+            n.coord.publish_member(n.loop._member())
+
+    def round(self, *ids: str) -> dict[str, Action | None]:
+        return {i: self[i].tick() for i in ids}
+
+    def connect(self, leader: str) -> None:
+        """The leader's view of its replicas' streams, from their current LSNs."""
+        lead = self[leader].m.leader
+        lead.followers = {n.id: FakeStream(n.id, n.m.engine.wal.durable_lsn)
+                          for n in self.nodes.values() if n.id != leader}
+
+    def leaders(self) -> list[str]:
+        return [n.id for n in self.nodes.values() if n.m.engine.role == "leader"]
+
+    def elect_n1(self) -> None:
+        self.boot()
+        acts = self.round("n3", "n2", "n1")
+        assert acts["n1"] == Action(ACQUIRE, "promoted self: leader key acquired at term 1", term=1)
+        acts = self.round("n2", "n3", "n1")  # n1 now publishes itself as the leader
+        assert acts["n1"] == Action(RENEW, "renewed leader key at term 1")
+        assert self.leaders() == ["n1"]
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sim]:
+    s = Sim()
+    _install(monkeypatch, s)
+    yield s
+
+
+def _install(monkeypatch: pytest.MonkeyPatch, s: Sim) -> None:
+    # The loop reads time only through its module's ``time`` name; no real clock, no sockets.
+    monkeypatch.setattr(loop_mod, "time", types.SimpleNamespace(monotonic=s.clock))
+    monkeypatch.setattr(loop_mod, "port_refuses", lambda address, timeout=0.2: address in s.refusing)
+
+
+# --------------------------------------------------------------------------- initial election
+
+
+def test_initial_election_picks_the_preferred_node(sim: Sim) -> None:
+    sim.boot()
+    acts = sim.round("n3", "n2", "n1")
+    assert acts["n3"] == Action(WAIT, "no leader at term 0: n1 (LSN 10) should take over")
+    assert acts["n2"] == Action(WAIT, "no leader at term 0: n1 (LSN 10) should take over")
+    assert acts["n1"] == Action(ACQUIRE, "promoted self: leader key acquired at term 1", term=1)
+    assert sim["n1"].m.calls == ["promote_to 1"]
+    acts = sim.round("n2", "n3", "n1")
+    assert acts["n2"] == Action(FOLLOW, "following n1 (term 1), lag 0 ms", target=addr("n1"))
+    assert acts["n3"] == Action(FOLLOW, "following n1 (term 1), lag 0 ms", target=addr("n1"))
+    assert acts["n1"] == Action(RENEW, "renewed leader key at term 1")
+    assert sim.leaders() == ["n1"]
+    snap = sim.snapshot()
+    assert snap.leader == LeaderKey("n1", addr("n1"), 1, snap.leader.lease if snap.leader else 0)
+    assert snap.term == 1
+    assert sim["n1"].loop.last_reason == "renewed leader key at term 1"
+
+
+def test_renewing_leader_keeps_its_key_across_many_ttls(sim: Sim) -> None:
+    sim.elect_n1()
+    for _ in range(50):  # 5 s of ticks at 100 ms: 2.5 TTLs
+        sim.clock.advance(0.1)
+        assert sim.round("n1", "n2", "n3")["n1"] == Action(RENEW, "renewed leader key at term 1")
+    sim["n1"].m.fence()  # within the lease: acknowledging is allowed
+    assert sim.leaders() == ["n1"] and sim.snapshot().term == 1
+
+
+# --------------------------------------------------------------------------- the leader dies
+
+
+@pytest.mark.parametrize("first", ["n2", "n3"])
+def test_dead_leader_is_replaced_by_exactly_one_replica_at_the_next_term(sim: Sim, first: str) -> None:
+    sim.elect_n1()
+    sim["n2"].m.engine.wal.durable_lsn = 25
+    sim["n3"].m.engine.wal.durable_lsn = 24
+    # n1 hangs (no port refusal, so only the TTL can tell): it stops ticking.
+    for n in ("n2", "n3"):
+        sim[n].m.follower.state = "connecting"  # type: ignore[union-attr]
+    sim.clock.advance(TTL - 0.1)
+    assert {a.kind for a in sim.round("n2", "n3").values() if a} == {FOLLOW}  # key not yet expired
+    sim.clock.advance(0.2)
+    second = "n3" if first == "n2" else "n2"
+    acts = sim.round(first, second)
+    assert acts["n2"] == Action(FREEZE, "no leader at term 1: stopped streaming at LSN 25")
+    assert acts["n3"] == Action(FREEZE, "no leader at term 1: stopped streaming at LSN 24")
+    acts = sim.round(first, second)
+    assert acts["n2"] == Action(ACQUIRE, "promoted self: leader key acquired at term 2", term=2)
+    if first == "n3":
+        assert acts["n3"] == Action(WAIT, "no leader at term 1: n2 (LSN 25) should take over")
+    else:
+        assert acts["n3"] == Action(FOLLOW, "following n2 (term 2), lag 0 ms", target=addr("n2"))
+    acts = sim.round("n3", "n2")
+    assert acts["n3"] == Action(FOLLOW, "following n2 (term 2), lag 0 ms", target=addr("n2"))
+    assert acts["n2"] == Action(RENEW, "renewed leader key at term 2")
+    assert [c for n in ("n2", "n3") for c in sim[n].m.calls if c.startswith("promote_to")] == ["promote_to 2"]
+    snap = sim.snapshot()
+    assert snap.term == 2 and snap.leader is not None and snap.leader.node_id == "n2"
+    assert sim.leaders() == ["n1", "n2"]  # n1 is frozen in time; its fence now refuses (below)
+    with pytest.raises(Unavailable):
+        sim["n1"].m.fence()
+
+
+def test_dead_leader_refusing_connections_is_revoked_before_its_ttl(sim: Sim) -> None:
+    sim.elect_n1()
+    sim.refusing.add(addr("n1"))
+    for n in ("n2", "n3"):
+        sim[n].m.follower.state = "disconnected"  # type: ignore[union-attr]
+    sim.clock.advance(0.1)
+    # One refusal could be a restart; two in a row is proof.
+    assert sim["n2"].tick().kind == FOLLOW  # type: ignore[union-attr]
+    sim.clock.advance(0.1)
+    assert sim["n2"].tick() == Action(
+        REVOKE, f"leader n1 at {addr('n1')} refuses connections: it is gone; revoking its lease (term 1)")
+    assert sim.snapshot().leader is None
+    sim.clock.advance(0.1)
+    assert sim.round("n2", "n3")["n3"] == Action(FREEZE, "no leader at term 1: stopped streaming at LSN 10")
+    acts = sim.round("n3", "n2")
+    assert acts["n2"] == Action(ACQUIRE, "promoted self: leader key acquired at term 2", term=2)
+    assert sim.clock.t - 1000.0 < TTL  # well before n1's lease ran out
+
+
+# --------------------------------------------------------------------------- crashes halfway through
+
+
+def test_promotion_failure_after_acquire_revokes_the_key_and_a_later_tick_elects(sim: Sim) -> None:
+    sim.elect_n1()
+    for n in ("n2", "n3"):
+        sim[n].m.follower.state = "connecting"  # type: ignore[union-attr]
+    sim.clock.advance(TTL + 0.1)  # n1 died
+    sim.round("n2", "n3")  # both freeze at term 1
+    sim["n2"].m.promote_error = OSError("disk gone mid-promotion")
+    with pytest.raises(OSError, match="disk gone"):
+        sim["n2"].tick()
+    snap = sim.snapshot()
+    assert snap.leader is None  # released at once, nobody waits out a TTL
+    assert snap.term == 2  # the term was taken; it is never reused
+    assert sim["n2"].m.calls[-2:] == ["promote_to 2", "demote"]
+    assert sim["n2"].m.engine.role == "replica" and sim["n2"].loop.key is None
+    # The disk recovers; a later election happens at term 3.
+    sim["n2"].m.promote_error = None
+    acts = sim.round("n2", "n3")
+    assert acts["n2"] == Action(FREEZE, "no leader at term 2: stopped streaming at LSN 10")
+    assert acts["n3"] == Action(FREEZE, "no leader at term 2: stopped streaming at LSN 10")
+    acts = sim.round("n3", "n2")
+    assert acts["n3"] == Action(WAIT, "no leader at term 2: n2 (LSN 10) should take over")
+    assert acts["n2"] == Action(ACQUIRE, "promoted self: leader key acquired at term 3", term=3)
+    assert sim["n3"].tick() == Action(FOLLOW, "following n2 (term 3), lag 0 ms", target=addr("n2"))
+
+
+def test_process_crash_between_acquire_and_promote_revokes_on_restart(sim: Sim) -> None:
+    sim.elect_n1()
+    for n in ("n2", "n3"):
+        sim[n].m.follower.state = "connecting"  # type: ignore[union-attr]
+    sim.clock.advance(TTL + 0.1)
+    sim.round("n2", "n3")
+    # n2 wins the transaction and dies before promote_to: simulate just the transaction.
+    assert sim["n2"].coord.acquire(LeaderKey("n2", addr("n2"), 2), 1) is not None
+    sim["n2"].restart(sim)
+    assert sim["n3"].tick() == Action(FOLLOW, "following n2 (term 2), lag 0 ms", target=addr("n2"))
+    assert sim["n2"].tick() == Action(
+        REVOKE, "leader key (term 2) names this node, which is not leading "
+                "(a previous life or an interrupted promotion): revoking it")
+    assert sim.snapshot().leader is None
+    assert sim["n2"].m.calls == []  # it never led
+    sim.round("n2", "n3")  # freeze at term 2
+    acts = sim.round("n3", "n2")
+    assert acts["n2"] == Action(ACQUIRE, "promoted self: leader key acquired at term 3", term=3)
+    assert sim.leaders() == ["n1", "n2"] and sim.snapshot().term == 3
+
+
+def test_restarted_leader_revokes_its_old_key_instead_of_waiting_for_ttl(sim: Sim) -> None:
+    sim.elect_n1()
+    sim["n1"].restart(sim)  # crash and quick restart: the key still names it
+    assert sim["n1"].tick() == Action(
+        REVOKE, "leader key (term 1) names this node, which is not leading "
+                "(a previous life or an interrupted promotion): revoking it")
+    assert sim.snapshot().leader is None
+    sim.round("n1", "n2", "n3")  # all freeze at term 1
+    acts = sim.round("n3", "n2", "n1")
+    assert acts["n1"] == Action(ACQUIRE, "promoted self: leader key acquired at term 2", term=2)
+
+
+# --------------------------------------------------------------------------- store unreachable
+
+
+def test_leader_cut_from_the_store_demotes_only_at_its_lease_deadline(sim: Sim) -> None:
+    sim.elect_n1()
+    sim.clock.advance(0.1)
+    assert sim["n1"].tick() == Action(RENEW, "renewed leader key at term 1")
+    renewed_at = sim.clock.t
+    deadline = renewed_at + TTL - MARGIN_MS / 1000.0
+    assert sim["n1"].loop.lease_deadline == pytest.approx(deadline)
+    sim.store.down = True
+    calls_before = list(sim["n1"].m.calls)
+    while sim.clock.t + 0.1 < deadline:
+        sim.clock.advance(0.1)
+        assert sim["n1"].tick() is None
+        assert sim["n1"].m.engine.role == "leader", f"demoted early at +{sim.clock.t - renewed_at:.1f}s"
+        sim["n1"].m.fence()  # still provably the leader: acknowledging is allowed
+        assert sim.round("n2", "n3") == {"n2": None, "n3": None}  # replicas keep their role
+    assert sim["n1"].m.calls == calls_before
+    sim.clock.t = deadline
+    with pytest.raises(Unavailable, match="lease not renewed in time"):
+        sim["n1"].m.fence()
+    assert sim["n1"].tick() is None
+    assert sim["n1"].m.calls[len(calls_before):] == ["demote"]
+    assert sim["n1"].m.engine.role == "replica" and sim["n1"].loop.key is None
+    sim["n1"].m.fence()  # a replica acknowledges nothing; the fence has nothing to refuse
+    # It stepped down while its lease was still valid in the store: margin kept.
+    assert sim.clock.t < renewed_at + TTL
+    # The store comes back before the lease ran out: the key names a non-leader, so it revokes it.
+    sim.store.down = False
+    assert sim["n1"].tick() == Action(
+        REVOKE, "leader key (term 1) names this node, which is not leading "
+                "(a previous life or an interrupted promotion): revoking it")
+
+
+def test_leader_with_a_late_tick_demotes_itself(sim: Sim) -> None:
+    sim.elect_n1()
+    sim.clock.advance(TTL - MARGIN_MS / 1000.0)  # the loop stalled until exactly the deadline
+    assert sim["n1"].tick() == Action(DEMOTE, "demoted: leader key at term 1 not renewed in time")
+    assert sim["n1"].m.engine.role == "replica"
+
+
+def test_leader_that_lost_its_key_demotes(sim: Sim) -> None:
+    sim.elect_n1()
+    key = sim["n1"].loop.key
+    assert key is not None and sim["n2"].coord.revoke(key)
+    assert sim["n1"].tick() == Action(DEMOTE, "demoted: the leader key is gone (term 1)")
+    assert sim["n1"].m.calls[-1] == "demote"
+
+
+def test_renew_refused_by_the_store_demotes(sim: Sim) -> None:
+    sim.elect_n1()
+    # The key was replaced between the snapshot and the renewal (same holder name, different lease).
+    real_renew = sim["n1"].coord.renew
+    sim["n1"].coord.renew = lambda key: False  # type: ignore[method-assign]
+    sim["n1"].tick()
+    assert sim["n1"].m.engine.role == "replica" and sim["n1"].loop.key is None
+    sim["n1"].coord.renew = real_renew  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------- switchover
+
+
+def test_switchover_hands_over_to_the_target(sim: Sim) -> None:
+    sim.elect_n1()
+    sim.connect("n1")
+    sim["n1"].coord.request_switchover("n3")
+    assert sim["n1"].tick() == Action(HANDOVER, "switchover: handing leadership at term 1 to n3", target="n3")
+    n1 = sim["n1"].m
+    assert n1.engine.paused == ["switchover to n3"] and n1.engine.resumed == 1
+    assert n1.calls[-2:] == ["demote", f"follow {addr('n3')}"]
+    assert sim.snapshot().leader is None and sim["n1"].loop.key is None
+    assert n1.leader._acks.waits == 0  # n3 was caught up: no waiting at all
+    acts = sim.round("n2", "n3", "n1")
+    assert {a.kind for a in acts.values() if a} == {FREEZE}
+    acts = sim.round("n2", "n1", "n3")
+    # n2 has the same LSN and a lower node id, but the switchover names n3.
+    assert acts["n2"] == Action(WAIT, "no leader at term 1: n3 (LSN 10) should take over")
+    assert acts["n3"] == Action(ACQUIRE, "promoted self: leader key acquired at term 2", term=2)
+    assert sim.snapshot().switchover_to == ""  # the new leader cleared the request
+    acts = sim.round("n1", "n2", "n3")
+    assert acts["n1"] == Action(FOLLOW, "following n3 (term 2), lag 0 ms", target=addr("n3"))
+    assert acts["n2"] == Action(FOLLOW, "following n3 (term 2), lag 0 ms", target=addr("n3"))
+    assert acts["n3"] == Action(RENEW, "renewed leader key at term 2")
+    assert sim.leaders() == ["n3"]
+
+
+def test_switchover_waits_for_the_target_to_catch_up(sim: Sim) -> None:
+    sim.elect_n1()
+    sim.connect("n1")
+    lead = sim["n1"].m.leader
+    lead.followers["n3"].flushed = 5  # behind the leader's durable LSN
+    waits = {"n": 0}
+
+    def catch_up(timeout: float) -> bool:
+        waits["n"] += 1
+        sim.clock.advance(timeout)
+        if waits["n"] == 3:
+            lead.followers["n3"].flushed = sim["n1"].m.engine.wal.durable_lsn
+        return True
+
+    lead._acks.wait = catch_up  # type: ignore[method-assign]
+    sim["n1"].coord.request_switchover("n3")
+    assert sim["n1"].tick().kind == HANDOVER  # type: ignore[union-attr]
+    assert waits["n"] == 3
+    assert sim.snapshot().leader is None and sim["n1"].m.engine.role == "replica"
+
+
+def test_switchover_to_a_dead_target_keeps_leading(sim: Sim) -> None:
+    sim.elect_n1()
+    sim["n1"].coord.request_switchover("n9")
+    assert sim["n1"].tick() == Action(RENEW, "renewed leader key at term 1; switchover target n9 is not alive")
+    assert sim.leaders() == ["n1"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG loop._handover: waits HANDOVER_TIMEOUT_S (5 s) without renewing a "
+                                       "2 s lease, so an abandoned switchover loses leadership (see report)")
+def test_abandoned_switchover_keeps_the_leader_and_its_key(sim: Sim) -> None:
+    sim.elect_n1()
+    sim.connect("n1")
+    sim["n1"].m.leader.followers["n3"].flushed = 0  # never catches up
+    sim["n1"].coord.request_switchover("n3")
+    assert sim["n1"].tick().kind == HANDOVER  # type: ignore[union-attr]
+    assert sim["n1"].m.engine.resumed == 1
+    assert sim.snapshot().switchover_to == ""  # abandoned and cleared
+    # A planned switchover that did not happen must not turn into an unplanned failover.
+    assert sim["n1"].tick() == Action(RENEW, "renewed leader key at term 1")
+
+
+def test_abandoned_switchover_never_acknowledges_past_the_lease(sim: Sim) -> None:
+    # Whatever the fix for the test above, the safety half holds today: once the
+    # wait outlived the lease deadline the fence refuses, and the next tick demotes.
+    sim.elect_n1()
+    sim.connect("n1")
+    sim["n1"].m.leader.followers["n3"].flushed = 0
+    sim["n1"].coord.request_switchover("n3")
+    start = sim.clock.t
+    sim["n1"].tick()
+    waited = sim.clock.t - start
+    assert waited >= HANDOVER_TIMEOUT_S - 0.05
+    if sim.clock.t >= sim["n1"].loop.lease_deadline and sim["n1"].m.engine.role == "leader":
+        with pytest.raises(Unavailable):
+            sim["n1"].m.fence()
+        assert sim["n1"].tick().kind == DEMOTE  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- sync mode
+
+
+@pytest.fixture
+def sync_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sim]:
+    s = Sim(commit_mode="sync")
+    _install(monkeypatch, s)
+    yield s
+
+
+def test_sync_leader_publishes_a_caught_up_sync_set(sync_sim: Sim) -> None:
+    sim = sync_sim
+    sim.elect_n1()
+    snap = sim.snapshot()
+    assert snap.sync is not None and (snap.sync.leader, snap.sync.term, snap.sync.members) == ("n1", 1, ())
+    lead = sim["n1"].m.leader
+    lead.max_committed = 11
+    sim.connect("n1")
+    lead.followers["n2"].flushed = 11
+    lead.followers["n3"].flushed = 10  # not yet holding every acknowledged write
+    sim.clock.advance(0.1)
+    assert sim["n1"].tick() == Action(RENEW, "renewed leader key at term 1")
+    assert lead.sync_ids == ("n2",)
+    snap = sim.snapshot()
+    assert snap.sync is not None and snap.sync.members == ("n2",) and snap.sync.term == 1
+
+
+def test_sync_failover_goes_to_the_sync_member_not_the_most_advanced(sync_sim: Sim) -> None:
+    sim = sync_sim
+    sim.elect_n1()
+    lead = sim["n1"].m.leader
+    lead.max_committed = 11
+    sim.connect("n1")
+    lead.followers["n2"].flushed = 11
+    lead.followers["n3"].flushed = 10
+    sim["n1"].tick()
+    sim["n2"].m.engine.wal.durable_lsn = 11
+    sim["n3"].m.engine.wal.durable_lsn = 40  # unacknowledged records beyond the commit point
+    for n in ("n2", "n3"):
+        sim[n].m.follower.state = "connecting"  # type: ignore[union-attr]
+    sim.clock.advance(TTL + 0.1)
+    sim.round("n3", "n2")
+    acts = sim.round("n3", "n2")
+    assert acts["n3"] == Action(WAIT, "no leader at term 1: n2 (LSN 11) should take over")
+    assert acts["n2"] == Action(ACQUIRE, "promoted self: leader key acquired at term 2", term=2)
+    assert sim["n2"].m.leader.sync_ids == ()
+
+
+def test_sync_dead_leader_and_dead_sync_member_leave_the_shard_waiting(sync_sim: Sim) -> None:
+    sim = sync_sim
+    sim.elect_n1()
+    lead = sim["n1"].m.leader
+    sim.connect("n1")
+    lead.max_committed = 10
+    sim["n1"].tick()
+    assert sim.snapshot().sync.members == ("n2",)  # type: ignore[union-attr]
+    sim["n3"].m.follower.state = "connecting"  # type: ignore[union-attr]
+    sim.clock.advance(4.1)  # n1 and n2 both gone: leader key and n2's member key expired
+    assert sim["n3"].tick().kind == FREEZE  # type: ignore[union-attr]
+    assert sim["n3"].tick() == Action(
+        WAIT, "no leader at term 1: no member of the sync set ['n2'] is alive; "
+              "waiting (no acknowledged write may be lost)")
+    assert sim.snapshot().leader is None
+
+
+@pytest.mark.xfail(strict=True, reason="BUG decide/loop: sync-mode switchover to a node outside the sync set "
+                                       "hands leadership around and leaves the shard leaderless (see report)")
+def test_sync_switchover_to_a_non_sync_member_never_leaves_the_shard_leaderless(sync_sim: Sim) -> None:
+    sim = sync_sim
+    sim.elect_n1()
+    lead = sim["n1"].m.leader
+    sim.connect("n1")
+    lead.max_committed = 10
+    sim["n1"].tick()
+    assert sim.snapshot().sync.members == ("n2",)  # type: ignore[union-attr]
+    sim["n1"].coord.request_switchover("n3")  # n3 is not in the sync set
+    for _ in range(12):
+        for n in sim.nodes.values():
+            lead_id = [x.id for x in sim.nodes.values() if x.m.engine.role == "leader"]
+            if lead_id:
+                sim.connect(lead_id[0])
+            n.tick()
+        sim.clock.advance(0.1)
+    snap = sim.snapshot()
+    assert snap.leader is not None, f"no leader; sync set {snap.sync}, switchover {snap.switchover_to!r}"
