@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from sutra_cluster.client import Concept, SutraClient  # noqa: E402
 from sutra_cluster.pb import storage_pb2 as pb  # noqa: E402
-from tests.helpers import NodeProcess, free_port, wait_for  # noqa: E402
+from tests.helpers import NodeProcess, free_port  # noqa: E402
 
 DIM = 768
 ANCHOR_WRITES_PER_S = 57_000  # the original engine's claim: in memory, no fsync
@@ -72,8 +72,8 @@ class Sizes:
 
 FULL = Sizes(single_ops_1=3000, single_ops_8=600, ingest_concepts=60_000, batch_size=500, ingest_threads=4,
              queries=5000, vectors=25_000, search_queries=1000, recall_queries=200, restart_concepts=100_000)
-QUICK = Sizes(single_ops_1=300, single_ops_8=60, ingest_concepts=6_000, batch_size=500, ingest_threads=4,
-              queries=500, vectors=11_000, search_queries=150, recall_queries=50, restart_concepts=5_000)
+QUICK = Sizes(single_ops_1=500, single_ops_8=100, ingest_concepts=10_000, batch_size=500, ingest_threads=4,
+              queries=1000, vectors=12_000, search_queries=300, recall_queries=50, restart_concepts=10_000)
 
 
 @dataclass
@@ -151,7 +151,9 @@ class Nodes:
         full_env.update(env or {})
         node = NodeProcess(data or self.base / name, env=full_env, port=port, log_path=self.base / f"{name}.log")
         self.started.append(node)
-        node.start(wait=wait, timeout=600)
+        node.start(wait=False)
+        if wait:
+            wait_ready(node, 600)
         return node
 
     def close(self) -> None:
@@ -162,6 +164,34 @@ class Nodes:
                 print(f"warning: stopping node on port {node.port}: {exc}", file=sys.stderr)
 
 
+def poll(cond: Callable[[], bool], timeout: float, what: str, node: NodeProcess | None = None,
+         interval: float = 0.02) -> None:
+    """Wait for ``cond`` with a deadline; fail at once if ``node`` exits meanwhile.
+    (Exceptions from ``cond`` count as "not yet": a node may still be starting.)"""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        if node is not None and not node.alive():
+            raise RuntimeError(f"{what}: the node exited with {node.proc.returncode if node.proc else None}; "
+                               f"log:\n{node.log_tail()}")
+        try:
+            if cond():
+                return
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+        time.sleep(interval)
+
+
+def wait_ready(node: NodeProcess, timeout: float) -> None:
+    def healthy() -> bool:
+        with SutraClient(node.address, timeout=2.0, retry_deadline=0) as c:
+            return bool(c.health().healthy)
+
+    poll(healthy, timeout, f"node on port {node.port} to answer HealthCheck", node)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc."""
     with open(f"/proc/{pid}/stat") as f:
@@ -169,9 +199,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_idle(pid: int, timeout: float, window: float = 1.0, max_share: float = 0.1) -> float:
+def wait_idle(node: NodeProcess, timeout: float, window: float = 1.0, max_share: float = 0.1) -> float:
     """Wait until a process uses under ``max_share`` of a core over ``window`` s
     (its background HNSW indexing is done); returns the seconds waited."""
+    assert node.proc is not None
+    pid = node.proc.pid
     t0 = time.monotonic()
     last = [cpu_seconds(pid), time.monotonic()]
 
@@ -183,7 +215,7 @@ def wait_idle(pid: int, timeout: float, window: float = 1.0, max_share: float = 
         last[:] = [now_cpu, now]
         return share < max_share
 
-    wait_for(idle, timeout, f"node pid {pid} to go idle (background indexing done)", interval=0.1)
+    poll(idle, timeout, f"node pid {pid} to go idle (background indexing done)", node, interval=0.1)
     return time.monotonic() - t0
 
 
@@ -322,7 +354,7 @@ def bench_ingest(nodes: Nodes, sizes: Sizes, res: Results, tmp: Path) -> dict[st
     out["query_node"] = node
     out["query_ids"] = [f"lb-{i}" for i in range(sizes.ingest_concepts)]
     # Everything acknowledged must become visible (and be counted) before reads are timed.
-    wait_for(lambda: node.stats().concepts == sizes.ingest_concepts, 120, "LearnBatch concepts visible")
+    poll(lambda: node.stats().concepts == sizes.ingest_concepts, 120, "LearnBatch concepts visible", node)
     del batches, per_thread
 
     # -- client-streaming bulk load, one stream
@@ -383,8 +415,8 @@ def bench_vector_search(nodes: Nodes, sizes: Sizes, res: Results) -> None:
     with SutraClient(node.address, timeout=120) as c:
         reply = c.bulk_load(iter(make_batches("v", data, 1000)))
         assert reply.concepts == n
-        wait_for(lambda: c.stats().vectors == n, 120, f"{n} vectors visible")
-    waited = wait_idle(node.proc.pid, timeout=600)  # type: ignore[union-attr]
+        poll(lambda: c.stats().vectors == n, 120, f"{n} vectors visible", node)
+    waited = wait_idle(node, timeout=600)
     res.details["vector_search_index_wait_s"] = round(waited, 1)
 
     keys = [f"v-{i}" for i in range(n)]
@@ -437,14 +469,12 @@ def _timed_restart(nodes: Nodes, name: str, data: Path, port: int, env: dict[str
     node = nodes.start(name, env=env, data=data, port=port, wait=False)
 
     def ready() -> bool:
-        if not node.alive():
-            raise AssertionError(f"node exited during restart:\n{node.log_tail()}")
         with SutraClient(node.address, timeout=2.0, retry_deadline=0) as c:
             if not c.health().healthy:
                 return False
             return c.stats().concepts == expect
 
-    wait_for(ready, 900, f"{name}: HealthCheck and GetStats concepts == {expect}", interval=0.01)
+    poll(ready, 900, f"{name}: HealthCheck and GetStats concepts == {expect}", node, interval=0.01)
     secs = time.perf_counter() - t0
     node.stop()
     return secs
@@ -461,7 +491,7 @@ def bench_restart(nodes: Nodes, sizes: Sizes, res: Results) -> None:
     with SutraClient(node.address, timeout=600) as c:
         reply = c.bulk_load(batch_stream("r", n, 1000, seed=5))
         assert reply.concepts == n, reply
-        wait_for(lambda: c.stats().concepts == n, 300, f"{n} concepts visible")
+        poll(lambda: c.stats().concepts == n, 300, f"{n} concepts visible", node)
         t0 = time.perf_counter()
         c.flush()
         res.details["restart_flush_rpc_s"] = round(time.perf_counter() - t0, 2)
@@ -547,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fs_type_name(path: Path) -> str:
     try:
-        out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)], capture_output=True,
+                             text=True, timeout=10)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

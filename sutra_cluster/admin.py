@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import grpc
 
 from sutra_cluster.pb import replication_pb2 as rpb
+from sutra_cluster.tlsutil import env_channel
 from sutra_cluster.pb import replication_pb2_grpc
 
 
 def _stub(address: str) -> tuple[grpc.Channel, replication_pb2_grpc.ReplicationServiceStub]:
-    ch = grpc.insecure_channel(address)
+    ch = env_channel(address)
     return ch, replication_pb2_grpc.ReplicationServiceStub(ch)
 
 
@@ -24,16 +25,36 @@ def replication_status(address: str, timeout: float = 5.0) -> rpb.ReplicationSta
         ch.close()
 
 
+class FollowersNotPointed(RuntimeError):
+    """The promotion happened, but some followers could not be pointed at the new
+    leader (down, say); the others were. ``response`` is the promotion's answer."""
+
+    def __init__(self, node: str, response: rpb.PromoteResponse, failed: dict[str, str]) -> None:
+        self.response, self.failed = response, failed
+        super().__init__(f"promoted {node} (term {response.term}, LSN {response.lsn}), but could not point "
+                         + ", ".join(f"{f} ({why})" for f, why in failed.items())
+                         + f" at it; run `sutra-cluster follow --node <node> --leader {node}` once they are up")
+
+
 def promote(node: str, followers: Sequence[str], min_lsn: int = 0, timeout: float = 10.0) -> rpb.PromoteResponse:
     """Promote ``node`` and point every follower at it. The promoted node's new
-    term makes every replica reject the old leader from then on."""
+    term makes every replica reject the old leader from then on.
+
+    Every follower is tried even if one fails (the old leader in the list is
+    usually down); then FollowersNotPointed names those that failed."""
     ch, stub = _stub(node)
     try:
         resp = stub.Promote(rpb.PromoteRequest(min_lsn=min_lsn), timeout=timeout)
     finally:
         ch.close()
+    failed: dict[str, str] = {}
     for f in followers:
-        follow(f, node, timeout)
+        try:
+            follow(f, node, timeout)
+        except grpc.RpcError as exc:
+            failed[f] = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+    if failed:
+        raise FollowersNotPointed(node, resp, failed)
     return resp
 
 

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sutra_cluster.api.storage_service import StorageServicer
+from sutra_cluster import tlsutil
 from sutra_cluster.config import Config
 from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
 from sutra_cluster.failover.loop import HaLoop
@@ -103,7 +104,9 @@ class Node:
 
     def start(self) -> None:
         bind = f"{self.cfg.host}:{self.cfg.port}"
-        if self.server.add_insecure_port(bind) == 0:
+        creds = tlsutil.server_credentials(self.cfg)
+        bound = self.server.add_secure_port(bind, creds) if creds else self.server.add_insecure_port(bind)
+        if bound == 0:
             raise OSError(f"cannot listen on {bind}")
         self.server.start()
         self.replication.start()

@@ -126,7 +126,7 @@ class LeaderStreams:
         eng = self.engine
         pos = f.sent
         disk: Iterator | None = None
-        last_send = time.monotonic()
+        last_send = last_hb = time.monotonic()
         if pos + 1 < eng.wal.first_lsn:
             # The WAL was cut past what this replica has (a new, empty replica of a
             # checkpointed leader, or one gone too long): it starts from a snapshot,
@@ -160,6 +160,11 @@ class LeaderStreams:
                     rpb.WalEntry(lsn=e.lsn, term=e.term, rtype=e.rtype, payload=e.payload) for e in entries]))
                 pos = f.sent = entries[-1].lsn
                 last_send = time.monotonic()
+                if last_send - last_hb >= HEARTBEAT_S:
+                    # Under load too: the replica learns the leader's LSN from heartbeats
+                    # only, and its own lag (metrics, status) would otherwise read 0.
+                    yield self._heartbeat(head)
+                    last_hb = last_send = time.monotonic()
                 continue
             # Nothing left to send: the replica has everything that is durable here
             # (an idle leader's replicas are streaming, not forever in catch-up).
@@ -167,9 +172,12 @@ class LeaderStreams:
             with self._data:
                 self._data.wait_for(lambda: eng.wal.durable_lsn > pos or not f.connected, HEARTBEAT_S / 2)
             if time.monotonic() - last_send >= HEARTBEAT_S:
-                yield rpb.LeaderMessage(**head, heartbeat=rpb.Heartbeat(
-                    last_lsn=eng.wal.durable_lsn, commit_lsn=self.commit_lsn(), timestamp_us=time.time_ns() // 1000))
-                last_send = time.monotonic()
+                yield self._heartbeat(head)
+                last_hb = last_send = time.monotonic()
+
+    def _heartbeat(self, head: dict) -> rpb.LeaderMessage:
+        return rpb.LeaderMessage(**head, heartbeat=rpb.Heartbeat(
+            last_lsn=self.engine.wal.durable_lsn, commit_lsn=self.commit_lsn(), timestamp_us=time.time_ns() // 1000))
 
     def _read_acks(self, requests: Iterator[rpb.FollowerMessage], f: Follower) -> None:
         try:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sutra_cluster import tlsutil
 from sutra_cluster.config import Config
 from sutra_cluster.errors import FailedPrecondition
 from sutra_cluster.pb import replication_pb2 as rpb
@@ -125,7 +126,7 @@ class ReplicationManager:
                 if self.follower.leader_address == leader_address and self.follower.alive:
                     return
                 self.follower.stop()
-            self.follower = FollowerLoop(eng, self.cfg, leader_address).start()
+            self.follower = FollowerLoop(eng, self.cfg, leader_address, tlsutil.channel_factory(self.cfg)).start()
             log.info("following %s (term %d)", leader_address, eng.term)
 
     def _stale(self, term: int) -> None:

@@ -1,0 +1,60 @@
+"""TLS for clients and between nodes.
+
+- ``SUTRA_TLS_CERT`` + ``SUTRA_TLS_KEY``: the node serves TLS; clients verify it.
+- ``SUTRA_TLS_CA`` as well: mutual TLS. Every peer must present a certificate
+  signed by the cluster's CA, so a process without one can neither stream the
+  WAL from a leader, nor feed a replica, nor call Promote (nor anything else).
+Nodes connect to each other with their own certificate and trust the CA (or,
+without a CA, their own certificate, as with the guide's self-signed one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+
+from sutra_cluster.config import Config
+
+
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
+    if not cfg.tls_cert:
+        return None
+    pair = (_read(cfg.tls_key), _read(cfg.tls_cert))
+    if cfg.tls_ca:
+        return grpc.ssl_server_credentials([pair], root_certificates=_read(cfg.tls_ca), require_client_auth=True)
+    return grpc.ssl_server_credentials([pair])
+
+
+def peer_credentials(cert: str, key: str, ca: str) -> grpc.ChannelCredentials | None:
+    """Credentials for a node (or an admin tool) calling another node."""
+    if not cert and not ca:
+        return None
+    roots = _read(ca) if ca else _read(cert)
+    if cert and key:
+        return grpc.ssl_channel_credentials(root_certificates=roots, private_key=_read(key),
+                                            certificate_chain=_read(cert))
+    return grpc.ssl_channel_credentials(root_certificates=roots)
+
+
+def channel_factory(cfg: Config):  # type: ignore[no-untyped-def]
+    """A function address -> channel using the node's TLS settings."""
+    creds = peer_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+
+    def make(address: str) -> grpc.Channel:
+        return grpc.secure_channel(address, creds) if creds is not None else grpc.insecure_channel(address)
+
+    return make
+
+
+def env_channel(address: str, env: Mapping[str, str] | None = None) -> grpc.Channel:
+    """A channel for command-line tools, from SUTRA_TLS_* in the environment."""
+    e = os.environ if env is None else env
+    creds = peer_credentials(e.get("SUTRA_TLS_CERT", ""), e.get("SUTRA_TLS_KEY", ""), e.get("SUTRA_TLS_CA", ""))
+    return grpc.secure_channel(address, creds) if creds is not None else grpc.insecure_channel(address)
