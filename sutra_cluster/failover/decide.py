@@ -37,6 +37,7 @@ class Local:
     leader_refused: bool = False  # the key holder's port refused connections (twice): it is dead
     lag_ms: float = 0.0
     uptime_s: float = 1e9  # seconds since this node started
+    healthy: bool = True  # False after a storage failure: it must not lead
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
                                   "(a previous life or an interrupted promotion): revoking it")
         if not me.lease_ok:
             return Action(DEMOTE, f"demoted: leader key at term {key.term} not renewed in time")
+        if not me.healthy:
+            return Action(DEMOTE, f"demoted: storage failure on this node; giving up the leader key at term {key.term}")
         target = snap.switchover_to
         if target and target != me.node_id:
             m = snap.members.get(target)

@@ -124,7 +124,7 @@ class HaLoop:
             node_id=self.cfg.node_id, address=self.cfg.address, role=eng.role, term=eng.term,
             flushed_lsn=eng.wal.durable_lsn, last_term=eng.terms.last_term, frozen_term=self.frozen_term,
             lease_ok=time.monotonic() < self.lease_deadline, leader_refused=refused, lag_ms=lag,
-            uptime_s=time.monotonic() - self.started,
+            uptime_s=time.monotonic() - self.started, healthy=not eng.write_failure,
         )
 
     def tick(self) -> Action | None:
@@ -169,7 +169,10 @@ class HaLoop:
         elif kind == ACQUIRE:
             self._acquire(action, snap)
         elif kind == DEMOTE:
+            key = self.key
             self._demote()
+            if key is not None and snap.leader == key:
+                self.coord.release(key)  # still ours (e.g. storage failure): hand it on now
         elif kind == FOLLOW:
             self.frozen_term = 0
             self.m.follow(action.target)
