@@ -1,14 +1,13 @@
 """Tests for sutra_cluster.storage.vectors.VectorIndex.
 
 Deterministic (seeded data, background=False wherever timing could matter).
-Set SUTRA_VECTOR_BENCH=1 to also run the recall/throughput benchmark on
+The recall/throughput benchmark lives in bench/bench_vectors.py; it ran on
 gaussian and clustered 768-d data (slow; prints figures, asserts nothing
 about gaussian, which no sane efSearch brings to 0.95 recall).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -327,38 +326,3 @@ def test_concurrent_search_during_background_indexing() -> None:
     assert not errors, errors[0]
     got, _ = index.search(data[3999], 1)
     assert got[0][0] == keys[3999]
-
-
-# ----------------------------------------------------------- opt-in benchmark
-
-
-@pytest.mark.skipif(not os.environ.get("SUTRA_VECTOR_BENCH"), reason="set SUTRA_VECTOR_BENCH=1")
-@pytest.mark.parametrize("kind", ["clustered", "gaussian"])
-def test_benchmark_20k_768d(kind: str) -> None:
-    rng = np.random.default_rng(13)
-    if kind == "gaussian":
-        data = rng.standard_normal((20_000, 768), dtype=np.float32)
-        queries = rng.standard_normal((200, 768), dtype=np.float32)
-    else:
-        data, queries = _clustered_with_queries(seed=13, n=20_000, nq=200, dim=768)
-    keys = _keys(len(data))
-    index = VectorIndex(768, background=False)
-    index.upsert(keys, data)
-    start = time.perf_counter()
-    index.build_pending()
-    build = time.perf_counter() - start
-    line = [f"\n{kind}: HNSW build {len(data) / build:.0f} vec/s"]
-    for ef in (0, 128, 256, 512):
-        start = time.perf_counter()
-        for q in queries:
-            index.search(q, 10, ef_search=ef)
-        qps = len(queries) / (time.perf_counter() - start)
-        recall = _recall(index, keys, data, queries, ef=ef)
-        line.append(f"ef={ef or 'default'}: recall {recall:.3f}, {qps:.0f} qps")
-    exact = VectorIndex(768, exact_limit=10**9, background=False)
-    exact.upsert(keys, data)
-    start = time.perf_counter()
-    for q in queries:
-        exact.search(q, 10)
-    line.append(f"exact: {len(queries) / (time.perf_counter() - start):.0f} qps")
-    print("; ".join(line))
