@@ -53,6 +53,7 @@ class Config:
     tls_key: str = ""  # SUTRA_TLS_KEY
     tls_ca: str = ""  # SUTRA_TLS_CA
     shard: int = 0  # SUTRA_SHARD
+    shards: int = 1  # SUTRA_SHARDS: shard count for the wrong-shard check (1: none, or the etcd shard map's)
     cluster_name: str = "sutra"  # SUTRA_CLUSTER_NAME: etcd key prefix /<name>/
     lease_ttl_s: int = 2  # SUTRA_LEASE_TTL_S: leader key lease (etcd's minimum at its defaults is 2)
     loop_wait_ms: int = 100  # SUTRA_LOOP_WAIT_MS: HA loop period
@@ -140,6 +141,13 @@ def timing_problems(cfg: Config) -> list[str]:
             f"SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS ({cfg.loop_wait_ms} + 2 * {cfg.retry_timeout_ms}) "
             f"must be <= SUTRA_LEASE_TTL_S ({ttl_ms} ms), or a leader could lose its key between two renewals"
         )
+    fence_ms = ttl_ms - cfg.fence_margin_ms
+    if cfg.loop_wait_ms + 2 * cfg.retry_timeout_ms > fence_ms:
+        problems.append(
+            f"SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS ({cfg.loop_wait_ms} + 2 * {cfg.retry_timeout_ms}) "
+            f"must be <= SUTRA_LEASE_TTL_S - SUTRA_FENCE_MARGIN_MS ({fence_ms} ms), or a healthy leader "
+            "could fence itself between two renewals"
+        )
     if cfg.fence_margin_ms + cfg.retry_timeout_ms >= ttl_ms:
         problems.append(
             f"SUTRA_FENCE_MARGIN_MS + SUTRA_RETRY_TIMEOUT_MS ({cfg.fence_margin_ms} + {cfg.retry_timeout_ms}) "
@@ -188,6 +196,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         tls_key=env.get("SUTRA_TLS_KEY", "").strip(),
         tls_ca=env.get("SUTRA_TLS_CA", "").strip(),
         shard=r.integer("SUTRA_SHARD", 0, 0, 65_535),
+        shards=r.integer("SUTRA_SHARDS", 1, 1, 4096),
         cluster_name=env.get("SUTRA_CLUSTER_NAME", "").strip() or "sutra",
         lease_ttl_s=r.integer("SUTRA_LEASE_TTL_S", 2, 1, 600),
         loop_wait_ms=r.integer("SUTRA_LOOP_WAIT_MS", 100, 10, 600_000),
@@ -196,6 +205,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         max_lag_on_failover=r.integer("SUTRA_MAX_LAG_ON_FAILOVER", 1_000_000, 0, 1 << 62),
     )
     r.errors.extend(timing_problems(cfg))
+    if cfg.shards > 1 and cfg.shard >= cfg.shards:
+        r.errors.append(f"SUTRA_SHARD={cfg.shard}: SUTRA_SHARDS is {cfg.shards}, so shards are 0..{cfg.shards - 1}")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         r.errors.append("SUTRA_TLS_CERT/SUTRA_TLS_KEY: set both or neither")
     for name, path in (("SUTRA_TLS_CERT", cfg.tls_cert), ("SUTRA_TLS_KEY", cfg.tls_key), ("SUTRA_TLS_CA", cfg.tls_ca)):

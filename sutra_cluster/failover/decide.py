@@ -56,33 +56,40 @@ class Action:
 
 
 def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str]:
-    """Members that may take over, and why the others may not."""
+    """Members that may take over, and why the others may not.
+
+    Raft's up-to-date rule first: only members whose log ends in the newest
+    term compete, so a long tail from an older term (a former leader that has
+    not rejoined yet) never beats the newer history.
+    """
     alive = [m for m in snap.members.values() if m.healthy and m.role != "leader"]
     if s.commit_mode == "sync" and snap.sync is not None:
         sync = set(snap.sync.members)
         alive = [m for m in alive if m.node_id in sync]
         if not alive:
             return [], f"no member of the sync set {sorted(sync)} is alive; waiting (no acknowledged write may be lost)"
-        return alive, ""
     if not alive:
         return [], "no live replica to take over"
+    newest = max(m.last_term for m in alive)
+    alive = [m for m in alive if m.last_term == newest]
+    if s.commit_mode == "sync" and snap.sync is not None:
+        return alive, ""
     best = max(m.flushed_lsn for m in alive)
     near = [m for m in alive if best - m.flushed_lsn <= s.max_lag_on_failover]
     return near, ""
 
 
 def candidate(snap: ClusterSnapshot, s: Settings) -> tuple[MemberInfo | None, str]:
-    """The member that should take over: in sync mode a sync-set member, else the
-    highest flushed LSN; ties go to the configured leader, then the lowest node id. A switchover target wins
-    when it is eligible."""
+    """The member that should take over: in sync mode a sync-set member, else any
+    live replica; the highest flushed LSN wins, then a switchover target, then
+    the configured leader, then the lowest node id. (A switchover target has
+    caught up, so it wins a planned change; a leftover request never beats a
+    replica holding more writes.)"""
     eligible, why = _eligible(snap, s)
     if not eligible:
         return None, why
-    if snap.switchover_to:
-        for m in eligible:
-            if m.node_id == snap.switchover_to:
-                return m, ""
-    return sorted(eligible, key=lambda m: (-m.flushed_lsn, not m.preferred, m.node_id))[0], ""
+    target = snap.switchover_to
+    return sorted(eligible, key=lambda m: (-m.flushed_lsn, m.node_id != target, not m.preferred, m.node_id))[0], ""
 
 
 def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:

@@ -222,6 +222,13 @@ class HaLoop:
 
     def _acquire(self, action: Action, snap: ClusterSnapshot) -> None:
         t0 = time.monotonic()
+        eng = self.m.engine
+        # Replicas that froze at this node's position in the same history hold
+        # every acknowledged write, so they may form the first sync set at once.
+        mine, my_term = eng.wal.durable_lsn, eng.terms.last_term
+        peers = sorted(m.node_id for m in snap.members.values()
+                       if m.node_id != self.cfg.node_id and m.healthy and m.role != "leader"
+                       and m.frozen_term == snap.term and m.last_term == my_term and m.flushed_lsn >= mine)
         want = LeaderKey(self.cfg.node_id, self.cfg.address, action.term)
         stored = self.coord.acquire(want, snap.term)
         if stored is None:
@@ -235,12 +242,6 @@ class HaLoop:
             if snap.switchover_to == self.cfg.node_id:
                 self.coord.clear_switchover()
             if self.cfg.commit_mode == "sync":
-                # Replicas that froze at this node's LSN hold every acknowledged
-                # write, so they may form the sync set at once.
-                mine = self.m.engine.wal.durable_lsn - 1  # the term record is not acknowledged data
-                peers = sorted(m.node_id for m in snap.members.values()
-                               if m.node_id != self.cfg.node_id and m.healthy and m.role != "leader"
-                               and m.frozen_term == snap.term and m.flushed_lsn >= mine)
                 initial = tuple(peers[: self.cfg.sync_replicas])
                 self.m.leader.sync_ids = initial
                 self._sync_grace_until = time.monotonic() + 2 * self.cfg.lease_ttl_s
@@ -264,17 +265,28 @@ class HaLoop:
         try:
             last = self.m.engine.wal.durable_lsn
             deadline = time.monotonic() + HANDOVER_TIMEOUT_S
-            while time.monotonic() < deadline:
+            next_renew = time.monotonic() + self.cfg.loop_wait_ms / 1000.0
+            while True:
                 f = leader.followers.get(action.target)
                 if f is not None and f.connected and f.flushed >= last:
                     break
+                now = time.monotonic()
+                if now >= deadline:
+                    log.error("switchover to %s abandoned: it did not catch up to LSN %d in %.0f s",
+                              action.target, last, HANDOVER_TIMEOUT_S)
+                    self.coord.clear_switchover()
+                    return
+                if now >= next_renew:
+                    # Keep the key while waiting: an abandoned switchover must not
+                    # turn into an unplanned failover.
+                    if not self.coord.renew(self.key):
+                        log.error("switchover to %s: lost the leader key while waiting", action.target)
+                        self._demote()
+                        return
+                    self.lease_deadline = now + self.cfg.lease_ttl_s - self.cfg.fence_margin_ms / 1000.0
+                    next_renew = now + self.cfg.loop_wait_ms / 1000.0
                 with leader._acks:
                     leader._acks.wait(0.02)
-            else:
-                log.error("switchover to %s abandoned: it did not catch up to LSN %d in %.0f s",
-                          action.target, last, HANDOVER_TIMEOUT_S)
-                self.coord.clear_switchover()
-                return
             key = self.key
             if self.cfg.commit_mode == "sync":
                 # The target holds everything: make it the sync set, so it may take over.
