@@ -25,6 +25,22 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _router(args: argparse.Namespace) -> int:
+    from sutra_cluster import router
+
+    env = dict(os.environ)
+    if args.port:
+        env["SUTRA_ROUTER_PORT"] = str(args.port)
+    if args.shards:
+        env["SUTRA_SHARDS"] = str(args.shards)
+    try:
+        cfg = router.load_config(env)
+        return router.serve(cfg)
+    except ConfigError as exc:
+        print(f"sutra-cluster router: {exc}", file=sys.stderr)
+        return 2
+
+
 def _local(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -95,6 +111,36 @@ def _switchover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from sutra_cluster import backup
+
+    try:
+        info = backup.backup(args.node, args.out, timeout=args.timeout, digest=not args.no_digest,
+                             progress=not args.quiet)
+    except OSError as exc:
+        print(f"sutra-cluster backup: {exc}", file=sys.stderr)
+        return 1
+    where = f"{args.out} ({info.file}, {backup.MANIFEST})" if os.path.isdir(args.out) else args.out
+    print(f"backup of {info.node} ({info.source}) at LSN {info.lsn}, term {info.term}: {info.concepts} concepts, "
+          f"{info.edges} edges, {info.bytes} bytes in {info.seconds:.2f} s -> {where}")
+    print(f"  sha256 {info.sha256}" + (f"\n  digest {info.digest}" if info.digest else ""))
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from sutra_cluster import backup
+
+    try:
+        info = backup.restore(args.source, args.data_dir, force=args.force, progress=not args.quiet)
+    except OSError as exc:
+        print(f"sutra-cluster restore: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored LSN {info.lsn} (term {info.term}, {info.concepts} concepts, {info.edges} edges) into "
+          f"{info.data_dir} in {info.seconds:.2f} s\n  digest {info.digest}\n"
+          f"  start it: STORAGE_PATH={info.data_dir} VECTOR_DIMENSION={info.vector_dimension} sutra-cluster serve")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sutra-cluster", description="Sutra Cluster storage nodes and tools")
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cluster", default=os.environ.get("SUTRA_CLUSTER_NAME", "sutra"))
     sw.add_argument("--shard", type=int, default=0)
     sw.set_defaults(func=_switchover)
+    ro = sub.add_parser("router", help="serve a sharded cluster as one StorageService (see sutra_cluster/router.py)")
+    ro.add_argument("--port", type=int, default=0, help="port (default SUTRA_ROUTER_PORT, else STORAGE_PORT, else 50051)")
+    ro.add_argument("--shards", type=int, default=0,
+                    help="shard count to publish in etcd when it has no shard map yet (default SUTRA_SHARDS)")
+    ro.set_defaults(func=_router)
     lc = sub.add_parser("local", help="run the embedded default cluster on this machine")
     lc.add_argument("action", choices=["up", "down", "kill-leader"])
     lc.add_argument("--commit-mode", default="sync", choices=["sync", "async"])
@@ -129,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--port", type=int, default=50051, help="first gRPC port to try")
     lc.add_argument("--no-sample", action="store_true", help="do not write sample data")
     lc.set_defaults(func=_local)
+    bk = sub.add_parser("backup", help="online, consistent backup of a node's state (leader or replica)")
+    bk.add_argument("--node", required=True, help="host:port of any node of the shard")
+    bk.add_argument("--out", required=True, help="a new file, or a folder (existing, or ending in /) that gets "
+                    "storage.dat and manifest.json")
+    bk.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    bk.add_argument("--no-digest", action="store_true", help="skip computing the state digest (saves memory)")
+    bk.add_argument("--quiet", action="store_true", help="no progress bar")
+    bk.set_defaults(func=_backup)
+    rs = sub.add_parser("restore", help="build a node's data folder from a backup")
+    rs.add_argument("--from", dest="source", required=True, help="backup file or folder")
+    rs.add_argument("--data-dir", required=True, help="the new node's STORAGE_PATH")
+    rs.add_argument("--force", action="store_true", help="replace the node files of a non-empty folder")
+    rs.add_argument("--quiet", action="store_true", help="no progress bar")
+    rs.set_defaults(func=_restore)
     return p
 
 

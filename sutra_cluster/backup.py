@@ -1,0 +1,350 @@
+"""Online backup and restore.
+
+A backup streams ``ReplicationService/GetSnapshot`` from any node, leader or
+replica, while writes go on. The node captures its applied state and the LSN of
+that state under one lock, so the stream is the state at exactly one LSN: the
+same framed format as ``storage.dat`` (docs/wal_format.md, "Snapshot file").
+Every frame is checked (length, CRC32C, header/end match) as it is written, and
+the state's digest (the one ``GetDigest`` reports) is computed from the frames,
+so a finished backup is known to be whole and says which state it holds.
+
+A backup goes to a file, or into a folder as ``storage.dat`` plus
+``manifest.json`` (LSN, term, digest, node, time, size, sha256 of the file).
+
+Restore turns a backup into a node's data directory: ``storage.dat`` (fsynced)
+and ``terms.json`` (the term history reset to the snapshot's term and LSN), and
+no WAL, so ``sutra-cluster serve`` on that folder starts at the backup's LSN.
+Other nodes of a new cluster then bootstrap from that node by snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+import grpc
+
+from sutra_cluster.pb import replication_pb2 as rpb
+from sutra_cluster.pb import replication_pb2_grpc
+from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage.state import ApplyResult, GraphState
+from sutra_cluster.storage.terms import FILE as TERMS_FILE
+from sutra_cluster.storage.terms import TermHistory
+from sutra_cluster.storage.wal import wal_files
+
+MANIFEST = "manifest.json"
+SNAPSHOT_FILE = ckpt.STORAGE_FILE  # a folder backup's data file has the name a node's data folder uses
+PARTIAL = ".partial"
+# Files of a node's data folder that ``restore --force`` replaces (WAL files come from wal_files()).
+NODE_FILES = (ckpt.STORAGE_FILE, ckpt.BACKUP_FILE, ckpt.STORAGE_FILE + ".tmp", ckpt.BACKUP_FILE + ".tmp",
+              TERMS_FILE, "terms.tmp")
+
+
+class BackupError(RuntimeError):
+    """A backup or restore could not be made; nothing was left half-written."""
+
+
+@dataclass
+class BackupInfo:
+    """What a backup holds; written as manifest.json for folder backups."""
+
+    file: str
+    lsn: int
+    term: int
+    digest: str
+    node: str
+    source: str
+    time: str
+    created_at_us: int
+    bytes: int
+    sha256: str
+    concepts: int
+    edges: int
+    vector_dimension: int
+    seconds: float = 0.0
+
+
+class Progress:
+    """A one-line progress bar on stderr; plain lines every few seconds when
+    stderr is not a terminal (cron logs), nothing when disabled."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True, out: TextIO | None = None) -> None:
+        self.label, self.total, self.enabled = label, max(0, total), enabled
+        self.out = out or sys.stderr
+        self.tty = self.out.isatty()
+        self.t0 = self.last = time.monotonic()
+        self.done = 0
+        self.nbytes = 0
+
+    def update(self, done: int, nbytes: int) -> None:
+        self.done, self.nbytes = done, nbytes
+        now = time.monotonic()
+        if self.enabled and now - self.last >= (0.2 if self.tty else 5.0):
+            self.last = now
+            self._draw(end="\r" if self.tty else "\n")
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.done = max(self.done, self.total)
+            self._draw(end="\n")
+
+    def _draw(self, end: str) -> None:
+        secs = max(1e-6, time.monotonic() - self.t0)
+        frac = min(1.0, self.done / self.total) if self.total else 1.0
+        bar = "#" * int(frac * 30)
+        mb = self.nbytes / 1e6
+        self.out.write(f"{self.label} [{bar:<30}] {frac * 100:5.1f}% {mb:9.1f} MB {mb / secs:7.1f} MB/s{end}")
+        self.out.flush()
+
+
+def _fsync_file(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+class _Tee:
+    """A read()-able view of a byte-block iterator that writes every byte it
+    hands out to ``sink`` and hashes it, so the decoder checks exactly what is
+    stored."""
+
+    def __init__(self, blocks: Iterator[bytes], sink: BinaryIO | None) -> None:
+        self.blocks, self.sink = blocks, sink
+        self.buf = b""
+        self.pos = 0
+        self.nbytes = 0
+        self.sha = hashlib.sha256()
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) - self.pos < n:
+            try:
+                block = next(self.blocks)
+            except StopIteration:
+                return
+            self.buf = self.buf[self.pos:] + block
+            self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        self._fill(n)
+        data = self.buf[self.pos:self.pos + n]
+        self.pos += len(data)
+        if self.pos > (1 << 22):
+            self.buf, self.pos = self.buf[self.pos:], 0
+        if self.sink is not None:
+            self.sink.write(data)
+        self.sha.update(data)
+        self.nbytes += len(data)
+        return data
+
+    def at_end(self) -> bool:
+        self._fill(1)
+        return len(self.buf) - self.pos == 0
+
+
+def _decode(tee: _Tee, where: str, progress: Progress, digest: bool,
+            total_of: str = "items") -> tuple[ckpt.SnapshotDecoder, int, int, str]:
+    """Read and check every frame; returns (decoder, concepts, edges, digest)."""
+    dec = ckpt.SnapshotDecoder(tee, where)  # type: ignore[arg-type]
+    h = dec.header
+    if total_of == "items":
+        progress.total = h.concepts + h.edges
+    state = GraphState() if digest else None
+    concepts = edges = 0
+    for chunk in dec:
+        concepts += len(chunk.concepts)
+        edges += len(chunk.edges)
+        if state is not None:
+            state.load_chunk(chunk, ApplyResult({}, set()))
+        progress.update(concepts + edges if total_of == "items" else tee.nbytes, tee.nbytes)
+    if not tee.at_end():
+        raise ckpt.SnapshotError(where, tee.nbytes, "data after the end frame")
+    if (concepts, edges) != (h.concepts, h.edges):
+        raise ckpt.SnapshotError(where, tee.nbytes, f"header promises {h.concepts} concepts and {h.edges} edges, "
+                                 f"the frames hold {concepts} and {edges}")
+    return dec, concepts, edges, state.digest() if state is not None else ""
+
+
+def _snapshot_stream(node: str, timeout: float | None) -> tuple[grpc.Channel, Iterator[rpb.SnapshotBlock]]:
+    """GetSnapshot over a channel with the admin tools' TLS settings (SUTRA_TLS_CERT,
+    SUTRA_TLS_KEY, SUTRA_TLS_CA from the environment, as tlsutil.env_channel reads
+    them) and no limit on a block's size (one frame may be as large as a batch)."""
+    from sutra_cluster.tlsutil import peer_credentials
+
+    env = os.environ
+    creds = peer_credentials(env.get("SUTRA_TLS_CERT", ""), env.get("SUTRA_TLS_KEY", ""), env.get("SUTRA_TLS_CA", ""))
+    opts = [("grpc.max_receive_message_length", -1)]
+    ch = grpc.secure_channel(node, creds, options=opts) if creds is not None else grpc.insecure_channel(node, options=opts)
+    stub = replication_pb2_grpc.ReplicationServiceStub(ch)
+    return ch, stub.GetSnapshot(rpb.SnapshotRequest(node_id=f"backup@{socket.gethostname()}"), timeout=timeout)
+
+
+def backup(node: str, out: str | Path, *, timeout: float | None = None, digest: bool = True,
+           progress: bool = True) -> BackupInfo:
+    """Stream a consistent snapshot from ``node`` (host:port) to ``out``.
+
+    ``out`` is a file, or a folder (an existing folder, or a path ending in
+    "/"): the folder then gets storage.dat and manifest.json. The data goes to a
+    ``.partial`` file first and is renamed only once every frame has checked
+    out and the file is fsynced. Raises BackupError."""
+    out_s = str(out)
+    out = Path(out)
+    folder = out.is_dir() or out_s.endswith(("/", os.sep))
+    if folder:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / MANIFEST).exists() or (out / SNAPSHOT_FILE).exists():
+            raise BackupError(f"{out} already holds a backup; give a new folder")
+        target = out / SNAPSHOT_FILE
+    else:
+        if out.exists():
+            raise BackupError(f"{out} exists; give a new file name")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        target = out
+    partial = target.with_name(target.name + PARTIAL)
+    t0 = time.monotonic()
+    bar = Progress(f"backup {node}", 0, progress)
+    ch, stream = _snapshot_stream(node, timeout)
+    first: list[rpb.SnapshotBlock] = []
+
+    def blocks() -> Iterator[bytes]:
+        for b in stream:
+            if not first:
+                first.append(b)
+            yield b.data
+
+    try:
+        with open(partial, "wb", buffering=1 << 20) as f:
+            tee = _Tee(blocks(), f)
+            dec, concepts, edges, dig = _decode(tee, f"snapshot from {node}", bar, digest)
+            _fsync_file(f)
+        h = dec.header
+        if first and (first[0].lsn, first[0].term) != (h.lsn, h.term):
+            raise BackupError(f"{node} announced LSN {first[0].lsn} term {first[0].term} but the snapshot header "
+                              f"says LSN {h.lsn} term {h.term}")
+        os.replace(partial, target)
+        ckpt.fsync_dir(target.parent)
+    except grpc.RpcError as exc:
+        partial.unlink(missing_ok=True)
+        raise BackupError(f"GetSnapshot from {node}: {exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+    except (ckpt.SnapshotError, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise BackupError(str(exc)) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        ch.close()
+    bar.finish()
+    info = BackupInfo(
+        file=target.name, lsn=h.lsn, term=h.term, digest=dig, node=h.node_id, source=node,
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.created_at_us / 1e6)),
+        created_at_us=h.created_at_us, bytes=tee.nbytes, sha256=tee.sha.hexdigest(), concepts=concepts,
+        edges=edges, vector_dimension=h.vector_dimension, seconds=round(time.monotonic() - t0, 3),
+    )
+    if folder:
+        tmp = out / (MANIFEST + ".tmp")
+        with open(tmp, "w") as mf:
+            json.dump(asdict(info), mf, indent=2)
+            mf.write("\n")
+            mf.flush()
+            os.fsync(mf.fileno())
+        os.replace(tmp, out / MANIFEST)
+        ckpt.fsync_dir(out)
+    return info
+
+
+def read_manifest(folder: Path) -> dict[str, object] | None:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _clear_node_files(target: Path) -> list[str]:
+    removed = []
+    for p in wal_files(target):
+        p.unlink()
+        removed.append(str(p.relative_to(target)))
+    sealed = target / "wal"
+    if sealed.is_dir() and not any(sealed.iterdir()):
+        sealed.rmdir()
+    for name in NODE_FILES:
+        p = target / name
+        if p.exists():
+            p.unlink()
+            removed.append(name)
+    return removed
+
+
+@dataclass
+class RestoreInfo:
+    data_dir: str
+    lsn: int
+    term: int
+    digest: str
+    concepts: int
+    edges: int
+    vector_dimension: int
+    bytes: int
+    sha256: str
+    seconds: float
+
+
+def restore(source: str | Path, data_dir: str | Path, *, force: bool = False, progress: bool = True) -> RestoreInfo:
+    """Build a node's data folder from a backup file or folder.
+
+    Checks every frame (and the manifest's sha256 and digest, when there is
+    one) before anything in ``data_dir`` is replaced. Refuses a non-empty
+    ``data_dir`` unless ``force``, which replaces the node's own files there
+    (storage.dat*, terms.json, the WAL) and leaves anything else. Raises BackupError."""
+    t0 = time.monotonic()
+    src = Path(source)
+    manifest = None
+    if src.is_dir():
+        manifest = read_manifest(src)
+        src = src / str(manifest["file"]) if manifest else src / SNAPSHOT_FILE
+    if not src.is_file():
+        raise BackupError(f"{src}: no such backup file")
+    target = Path(data_dir)
+    if target.exists() and not target.is_dir():
+        raise BackupError(f"{target} is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise BackupError(f"{target} is not empty; restore into a new folder, or give --force to replace the "
+                          "node files there (storage.dat, terms.json, the WAL)")
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = target / (ckpt.STORAGE_FILE + ".restore")
+    size = src.stat().st_size
+    bar = Progress("restore", size, progress)
+    try:
+        with open(src, "rb", buffering=1 << 20) as inp, open(tmp, "wb", buffering=1 << 20) as f:
+            tee = _Tee(iter(lambda: inp.read(1 << 20), b""), f)
+            dec, concepts, edges, dig = _decode(tee, str(src), bar, True, total_of="bytes")
+            _fsync_file(f)
+        sha = tee.sha.hexdigest()
+        if manifest:
+            if manifest.get("sha256") and manifest["sha256"] != sha:
+                raise BackupError(f"{src}: sha256 {sha} differs from the manifest's {manifest['sha256']}")
+            if manifest.get("digest") and manifest["digest"] != dig:
+                raise BackupError(f"{src}: state digest {dig} differs from the manifest's {manifest['digest']}")
+            if int(manifest.get("lsn", dec.header.lsn)) != dec.header.lsn:  # type: ignore[call-overload]
+                raise BackupError(f"{src}: LSN {dec.header.lsn} differs from the manifest's {manifest['lsn']}")
+    except (ckpt.SnapshotError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise BackupError(f"not restoring: {exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    h = dec.header
+    if force:
+        _clear_node_files(target)
+    # The term history first, then storage.dat: its rename is the moment the folder becomes a node.
+    TermHistory(target).reset(max(1, h.term), h.lsn)
+    os.replace(tmp, target / ckpt.STORAGE_FILE)
+    ckpt.fsync_dir(target)
+    bar.finish()
+    return RestoreInfo(str(target), h.lsn, h.term, dig, concepts, edges, h.vector_dimension, size, sha,
+                       round(time.monotonic() - t0, 3))
