@@ -84,7 +84,8 @@ class Node:
         )
         self.replication = ReplicationManager(self.engine, cfg)
         self.metrics.registry.register(LagCollector(self.replication))
-        storage_pb2_grpc.add_StorageServiceServicer_to_server(StorageServicer(self.engine), self.server)
+        storage_pb2_grpc.add_StorageServiceServicer_to_server(
+            StorageServicer(self.engine, health=self._health), self.server)
         replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
             ReplicationServicer(self.replication), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -102,6 +103,27 @@ class Node:
             )
             self.ha = HaLoop(self.replication, coord, cfg)
 
+    def _health(self) -> tuple[bool, str]:
+        """(process serving RPCs, a one-line status) for the guide's HealthCheck."""
+        eng = self.engine
+        if eng.read_fence:
+            return True, f"joining: {eng.read_fence}"
+        if eng.write_failure:
+            return True, f"read-only after a storage failure: {eng.write_failure}"
+        return True, f"serving as {eng.role}"
+
+    def _watch_health(self) -> None:
+        """grpc.health.v1 says NOT_SERVING while the node refuses reads (joining or
+        rejoining), so load balancers and compose health checks wait for it."""
+        last = None
+        while not self._stopped.wait(0.1):
+            status = (health_pb2.HealthCheckResponse.NOT_SERVING if self.engine.read_fence
+                      else health_pb2.HealthCheckResponse.SERVING)
+            if status != last:
+                self.health.set("", status)
+                self.health.set(STORAGE_SERVICE, status)
+                last = status
+
     def start(self) -> None:
         bind = f"{self.cfg.host}:{self.cfg.port}"
         creds = tlsutil.server_credentials(self.cfg)
@@ -114,8 +136,7 @@ class Node:
             self.ha.start()
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.health.set(STORAGE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        threading.Thread(target=self._watch_health, name="health", daemon=True).start()
         log.info("node %s serving on %s as %s (metrics port %s)", self.cfg.node_id, bind, self.engine.role,
                  self.cfg.metrics_port or "off")
 

@@ -186,6 +186,9 @@ class LagCollector(Collector):
         size = GaugeMetricFamily("sutra_replication_lag_bytes", "WAL bytes a replica has not yet flushed",
                                  labels=["replica"])
         connected = GaugeMetricFamily("sutra_replicas_connected", "Replicas streaming from this leader")
+        info = GaugeMetricFamily("sutra_node_info", "Always 1; labels name this node, its shard and role",
+                                 labels=["node_id", "shard", "role"])
+        info.add_metric([self.m.cfg.node_id, str(self.m.cfg.shard), self.m.engine.role], 1)
         m = self.m
         if m.engine.role == "leader":
             for f in list(m.leader.followers.values()):
@@ -202,3 +205,4 @@ class LagCollector(Collector):
         yield secs
         yield size
         yield connected
+        yield info
