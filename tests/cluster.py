@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import grpc
 import numpy as np
@@ -120,7 +121,7 @@ class Cluster:
         for n in self.nodes:
             try:
                 n.stop(timeout=10)  # sends SIGCONT first: a paused node can still exit
-            except Exception as exc:  # keep ending the others
+            except Exception as exc:  # noqa: BLE001 - keep ending the others
                 errors.append(f"{n}: {exc}")
         assert not errors, errors
 
@@ -167,7 +168,9 @@ def wait_streaming(leader: Node, names: Sequence[str], timeout: float = 30.0) ->
         states = {r.node_id: r.state for r in st.replicas}
         return st if all(states.get(n) == "streaming" for n in names) else None
 
-    return wait_for(ok, timeout, f"replicas {list(names)} streaming from {leader.name}")
+    st = wait_for(ok, timeout, f"replicas {list(names)} streaming from {leader.name}")
+    assert st is not None
+    return st
 
 
 def wait_lsn(nodes: Sequence[Node], lsn: int, timeout: float = 60.0) -> None:
@@ -218,6 +221,7 @@ def most_advanced(nodes: Sequence[Node], timeout: float = 30.0) -> tuple[Node, i
         return sts if all(s.follow_state != "streaming" and s.last_lsn == s.durable_lsn for s in sts) else None
 
     sts = wait_for(settled, timeout, "the dead leader's streams to end on every replica")
+    assert sts is not None
     i = max(range(len(nodes)), key=lambda k: sts[k].durable_lsn)
     return nodes[i], sts[i].durable_lsn
 
@@ -283,13 +287,14 @@ class WriteLoad:
         self._threads = [threading.Thread(target=self._run, args=(f"{prefix}{t}", rng.randrange(1 << 30)),
                                           name=f"load-{prefix}{t}", daemon=True) for t in range(threads)]
 
-    def __enter__(self) -> WriteLoad:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> WriteLoad:
+    def start(self) -> Self:
         for t in self._threads:
             t.start()
         return self

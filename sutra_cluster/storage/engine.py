@@ -413,6 +413,7 @@ class Engine:
             if self.write_failure:
                 raise StorageFailure(f"writes are disabled after a storage failure: {self.write_failure}")
             last_term = self.terms.last_term
+            appended: list[tuple[int, wal_pb2.WalBatch | None, int]] = []
             for lsn, term, rtype, payload in entries:
                 if term < last_term:
                     raise ValueError(f"record {lsn} has term {term}, older than term {last_term} before it")
@@ -425,6 +426,7 @@ class Engine:
                 if batch is not None:
                     self._remember(batch.request_id, lsn)
                 self._unapplied.append((lsn, batch, n))
+                appended.append((lsn, batch, n))
                 self.pending_items += n
                 self.recent.append(lsn, term, rtype, payload)
         last = entries[-1][0]
@@ -433,7 +435,7 @@ class Engine:
         except WalWriteError as exc:
             self._on_write_failure(exc)
             raise StorageFailure(f"replicated records not durable: {exc}") from exc
-        self.written += sum(1 for e in entries if e[2] == RT_BATCH)
+        self.written += sum(n for _, _, n in appended)
         return last
 
     def read_after(self, lsn: int, max_bytes: int = 4 << 20, max_count: int = 4096) -> list[Entry] | None:
