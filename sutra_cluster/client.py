@@ -65,8 +65,12 @@ class SutraClient:
 
     def __init__(self, address: str, *, timeout: float = 30.0, retry_deadline: float = 10.0,
                  credentials: grpc.ChannelCredentials | None = None, max_message_bytes: int = 128 << 20) -> None:
+        # Short reconnect backoff: a node that comes back (say, after a failover
+        # back to it) is reached at once, not after gRPC's default of up to 2 min.
         opts = [("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes)]
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
+                ("grpc.max_reconnect_backoff_ms", 500)]
         self.channel = (grpc.secure_channel(address, credentials, options=opts) if credentials
                         else grpc.insecure_channel(address, options=opts))
         self.stub = storage_pb2_grpc.StorageServiceStub(self.channel)
@@ -266,6 +270,11 @@ class ClusterClient:
                 if code == grpc.StatusCode.FAILED_PRECONDITION and "replica" not in (exc.details() or ""):  # type: ignore[attr-defined]
                     raise
                 time.sleep(0.02)
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    # Drop the channel: a dead node's channel sits in reconnect backoff.
+                    stale = self._clients.pop(address, None)
+                    if stale is not None:
+                        stale.close()
                 self.leader_address = ""
                 address = self.find_leader(deadline)
 

@@ -130,8 +130,9 @@ class Node:
         bound = self.server.add_secure_port(bind, creds) if creds else self.server.add_insecure_port(bind)
         if bound == 0:
             raise OSError(f"cannot listen on {bind}")
-        self.server.start()
+        # Roles (and a joining node's read fence) are set before the port opens.
         self.replication.start()
+        self.server.start()
         if self.ha is not None:
             self.ha.start()
         if self.cfg.metrics_port:

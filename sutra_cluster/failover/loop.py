@@ -78,7 +78,9 @@ class HaLoop:
         expired (minus the safety margin), whatever the loop thread is doing."""
         from sutra_cluster.errors import Unavailable
 
-        if self.m.engine.role == "leader" and time.monotonic() >= self.lease_deadline:
+        if self.m.engine.role != "leader":
+            raise Unavailable("this node stopped leading before the write was acknowledged; retry it")
+        if time.monotonic() >= self.lease_deadline:
             raise Unavailable("leadership could not be confirmed (lease not renewed in time); "
                               "the write was not acknowledged")
 
@@ -261,9 +263,15 @@ class HaLoop:
         assert self.key is not None
         target = snap.members[action.target]
         leader = self.m.leader
-        self.m.engine.pause_writes("switchover to " + action.target)
+        eng = self.m.engine
+        eng.pause_writes("switchover to " + action.target)
         try:
-            last = self.m.engine.wal.durable_lsn
+            # Writes already past the pause finish (or fail) first; then every
+            # acknowledged write is at or below the last LSN.
+            drain_until = time.monotonic() + 1.0
+            while eng.inflight and time.monotonic() < drain_until:
+                time.sleep(0.002)
+            last = eng.wal.last_lsn
             deadline = time.monotonic() + HANDOVER_TIMEOUT_S
             next_renew = time.monotonic() + self.cfg.loop_wait_ms / 1000.0
             while True:
@@ -297,7 +305,7 @@ class HaLoop:
             self.m.follow(target.address)
             log.info("switchover: released the leader key; following %s", action.target)
         finally:
-            self.m.engine.resume_writes()
+            eng.resume_writes()
 
     def stop(self, release: bool = True) -> None:
         """Stop the loop; a leader releases its key so a replica takes over at once."""

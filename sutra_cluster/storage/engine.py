@@ -273,8 +273,11 @@ class Engine:
     # ---- writes ----------------------------------------------------------
     def check_writable(self) -> None:
         if self.role != "leader":
-            where = self.leader_address or "unknown (no leader elected)"
-            raise FailedPrecondition(f"this node ({self.cfg.node_id}) is a replica; send writes to the leader at {where}")
+            if not self.leader_address:
+                raise Unavailable(f"this node ({self.cfg.node_id}) is a replica and no leader is known yet "
+                                  "(an election or an etcd outage); retry")
+            raise FailedPrecondition(
+                f"this node ({self.cfg.node_id}) is a replica; send writes to the leader at {self.leader_address}")
         if self.write_failure:
             raise StorageFailure(f"writes are disabled after a storage failure: {self.write_failure}")
         if self._stop.is_set():
@@ -319,19 +322,21 @@ class Engine:
         items = batch_items(batch)
         with self._append_lock:
             self.check_writable()
+            # What this write must pass is fixed now, with the role it was logged
+            # under: a demotion while it waits must not wave it through.
+            gate, term = self.commit_gate, self.term
             earlier = self.request_ids.get(rid) if rid else None
             if earlier is None:
-                lsn = self.wal.append(RT_BATCH, payload, self.term)
+                lsn = self.wal.append(RT_BATCH, payload, term)
                 self._remember(rid, lsn)
-                self.recent.append(lsn, self.term, RT_BATCH, payload)
+                self.recent.append(lsn, term, RT_BATCH, payload)
                 self._unapplied.append((lsn, batch, items))
                 self.pending_items += items
         if earlier is not None:
             # A retry of a write this cluster already logged (perhaps by a former
             # leader): answer with its LSN once committed, and log nothing new.
             self.wal.wait_durable(earlier)
-            if self.commit_gate is not None:
-                self.commit_gate(earlier)
+            self._commit(earlier, gate, term)
             return earlier
         try:
             self.wal.wait_durable(lsn)
@@ -340,17 +345,26 @@ class Engine:
             self.dropped += items
             self.metrics.write_errors.labels("wal").inc(items)
             raise Unavailable(f"write not acknowledged: {exc}") from exc
-        if self.commit_gate is not None:
-            try:
-                self.commit_gate(lsn)
-            except Unavailable:
-                self.dropped += items
-                self.metrics.write_errors.labels("replication").inc(items)
-                raise
+        try:
+            self._commit(lsn, gate, term)
+        except Unavailable:
+            self.dropped += items
+            self.metrics.write_errors.labels("replication").inc(items)
+            raise
         self.written += items
         self.metrics.writes.inc(items)
         self.metrics.write_latency.observe(time.perf_counter() - t0)
         return lsn
+
+    def _commit(self, lsn: int, gate: Callable[[int], None] | None, term: int) -> None:
+        """Everything between durability and the acknowledgement: the commit gate
+        (sync replication and the lease fence) captured when the write was logged,
+        then a last check that this node still leads in the same term."""
+        if gate is not None:
+            gate(lsn)
+        if self.role != "leader" or self.term != term:
+            raise Unavailable(f"leadership changed before LSN {lsn} was acknowledged (term {term} -> "
+                              f"{self.term}, role {self.role}); the write was NOT acknowledged: retry it")
 
     def _on_write_failure(self, exc: WalWriteError) -> None:
         # Fail-stop, as PostgreSQL does: after a WAL write failure the node takes
