@@ -12,6 +12,7 @@ from sutra_cluster.api.status import grpc_errors
 from sutra_cluster.errors import InvalidArgument
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc, wal_pb2
+from sutra_cluster.sharding.guard import ShardGuard
 from sutra_cluster.storage import model
 from sutra_cluster.storage.engine import Engine
 
@@ -23,12 +24,14 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self.engine = engine
         self.limits = engine.limits
         self.health = health or (lambda: (True, "serving"))
+        self.guard = ShardGuard(engine.cfg)
 
     # ---- writes ----------------------------------------------------------
     @grpc_errors
     def LearnConcept(self, request: pb.LearnConceptRequest, context: grpc.ServicerContext) -> pb.LearnConceptResponse:
         self._size(request)
         model.check_concept(request, self.limits)
+        self.guard.check(request.concept_id)
         model.normalise_embeddings([request], self.limits.dimension, "embedding")
         batch = wal_pb2.WalBatch(request_id=request.request_id)
         batch.concepts.append(request)
@@ -39,6 +42,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self, request: pb.LearnAssociationRequest, context: grpc.ServicerContext
     ) -> pb.LearnAssociationResponse:
         model.check_association(request)
+        self.guard.check(request.source_id)  # an edge lives with its source concept
         batch = wal_pb2.WalBatch(request_id=request.request_id)
         batch.associations.append(request)
         return pb.LearnAssociationResponse(sequence=self.engine.submit(batch))
@@ -46,11 +50,17 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     @grpc_errors
     def DeleteConcept(self, request: pb.DeleteConceptRequest, context: grpc.ServicerContext) -> pb.DeleteConceptResponse:
         model.check_id("concept_id", request.concept_id)
+        if not request.purge_foreign:
+            self.guard.check(request.concept_id)
+        elif self.guard.owns(request.concept_id):
+            raise InvalidArgument(f"purge_foreign: concept {request.concept_id!r} belongs to this shard; "
+                                  "delete it without purge_foreign")
         batch = wal_pb2.WalBatch(request_id=request.request_id, delete_concept_ids=[request.concept_id])
         return pb.DeleteConceptResponse(sequence=self.engine.submit(batch))
 
     def _log_batch(self, request: pb.LearnBatchRequest) -> int:
         model.check_batch(request, self.limits)
+        self.guard.check_batch(request)
         self.engine.check_writable()
         # Same field numbers: the request's bytes are a valid WalBatch payload.
         batch = wal_pb2.WalBatch.FromString(request.SerializeToString())
@@ -92,6 +102,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     @grpc_errors
     def QueryConcept(self, request: pb.QueryConceptRequest, context: grpc.ServicerContext) -> pb.QueryConceptResponse:
         model.check_id("concept_id", request.concept_id)
+        self.guard.check(request.concept_id)
         self.engine.wait_visible(request.sequence)
         c = self.engine.get_concept(request.concept_id)
         if c is None:
@@ -115,6 +126,27 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             neighbor_ids=ids,
             neighbors=[pb.Neighbor(concept_id=o, assoc_type=t, confidence=c, outgoing=out) for o, t, c, out in found],
         )
+
+    @grpc_errors
+    def GetNeighborsBatch(
+        self, request: pb.GetNeighborsBatchRequest, context: grpc.ServicerContext
+    ) -> pb.GetNeighborsBatchResponse:
+        if len(request.concept_ids) > self.limits.max_batch:
+            raise InvalidArgument(f"concept_ids has {len(request.concept_ids)} ids, SUTRA_MAX_BATCH is "
+                                  f"{self.limits.max_batch}")
+        for i, cid in enumerate(request.concept_ids):
+            model.check_id(f"concept_ids[{i}]", cid)
+        self.engine.wait_visible(request.sequence)
+        out, inc = request.direction != pb.INCOMING, request.direction != pb.OUTGOING
+        results = []
+        for cid in request.concept_ids:
+            found = self.engine.neighbors(cid, out, inc)
+            r = pb.GetNeighborsResponse(neighbor_ids=sorted({f[0] for f in found}))
+            if not request.ids_only:
+                r.neighbors.extend(pb.Neighbor(concept_id=o, assoc_type=t, confidence=c, outgoing=og)
+                                   for o, t, c, og in found)
+            results.append(r)
+        return pb.GetNeighborsBatchResponse(results=results)
 
     @grpc_errors
     def FindPath(self, request: pb.FindPathRequest, context: grpc.ServicerContext) -> pb.FindPathResponse:
@@ -154,7 +186,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
     @grpc_errors
     def GetStats(self, request: pb.GetStatsRequest, context: grpc.ServicerContext) -> pb.GetStatsResponse:
-        return pb.GetStatsResponse(**self.engine.stats())  # type: ignore[arg-type]
+        return pb.GetStatsResponse(**self.engine.stats(), vector_dimension=self.limits.dimension)  # type: ignore[arg-type]
 
     @grpc_errors
     def GetDigest(self, request: pb.GetDigestRequest, context: grpc.ServicerContext) -> pb.GetDigestResponse:

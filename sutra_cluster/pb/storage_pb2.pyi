@@ -7,14 +7,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReadPreference(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    READ_LEADER: _ClassVar[ReadPreference]
+    READ_REPLICA: _ClassVar[ReadPreference]
+
 class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BOTH: _ClassVar[Direction]
     OUTGOING: _ClassVar[Direction]
     INCOMING: _ClassVar[Direction]
+READ_LEADER: ReadPreference
+READ_REPLICA: ReadPreference
 BOTH: Direction
 OUTGOING: Direction
 INCOMING: Direction
+
+class ShardSequence(_message.Message):
+    __slots__ = ("shard", "sequence")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    sequence: int
+    def __init__(self, shard: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class LearnConceptRequest(_message.Message):
     __slots__ = ("concept_id", "content", "embedding", "strength", "confidence", "attributes", "embedding_f32", "request_id")
@@ -44,10 +59,12 @@ class LearnConceptRequest(_message.Message):
     def __init__(self, concept_id: _Optional[str] = ..., content: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., strength: _Optional[float] = ..., confidence: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., embedding_f32: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LearnConceptResponse(_message.Message):
-    __slots__ = ("sequence",)
+    __slots__ = ("sequence", "shard_sequences")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     sequence: int
-    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    def __init__(self, sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ...) -> None: ...
 
 class LearnAssociationRequest(_message.Message):
     __slots__ = ("source_id", "target_id", "assoc_type", "confidence", "request_id")
@@ -64,24 +81,30 @@ class LearnAssociationRequest(_message.Message):
     def __init__(self, source_id: _Optional[str] = ..., target_id: _Optional[str] = ..., assoc_type: _Optional[int] = ..., confidence: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LearnAssociationResponse(_message.Message):
-    __slots__ = ("sequence",)
+    __slots__ = ("sequence", "shard_sequences")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     sequence: int
-    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    def __init__(self, sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ...) -> None: ...
 
 class DeleteConceptRequest(_message.Message):
-    __slots__ = ("concept_id", "request_id")
+    __slots__ = ("concept_id", "request_id", "purge_foreign")
     CONCEPT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PURGE_FOREIGN_FIELD_NUMBER: _ClassVar[int]
     concept_id: str
     request_id: str
-    def __init__(self, concept_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    purge_foreign: bool
+    def __init__(self, concept_id: _Optional[str] = ..., request_id: _Optional[str] = ..., purge_foreign: _Optional[bool] = ...) -> None: ...
 
 class DeleteConceptResponse(_message.Message):
-    __slots__ = ("sequence",)
+    __slots__ = ("sequence", "shard_sequences")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     sequence: int
-    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    def __init__(self, sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ...) -> None: ...
 
 class LearnBatchRequest(_message.Message):
     __slots__ = ("concepts", "associations", "delete_concept_ids", "request_id")
@@ -96,38 +119,46 @@ class LearnBatchRequest(_message.Message):
     def __init__(self, concepts: _Optional[_Iterable[_Union[LearnConceptRequest, _Mapping]]] = ..., associations: _Optional[_Iterable[_Union[LearnAssociationRequest, _Mapping]]] = ..., delete_concept_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LearnBatchResponse(_message.Message):
-    __slots__ = ("sequence", "concepts", "associations", "deletes")
+    __slots__ = ("sequence", "concepts", "associations", "deletes", "shard_sequences")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     ASSOCIATIONS_FIELD_NUMBER: _ClassVar[int]
     DELETES_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     concepts: int
     associations: int
     deletes: int
-    def __init__(self, sequence: _Optional[int] = ..., concepts: _Optional[int] = ..., associations: _Optional[int] = ..., deletes: _Optional[int] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    def __init__(self, sequence: _Optional[int] = ..., concepts: _Optional[int] = ..., associations: _Optional[int] = ..., deletes: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ...) -> None: ...
 
 class LearnStreamResponse(_message.Message):
-    __slots__ = ("sequence", "batches", "concepts", "associations")
+    __slots__ = ("sequence", "batches", "concepts", "associations", "shard_sequences")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     ASSOCIATIONS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     batches: int
     concepts: int
     associations: int
-    def __init__(self, sequence: _Optional[int] = ..., batches: _Optional[int] = ..., concepts: _Optional[int] = ..., associations: _Optional[int] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    def __init__(self, sequence: _Optional[int] = ..., batches: _Optional[int] = ..., concepts: _Optional[int] = ..., associations: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ...) -> None: ...
 
 class QueryConceptRequest(_message.Message):
-    __slots__ = ("concept_id", "sequence", "include_embedding")
+    __slots__ = ("concept_id", "sequence", "include_embedding", "shard_sequences", "read_preference")
     CONCEPT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     concept_id: str
     sequence: int
     include_embedding: bool
-    def __init__(self, concept_id: _Optional[str] = ..., sequence: _Optional[int] = ..., include_embedding: _Optional[bool] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    read_preference: ReadPreference
+    def __init__(self, concept_id: _Optional[str] = ..., sequence: _Optional[int] = ..., include_embedding: _Optional[bool] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ...) -> None: ...
 
 class QueryConceptResponse(_message.Message):
     __slots__ = ("found", "concept_id", "content", "strength", "confidence", "attributes", "embedding_f32", "created_at_us", "updated_at_us", "has_embedding")
@@ -161,14 +192,20 @@ class QueryConceptResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., concept_id: _Optional[str] = ..., content: _Optional[str] = ..., strength: _Optional[float] = ..., confidence: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., embedding_f32: _Optional[bytes] = ..., created_at_us: _Optional[int] = ..., updated_at_us: _Optional[int] = ..., has_embedding: _Optional[bool] = ...) -> None: ...
 
 class GetNeighborsRequest(_message.Message):
-    __slots__ = ("concept_id", "sequence", "direction")
+    __slots__ = ("concept_id", "sequence", "direction", "shard_sequences", "read_preference", "allow_partial")
     CONCEPT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     concept_id: str
     sequence: int
     direction: Direction
-    def __init__(self, concept_id: _Optional[str] = ..., sequence: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    read_preference: ReadPreference
+    allow_partial: bool
+    def __init__(self, concept_id: _Optional[str] = ..., sequence: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class Neighbor(_message.Message):
     __slots__ = ("concept_id", "assoc_type", "confidence", "outgoing")
@@ -183,46 +220,88 @@ class Neighbor(_message.Message):
     def __init__(self, concept_id: _Optional[str] = ..., assoc_type: _Optional[int] = ..., confidence: _Optional[float] = ..., outgoing: _Optional[bool] = ...) -> None: ...
 
 class GetNeighborsResponse(_message.Message):
-    __slots__ = ("neighbor_ids", "neighbors")
+    __slots__ = ("neighbor_ids", "neighbors", "missing_shards")
     NEIGHBOR_IDS_FIELD_NUMBER: _ClassVar[int]
     NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     neighbor_ids: _containers.RepeatedScalarFieldContainer[str]
     neighbors: _containers.RepeatedCompositeFieldContainer[Neighbor]
-    def __init__(self, neighbor_ids: _Optional[_Iterable[str]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ...) -> None: ...
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, neighbor_ids: _Optional[_Iterable[str]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetNeighborsBatchRequest(_message.Message):
+    __slots__ = ("concept_ids", "sequence", "direction", "ids_only", "shard_sequences", "read_preference", "allow_partial")
+    CONCEPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    concept_ids: _containers.RepeatedScalarFieldContainer[str]
+    sequence: int
+    direction: Direction
+    ids_only: bool
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    read_preference: ReadPreference
+    allow_partial: bool
+    def __init__(self, concept_ids: _Optional[_Iterable[str]] = ..., sequence: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., ids_only: _Optional[bool] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+
+class GetNeighborsBatchResponse(_message.Message):
+    __slots__ = ("results", "missing_shards")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[GetNeighborsResponse]
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[GetNeighborsResponse, _Mapping]]] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FindPathRequest(_message.Message):
-    __slots__ = ("start_id", "end_id", "max_depth", "sequence")
+    __slots__ = ("start_id", "end_id", "max_depth", "sequence", "shard_sequences", "read_preference", "allow_partial")
     START_ID_FIELD_NUMBER: _ClassVar[int]
     END_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     start_id: str
     end_id: str
     max_depth: int
     sequence: int
-    def __init__(self, start_id: _Optional[str] = ..., end_id: _Optional[str] = ..., max_depth: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    read_preference: ReadPreference
+    allow_partial: bool
+    def __init__(self, start_id: _Optional[str] = ..., end_id: _Optional[str] = ..., max_depth: _Optional[int] = ..., sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class FindPathResponse(_message.Message):
-    __slots__ = ("found", "path")
+    __slots__ = ("found", "path", "missing_shards")
     FOUND_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     found: bool
     path: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, found: _Optional[bool] = ..., path: _Optional[_Iterable[str]] = ...) -> None: ...
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, found: _Optional[bool] = ..., path: _Optional[_Iterable[str]] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VectorSearchRequest(_message.Message):
-    __slots__ = ("query_vector", "k", "ef_search", "query_f32", "sequence")
+    __slots__ = ("query_vector", "k", "ef_search", "query_f32", "sequence", "shard_sequences", "read_preference", "allow_partial")
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     QUERY_F32_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     query_vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
     ef_search: int
     query_f32: bytes
     sequence: int
-    def __init__(self, query_vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., ef_search: _Optional[int] = ..., query_f32: _Optional[bytes] = ..., sequence: _Optional[int] = ...) -> None: ...
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    read_preference: ReadPreference
+    allow_partial: bool
+    def __init__(self, query_vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., ef_search: _Optional[int] = ..., query_f32: _Optional[bytes] = ..., sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("concept_id", "similarity")
@@ -233,12 +312,14 @@ class SearchResult(_message.Message):
     def __init__(self, concept_id: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class VectorSearchResponse(_message.Message):
-    __slots__ = ("results", "exact")
+    __slots__ = ("results", "exact", "missing_shards")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     exact: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., exact: _Optional[bool] = ...) -> None: ...
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., exact: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FlushRequest(_message.Message):
     __slots__ = ()
@@ -259,25 +340,29 @@ class HealthCheckRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthCheckResponse(_message.Message):
-    __slots__ = ("healthy", "status", "uptime_seconds", "role", "node_id")
+    __slots__ = ("healthy", "status", "uptime_seconds", "role", "node_id", "shard", "shards")
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     healthy: bool
     status: str
     uptime_seconds: int
     role: str
     node_id: str
-    def __init__(self, healthy: _Optional[bool] = ..., status: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., role: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    shard: int
+    shards: _containers.RepeatedCompositeFieldContainer[HealthCheckResponse]
+    def __init__(self, healthy: _Optional[bool] = ..., status: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., role: _Optional[str] = ..., node_id: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[HealthCheckResponse, _Mapping]]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("concepts", "edges", "written", "dropped", "pending", "reconciliations", "uptime_seconds", "vectors", "last_lsn", "durable_lsn", "applied_lsn", "checkpoint_lsn", "role", "term", "node_id", "wal_bytes", "flushes", "leader", "shard")
+    __slots__ = ("concepts", "edges", "written", "dropped", "pending", "reconciliations", "uptime_seconds", "vectors", "last_lsn", "durable_lsn", "applied_lsn", "checkpoint_lsn", "role", "term", "node_id", "wal_bytes", "flushes", "leader", "shard", "shards", "shard_count", "missing_shards", "shard_map_version", "vector_dimension")
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +382,11 @@ class GetStatsResponse(_message.Message):
     FLUSHES_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     concepts: int
     edges: int
     written: int
@@ -316,7 +406,12 @@ class GetStatsResponse(_message.Message):
     flushes: int
     leader: str
     shard: int
-    def __init__(self, concepts: _Optional[int] = ..., edges: _Optional[int] = ..., written: _Optional[int] = ..., dropped: _Optional[int] = ..., pending: _Optional[int] = ..., reconciliations: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., vectors: _Optional[int] = ..., last_lsn: _Optional[int] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., checkpoint_lsn: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., node_id: _Optional[str] = ..., wal_bytes: _Optional[int] = ..., flushes: _Optional[int] = ..., leader: _Optional[str] = ..., shard: _Optional[int] = ...) -> None: ...
+    shards: _containers.RepeatedCompositeFieldContainer[GetStatsResponse]
+    shard_count: int
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    shard_map_version: int
+    vector_dimension: int
+    def __init__(self, concepts: _Optional[int] = ..., edges: _Optional[int] = ..., written: _Optional[int] = ..., dropped: _Optional[int] = ..., pending: _Optional[int] = ..., reconciliations: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., vectors: _Optional[int] = ..., last_lsn: _Optional[int] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., checkpoint_lsn: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., node_id: _Optional[str] = ..., wal_bytes: _Optional[int] = ..., flushes: _Optional[int] = ..., leader: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[GetStatsResponse, _Mapping]]] = ..., shard_count: _Optional[int] = ..., missing_shards: _Optional[_Iterable[int]] = ..., shard_map_version: _Optional[int] = ..., vector_dimension: _Optional[int] = ...) -> None: ...
 
 class GetDigestRequest(_message.Message):
     __slots__ = ("sequence",)

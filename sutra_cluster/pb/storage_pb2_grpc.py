@@ -99,6 +99,11 @@ class StorageServiceStub:
                 request_serializer=sutra__cluster_dot_pb_dot_storage__pb2.GetDigestRequest.SerializeToString,
                 response_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.GetDigestResponse.FromString,
                 _registered_method=True)
+        self.GetNeighborsBatch = channel.unary_unary(
+                '/sutra.storage.StorageService/GetNeighborsBatch',
+                request_serializer=sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchRequest.SerializeToString,
+                response_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
@@ -187,6 +192,14 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNeighborsBatch(self, request, context):
+        """Sharding. The neighbours of many concepts in one call (a router's
+        path search asks each shard for a whole BFS level at once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +267,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.GetDigest,
                     request_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.GetDigestRequest.FromString,
                     response_serializer=sutra__cluster_dot_pb_dot_storage__pb2.GetDigestResponse.SerializeToString,
+            ),
+            'GetNeighborsBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNeighborsBatch,
+                    request_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchRequest.FromString,
+                    response_serializer=sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -607,6 +625,33 @@ class StorageService:
             '/sutra.storage.StorageService/GetDigest',
             sutra__cluster_dot_pb_dot_storage__pb2.GetDigestRequest.SerializeToString,
             sutra__cluster_dot_pb_dot_storage__pb2.GetDigestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNeighborsBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sutra.storage.StorageService/GetNeighborsBatch',
+            sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchRequest.SerializeToString,
+            sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,140 @@
+"""Replicated ingest against single-node ingest, in one run, and replication lag
+at a fixed write rate.
+
+    .venv/bin/python bench/bench_replication.py [--seconds 8] [--rate 10000] [--out bench/results/replication.json]
+
+Every configuration ingests the same batches (768-d vectors, LearnBatch of
+--batch concepts from --threads client threads, for --seconds). Replicated
+figures are reported as a ratio to single-node ingest measured in the same run.
+Lag: an async leader with two replicas takes a paced load of --rate concepts/s
+while the leader's GetReplicationStatus is sampled every 20 ms; p50/p99 of the
+per-replica lag in milliseconds are reported (the guide's target: about 10 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sutra_cluster.client import Concept, SutraClient  # noqa: E402
+from tests import cluster as tc  # noqa: E402
+from tests.helpers import NodeProcess  # noqa: E402
+
+DIM = 768
+
+
+def batches(prefix: str, size: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    i = 0
+    while True:
+        vecs = rng.standard_normal((size, DIM), dtype=np.float32)
+        yield [Concept(f"{prefix}-{i}-{j}", f"concept {i}-{j}", vecs[j]) for j in range(size)]
+        i += 1
+
+
+def ingest(address: str, seconds: float, threads: int, size: int) -> float:
+    """Concepts per second acknowledged by ``address``."""
+    done = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def work(t: int) -> None:
+        gen = batches(f"t{t}", size, np.random.default_rng(t))
+        with SutraClient(address, timeout=60, retry_deadline=0) as c:
+            while time.monotonic() < stop:
+                c.learn_batch(next(gen))
+                done[t] += size
+
+    t0 = time.monotonic()
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(done) / (time.monotonic() - t0)
+
+
+def lag_at_rate(c: tc.Cluster, rate: int, seconds: float, size: int = 100) -> dict[str, float]:
+    samples: list[float] = []
+    stop = threading.Event()
+    sent = [0]
+
+    def writer() -> None:
+        gen = batches("lag", size, np.random.default_rng(99))
+        interval = size / rate
+        nxt = time.monotonic()
+        with SutraClient(c.leader.address, timeout=60, retry_deadline=0) as cl:
+            while not stop.is_set():
+                cl.learn_batch(next(gen))
+                sent[0] += size
+                nxt += interval
+                delay = nxt - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+
+    w = threading.Thread(target=writer)
+    t0 = time.monotonic()
+    w.start()
+    while time.monotonic() - t0 < seconds:
+        st = c.leader.status()
+        samples += [r.lag_ms for r in st.replicas]
+        time.sleep(0.02)
+    stop.set()
+    w.join()
+    achieved = sent[0] / (time.monotonic() - t0)
+    samples.sort()
+    return {"target_rate": rate, "achieved_rate": achieved, "samples": len(samples),
+            "lag_ms_p50": statistics.median(samples), "lag_ms_p99": samples[int(0.99 * (len(samples) - 1))],
+            "lag_ms_max": samples[-1]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--rate", type=int, default=10_000)
+    p.add_argument("--out", default="bench/results/replication.json")
+    a = p.parse_args()
+    tc.DIM = DIM
+    results: dict[str, object] = {"seconds": a.seconds, "threads": a.threads, "batch": a.batch}
+    with tempfile.TemporaryDirectory() as tmp:
+        single = NodeProcess(Path(tmp) / "single", env={"VECTOR_DIMENSION": str(DIM), "MEMORY_THRESHOLD": "10000000"},
+                             log_path=Path(tmp) / "single.log")
+        try:
+            single.start()
+            results["single_node_per_s"] = ingest(single.address, a.seconds, a.threads, a.batch)
+        finally:
+            single.stop()
+        for mode in ("async", "sync"):
+            with tc.running_cluster(Path(tmp) / mode, replicas=2, mode=mode,
+                                    env={"MEMORY_THRESHOLD": "10000000"}) as c:
+                tc.wait_streaming(c.leader, ["r1", "r2"])
+                results[f"{mode}_per_s"] = ingest(c.leader.address, a.seconds, a.threads, a.batch)
+                if mode == "async":
+                    results["lag"] = lag_at_rate(c, a.rate, a.seconds)
+    base = float(results["single_node_per_s"])  # type: ignore[arg-type]
+    results["async_ratio"] = float(results["async_per_s"]) / base  # type: ignore[arg-type]
+    results["sync_ratio"] = float(results["sync_per_s"]) / base  # type: ignore[arg-type]
+    lag = results["lag"]
+    print(f"{'configuration':<34} {'concepts/s':>11} {'ratio':>7}")
+    print(f"{'single node':<34} {base:>11.0f} {1.0:>7.2f}")
+    print(f"{'leader + 2 replicas, async':<34} {results['async_per_s']:>11.0f} {results['async_ratio']:>7.2f}")
+    print(f"{'leader + 2 replicas, sync (1)':<34} {results['sync_per_s']:>11.0f} {results['sync_ratio']:>7.2f}")
+    print(f"replication lag at {lag['achieved_rate']:.0f} concepts/s (target {lag['target_rate']}): "  # type: ignore[index]
+          f"p50 {lag['lag_ms_p50']:.1f} ms, p99 {lag['lag_ms_p99']:.1f} ms, max {lag['lag_ms_max']:.1f} ms")  # type: ignore[index]
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

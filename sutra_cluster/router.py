@@ -1,0 +1,368 @@
+"""``sutra-cluster router``: the whole sharded cluster as one StorageService.
+
+A stateless process: it holds the shard map and connections, nothing a
+restart would lose, so several routers can run side by side behind one name.
+It serves ``sutra.storage.StorageService`` (with reflection and the standard
+gRPC health service) on one port, sends each write to the leader of the shard
+that owns it and each read to a leader or a replica (``read_preference``),
+follows each shard's leader through etcd, and answers fan-out reads across
+shards (see ``sutra_cluster.sharding.core`` for how each one is answered).
+
+Settings (environment):
+  SUTRA_ETCD_ENDPOINTS   etcd host:port,...: the shard map at /<cluster>/shardmap and each shard's leader
+  SUTRA_SHARD_MAP        static map for clusters without etcd (JSON, or 0=host:port,host:port;1=...);
+                         with etcd: the map to publish when etcd has none
+  SUTRA_SHARDS           with etcd: the shard count to publish when etcd has no map (checked against it otherwise)
+  SUTRA_CLUSTER_NAME     etcd key prefix /<name>/ (default sutra)
+  SUTRA_ROUTER_PORT      port (default STORAGE_PORT, else 50051); SUTRA_HOST the address to bind
+  SUTRA_NODE_ID          the router's name in HealthCheck/GetStats (default router-<host>-<port>)
+  SUTRA_ROUTER_TIMEOUT_MS         one call to a shard (default 10000)
+  SUTRA_ROUTER_WRITE_DEADLINE_MS  how long a write follows a shard's failover (default 15000)
+  SUTRA_ROUTER_READ_DEADLINE_MS   how long a read waits for a shard (default 15000)
+  VECTOR_DIMENSION, SUTRA_MAX_BATCH, SUTRA_MAX_MESSAGE_BYTES: to validate a whole
+                         batch before splitting it (the dimension is asked of the shards when unset)
+  SUTRA_GRPC_WORKERS, SUTRA_LOG_LEVEL, SUTRA_TLS_CERT/KEY/CA as for nodes
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sutra_cluster import errors
+from sutra_cluster.api.status import code_for
+from sutra_cluster.config import _parse_addresses, _Reader
+from sutra_cluster.errors import ConfigError, InvalidArgument
+from sutra_cluster.pb import storage_pb2 as pb
+from sutra_cluster.pb import storage_pb2_grpc
+from sutra_cluster.sharding import shardmap
+from sutra_cluster.sharding.core import ShardSet
+from sutra_cluster.sharding.shardmap import ShardMap
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+STORAGE_SERVICE = pb.DESCRIPTOR.services_by_name["StorageService"].full_name
+MAP_POLL_S = 5.0
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    host: str = "0.0.0.0"
+    port: int = 50051
+    etcd_endpoints: tuple[str, ...] = ()
+    cluster_name: str = "sutra"
+    shard_map: str = ""
+    shards: int = 0
+    router_id: str = ""
+    timeout_ms: int = 10_000
+    write_deadline_ms: int = 15_000
+    read_deadline_ms: int = 15_000
+    dimension: int = 0
+    max_batch: int = 10_000
+    max_message_bytes: int = 64 << 20
+    grpc_workers: int = 64
+    log_level: str = "info"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+
+
+def load_config(env: Mapping[str, str] | None = None) -> RouterConfig:
+    env = os.environ if env is None else env
+    r = _Reader(env)
+    port_default = r.integer("STORAGE_PORT", 50051, 1, 65535)
+    port = r.integer("SUTRA_ROUTER_PORT", port_default, 1, 65535)
+    host = env.get("SUTRA_HOST", "").strip() or "0.0.0.0"
+    cfg = RouterConfig(
+        host=host, port=port,
+        etcd_endpoints=r.get("SUTRA_ETCD_ENDPOINTS", (), _parse_addresses, lambda v: None),
+        cluster_name=env.get("SUTRA_CLUSTER_NAME", "").strip() or "sutra",
+        shard_map=env.get("SUTRA_SHARD_MAP", "").strip(),
+        shards=r.integer("SUTRA_SHARDS", 0, 1, shardmap.MAX_SHARDS),
+        router_id=env.get("SUTRA_NODE_ID", "").strip() or f"router-{socket.gethostname()}-{port}",
+        timeout_ms=r.integer("SUTRA_ROUTER_TIMEOUT_MS", 10_000, 10, 600_000),
+        write_deadline_ms=r.integer("SUTRA_ROUTER_WRITE_DEADLINE_MS", 15_000, 0, 600_000),
+        read_deadline_ms=r.integer("SUTRA_ROUTER_READ_DEADLINE_MS", 15_000, 0, 600_000),
+        dimension=r.integer("VECTOR_DIMENSION", 0, 1, 65_536),
+        max_batch=r.integer("SUTRA_MAX_BATCH", 10_000, 1, 1_000_000),
+        max_message_bytes=r.integer("SUTRA_MAX_MESSAGE_BYTES", 64 << 20, 1 << 20, 1 << 30),
+        grpc_workers=r.integer("SUTRA_GRPC_WORKERS", 64, 2, 1024),
+        log_level=r.choice("SUTRA_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        tls_cert=env.get("SUTRA_TLS_CERT", "").strip(), tls_key=env.get("SUTRA_TLS_KEY", "").strip(),
+        tls_ca=env.get("SUTRA_TLS_CA", "").strip(),
+    )
+    if not cfg.etcd_endpoints and not cfg.shard_map:
+        r.errors.append("SUTRA_ETCD_ENDPOINTS or SUTRA_SHARD_MAP: the router needs one to find the shards")
+    if cfg.shard_map:
+        try:
+            ShardMap.parse(cfg.shard_map)
+        except ConfigError as exc:
+            r.errors.append(f"SUTRA_SHARD_MAP: {exc}")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        r.errors.append("SUTRA_TLS_CERT/SUTRA_TLS_KEY: set both or neither")
+    if r.errors:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(r.errors))
+    return cfg
+
+
+def resolve_map(cfg: RouterConfig) -> ShardMap:
+    """The map to route by: etcd's (publishing SUTRA_SHARD_MAP or SUTRA_SHARDS
+    there when it has none), or the static SUTRA_SHARD_MAP."""
+    static = ShardMap.parse(cfg.shard_map) if cfg.shard_map else None
+    if not cfg.etcd_endpoints:
+        assert static is not None
+        return static
+    stored = shardmap.load_from_etcd(cfg.etcd_endpoints, cfg.cluster_name)
+    if stored is None:
+        wanted = static or (ShardMap(shards=cfg.shards) if cfg.shards else None)
+        if wanted is None:
+            raise ConfigError(f"no shard map in etcd at {shardmap.map_key(cfg.cluster_name)}; set SUTRA_SHARDS "
+                              "(or SUTRA_SHARD_MAP) to publish one")
+        stored = shardmap.publish(cfg.etcd_endpoints, cfg.cluster_name, wanted)
+        log.info("shard map version %d with %d shards is in etcd", stored.version, stored.shards)
+    for name, want in (("SUTRA_SHARDS", cfg.shards), ("SUTRA_SHARD_MAP", static.shards if static else 0)):
+        if want and want != stored.shards:
+            raise ConfigError(f"{name} says {want} shards, the map in etcd (version {stored.version}) has "
+                              f"{stored.shards}; resharding is not supported")
+    return stored
+
+
+def _credentials(cfg: RouterConfig) -> tuple[grpc.ServerCredentials | None, grpc.ChannelCredentials | None]:
+    if not cfg.tls_cert:
+        return None, None
+    from sutra_cluster import tlsutil
+    from sutra_cluster.config import Config
+
+    tls = Config(tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, tls_ca=cfg.tls_ca)
+    return tlsutil.server_credentials(tls), tlsutil.peer_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+
+
+def forward_errors(fn: F) -> F:
+    """Our errors become their status codes; a shard's error is passed on with
+    its own code and message; anything else is a bug (INTERNAL)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except errors.SutraError as exc:
+            context.abort(code_for(exc), str(exc))
+        except grpc.RpcError as exc:
+            context.abort(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+        except Exception as exc:  # a bug: answer INTERNAL, keep the traceback in the log
+            log.exception("%s failed", fn.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RouterServicer(storage_pb2_grpc.StorageServiceServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    @property
+    def set(self) -> ShardSet:
+        return self.router.set
+
+    # ---- writes ----------------------------------------------------------
+    @forward_errors
+    def LearnConcept(self, request: pb.LearnConceptRequest, context: Any) -> pb.LearnConceptResponse:
+        return self.set.learn_concept(request)
+
+    @forward_errors
+    def LearnAssociation(self, request: pb.LearnAssociationRequest, context: Any) -> pb.LearnAssociationResponse:
+        return self.set.learn_association(request)
+
+    @forward_errors
+    def DeleteConcept(self, request: pb.DeleteConceptRequest, context: Any) -> pb.DeleteConceptResponse:
+        return self.set.delete_concept(request)
+
+    @forward_errors
+    def LearnBatch(self, request: pb.LearnBatchRequest, context: Any) -> pb.LearnBatchResponse:
+        return self.set.learn_batch(request)
+
+    @forward_errors
+    def LearnStream(self, request_iterator: Iterator[pb.LearnBatchRequest], context: Any) -> pb.LearnStreamResponse:
+        out = pb.LearnStreamResponse()
+        seqs: dict[int, int] = {}
+        for i, request in enumerate(request_iterator):
+            try:
+                r = self.set.learn_batch(request)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"stream message {i}: {exc} (messages before it are durable)") from exc
+            out.sequence = r.sequence
+            for e in r.shard_sequences:
+                seqs[e.shard] = max(seqs.get(e.shard, 0), e.sequence)
+            out.batches += 1
+            out.concepts += len(request.concepts)
+            out.associations += len(request.associations)
+        out.shard_sequences.extend(pb.ShardSequence(shard=s, sequence=q) for s, q in sorted(seqs.items()))
+        return out
+
+    # ---- reads -----------------------------------------------------------
+    @forward_errors
+    def QueryConcept(self, request: pb.QueryConceptRequest, context: Any) -> pb.QueryConceptResponse:
+        return self.set.query_concept(request)
+
+    @forward_errors
+    def GetNeighbors(self, request: pb.GetNeighborsRequest, context: Any) -> pb.GetNeighborsResponse:
+        return self.set.get_neighbors(request)
+
+    @forward_errors
+    def GetNeighborsBatch(self, request: pb.GetNeighborsBatchRequest, context: Any) -> pb.GetNeighborsBatchResponse:
+        return self.set.get_neighbors_batch(request)
+
+    @forward_errors
+    def FindPath(self, request: pb.FindPathRequest, context: Any) -> pb.FindPathResponse:
+        return self.set.find_path(request)
+
+    @forward_errors
+    def VectorSearch(self, request: pb.VectorSearchRequest, context: Any) -> pb.VectorSearchResponse:
+        return self.set.vector_search(request)
+
+    # ---- operations ------------------------------------------------------
+    @forward_errors
+    def Flush(self, request: pb.FlushRequest, context: Any) -> pb.FlushResponse:
+        return self.set.flush()
+
+    @forward_errors
+    def HealthCheck(self, request: pb.HealthCheckRequest, context: Any) -> pb.HealthCheckResponse:
+        ok, status, shards = self.set.health()
+        return pb.HealthCheckResponse(healthy=ok, status=status, uptime_seconds=self.router.uptime(),
+                                      role="router", node_id=self.router.cfg.router_id, shards=shards)
+
+    @forward_errors
+    def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.GetStatsResponse:
+        shards, missing = self.set.stats()
+        out = pb.GetStatsResponse(
+            uptime_seconds=self.router.uptime(), role="router", node_id=self.router.cfg.router_id,
+            shard_count=self.set.shards, missing_shards=missing, shard_map_version=self.set.map.version,
+            shards=shards,
+        )
+        for name in ("concepts", "edges", "written", "dropped", "pending", "reconciliations", "vectors",
+                     "wal_bytes", "flushes"):
+            setattr(out, name, sum(getattr(s, name) for s in shards))
+        if shards and shards[0].vector_dimension:
+            out.vector_dimension = shards[0].vector_dimension
+        return out
+
+    @forward_errors
+    def GetDigest(self, request: pb.GetDigestRequest, context: Any) -> pb.GetDigestResponse:
+        if request.sequence and self.set.shards > 1:
+            raise InvalidArgument("sequence is an LSN of one shard; through a router GetDigest takes no sequence")
+        return self.set.digest({0: request.sequence} if request.sequence else {})
+
+
+class Router:
+    """A running router. ``start`` binds the port; ``stop`` is graceful and idempotent."""
+
+    def __init__(self, cfg: RouterConfig) -> None:
+        self.cfg = cfg
+        self.started = time.monotonic()
+        self._server_creds, self._channel_creds = _credentials(cfg)
+        self.set = self._make_set(resolve_map(cfg))
+        self.health = health.HealthServicer()
+        hard = min(2 * cfg.max_message_bytes, (1 << 31) - 1)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", hard), ("grpc.max_send_message_length", hard),
+                     ("grpc.so_reuseport", 0)],
+        )
+        storage_pb2_grpc.add_StorageServiceServicer_to_server(RouterServicer(self), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (STORAGE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def _make_set(self, smap: ShardMap) -> ShardSet:
+        c = self.cfg
+        return ShardSet(smap, etcd_endpoints=c.etcd_endpoints, cluster=c.cluster_name, timeout=c.timeout_ms / 1000,
+                        write_deadline=c.write_deadline_ms / 1000, read_deadline=c.read_deadline_ms / 1000,
+                        credentials=self._channel_creds, dimension=c.dimension, max_batch=c.max_batch,
+                        max_message_bytes=c.max_message_bytes)
+
+    def uptime(self) -> int:
+        return int(time.monotonic() - self.started)
+
+    def start(self) -> None:
+        bind = f"{self.cfg.host}:{self.cfg.port}"
+        bound = (self.server.add_secure_port(bind, self._server_creds) if self._server_creds
+                 else self.server.add_insecure_port(bind))
+        if bound == 0:
+            raise OSError(f"cannot listen on {bind}")
+        self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(STORAGE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        if self.cfg.etcd_endpoints:
+            self._poller = threading.Thread(target=self._watch_map, name="shardmap", daemon=True)
+            self._poller.start()
+        log.info("router %s serving on %s: %d shard(s), map version %d (%s)", self.cfg.router_id, bind,
+                 self.set.shards, self.set.map.version, "etcd" if self.cfg.etcd_endpoints else "static map")
+
+    def _watch_map(self) -> None:
+        """Adopt a newer map from etcd (a later resharding publishes one)."""
+        reader = shardmap.MapReader(self.cfg.etcd_endpoints, self.cfg.cluster_name)
+        while not self._stop.wait(MAP_POLL_S):
+            try:
+                smap = reader.read()
+            except Exception as exc:  # noqa: BLE001 - etcd down or a bad map: keep routing by the map we have
+                log.debug("shard map not refreshed: %s", exc)
+                continue
+            if smap is not None and smap.version > self.set.map.version:
+                log.warning("shard map version %d -> %d (%d -> %d shards)", self.set.map.version, smap.version,
+                            self.set.shards, smap.shards)
+                old, self.set = self.set, self._make_set(smap)
+                threading.Timer(30.0, old.close).start()  # calls in flight finish on the old map
+        reader.close()
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.set.close()
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [router] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def serve(cfg: RouterConfig) -> int:
+    """Run a router until SIGTERM or SIGINT; returns the exit status."""
+    setup_logging(cfg.log_level)
+    router = Router(cfg)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    router.start()
+    while not done.wait(1.0):
+        pass
+    router.stop()
+    return 0

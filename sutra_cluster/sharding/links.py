@@ -1,0 +1,222 @@
+"""One shard as seen from a router or a client: its leader and replicas.
+
+With etcd, the leader is the value of ``/<cluster>/shards/<n>/leader``, kept
+fresh by a watch, and the members are the keys the nodes publish beside it.
+Without etcd (a static map), the leader is whichever member reports the
+leader role. Calls follow leader changes: on UNAVAILABLE, or "this node is a
+replica", the leader is looked up again and the same request (same request
+id, so a write is applied once) is sent again, until a deadline. A shard that
+cannot be reached before the deadline raises ``ShardUnavailable`` naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from sutra_cluster.errors import Unavailable
+from sutra_cluster.pb import storage_pb2 as pb
+from sutra_cluster.pb import storage_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class ShardUnavailable(Unavailable):
+    """A shard could not be reached (no leader, or no member answering) before the deadline."""
+
+    def __init__(self, shard: int, detail: str) -> None:
+        self.shard = shard
+        self.detail = detail
+        super().__init__(f"shard {shard} is unavailable: {detail}")
+
+
+class Channels:
+    """One channel per address, shared by every shard link of a router or client."""
+
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None, max_message_bytes: int = 128 << 20) -> None:
+        self.credentials = credentials
+        self.options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # A restarted node is reachable again within ~0.5 s, not after gRPC's default backoff (up to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
+        self._lock = threading.Lock()
+        self._stubs: dict[str, tuple[grpc.Channel, storage_pb2_grpc.StorageServiceStub]] = {}
+
+    def stub(self, address: str) -> storage_pb2_grpc.StorageServiceStub:
+        got = self._stubs.get(address)
+        if got is None:
+            with self._lock:
+                got = self._stubs.get(address)
+                if got is None:
+                    ch = (grpc.secure_channel(address, self.credentials, options=self.options) if self.credentials
+                          else grpc.insecure_channel(address, options=self.options))
+                    got = (ch, storage_pb2_grpc.StorageServiceStub(ch))
+                    self._stubs[address] = got
+        return got[1]
+
+    def close(self) -> None:
+        with self._lock:
+            for ch, _ in self._stubs.values():
+                ch.close()
+            self._stubs.clear()
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode:
+    return exc.code()  # type: ignore[attr-defined,no-any-return]
+
+
+def _details(exc: grpc.RpcError) -> str:
+    return exc.details() or ""  # type: ignore[attr-defined]
+
+
+def retryable(exc: grpc.RpcError, write: bool) -> bool:
+    """Whether another node of the shard (or the same one later) may answer."""
+    code = _code(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return "replica" in _details(exc)  # the node is not (or no longer) the leader
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return write or "not visible" not in _details(exc)  # a hung node, not a read waiting for its sequence
+    return False
+
+
+class ShardLink:
+    def __init__(self, shard: int, channels: Channels, *, etcd_endpoints: Sequence[str] = (),
+                 cluster: str = "sutra", members: Sequence[str] = (), timeout: float = 10.0,
+                 write_deadline: float = 15.0, read_deadline: float = 15.0, watch: bool = True) -> None:
+        self.shard = shard
+        self.channels = channels
+        self.timeout = timeout
+        self.write_deadline = write_deadline
+        self.read_deadline = read_deadline
+        self.static_members = tuple(members)
+        self.leader_address = ""
+        self._members: tuple[str, ...] = tuple(members)
+        self._members_at = 0.0
+        self._rr = itertools.count()
+        self._coord: Any = None
+        self._watch_id: Any = None
+        if etcd_endpoints:
+            from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+
+            self._coord = EtcdCoordinator(list(etcd_endpoints), shard_prefix(cluster, shard), "router", timeout=1.0)
+            if watch:
+                try:
+                    self._watch_id = self._coord.client.add_watch_callback(
+                        self._coord.prefix + "leader", self._on_watch)
+                except Exception as exc:  # noqa: BLE001 - the watch only saves lookups; they work without it
+                    log.warning("shard %d: no watch on the leader key (%s); looking it up on errors", shard, exc)
+
+    def _on_watch(self, event: Any) -> None:
+        from sutra_cluster.failover.coordinator import LeaderKey
+
+        for ev in getattr(event, "events", []) or []:
+            value = getattr(ev, "value", b"")
+            try:
+                self.leader_address = LeaderKey.decode(value).address if value else ""
+            except ValueError:
+                self.leader_address = ""
+
+    def close(self) -> None:
+        if self._coord is not None:
+            if self._watch_id is not None:
+                with contextlib.suppress(Exception):  # closing anyway
+                    self._coord.client.cancel_watch(self._watch_id)
+            self._coord.close()
+
+    # ---- discovery -------------------------------------------------------
+    def _lookup(self) -> str:
+        """One attempt at finding the leader; refreshes the member list. '' when none."""
+        if self._coord is not None:
+            from sutra_cluster.failover.coordinator import CoordinatorUnavailable
+
+            try:
+                snap = self._coord.snapshot()
+            except CoordinatorUnavailable:
+                return ""
+            self._members = tuple(sorted(m.address for m in snap.members.values() if m.healthy))
+            self._members_at = time.monotonic()
+            return snap.leader.address if snap.leader is not None else ""
+        best, best_term = "", -1
+        for addr in self.static_members:
+            try:
+                st = self.channels.stub(addr).GetStats(pb.GetStatsRequest(), timeout=1.0)
+            except grpc.RpcError:
+                continue
+            if st.role == "leader" and st.term > best_term:
+                best, best_term = addr, st.term
+        return best
+
+    def find_leader(self, deadline: float) -> str:
+        while True:
+            addr = self._lookup()
+            if addr:
+                self.leader_address = addr
+                return addr
+            if time.monotonic() > deadline:
+                where = "in etcd" if self._coord is not None else f"among {', '.join(self.static_members)}"
+                raise ShardUnavailable(self.shard, f"no leader found {where}")
+            time.sleep(0.05)
+
+    def members(self) -> tuple[str, ...]:
+        if self._coord is not None and time.monotonic() - self._members_at > 2.0:
+            addr = self._lookup()
+            if addr:
+                self.leader_address = addr
+        return self._members
+
+    def replicas(self) -> list[str]:
+        others = [m for m in self.members() if m != self.leader_address]
+        if not others:
+            return []
+        i = next(self._rr) % len(others)
+        return others[i:] + others[:i]
+
+    # ---- calls -----------------------------------------------------------
+    def call(self, method: str, request: Any, *, write: bool, replica: bool = False,
+             deadline_s: float | None = None) -> Any:
+        """Send ``request`` to the leader (or, for a read with ``replica``, to a
+        replica first), following leader changes until the deadline."""
+        if replica and not write:
+            for addr in self.replicas():
+                try:
+                    return getattr(self.channels.stub(addr), method)(request, timeout=self.timeout)
+                except grpc.RpcError as exc:
+                    # A replica that is down, or too far behind to show the
+                    # read's sequence in time: try the next one, then the leader.
+                    if not retryable(exc, write=False) and _code(exc) != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise
+        budget = deadline_s if deadline_s is not None else (self.write_deadline if write else self.read_deadline)
+        deadline = time.monotonic() + budget
+        last = ""
+        while True:
+            try:
+                addr = self.leader_address or self.find_leader(deadline)
+            except ShardUnavailable as exc:
+                if last:
+                    raise ShardUnavailable(self.shard, f"{exc.detail}; last error {last}") from None
+                raise
+            try:
+                remaining = max(0.05, deadline - time.monotonic())
+                return getattr(self.channels.stub(addr), method)(request, timeout=min(self.timeout, remaining))
+            except grpc.RpcError as exc:
+                if not retryable(exc, write):
+                    raise
+                last = f"{addr}: {_code(exc).name}: {_details(exc)}"
+                if self.leader_address == addr:
+                    self.leader_address = ""
+                if time.monotonic() > deadline:
+                    raise ShardUnavailable(self.shard, last) from exc
+                time.sleep(0.02)

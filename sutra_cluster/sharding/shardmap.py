@@ -1,0 +1,195 @@
+"""The shard map: how many shards, which hash, which members, at which version.
+
+In etcd it is one JSON value at ``/<cluster>/shardmap``::
+
+    {"version": 1, "shards": 2, "hash": "jump-blake2b64",
+     "members": {"0": ["10.0.0.1:50051", ...], "1": [...]}}
+
+With etcd, ``members`` is only a seed list (it may be empty): each shard's live
+members and leader are the per-shard keys under ``/<cluster>/shards/<n>/``
+that the nodes publish themselves. Without etcd, ``SUTRA_SHARD_MAP`` holds the
+same JSON, or the short form ``0=host:port,host:port;1=host:port,...`` (shard
+count = number of shards listed, version 1), and ``members`` is then the whole
+truth: the leader is whichever member says so.
+
+``version`` exists so that a later change of the shard count can be made
+safely (a new map is published with a higher version, compared-and-swapped);
+resharding itself is not implemented.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sutra_cluster.errors import ConfigError
+from sutra_cluster.sharding.hashing import HASH_NAME, shard_for
+
+MAX_SHARDS = 4096
+
+
+def map_key(cluster: str) -> str:
+    return f"/{cluster}/shardmap"
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    shards: int
+    version: int = 1
+    hash: str = HASH_NAME
+    members: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.shards <= MAX_SHARDS:
+            problems.append(f"shards is {self.shards}, it must be 1..{MAX_SHARDS}")
+        if self.version < 1:
+            problems.append(f"version is {self.version}, it must be >= 1")
+        if self.hash != HASH_NAME:
+            problems.append(f"hash is {self.hash!r}; this version knows only {HASH_NAME!r}")
+        for s in self.members:
+            if not 0 <= s < self.shards:
+                problems.append(f"members names shard {s}, but there are {self.shards} shards (0..{self.shards - 1})")
+        if problems:
+            raise ConfigError("invalid shard map: " + "; ".join(problems))
+
+    def owner(self, concept_id: str) -> int:
+        return shard_for(concept_id, self.shards)
+
+    def members_of(self, shard: int) -> tuple[str, ...]:
+        return tuple(self.members.get(shard, ()))
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "version": self.version, "shards": self.shards, "hash": self.hash,
+            "members": {str(s): list(m) for s, m in sorted(self.members.items())},
+        }, sort_keys=True)
+
+    @staticmethod
+    def from_json(raw: str | bytes) -> ShardMap:
+        try:
+            d = json.loads(raw)
+            members = {int(s): tuple(str(a) for a in addrs) for s, addrs in (d.get("members") or {}).items()}
+            return ShardMap(shards=int(d["shards"]), version=int(d.get("version", 1)),
+                            hash=str(d.get("hash", HASH_NAME)), members=members)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"invalid shard map {raw!r}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def parse(text: str) -> ShardMap:
+        """JSON, or the short form ``0=host:port,host:port;1=host:port``."""
+        text = text.strip()
+        if text.startswith("{"):
+            return ShardMap.from_json(text)
+        members: dict[int, tuple[str, ...]] = {}
+        for part in text.split(";"):
+            part = part.strip()
+            if not part:
+                continue
+            shard, sep, addrs = part.partition("=")
+            if not sep or not shard.strip().isdigit():
+                raise ConfigError(f"invalid shard map entry {part!r}: expected <shard>=host:port,host:port")
+            s = int(shard)
+            if s in members:
+                raise ConfigError(f"invalid shard map: shard {s} is listed twice")
+            members[s] = tuple(_check_address(a.strip()) for a in addrs.split(",") if a.strip())
+            if not members[s]:
+                raise ConfigError(f"invalid shard map: shard {s} has no members")
+        if not members:
+            raise ConfigError("invalid shard map: empty")
+        n = max(members) + 1
+        if sorted(members) != list(range(n)):
+            raise ConfigError(f"invalid shard map: shards must be numbered 0..{n - 1} without gaps, got {sorted(members)}")
+        return ShardMap(shards=n, members=members)
+
+
+def _check_address(a: str) -> str:
+    host, sep, port = a.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"invalid shard map: {a!r} is not host:port")
+    return a
+
+
+def _etcd(endpoints: Sequence[str], cluster: str, timeout: float):  # type: ignore[no-untyped-def]
+    from sutra_cluster.failover.etcd import EtcdCoordinator
+
+    return EtcdCoordinator(list(endpoints), f"/{cluster}/", "shardmap", timeout=timeout)
+
+
+class MapReader:
+    """Reads the map from etcd over one connection, for processes that poll it."""
+
+    def __init__(self, endpoints: Sequence[str], cluster: str, timeout: float = 2.0) -> None:
+        self.key = map_key(cluster)
+        self._coord = _etcd(endpoints, cluster, timeout)
+
+    def read(self) -> ShardMap | None:
+        """The stored map, or None when there is none. Raises
+        CoordinatorUnavailable when etcd cannot be reached."""
+        value, _ = self._coord._call(lambda: self._coord.client.get(self.key))
+        return None if value is None else ShardMap.from_json(value)
+
+    def close(self) -> None:
+        self._coord.close()
+
+
+def load_from_etcd(endpoints: Sequence[str], cluster: str, timeout: float = 2.0) -> ShardMap | None:
+    """The map stored in etcd, or None when there is none.
+    Raises CoordinatorUnavailable when etcd cannot be reached."""
+    reader = MapReader(endpoints, cluster, timeout)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
+
+
+def publish(endpoints: Sequence[str], cluster: str, smap: ShardMap, timeout: float = 2.0) -> ShardMap:
+    """Store ``smap`` unless a map is there already; returns the stored map.
+
+    A map is never silently replaced: to change it, publish a higher version
+    with ``replace(expected_version=...)``."""
+    coord = _etcd(endpoints, cluster, timeout)
+    key = map_key(cluster)
+    try:
+        def txn() -> ShardMap:
+            t = coord.client.transactions
+            ok, resp = coord.client.transaction(
+                compare=[t.create(key) == 0], success=[t.put(key, smap.to_json())], failure=[t.get(key)])
+            if ok:
+                return smap
+            value = resp[0][0][0]
+            return ShardMap.from_json(value)
+
+        return coord._call(txn)
+    finally:
+        coord.close()
+
+
+def replace(endpoints: Sequence[str], cluster: str, smap: ShardMap, expected_version: int,
+            timeout: float = 2.0) -> bool:
+    """Compare-and-swap the map: only if the stored one has ``expected_version``
+    and ``smap.version`` is higher. The hook a future resharding builds on."""
+    if smap.version <= expected_version:
+        raise ConfigError(f"a new shard map needs a version above {expected_version}, got {smap.version}")
+    coord = _etcd(endpoints, cluster, timeout)
+    key = map_key(cluster)
+    try:
+        def txn() -> bool:
+            cur, _ = coord.client.get(key)
+            if cur is None or ShardMap.from_json(cur).version != expected_version:
+                return False
+            t = coord.client.transactions
+            ok, _ = coord.client.transaction(
+                compare=[t.value(key) == cur], success=[t.put(key, smap.to_json())], failure=[])
+            return bool(ok)
+
+        return coord._call(txn)
+    finally:
+        coord.close()
+
+
+def from_env(env: Mapping[str, str]) -> ShardMap | None:
+    """``SUTRA_SHARD_MAP`` (static map), or None."""
+    raw = env.get("SUTRA_SHARD_MAP", "").strip()
+    return ShardMap.parse(raw) if raw else None
