@@ -24,13 +24,21 @@ ROOT="${SUTRA_BACKUP_DIR:-/backup/sutra}"
 KEEP_DAYS="${SUTRA_BACKUP_RETENTION_DAYS:-30}"
 CLI="${SUTRA_CLI:-$(command -v sutra-cluster || echo /opt/sutra/venv/bin/sutra-cluster)}"
 
-dest="$ROOT/$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$ROOT"
-if ! "$CLI" backup --node "$NODE" --out "$dest/"; then
-  rm -rf -- "$dest"
+dest="$ROOT/$(date -u +%Y%m%d-%H%M%S)"
+n=1
+while [ -e "$dest" ]; do  # two runs in one second must not share (or delete) a folder
+  dest="$ROOT/$(date -u +%Y%m%d-%H%M%S)-$n"
+  n=$((n + 1))
+done
+# Work in a folder of this run's own; only a complete backup gets the final name.
+work="$dest.partial.$$"
+if ! "$CLI" backup --node "$NODE" --out "$work/"; then
+  rm -rf -- "$work"
   echo "backup FAILED: $NODE -> $dest" >&2
   exit 1
 fi
+mv -- "$work" "$dest"
 
 # Retention: delete backup folders (those holding a manifest) older than KEEP_DAYS days.
 find "$ROOT" -mindepth 1 -maxdepth 1 -type d -mtime +"$KEEP_DAYS" -exec test -f '{}/manifest.json' ';' -print0 |
