@@ -75,7 +75,8 @@ def _save(root: Path, procs: list[Proc]) -> None:
     os.replace(tmp, root / STATE_FILE)
 
 
-def _spawn(root: Path, name: str, role: str, port: int, metrics_port: int, env: dict[str, str]) -> Proc:
+def _spawn(root: Path, name: str, role: str, port: int, metrics_port: int, env: dict[str, str],
+           command: str = "serve") -> Proc:
     data = root / name
     data.mkdir(parents=True, exist_ok=True)
     log = root / f"{name}.log"
@@ -86,7 +87,7 @@ def _spawn(root: Path, name: str, role: str, port: int, metrics_port: int, env: 
     })
     full.update(env)
     with open(log, "ab") as out:
-        p = subprocess.Popen([sys.executable, "-m", "sutra_cluster", "serve"], env=full, stdout=out,
+        p = subprocess.Popen([sys.executable, "-m", "sutra_cluster", command], env=full, stdout=out,
                              stderr=subprocess.STDOUT, start_new_session=True)
     return Proc(name, role, p.pid, port, metrics_port, str(data), str(log))
 
@@ -200,6 +201,15 @@ def up(root: Path, dim: int = 768, base_port: int = 50051, nodes: int = 3, commi
         _wait_healthy(p)
     wait_leader(endpoint)
     _wait_streaming([f"127.0.0.1:{p}" for p in ports])
+    rport = _pick_port(base_port - 1)
+    while rport in ports:
+        rport = _pick_port(0)
+    router = _spawn(root, "router", "router", rport, 0,
+                    {"SUTRA_ETCD_ENDPOINTS": endpoint, "SUTRA_SHARDS": "1", "SUTRA_ROUTER_PORT": str(rport),
+                     "VECTOR_DIMENSION": str(dim), "SUTRA_NODE_ID": "router"}, command="router")
+    procs.append(router)
+    _save(root, procs)
+    _wait_healthy(router)
     return procs
 
 
@@ -228,7 +238,7 @@ def kill_leader(root: Path) -> tuple[str, str, float]:
     etcd = next(p for p in procs if p.role == "etcd")
     endpoint = f"127.0.0.1:{etcd.port}"
     old = wait_leader(endpoint)
-    victim = next(p for p in procs if p.role != "etcd" and f"127.0.0.1:{p.port}" == old)
+    victim = next(p for p in procs if p.role not in ("etcd", "router") and f"127.0.0.1:{p.port}" == old)
     dim = int(json.loads((root / "settings.json").read_text())["dim"]) if (root / "settings.json").exists() else 768
     os.kill(victim.pid, signal.SIGKILL)
     t0 = time.monotonic()
@@ -249,7 +259,8 @@ def kill_leader(root: Path) -> tuple[str, str, float]:
 def down(root: Path, timeout: float = 30.0) -> int:
     procs = _load(root)
     # Nodes first (the leader releases its key), etcd last.
-    procs = [p for p in procs if p.role != "etcd"] + [p for p in procs if p.role == "etcd"]
+    procs = ([p for p in procs if p.role == "router"] + [p for p in procs if p.role not in ("etcd", "router")]
+             + [p for p in procs if p.role == "etcd"])
     for p in procs:
         if _alive(p.pid):
             os.kill(p.pid, signal.SIGTERM)
@@ -269,20 +280,25 @@ def print_table(procs: list[Proc], sequence: int | None) -> None:
     etcd = next(p for p in procs if p.role == "etcd")
     endpoint = f"127.0.0.1:{etcd.port}"
     leader = wait_leader(endpoint)
-    nodes = [p for p in procs if p.role != "etcd"]
-    print(f"etcd      http://{endpoint}   (data {etcd.data})\n")
+    nodes = [p for p in procs if p.role not in ("etcd", "router")]
+    router = next((p for p in procs if p.role == "router"), None)
+    print(f"etcd      http://{endpoint}   (data {etcd.data})")
+    if router is not None:
+        print(f"router    127.0.0.1:{router.port}   (the whole cluster as one StorageService)")
+    print()
     print_status([f"127.0.0.1:{p.port}" for p in nodes])
     print(f"\n{'NODE':<10} {'PID':>7} {'GRPC':<18} {'PROMETHEUS METRICS':<34} DATA")
     for p in nodes:
         print(f"{p.name:<10} {p.pid:>7} 127.0.0.1:{p.port:<8} http://127.0.0.1:{p.metrics_port}/metrics  {p.data}")
+    entry = f"127.0.0.1:{router.port}" if router is not None else leader
     if sequence is not None:
         print(f"\nSample data written through the leader (sequence {sequence}). Try:")
-    print(f"  grpcurl -plaintext {leader} list")
-    print(f"  grpcurl -plaintext {leader} sutra.storage.StorageService/GetStats")
-    print(f"  grpcurl -plaintext -d '{{\"concept_id\": \"water\"}}' {leader} sutra.storage.StorageService/QueryConcept")
-    print(f"  grpcurl -plaintext -d '{{\"start_id\": \"heat\", \"end_id\": \"water\"}}' {leader} "
+    print(f"  grpcurl -plaintext {entry} list")
+    print(f"  grpcurl -plaintext {entry} sutra.storage.StorageService/GetStats")
+    print(f"  grpcurl -plaintext -d '{{\"concept_id\": \"water\"}}' {entry} sutra.storage.StorageService/QueryConcept")
+    print(f"  grpcurl -plaintext -d '{{\"start_id\": \"heat\", \"end_id\": \"water\"}}' {entry} "
           "sutra.storage.StorageService/FindPath")
-    print(f"  grpcurl -plaintext {leader} sutra.replication.ReplicationService/GetReplicationStatus")
+    print(f"  grpcurl -plaintext {leader} sutra.replication.ReplicationService/GetReplicationStatus   # the leader")
     print(f"  .venv/bin/sutra-cluster status --etcd {endpoint}")
     print("  .venv/bin/sutra-cluster local kill-leader    # watch a failover")
     targets = ", ".join(f"'127.0.0.1:{p.metrics_port}'" for p in nodes)
