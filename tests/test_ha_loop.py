@@ -58,6 +58,10 @@ class Clock:
 class FakeWal:
     durable_lsn: int = 0
 
+    @property
+    def last_lsn(self) -> int:
+        return self.durable_lsn
+
 
 @dataclass
 class FakeTerms:
@@ -73,6 +77,7 @@ class FakeEngine:
     write_failure: str | None = None
     paused: list[str] = field(default_factory=list)
     resumed: int = 0
+    inflight: int = 0
 
     def pause_writes(self, reason: str) -> None:
         self.paused.append(reason)
@@ -506,7 +511,8 @@ def test_leader_cut_from_the_store_demotes_only_at_its_lease_deadline(sim: Sim) 
     assert sim["n1"].tick() is None
     assert sim["n1"].m.calls[len(calls_before):] == ["demote"]
     assert sim["n1"].m.engine.role == "replica" and sim["n1"].loop.key is None
-    sim["n1"].fence()  # a replica acknowledges nothing; the fence has nothing to refuse
+    with pytest.raises(Unavailable, match="stopped leading"):
+        sim["n1"].fence()  # a write logged while it led is not acknowledged once it stopped leading
     # It stepped down while its lease was still valid in the store: margin kept.
     assert sim.clock.t < renewed_at + TTL
     # The store comes back before the lease ran out: the key names a non-leader, so it revokes it.

@@ -366,7 +366,9 @@ def test_stale_old_leader_is_rejected(tmp_path: Path) -> None:
         with SutraClient(old.address, timeout=10, retry_deadline=0) as cl:
             with pytest.raises(grpc.RpcError) as err:
                 cl.learn_batch([Concept("stale-2", "x")])
-            assert rpc_code(err.value) == grpc.StatusCode.FAILED_PRECONDITION, err.value
+            # It no longer leads and does not know who does: a retryable refusal.
+            assert rpc_code(err.value) == grpc.StatusCode.UNAVAILABLE, err.value
+            assert "no leader is known" in err.value.details()
         after = _state(r2)
         assert after == before, (before, after)
         with r2.client() as rc:
