@@ -14,13 +14,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster import tlsutil
+from sutra_cluster.api.storage_service import StorageServicer
+from sutra_cluster.api.storage_service import add_to_server as add_storage_service
 from sutra_cluster.config import Config
 from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
 from sutra_cluster.failover.loop import HaLoop
 from sutra_cluster.metrics import NodeMetrics
-from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2, storage_pb2_grpc
+from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2
 from sutra_cluster.replication.manager import LagCollector, ReplicationManager
 from sutra_cluster.replication.service import ReplicationServicer
 from sutra_cluster.storage.engine import Engine
@@ -84,8 +85,7 @@ class Node:
         )
         self.replication = ReplicationManager(self.engine, cfg)
         self.metrics.registry.register(LagCollector(self.replication))
-        storage_pb2_grpc.add_StorageServiceServicer_to_server(
-            StorageServicer(self.engine, health=self._health), self.server)
+        add_storage_service(StorageServicer(self.engine, health=self._health), self.server)
         replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
             ReplicationServicer(self.replication), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

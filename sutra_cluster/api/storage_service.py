@@ -18,6 +18,31 @@ from sutra_cluster.storage.engine import Engine
 
 log = logging.getLogger(__name__)
 
+# A LearnBatch request parsed as a WalBatch, with the bytes it arrived in.
+RawBatch = tuple[wal_pb2.WalBatch, bytes]
+
+
+def parse_raw_batch(raw: bytes) -> RawBatch:
+    return wal_pb2.WalBatch.FromString(raw), raw
+
+
+def add_to_server(servicer: StorageServicer, server: grpc.Server) -> None:
+    """Register the servicer like the generated helper does, except that
+    LearnBatch and LearnStream keep their request bytes (see _log_batch)."""
+    service = pb.DESCRIPTOR.services_by_name["StorageService"]
+    handlers = {}
+    for m in service.methods:
+        req_cls = getattr(pb, m.input_type.name)
+        resp_cls = getattr(pb, m.output_type.name)
+        deser = parse_raw_batch if m.name in ("LearnBatch", "LearnStream") else req_cls.FromString
+        kind = {(False, False): grpc.unary_unary_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler}[(m.client_streaming, m.server_streaming)]
+        handlers[m.name] = kind(getattr(servicer, m.name), request_deserializer=deser,
+                                response_serializer=resp_cls.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
 
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def __init__(self, engine: Engine, health: Callable[[], tuple[bool, str]] | None = None) -> None:
@@ -58,37 +83,42 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         batch = wal_pb2.WalBatch(request_id=request.request_id, delete_concept_ids=[request.concept_id])
         return pb.DeleteConceptResponse(sequence=self.engine.submit(batch))
 
-    def _log_batch(self, request: pb.LearnBatchRequest) -> int:
-        model.check_batch(request, self.limits)
-        self.guard.check_batch(request)
+    def _log_batch(self, request: RawBatch | pb.LearnBatchRequest) -> tuple[int, wal_pb2.WalBatch]:
+        # The server parses LearnBatch straight into a WalBatch (same field
+        # numbers) and keeps the bytes it came in: unless validation had to
+        # convert float lists, those bytes are logged and streamed as they are.
+        if isinstance(request, tuple):
+            batch, raw = request
+        else:
+            batch, raw = wal_pb2.WalBatch.FromString(request.SerializeToString()), None
+        converted = model.check_batch(batch, self.limits)
+        self.guard.check_batch(batch)
         self.engine.check_writable()
-        # Same field numbers: the request's bytes are a valid WalBatch payload.
-        batch = wal_pb2.WalBatch.FromString(request.SerializeToString())
-        return self.engine.submit(batch)
+        return self.engine.submit(batch, raw=None if converted else raw), batch
 
     @grpc_errors
-    def LearnBatch(self, request: pb.LearnBatchRequest, context: grpc.ServicerContext) -> pb.LearnBatchResponse:
-        lsn = self._log_batch(request)
+    def LearnBatch(self, request: RawBatch | pb.LearnBatchRequest, context: grpc.ServicerContext) -> pb.LearnBatchResponse:
+        lsn, batch = self._log_batch(request)
         return pb.LearnBatchResponse(
-            sequence=lsn, concepts=len(request.concepts), associations=len(request.associations),
-            deletes=len(request.delete_concept_ids),
+            sequence=lsn, concepts=len(batch.concepts), associations=len(batch.associations),
+            deletes=len(batch.delete_concept_ids),
         )
 
     @grpc_errors
     def LearnStream(
-        self, request_iterator: Iterator[pb.LearnBatchRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[RawBatch | pb.LearnBatchRequest], context: grpc.ServicerContext
     ) -> pb.LearnStreamResponse:
         out = pb.LearnStreamResponse()
         for i, request in enumerate(request_iterator):
             try:
-                out.sequence = self._log_batch(request)
+                out.sequence, batch = self._log_batch(request)
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     f"stream message {i}: {exc} (messages before it are durable up to sequence {out.sequence})"
                 ) from exc
             out.batches += 1
-            out.concepts += len(request.concepts)
-            out.associations += len(request.associations)
+            out.concepts += len(batch.concepts)
+            out.associations += len(batch.associations)
         return out
 
     def _size(self, request: object) -> None:

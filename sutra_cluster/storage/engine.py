@@ -23,9 +23,9 @@ from sutra_cluster.config import Config
 from sutra_cluster.errors import DeadlineExceeded, FailedPrecondition, StorageFailure, Unavailable
 from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
+from sutra_cluster.replication.recent import Entry, RecentLog
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.model import Limits, batch_items
-from sutra_cluster.replication.recent import Entry, RecentLog
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, iter_vectors
 from sutra_cluster.storage.terms import TermHistory
 from sutra_cluster.storage.vectors import VectorIndex
@@ -228,7 +228,7 @@ class Engine:
         dropped_items = 0
         with self._append_lock:
             while self._unapplied:
-                lsn, batch, n = self._unapplied[0]
+                lsn, _, n = self._unapplied[0]
                 if limit is not None and lsn > limit:
                     break
                 try:
@@ -293,18 +293,20 @@ class Engine:
         with self._append_lock:
             self.write_pause = None
 
-    def submit(self, batch: wal_pb2.WalBatch) -> int:
+    def submit(self, batch: wal_pb2.WalBatch, raw: bytes | None = None) -> int:
         """Log a validated batch and return its LSN once it is committed.
 
         Raises FailedPrecondition on a replica, Unavailable when the write could
         not be made durable (it is then not acknowledged and may be retried).
+        ``raw``, when given, is ``batch`` as serialized bytes: it is logged as it
+        is, with the timestamp field appended (protobuf keeps the last value).
         """
         t0 = time.perf_counter()
         self.check_writable()
         with self._append_lock:
             self.inflight += 1
         try:
-            return self._submit(batch, t0)
+            return self._submit(batch, t0, raw)
         finally:
             with self._append_lock:
                 self.inflight -= 1
@@ -315,10 +317,11 @@ class Engine:
             if len(self.request_ids) > REQUEST_IDS_KEPT:
                 self.request_ids.popitem(last=False)
 
-    def _submit(self, batch: wal_pb2.WalBatch, t0: float) -> int:
+    def _submit(self, batch: wal_pb2.WalBatch, t0: float, raw: bytes | None) -> int:
         rid = batch.request_id
-        batch.timestamp_us = time.time_ns() // 1000
-        payload = batch.SerializeToString()
+        ts = time.time_ns() // 1000
+        batch.timestamp_us = ts
+        payload = raw + wal_pb2.WalBatch(timestamp_us=ts).SerializeToString() if raw else batch.SerializeToString()
         items = batch_items(batch)
         with self._append_lock:
             self.check_writable()

@@ -129,19 +129,22 @@ def check_association(req: storage_pb2.LearnAssociationRequest, prefix: str = ""
     _check_unit(f"{prefix}confidence", req.confidence)
 
 
-def normalise_embeddings(concepts: object, dim: int, prefix: str = "concepts") -> None:
+def normalise_embeddings(concepts: object, dim: int, prefix: str = "concepts") -> bool:
     """Validate every concept's vector and move it to ``embedding_f32`` in place.
 
     The fast path (all float32 bytes) is checked with one numpy pass over the
     joined bytes; only concepts sent with a float list are converted one by one.
+    Returns True when it converted any (the request's bytes then changed).
     """
     raws: list[bytes] = []
+    converted = False
     for i, c in enumerate(concepts):  # type: ignore[attr-defined]
         if c.embedding:
             vec = vector_from_request(f"{prefix}[{i}].embedding", c.embedding, c.embedding_f32, dim)
             assert vec is not None
             c.embedding_f32 = vec.astype("<f4").tobytes()
             del c.embedding[:]
+            converted = True
         elif c.embedding_f32:
             if len(c.embedding_f32) != 4 * dim:
                 raise InvalidArgument(
@@ -151,14 +154,16 @@ def normalise_embeddings(concepts: object, dim: int, prefix: str = "concepts") -
     if raws:
         mat = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(raws), dim)
         _check_vectors(f"{prefix} embedding", mat)
+    return converted
 
 
 def batch_items(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch) -> int:
     return len(batch.concepts) + len(batch.associations) + len(batch.delete_concept_ids)
 
 
-def check_batch(batch: storage_pb2.LearnBatchRequest, limits: Limits) -> None:
-    """Validate a whole batch; it is accepted entirely or not at all."""
+def check_batch(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch, limits: Limits) -> bool:
+    """Validate a whole batch; it is accepted entirely or not at all. Returns
+    True when float-list embeddings were converted to float32 bytes in place."""
     size = batch.ByteSize()
     if size > limits.max_message_bytes:
         raise InvalidArgument(
@@ -175,7 +180,7 @@ def check_batch(batch: storage_pb2.LearnBatchRequest, limits: Limits) -> None:
         check_association(a, f"associations[{i}].")
     for i, cid in enumerate(batch.delete_concept_ids):
         check_id(f"delete_concept_ids[{i}]", cid)
-    normalise_embeddings(batch.concepts, limits.dimension)
+    return normalise_embeddings(batch.concepts, limits.dimension)
 
 
 def check_k(k: int) -> None:

@@ -13,6 +13,7 @@ import struct
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,8 +22,9 @@ from sutra_cluster.pb import wal_pb2
 EdgeKey = tuple[str, int]  # (other concept id, assoc_type)
 
 
-@dataclass(frozen=True, slots=True)
-class Concept:
+class Concept(NamedTuple):
+    """Immutable once built (a tuple: cheap to make on the apply path)."""
+
     content: str
     strength: float
     confidence: float
@@ -52,18 +54,20 @@ class GraphState:
     def apply_batch(self, batch: wal_pb2.WalBatch, vec: ApplyResult) -> None:
         """Apply a logged batch: concepts, then associations, then deletes."""
         ts = batch.timestamp_us
+        concepts = self.concepts
+        upserts, removes = vec.upserts, vec.removes
         for c in batch.concepts:
-            old = self.concepts.get(c.concept_id)
-            self.concepts[c.concept_id] = Concept(
-                c.content, c.strength, c.confidence, dict(c.attributes), c.embedding_f32,
-                old.created_us if old else ts, ts,
-            )
-            if c.embedding_f32:
-                vec.upserts[c.concept_id] = c.embedding_f32
-                vec.removes.discard(c.concept_id)
+            # Each protobuf field read copies: read every one once.
+            cid, emb, attrs = c.concept_id, c.embedding_f32, c.attributes
+            old = concepts.get(cid)
+            concepts[cid] = Concept(c.content, c.strength, c.confidence, dict(attrs) if attrs else {}, emb,
+                                    old.created_us if old is not None else ts, ts)
+            if emb:
+                upserts[cid] = emb
+                removes.discard(cid)
             elif old is not None and old.embedding:
-                vec.upserts.pop(c.concept_id, None)
-                vec.removes.add(c.concept_id)
+                upserts.pop(cid, None)
+                removes.add(cid)
         for a in batch.associations:
             self.add_edge(a.source_id, a.target_id, a.assoc_type, a.confidence)
         for cid in batch.delete_concept_ids:

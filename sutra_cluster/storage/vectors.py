@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -246,10 +247,12 @@ class VectorIndex:
         for key in keys:
             if not isinstance(key, str):
                 raise TypeError(f"keys must be str, got {type(key).__name__}")
-        x64 = x.astype(np.float64)  # float64: squares of large float32 would overflow
-        finite = np.isfinite(x64).all(axis=1)
+        finite = np.isfinite(x).all(axis=1)
         if not finite.all():
             raise ValueError(f"vector for {keys[int(np.argmin(finite))]!r} has NaN/inf")
+        # float64: squares of large float32 would overflow, and exact rounding
+        # keeps vectors of one direction at exactly equal similarity (stable ties).
+        x64 = x.astype(np.float64)
         norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
         if not (norms > 0).all():
             bad = keys[int(np.argmin(norms > 0))]
@@ -613,6 +616,11 @@ class VectorIndex:
 
     def _run(self) -> None:
         faiss.omp_set_num_threads(self._index_threads)  # this thread only
+        try:
+            # Indexing trails the writes: let acknowledgements win the CPU (nice +10, this thread only).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         while True:
             with self._cv:
                 while not self._stop and self._work_locked(auto=True) is None:
