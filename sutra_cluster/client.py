@@ -57,7 +57,10 @@ def _f32(vec: np.ndarray) -> bytes:
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    # CANCELLED too: a node shutting down may cancel calls in flight; every write
+    # carries a request id, so a retry applies once.
+    return isinstance(exc, grpc.RpcError) and exc.code() in (  # type: ignore[attr-defined]
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 class SutraClient:
@@ -265,7 +268,8 @@ class ClusterClient:
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
                 if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
-                                grpc.StatusCode.DEADLINE_EXCEEDED) or time.monotonic() > deadline:
+                                grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED) \
+                        or time.monotonic() > deadline:
                     raise
                 if code == grpc.StatusCode.FAILED_PRECONDITION and "replica" not in (exc.details() or ""):  # type: ignore[attr-defined]
                     raise

@@ -29,6 +29,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class GiveUp(AssertionError):
+    """Raised by a condition to end ``wait_for`` at once (say, the process died)."""
+
+
 def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
     """Poll ``cond`` until it returns a truthy value; fail naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
@@ -38,6 +42,8 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float =
             value = cond()
             if value:
                 return value
+        except GiveUp:
+            raise
         except Exception as exc:  # the condition may fail while a process starts
             last_exc = exc
         if time.monotonic() > deadline:
@@ -89,7 +95,7 @@ class NodeProcess:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"node exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+                raise GiveUp(f"node exited with {self.proc.returncode}; log:\n{self.log_tail()}")
             with SutraClient(self.address, timeout=1.0) as c:
                 return bool(c.health().healthy)
 

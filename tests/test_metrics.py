@@ -105,6 +105,9 @@ def test_metrics_endpoint_has_sane_values_and_passes_promtool(
     assert 0 < wal < 1 << 20, wal
     check_histogram(by, "sutra_write_latency_seconds", at_least=write_rpcs)
     check_histogram(by, "sutra_wal_fsync_duration_seconds", at_least=1)
+    # Every logged record went through some group commit.
+    assert value(by, "sutra_wal_group_commit_records_sum") == stats.durable_lsn
+    assert value(by, "sutra_vector_index_pending") >= 0
     assert value(by, "sutra_writes_total") == concepts + 2  # items: 9 concepts + 2 associations
 
     lint = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True,

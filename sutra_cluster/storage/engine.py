@@ -125,10 +125,15 @@ class Engine:
             on_dropped=self._on_dropped, start_lsn=start_lsn,
         )
         wal.on_fsync = self._on_fsync
+        self._last_durable = wal.durable_lsn
         wal.add_durable_listener(self._on_durable)
         return wal
 
     def _on_durable(self, lsn: int) -> None:
+        group = lsn - self._last_durable
+        if group > 0:
+            self.metrics.group_size.observe(group)  # records made durable by one fsync
+        self._last_durable = lsn
         for fn in self.durable_listeners:
             fn(lsn)
 
@@ -594,6 +599,8 @@ class Engine:
             "sutra_concepts": ("Concepts visible to reads", len(self.state.concepts)),
             "sutra_edges": ("Associations visible to reads", self.state.edges),
             "sutra_vectors": ("Vectors in the search index", len(self.vectors)),
+            "sutra_vector_index_pending": ("Vectors not yet in the ANN index (searched exactly meanwhile)",
+                                           self.vectors.stats().get("pending", 0)),
             "sutra_pending_writes": ("Acknowledged writes not yet visible to reads", max(0, self.pending_items)),
             "sutra_wal_size_bytes": ("Bytes in all WAL segments", self.wal.total_bytes()),
             "sutra_wal_active_size_bytes": ("Bytes in wal.log, the active segment", self.wal.active_bytes()),
