@@ -102,12 +102,19 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--rate", type=int, default=10_000)
+    p.add_argument("--ann-threshold", type=int, default=0,
+                   help="SUTRA_ANN_THRESHOLD for the nodes (0: their default); a large value keeps HNSW "
+                        "indexing, which every node does, out of the measurement")
     p.add_argument("--out", default="bench/results/replication.json")
     a = p.parse_args()
     tc.DIM = DIM
-    results: dict[str, object] = {"seconds": a.seconds, "threads": a.threads, "batch": a.batch}
+    results: dict[str, object] = {"seconds": a.seconds, "threads": a.threads, "batch": a.batch,
+                                  "ann_threshold": a.ann_threshold or "default"}
+    node_env = {"MEMORY_THRESHOLD": "10000000"}
+    if a.ann_threshold:
+        node_env["SUTRA_ANN_THRESHOLD"] = str(a.ann_threshold)
     with tempfile.TemporaryDirectory() as tmp:
-        single = NodeProcess(Path(tmp) / "single", env={"VECTOR_DIMENSION": str(DIM), "MEMORY_THRESHOLD": "10000000"},
+        single = NodeProcess(Path(tmp) / "single", env={"VECTOR_DIMENSION": str(DIM), **node_env},
                              log_path=Path(tmp) / "single.log")
         try:
             single.start()
@@ -115,8 +122,7 @@ def main() -> int:
         finally:
             single.stop()
         for mode in ("async", "sync"):
-            with tc.running_cluster(Path(tmp) / mode, replicas=2, mode=mode,
-                                    env={"MEMORY_THRESHOLD": "10000000"}) as c:
+            with tc.running_cluster(Path(tmp) / mode, replicas=2, mode=mode, env=node_env) as c:
                 tc.wait_streaming(c.leader, ["r1", "r2"])
                 results[f"{mode}_per_s"] = ingest(c.leader.address, a.seconds, a.threads, a.batch)
                 if mode == "async":
