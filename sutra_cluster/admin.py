@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import grpc
 
 from sutra_cluster.pb import replication_pb2 as rpb
-from sutra_cluster.tlsutil import env_channel
 from sutra_cluster.pb import replication_pb2_grpc
+from sutra_cluster.tlsutil import env_channel
 
 
 def _stub(address: str) -> tuple[grpc.Channel, replication_pb2_grpc.ReplicationServiceStub]:

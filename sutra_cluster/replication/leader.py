@@ -170,7 +170,7 @@ class LeaderStreams:
             # (an idle leader's replicas are streaming, not forever in catch-up).
             f.state = "streaming"
             with self._data:
-                self._data.wait_for(lambda: eng.wal.durable_lsn > pos or not f.connected, HEARTBEAT_S / 2)
+                self._data.wait_for(lambda sent=pos: eng.wal.durable_lsn > sent or not f.connected, HEARTBEAT_S / 2)
             if time.monotonic() - last_send >= HEARTBEAT_S:
                 yield self._heartbeat(head)
                 last_hb = last_send = time.monotonic()

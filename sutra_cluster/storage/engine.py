@@ -209,7 +209,7 @@ class Engine:
         vec = ApplyResult({}, set())
         items = 0
         with self._lock:
-            for lsn, batch, n in entries:
+            for _lsn, batch, n in entries:
                 if batch is not None:
                     self.state.apply_batch(batch, vec)
                 items += n
