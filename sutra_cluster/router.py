@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -49,6 +48,7 @@ from sutra_cluster.config import _parse_addresses, _Reader
 from sutra_cluster.errors import ConfigError, InvalidArgument
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
+from sutra_cluster.server import wait_for_signal
 from sutra_cluster.sharding import shardmap
 from sutra_cluster.sharding.core import ShardSet
 from sutra_cluster.sharding.shardmap import ShardMap
@@ -353,16 +353,7 @@ def serve(cfg: RouterConfig) -> int:
     """Run a router until SIGTERM or SIGINT; returns the exit status."""
     setup_logging(cfg.log_level)
     router = Router(cfg)
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     router.start()
-    while not done.wait(1.0):
-        pass
+    wait_for_signal()
     router.stop()
     return 0

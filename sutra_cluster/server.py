@@ -164,6 +164,14 @@ def serve(cfg: Config) -> int:
     ctx = setup_logging(cfg)
     node = Node(cfg)
     ctx.engine = node.engine
+    node.start()
+    wait_for_signal()
+    node.stop()
+    return 0
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT (the process's graceful stop)."""
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -172,8 +180,5 @@ def serve(cfg: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    node.start()
     while not done.wait(1.0):
         pass
-    node.stop()
-    return 0
