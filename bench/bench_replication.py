@@ -105,6 +105,7 @@ def main() -> int:
     p.add_argument("--ann-threshold", type=int, default=0,
                    help="SUTRA_ANN_THRESHOLD for the nodes (0: their default); a large value keeps HNSW "
                         "indexing, which every node does, out of the measurement")
+    p.add_argument("--index-yield", type=float, default=-1.0, help="SUTRA_INDEX_YIELD for the nodes (default: theirs)")
     p.add_argument("--out", default="bench/results/replication.json")
     a = p.parse_args()
     tc.DIM = DIM
@@ -113,6 +114,9 @@ def main() -> int:
     node_env = {"MEMORY_THRESHOLD": "10000000"}
     if a.ann_threshold:
         node_env["SUTRA_ANN_THRESHOLD"] = str(a.ann_threshold)
+    if a.index_yield >= 0:
+        node_env["SUTRA_INDEX_YIELD"] = str(a.index_yield)
+        results["index_yield"] = a.index_yield
     with tempfile.TemporaryDirectory() as tmp:
         single = NodeProcess(Path(tmp) / "single", env={"VECTOR_DIMENSION": str(DIM), **node_env},
                              log_path=Path(tmp) / "single.log")

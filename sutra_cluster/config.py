@@ -34,6 +34,7 @@ class Config:
     wal_fsync: bool = True  # SUTRA_WAL_FSYNC on|off
     wal_segment_bytes: int = 64 << 20  # SUTRA_WAL_SEGMENT_BYTES
     ann_threshold: int = 10_000  # SUTRA_ANN_THRESHOLD: exact search up to this many vectors
+    index_yield: float = 1.0  # SUTRA_INDEX_YIELD: HNSW indexing rests this many times its work while writes flow
     max_batch: int = 10_000  # SUTRA_MAX_BATCH: concepts + associations + deletes per batch
     max_message_bytes: int = 64 << 20  # SUTRA_MAX_MESSAGE_BYTES
     read_wait_ms: int = 5_000  # SUTRA_READ_WAIT_MS: longest wait for a read's `sequence`
@@ -177,6 +178,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         wal_fsync=r.flag("SUTRA_WAL_FSYNC", True),
         wal_segment_bytes=r.integer("SUTRA_WAL_SEGMENT_BYTES", 64 << 20, 1 << 16, 1 << 34),
         ann_threshold=r.integer("SUTRA_ANN_THRESHOLD", 10_000, 0, 1 << 40),
+        index_yield=r.get("SUTRA_INDEX_YIELD", 1.0, float, lambda v: None if 0 <= v <= 100 else "must be 0..100"),
         max_batch=r.integer("SUTRA_MAX_BATCH", 10_000, 1, 1_000_000),
         max_message_bytes=r.integer("SUTRA_MAX_MESSAGE_BYTES", 64 << 20, 1 << 20, 1 << 30),
         read_wait_ms=r.integer("SUTRA_READ_WAIT_MS", 5_000, 0, 600_000),

@@ -49,7 +49,7 @@ class Engine:
         self.metrics = metrics or NodeMetrics()
         self.limits = Limits(cfg.vector_dimension, cfg.max_batch, cfg.max_message_bytes)
         self.state = GraphState()
-        self.vectors = VectorIndex(cfg.vector_dimension, exact_limit=cfg.ann_threshold)
+        self.vectors = VectorIndex(cfg.vector_dimension, exact_limit=cfg.ann_threshold, index_yield=cfg.index_yield)
         self._lock = threading.RLock()  # guards state, vectors' consistency with applied_lsn
         self._applied = threading.Condition(self._lock)
         self._append_lock = threading.Lock()

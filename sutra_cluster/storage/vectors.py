@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import faiss
@@ -44,6 +45,7 @@ DEFAULT_EF_CONSTRUCTION = 64
 # (~4K qps per thread).  Gaussian data needs ef ~1000 for 0.95: see tests.
 DEFAULT_EF_SEARCH = 96
 
+_BUSY_WINDOW_S = 0.25  # an upsert this recent means writes are flowing
 _CHUNK_ROWS = 4096  # rows per storage chunk: growth never copies old rows
 _COMPACT_FRACTION = 0.25  # compact the flat store past this tombstone share
 _COMPACT_MIN_DEAD = 1024  # ...but never for a handful of rows
@@ -188,6 +190,7 @@ class VectorIndex:
         index_batch: int = 64,
         search_threads: int = 1,
         index_threads: int = 1,
+        index_yield: float = 1.0,
     ) -> None:
         """Create an empty index.
 
@@ -199,6 +202,10 @@ class VectorIndex:
         search call and for the maintainer: one query gains nothing from
         more (faiss parallelises across queries), and on a small box the
         maintainer should leave cores to request threads.
+        ``index_yield``: while vectors keep arriving, the maintainer rests
+        ``index_yield`` times as long as each step took (1.0: at most half a
+        core), so writes and replication keep the CPU; search stays correct
+        meanwhile by scanning the unindexed tail exactly. 0 disables it.
         """
         if dim <= 0 or exact_limit < 0 or hnsw_m <= 0 or index_batch <= 0:
             raise ValueError("dim, hnsw_m and index_batch must be positive, exact_limit >= 0")
@@ -210,6 +217,8 @@ class VectorIndex:
         self._batch = index_batch
         self._search_threads = max(1, search_threads)
         self._index_threads = max(1, index_threads)
+        self._index_yield = max(0.0, index_yield)
+        self._last_upsert = 0.0
         # Start indexing before exact_limit so the graph is (nearly) ready
         # when search switches to it; below the limit it costs only CPU.
         self._ann_start = exact_limit // 2
@@ -348,6 +357,7 @@ class VectorIndex:
             keys = [keys[i] for i in idx]
             orig, norm = orig[idx], norm[idx]
         with self._cv:
+            self._last_upsert = time.monotonic()
             for key in keys:
                 row = self._row_of.get(key)
                 if row is not None:
@@ -628,8 +638,14 @@ class VectorIndex:
                 if self._stop:
                     return
             try:
+                t0 = time.monotonic()
                 with self._maint_lock:
                     self._step(auto=True, budget=self._batch)
+                took = time.monotonic() - t0
+                if self._index_yield and time.monotonic() - self._last_upsert < _BUSY_WINDOW_S:
+                    with self._cv:  # writes are flowing: give them the CPU for a while
+                        if not self._stop:
+                            self._cv.wait(timeout=took * self._index_yield)
             except Exception:  # keep the thread alive; search stays exact-correct meanwhile
                 logger.exception("vector index maintainer step failed; retrying in 1 s")
                 with self._cv:
