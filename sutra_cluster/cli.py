@@ -146,6 +146,19 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    from sutra_cluster import bulkload
+
+    try:
+        out = bulkload.load(args.node, args.file, args.batch, show_progress=not args.quiet)
+    except (OSError, ValueError) as exc:
+        print(f"sutra-cluster load: {exc}", file=sys.stderr)
+        return 1
+    print(f"loaded {out.concepts} concepts and {out.associations} associations in {out.batches} batches; "
+          f"durable up to sequence {out.sequence}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sutra-cluster", description="Sutra Cluster storage nodes and tools")
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--shards", type=int, default=0,
                     help="shard count to publish in etcd when it has no shard map yet (default SUTRA_SHARDS)")
     ro.set_defaults(func=_router)
+    ld = sub.add_parser("load", help="bulk-load a JSON-lines file through one stream, with a progress bar")
+    ld.add_argument("--node", required=True, help="host:port of the leader (or a router)")
+    ld.add_argument("--file", required=True)
+    ld.add_argument("--batch", type=int, default=500, help="items per streamed batch")
+    ld.add_argument("--quiet", action="store_true", help="no progress bar")
+    ld.set_defaults(func=_load)
     lc = sub.add_parser("local", help="run the embedded default cluster on this machine")
     lc.add_argument("action", choices=["up", "down", "kill-leader"])
     lc.add_argument("--commit-mode", default="sync", choices=["sync", "async"])

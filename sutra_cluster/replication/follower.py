@@ -186,7 +186,7 @@ class FollowerLoop:
         eng = self.engine
         self.state = "snapshot"
         tmp = eng.dir / INCOMING
-        t0 = time.monotonic()
+        t0 = shown = time.monotonic()
         size = 0
         with open(tmp, "wb", buffering=1 << 20) as f:
             for block in stub.GetSnapshot(rpb.SnapshotRequest(node_id=self.cfg.node_id)):
@@ -194,6 +194,10 @@ class FollowerLoop:
                     return
                 f.write(block.data)
                 size += len(block.data)
+                if time.monotonic() - shown >= 2.0:  # progress for long bootstraps
+                    shown = time.monotonic()
+                    log.info("snapshot bootstrap: %.1f MB received (%.1f MB/s)", size / 1e6,
+                             size / 1e6 / max(1e-6, shown - t0))
             f.flush()
             os.fsync(f.fileno())
         with open(tmp, "rb", buffering=1 << 20) as f:
