@@ -66,7 +66,8 @@ def grpc_options(cfg: Config) -> list[tuple[str, Any]]:
     hard = min(2 * cfg.max_message_bytes, (1 << 31) - 1)
     return [
         ("grpc.max_receive_message_length", hard),
-        ("grpc.max_send_message_length", hard),
+        # Replication messages carry up to 4 MiB of records plus one more record.
+        ("grpc.max_send_message_length", min(hard + (8 << 20), (1 << 31) - 1)),
         ("grpc.so_reuseport", 0),
     ]
 

@@ -44,11 +44,19 @@ def peer_credentials(cert: str, key: str, ca: str) -> grpc.ChannelCredentials | 
 
 
 def channel_factory(cfg: Config):  # type: ignore[no-untyped-def]
-    """A function address -> channel using the node's TLS settings."""
+    """A function address -> channel using the node's TLS settings.
+
+    Messages between nodes carry whole WAL records (up to SUTRA_MAX_MESSAGE_BYTES
+    each, batched up to 4 MiB), so the receive limit is raised to match what the
+    sending node allows; gRPC's default of 4 MiB would break the stream."""
     creds = peer_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+    limit = min(2 * cfg.max_message_bytes + (8 << 20), (1 << 31) - 1)
+    opts = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
 
     def make(address: str) -> grpc.Channel:
-        return grpc.secure_channel(address, creds) if creds is not None else grpc.insecure_channel(address)
+        if creds is not None:
+            return grpc.secure_channel(address, creds, options=opts)
+        return grpc.insecure_channel(address, options=opts)
 
     return make
 

@@ -8,7 +8,6 @@ such a crash leaves behind, so it is tested here like any other branch.
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -588,3 +588,24 @@ def test_replica_catches_up_from_retained_wal_segments(tmp_path: Path) -> None:
         assert "snapshot" not in r1.log_text()
         print(f"r1 caught up from {len(sealed)} retained WAL segments (checkpoints at {first.checkpoint_lsn}, "
               f"{second.checkpoint_lsn}): {d.digest[:16]}")
+
+
+def test_records_larger_than_grpcs_default_message_limit_replicate(tmp_path: Path) -> None:
+    """A 6 MB record, and 6 MB of records queued while a replica was down, cross
+    the stream: gRPC's default 4 MiB receive limit must not apply between nodes
+    (it once broke the stream over and over and stalled replicas for seconds)."""
+    from sutra_cluster.client import Concept, SutraClient
+
+    with running_cluster(tmp_path, replicas=1, mode="async") as c:
+        wait_streaming(c.leader, ["r1"])
+        r1 = c.replicas[0]
+        with SutraClient(c.leader.address, timeout=60, retry_deadline=0) as cl:
+            big = cl.learn_batch([Concept("big", "x" * 6_000_000)])
+            wait_lsn([r1], big, 30)
+            r1.kill()
+            for i in range(6):  # queued for r1 while it is down: more than 4 MiB in all
+                last = cl.learn_batch([Concept(f"mb{i}-{j}", "y" * 100_000) for j in range(10)])
+        r1.restart()
+        wait_lsn([r1], last, 30)
+        assert_same_digest(c.nodes, last)
+        assert "larger than max" not in r1.log_text()
