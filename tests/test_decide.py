@@ -493,7 +493,7 @@ def test_property_at_most_one_node_acquires_and_sync_acquirer_is_in_the_sync_set
         assert all(o.frozen_term == s.term for o in s.members.values() if o.healthy and o.role != "leader")
         live = [o for o in s.members.values() if o.healthy and o.role != "leader"]
         if cfg.commit_mode == "async" and not s.switchover_to and len({o.last_term for o in live}) == 1:
-            # One history: the most advanced replica wins (across histories, see the xfail above).
+            # One history: the most advanced replica wins.
             assert m.flushed_lsn == max(o.flushed_lsn for o in live)
 
 
