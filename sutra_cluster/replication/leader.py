@@ -5,11 +5,13 @@ replicas report, and holds sync-mode writes until enough replicas flushed them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -83,6 +85,7 @@ class LeaderStreams:
         first = next(requests, None)
         if first is None or first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "StreamWal must start with a hello")
+        assert first is not None  # abort raised otherwise
         hello = first.hello
         if hello.highest_term > eng.term:
             log.error("follower %s has seen term %d, newer than mine (%d): this leader is stale",
@@ -95,7 +98,7 @@ class LeaderStreams:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.cfg.node_id} is not the leader (leader: {eng.leader_address or 'unknown'})")
         term = eng.term
-        head = {"term": term, "leader_id": self.cfg.node_id, "leader_address": self.cfg.address}
+        head: dict[str, Any] = {"term": term, "leader_id": self.cfg.node_id, "leader_address": self.cfg.address}
         diverged = self._divergence(hello)
         if diverged is not None:
             reason, branch = diverged
@@ -135,7 +138,7 @@ class LeaderStreams:
             yield rpb.LeaderMessage(**head, need_snapshot=rpb.NeedSnapshot(reason=reason))
             return
         while context.is_active() and f.connected and eng.role == "leader" and eng.term == term and not self.closing:
-            entries = eng.read_after(pos, MAX_MESSAGE_BYTES)
+            entries: list[Any] | None = eng.read_after(pos, MAX_MESSAGE_BYTES)
             if entries is None:
                 if disk is None:
                     if pos + 1 < eng.wal.first_lsn:
@@ -170,7 +173,7 @@ class LeaderStreams:
             # (an idle leader's replicas are streaming, not forever in catch-up).
             f.state = "streaming"
             with self._data:
-                self._data.wait_for(lambda sent=pos: eng.wal.durable_lsn > sent or not f.connected, HEARTBEAT_S / 2)
+                self._data.wait_for(functools.partial(self._more_to_send, f, pos), HEARTBEAT_S / 2)
             if time.monotonic() - last_send >= HEARTBEAT_S:
                 yield self._heartbeat(head)
                 last_hb = last_send = time.monotonic()
@@ -178,6 +181,9 @@ class LeaderStreams:
     def _heartbeat(self, head: dict) -> rpb.LeaderMessage:
         return rpb.LeaderMessage(**head, heartbeat=rpb.Heartbeat(
             last_lsn=self.engine.wal.durable_lsn, commit_lsn=self.commit_lsn(), timestamp_us=time.time_ns() // 1000))
+
+    def _more_to_send(self, f: Follower, sent: int) -> bool:
+        return self.engine.wal.durable_lsn > sent or not f.connected
 
     def _read_acks(self, requests: Iterator[rpb.FollowerMessage], f: Follower) -> None:
         try:

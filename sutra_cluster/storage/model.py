@@ -8,7 +8,9 @@ grpcurl (``embedding has 512 values, VECTOR_DIMENSION is 768``).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +131,7 @@ def check_association(req: storage_pb2.LearnAssociationRequest, prefix: str = ""
     _check_unit(f"{prefix}confidence", req.confidence)
 
 
-def normalise_embeddings(concepts: object, dim: int, prefix: str = "concepts") -> bool:
+def normalise_embeddings(concepts: Iterable[Any], dim: int, prefix: str = "concepts") -> bool:
     """Validate every concept's vector and move it to ``embedding_f32`` in place.
 
     The fast path (all float32 bytes) is checked with one numpy pass over the
@@ -138,7 +140,7 @@ def normalise_embeddings(concepts: object, dim: int, prefix: str = "concepts") -
     """
     raws: list[bytes] = []
     converted = False
-    for i, c in enumerate(concepts):  # type: ignore[attr-defined]
+    for i, c in enumerate(concepts):
         if c.embedding:
             vec = vector_from_request(f"{prefix}[{i}].embedding", c.embedding, c.embedding_f32, dim)
             assert vec is not None

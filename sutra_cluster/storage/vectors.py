@@ -395,6 +395,7 @@ class VectorIndex:
             use_ann = ann is not None and ann.count > 0 and self._live > self.exact_limit
             start = 0
             if use_ann:
+                assert ann is not None
                 start = int(np.searchsorted(self._seq[: self._n], ann.watermark))
                 view = (ann.count, ann.dead, ann.labels_seq)
             snap = self._snapshot_locked(start)
@@ -402,6 +403,7 @@ class VectorIndex:
             return [], not use_ann
         cands = self._exact_candidates(*snap, qn, k)
         if use_ann:
+            assert ann is not None
             cands.extend(self._ann_candidates(ann, *view, qn, k, ef_search))
         return _ranked(cands, k), not use_ann
 
@@ -442,7 +444,7 @@ class VectorIndex:
         faiss.omp_set_num_threads(self._search_threads)  # per-thread in libgomp
         try:
             while True:
-                params = faiss.SearchParametersHNSW()
+                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
                 # A beam wider than the graph buys nothing; cap caller input.
                 params.efSearch = min(count, max(ef_search, fetch, self._default_ef))
                 with ann.rw.read():
@@ -572,6 +574,7 @@ class VectorIndex:
             epoch, n, chunks = self._epoch, self._n, self._norm
             if work == "extend":
                 ann = self._ann
+                assert ann is not None  # "extend" is only chosen when a graph exists
                 start = int(np.searchsorted(self._seq[:n], ann.watermark))
                 stop = min(n, start + budget)
                 rows = start + np.flatnonzero(self._alive[start:stop])
@@ -582,6 +585,7 @@ class VectorIndex:
                 seqs = self._seq[rows]
                 watermark = self._next_seq
         if work == "extend":
+            assert ann is not None
             return self._extend(ann, epoch, chunks, rows, seqs, watermark)
         return self._build(epoch, chunks, rows, seqs, watermark, work, auto)
 
