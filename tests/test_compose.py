@@ -69,10 +69,12 @@ def duration(text: str | float) -> float:
 def test_compose_file_has_every_service_with_health_checks_volumes_and_restarts() -> None:
     spec = load()
     services = spec["services"]
-    assert {"etcd", "node1", "node2", "node3", "prometheus"} <= set(services)
+    assert {"etcd", "node1", "node2", "node3", "router", "prometheus"} <= set(services)
     for name, svc in services.items():
         assert svc.get("restart") in ("always", "unless-stopped"), f"{name}: no restart policy"
         assert svc.get("healthcheck", {}).get("test"), f"{name}: no health check"
+        if name == "router":  # stateless: it follows the shards' leaders through etcd
+            continue
         assert svc.get("volumes"), f"{name}: no volume"
         for vol in svc["volumes"]:
             src = vol.split(":")[0]
@@ -321,7 +323,7 @@ def test_compose_services_elect_stream_and_fail_over(tmp_path: Path) -> None:
     t_start = time.monotonic()
     compose = LocalCompose(load(), tmp_path)
     svc = compose.services
-    nodes = [n for n, s in svc.items() if (s.spec.get("command") or [""])[0] == "sutra-cluster"]
+    nodes = [n for n, s in svc.items() if s.spec.get("command") == ["sutra-cluster", "serve"]]
     assert len(nodes) == 3, nodes
     grpc_addr = {n: f"{svc[n].address}:{svc[n].spec['environment']['STORAGE_PORT']}" for n in nodes}
     metrics_addr = {n: f"{svc[n].address}:{svc[n].spec['environment']['SUTRA_METRICS_PORT']}" for n in nodes}
@@ -404,6 +406,12 @@ def test_compose_services_elect_stream_and_fail_over(tmp_path: Path) -> None:
         compose.wait_healthy([victim], 60)
         wait_for(lambda: _status(grpc_addr[victim]).follow_state == "streaming"
                  and _status(grpc_addr[victim]).applied_lsn >= seq, 30, f"{victim} rejoining as a replica")
+        # The router serves the whole cluster on one port and follows the new leader.
+        router = f"{svc['router'].address}:50050"
+        with SutraClient(router, timeout=10, retry_deadline=10) as rc:
+            wseq = rc.learn_concept("via-router", "written through the router", rng.random(dim, np.float32) + 0.1)
+            assert wseq > 0
+            assert rc.query_concept("after-kill") is not None
         print(f"compose: healthy after {t_healthy:.1f}s; failover: first write acknowledged {rto * 1000:.0f} ms "
               f"after SIGKILL of {victim}; whole test {time.monotonic() - t_start:.1f}s")
     except BaseException:
