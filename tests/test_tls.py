@@ -163,3 +163,29 @@ def test_server_tls_without_client_certificates(pki: dict[str, str],
     with pytest.raises(grpc.RpcError) as info:
         SutraClient(node.address, timeout=5, retry_deadline=0).stats()
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_router_serves_and_reaches_nodes_over_mutual_tls(pki: dict[str, str], tmp_path: Path,
+                                                          node_factory: Callable[..., NodeProcess]) -> None:
+    """A router with the cluster's certificate serves members, refuses strangers,
+    and reaches its (mutual-TLS) node with its own certificate."""
+    from tests.shard_cluster import RouterProcess
+
+    member = tls_env(pki["cert"], pki["key"], pki["ca"])
+    node = node_factory("node", env={**member, "SUTRA_NODE_ROLE": "leader"}, start=False)
+    node.start(wait=False)
+    wait_for(lambda: client(node.address, pki["cert"], pki["key"], pki["ca"]).health().healthy, 60, "TLS node")
+    router = RouterProcess("router", {**member, "SUTRA_SHARD_MAP": f"0={node.address}"}, tmp_path / "router.log")
+    try:
+        router.start(wait=False)
+        wait_for(lambda: client(router.address, pki["cert"], pki["key"], pki["ca"]).health().healthy, 60,
+                 "the TLS router to reach its node")
+        with client(router.address, pki["cert"], pki["key"], pki["ca"]) as c:
+            seq = c.learn_concept("via-router", "over mutual TLS", np.ones(DIM, dtype=np.float32))
+            assert c.query_concept("via-router", sequence=seq) is not None
+        strange = peer_credentials(pki["stranger_cert"], pki["stranger_key"], pki["ca"])
+        with pytest.raises(grpc.RpcError) as info:
+            SutraClient(router.address, timeout=5, retry_deadline=0, credentials=strange).stats()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        router.stop()
