@@ -163,10 +163,12 @@ def batch_items(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch) -> int:
     return len(batch.concepts) + len(batch.associations) + len(batch.delete_concept_ids)
 
 
-def check_batch(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch, limits: Limits) -> bool:
+def check_batch(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch, limits: Limits,
+                size: int | None = None) -> bool:
     """Validate a whole batch; it is accepted entirely or not at all. Returns
-    True when float-list embeddings were converted to float32 bytes in place."""
-    size = batch.ByteSize()
+    True when float-list embeddings were converted to float32 bytes in place.
+    ``size``: the request's length when the caller has its bytes (saves a pass)."""
+    size = batch.ByteSize() if size is None else size
     if size > limits.max_message_bytes:
         raise InvalidArgument(
             f"message has {size} bytes, SUTRA_MAX_MESSAGE_BYTES is {limits.max_message_bytes}"
