@@ -26,24 +26,22 @@ Settings (environment):
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sutra_cluster import errors
-from sutra_cluster.api.status import code_for
+from sutra_cluster.api.status import grpc_errors
 from sutra_cluster.config import _parse_addresses, _Reader
 from sutra_cluster.errors import ConfigError, InvalidArgument
 from sutra_cluster.pb import storage_pb2 as pb
@@ -54,7 +52,6 @@ from sutra_cluster.sharding.core import ShardSet
 from sutra_cluster.sharding.shardmap import ShardMap
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
 STORAGE_SERVICE = pb.DESCRIPTOR.services_by_name["StorageService"].full_name
 MAP_POLL_S = 5.0
 
@@ -151,25 +148,6 @@ def _credentials(cfg: RouterConfig) -> tuple[grpc.ServerCredentials | None, grpc
     return tlsutil.server_credentials(tls), tlsutil.peer_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
 
 
-def forward_errors(fn: F) -> F:
-    """Our errors become their status codes; a shard's error is passed on with
-    its own code and message; anything else is a bug (INTERNAL)."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return fn(self, request, context)
-        except errors.SutraError as exc:
-            context.abort(code_for(exc), str(exc))
-        except grpc.RpcError as exc:
-            context.abort(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
-        except Exception as exc:  # a bug: answer INTERNAL, keep the traceback in the log
-            log.exception("%s failed", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-
-    return wrapper  # type: ignore[return-value]
-
-
 class RouterServicer(storage_pb2_grpc.StorageServiceServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -179,23 +157,23 @@ class RouterServicer(storage_pb2_grpc.StorageServiceServicer):
         return self.router.set
 
     # ---- writes ----------------------------------------------------------
-    @forward_errors
+    @grpc_errors
     def LearnConcept(self, request: pb.LearnConceptRequest, context: Any) -> pb.LearnConceptResponse:
         return self.set.learn_concept(request)
 
-    @forward_errors
+    @grpc_errors
     def LearnAssociation(self, request: pb.LearnAssociationRequest, context: Any) -> pb.LearnAssociationResponse:
         return self.set.learn_association(request)
 
-    @forward_errors
+    @grpc_errors
     def DeleteConcept(self, request: pb.DeleteConceptRequest, context: Any) -> pb.DeleteConceptResponse:
         return self.set.delete_concept(request)
 
-    @forward_errors
+    @grpc_errors
     def LearnBatch(self, request: pb.LearnBatchRequest, context: Any) -> pb.LearnBatchResponse:
         return self.set.learn_batch(request)
 
-    @forward_errors
+    @grpc_errors
     def LearnStream(self, request_iterator: Iterator[pb.LearnBatchRequest], context: Any) -> pb.LearnStreamResponse:
         out = pb.LearnStreamResponse()
         seqs: dict[int, int] = {}
@@ -214,38 +192,38 @@ class RouterServicer(storage_pb2_grpc.StorageServiceServicer):
         return out
 
     # ---- reads -----------------------------------------------------------
-    @forward_errors
+    @grpc_errors
     def QueryConcept(self, request: pb.QueryConceptRequest, context: Any) -> pb.QueryConceptResponse:
         return self.set.query_concept(request)
 
-    @forward_errors
+    @grpc_errors
     def GetNeighbors(self, request: pb.GetNeighborsRequest, context: Any) -> pb.GetNeighborsResponse:
         return self.set.get_neighbors(request)
 
-    @forward_errors
+    @grpc_errors
     def GetNeighborsBatch(self, request: pb.GetNeighborsBatchRequest, context: Any) -> pb.GetNeighborsBatchResponse:
         return self.set.get_neighbors_batch(request)
 
-    @forward_errors
+    @grpc_errors
     def FindPath(self, request: pb.FindPathRequest, context: Any) -> pb.FindPathResponse:
         return self.set.find_path(request)
 
-    @forward_errors
+    @grpc_errors
     def VectorSearch(self, request: pb.VectorSearchRequest, context: Any) -> pb.VectorSearchResponse:
         return self.set.vector_search(request)
 
     # ---- operations ------------------------------------------------------
-    @forward_errors
+    @grpc_errors
     def Flush(self, request: pb.FlushRequest, context: Any) -> pb.FlushResponse:
         return self.set.flush()
 
-    @forward_errors
+    @grpc_errors
     def HealthCheck(self, request: pb.HealthCheckRequest, context: Any) -> pb.HealthCheckResponse:
         ok, status, shards = self.set.health()
         return pb.HealthCheckResponse(healthy=ok, status=status, uptime_seconds=self.router.uptime(),
                                       role="router", node_id=self.router.cfg.router_id, shards=shards)
 
-    @forward_errors
+    @grpc_errors
     def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.GetStatsResponse:
         shards, missing = self.set.stats()
         out = pb.GetStatsResponse(
@@ -260,7 +238,7 @@ class RouterServicer(storage_pb2_grpc.StorageServiceServicer):
             out.vector_dimension = shards[0].vector_dimension
         return out
 
-    @forward_errors
+    @grpc_errors
     def GetDigest(self, request: pb.GetDigestRequest, context: Any) -> pb.GetDigestResponse:
         if request.sequence and self.set.shards > 1:
             raise InvalidArgument("sequence is an LSN of one shard; through a router GetDigest takes no sequence")

@@ -34,8 +34,10 @@ def code_for(exc: errors.SutraError) -> grpc.StatusCode:
 
 
 def grpc_errors(fn: F) -> F:
-    """Decorate a servicer method: map SutraError to its status code; anything
-    else is a bug, logged with its traceback and answered INTERNAL."""
+    """Decorate a servicer method: map SutraError to its status code; an error
+    from a downstream call (the router calling a shard) is passed on with its own
+    code and message; anything else is a bug, logged with its traceback and
+    answered INTERNAL."""
 
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
@@ -43,6 +45,8 @@ def grpc_errors(fn: F) -> F:
             return fn(self, request, context)
         except errors.SutraError as exc:
             context.abort(code_for(exc), str(exc))
+        except grpc.RpcError as exc:
+            context.abort(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
         except Exception as exc:  # a bug: answer INTERNAL, keep the traceback in the log
             log.exception("%s failed", fn.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")

@@ -35,7 +35,7 @@ class ReplicationManager:
         self.managed = bool(cfg.etcd_endpoints)
         # Set by the HA loop in managed mode: raises when the lease may have expired.
         self.fence: Callable[[], None] | None = None
-        engine.retain_floor = self._retain_floor  # type: ignore[method-assign]
+        engine.retain_floor = self._retain_floor
 
     def start(self) -> None:
         if self.managed:

@@ -48,6 +48,7 @@ from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.sharding.links import Channels, ShardLink, ShardUnavailable, retryable
 from sutra_cluster.sharding.shardmap import ShardMap
 from sutra_cluster.storage import model
+from sutra_cluster.storage.state import walk_back
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -399,10 +400,8 @@ class ShardSet:
                         continue
                     parent[other] = node
                     if other == end:
-                        path = [end]
-                        while path[-1] != start:
-                            path.append(parent[path[-1]])
-                        return pb.FindPathResponse(found=True, path=path[::-1], missing_shards=sorted(missing))
+                        return pb.FindPathResponse(found=True, path=walk_back(parent, start, end),
+                                                   missing_shards=sorted(missing))
                     nxt.append(other)
             frontier = nxt
             dist += 1

@@ -83,6 +83,10 @@ class Engine:
         # cluster-wide (sync mode), and the highest LSN that may become visible.
         self.commit_gate: Callable[[int], None] | None = None
         self.visible_limit: Callable[[], int] | None = None
+        # Highest LSN whose WAL segments a checkpoint may delete, given the backup
+        # checkpoint's LSN (which must stay recoverable); replication lowers it for
+        # lagging replicas. None: the backup's LSN.
+        self.retain_floor: Callable[[int], int] | None = None
         self._recover()
         self.metrics.add_gauges(self._gauges)
         self._reconciler = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
@@ -400,7 +404,8 @@ class Engine:
             previous = self.checkpoint_lsn
             self.backup_lsn, self.checkpoint_lsn = previous, lsn
             self._since_checkpoint = 0
-            freed = self.wal.drop_segments_through(self.retain_floor(previous))
+            floor = previous if self.retain_floor is None else self.retain_floor(previous)
+            freed = self.wal.drop_segments_through(floor)
             self._fault_step("segments-dropped")
             self.flushes += 1
             self.metrics.flushes.inc()
@@ -415,11 +420,6 @@ class Engine:
         if name == step:
             log.warning("fault injection: checkpoint paused at step %s for %s ms", step, ms)
             time.sleep(int(ms or "0") / 1000.0)
-
-    def retain_floor(self, backup_lsn: int) -> int:
-        """Highest LSN whose WAL segments may be deleted: the backup checkpoint
-        must stay recoverable. Replication lowers this for replicas that lag."""
-        return backup_lsn
 
     # ---- replication -----------------------------------------------------
     def append_replicated(self, entries: list[tuple[int, int, int, bytes]]) -> int:

@@ -144,10 +144,7 @@ class GraphState:
                     continue
                 parent[other] = node
                 if other == end:
-                    path = [end]
-                    while path[-1] != start:
-                        path.append(parent[path[-1]])
-                    return path[::-1]
+                    return walk_back(parent, start, end)
                 frontier.append((other, dist + 1))
         return None
 
@@ -173,6 +170,14 @@ class GraphState:
             for (dst, t), conf in sorted(self.out[src].items()):
                 h.update(src.encode() + b"\0" + dst.encode() + b"\0" + struct.pack("<If", t, conf))
         return h.hexdigest()
+
+
+def walk_back(parent: dict[str, str], start: str, end: str) -> list[str]:
+    """The path start..end from a BFS parent map (shared with the router's BFS)."""
+    path = [end]
+    while path[-1] != start:
+        path.append(parent[path[-1]])
+    return path[::-1]
 
 
 def iter_vectors(upserts: dict[str, bytes], dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
