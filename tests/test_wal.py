@@ -29,9 +29,10 @@ from sutra_cluster.storage.wal_format import (
     SEGMENT_HEADER_SIZE,
     encode_segment_header,
     record_size,
-    scan_segment,
     sealed_name,
 )
+from sutra_cluster.storage.wal_reader import scan_segment
+from tests.mutators import append_bytes, flip_bit, truncate_to, zero_sector
 
 WAIT = 10.0  # deadline for anything that should happen promptly
 Drop = tuple[Path, int, int, str]
@@ -107,7 +108,8 @@ def test_truncate_at_every_byte_of_last_record(tmp_path: Path, opener: Opener, c
     assert len(data) == _LAST_END
     d = tmp_path / "cut"
     d.mkdir()
-    (d / "wal.log").write_bytes(data[:cut])
+    (d / "wal.log").write_bytes(data)
+    assert truncate_to(d / "wal.log", cut) == data[:cut]
     wal = opener(d)
     if cut == _LAST_END:  # the record ends exactly at end of file: clean
         assert payloads_of(wal) == _CUT_PAYLOADS
@@ -139,11 +141,8 @@ def test_zeroed_sector_in_last_record_is_torn_tail(tmp_path: Path, opener: Opene
     payloads = [b"x" * 100, b"y" * 2000]
     build_log(tmp_path, payloads)
     path = tmp_path / "wal.log"
-    data = bytearray(path.read_bytes())
     last = offsets_of(path)[-1]
-    sector = _sector_inside(last, len(data))
-    data[sector : sector + 512] = bytes(512)
-    path.write_bytes(data)
+    data = zero_sector(path, _sector_inside(last, path.stat().st_size))
     wal = opener(tmp_path)
     assert payloads_of(wal) == payloads[:1]
     assert [(d[1], d[2]) for d in opener.drops] == [(last, len(data) - last)]
@@ -156,11 +155,9 @@ def test_zeroed_sector_mid_wal_log_with_valid_records_after_is_corruption(tmp_pa
     build_log(tmp_path, payloads)
     path = tmp_path / "wal.log"
     offs = offsets_of(path)
-    data = bytearray(path.read_bytes())
     sector = _sector_inside(offs[3], offs[5])
     damaged = max(o for o in offs if o <= sector)
-    data[sector : sector + 512] = bytes(512)
-    path.write_bytes(data)
+    data = zero_sector(path, sector)
     with pytest.raises(WalCorruptionError) as ei:
         WriteAheadLog(tmp_path)
     assert (ei.value.path, ei.value.offset) == (path, damaged)
@@ -173,11 +170,8 @@ def test_zeroed_sector_in_sealed_segment_is_corruption(tmp_path: Path) -> None:
     build_log(tmp_path, payloads, rotate_every=10)
     seg = only_sealed(tmp_path)
     offs = scan_segment(seg.read_bytes(), is_last=False).offsets
-    data = bytearray(seg.read_bytes())
     # The last record of a sealed segment: in wal.log this would be a torn tail.
-    sector = _sector_inside(offs[-1], len(data))
-    data[sector : sector + 512] = bytes(512)
-    seg.write_bytes(data)
+    data = zero_sector(seg, _sector_inside(offs[-1], seg.stat().st_size))
     with pytest.raises(WalCorruptionError) as ei:
         WriteAheadLog(tmp_path)
     assert (ei.value.path, ei.value.offset) == (seg, offs[-1])
@@ -189,9 +183,7 @@ def test_flipped_byte_mid_log_is_corruption(tmp_path: Path) -> None:
     build_log(tmp_path, PAYLOADS)
     path = tmp_path / "wal.log"
     offs = offsets_of(path)
-    data = bytearray(path.read_bytes())
-    data[offs[4] + 33] ^= 0x40
-    path.write_bytes(data)
+    data = flip_bit(path, offs[4] + 33, 0x40)
     with pytest.raises(WalCorruptionError) as ei:
         WriteAheadLog(tmp_path)
     assert ei.value.offset == offs[4] and ei.value.path == path
@@ -203,9 +195,7 @@ def test_flipped_byte_in_last_record_is_torn_tail(tmp_path: Path, opener: Opener
     build_log(tmp_path, PAYLOADS)
     path = tmp_path / "wal.log"
     last = offsets_of(path)[-1]
-    data = bytearray(path.read_bytes())
-    data[last + 34] ^= 0x01
-    path.write_bytes(data)
+    data = flip_bit(path, last + 34, 0x01)
     wal = opener(tmp_path)
     assert payloads_of(wal) == PAYLOADS[:-1]
     assert [(d[0], d[1], d[2]) for d in opener.drops] == [(path, last, len(data) - last)]
@@ -216,8 +206,7 @@ def test_preallocated_zero_tail_is_cut(tmp_path: Path, opener: Opener) -> None:
     build_log(tmp_path, PAYLOADS)
     path = tmp_path / "wal.log"
     end = path.stat().st_size
-    with open(path, "ab") as f:
-        f.write(bytes(1 << 16))
+    append_bytes(path, bytes(1 << 16))
     wal = opener(tmp_path)
     assert payloads_of(wal) == PAYLOADS
     ((_, offset, nbytes, reason),) = opener.drops
@@ -248,8 +237,7 @@ def test_repeated_cut_at_same_offset_keeps_both_broken_files(tmp_path: Path, ope
     path = tmp_path / "wal.log"
     end = path.stat().st_size
     for garbage in (b"\x01torn-one", b"\x02torn-two"):
-        with open(path, "ab") as f:
-            f.write(garbage)
+        append_bytes(path, garbage)
         opener(tmp_path).close()
     assert [(d[1], d[2]) for d in opener.drops] == [(end, 9), (end, 9)]
     assert [p.read_bytes() for p in broken_files(tmp_path)] == [b"\x01torn-one", b"\x02torn-two"]
@@ -258,11 +246,10 @@ def test_repeated_cut_at_same_offset_keeps_both_broken_files(tmp_path: Path, ope
 def test_corrupt_segment_header_is_corruption(tmp_path: Path) -> None:
     build_log(tmp_path, PAYLOADS)
     path = tmp_path / "wal.log"
-    data = bytearray(path.read_bytes())
-    data[17] ^= 0xFF  # seq
-    path.write_bytes(data)
+    data = flip_bit(path, 17, 0xFF)  # seq
     with pytest.raises(WalCorruptionError, match="at offset 0: segment header crc"):
         WriteAheadLog(tmp_path)
+    assert path.read_bytes() == data
 
 
 def test_missing_middle_segment_breaks_the_chain(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from sutra_cluster.storage.wal_format import (
     encode_record,
     encode_segment_header,
     record_size,
-    scan_segment,
 )
+from sutra_cluster.storage.wal_reader import scan_segment
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wal_format.md"
 PAYLOADS = [f"record-{i:03d}-".encode() * (i % 7 + 1) for i in range(10)]

@@ -21,6 +21,8 @@ from typing import BinaryIO
 import crc32c
 
 from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.fsio import fsync_dir as fsync_dir  # kept importable from here
+from sutra_cluster.storage.fsio import replace_durably, write_file_synced
 from sutra_cluster.storage.state import Concept
 
 log = logging.getLogger(__name__)
@@ -126,14 +128,6 @@ class SnapshotDecoder:
             yield wal_pb2.SnapshotChunk.FromString(payload)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint(
     directory: Path, blocks: Iterable[bytes], fsync: bool = True, step: Callable[[str], None] = lambda s: None
 ) -> int:
@@ -144,14 +138,7 @@ def write_checkpoint(
     called between steps (crash tests pause there).
     """
     tmp = directory / (STORAGE_FILE + ".tmp")
-    size = 0
-    with open(tmp, "wb", buffering=1 << 20) as f:
-        for block in blocks:
-            f.write(block)
-            size += len(block)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
+    size = write_file_synced(tmp, blocks, fsync=fsync)
     step("tmp-written")
     current = directory / STORAGE_FILE
     if current.exists():
@@ -160,10 +147,8 @@ def write_checkpoint(
         os.link(current, link_tmp)
         os.replace(link_tmp, directory / BACKUP_FILE)
         step("backup-linked")
-    os.replace(tmp, current)
+    replace_durably(tmp, current, fsync=fsync)
     step("renamed")
-    if fsync:
-        fsync_dir(directory)
     return size
 
 

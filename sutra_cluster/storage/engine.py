@@ -30,11 +30,10 @@ from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, iter_v
 from sutra_cluster.storage.terms import TermHistory
 from sutra_cluster.storage.vectors import VectorIndex
 from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog, wal_files
+from sutra_cluster.storage.wal_format import RT_BATCH, RT_TERM
 
 log = logging.getLogger(__name__)
 
-RT_BATCH = 1  # payload: wal_pb2.WalBatch
-RT_TERM = 2  # payload: empty; marks the first record of a new term
 REQUEST_IDS_KEPT = 200_000
 
 

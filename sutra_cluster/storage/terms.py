@@ -9,10 +9,9 @@ restarted replica still rejects leaders older than the newest it followed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from sutra_cluster.storage.checkpoint import fsync_dir
+from sutra_cluster.storage.fsio import replace_durably, write_file_synced
 
 FILE = "terms.json"
 
@@ -91,9 +90,5 @@ class TermHistory:
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"highest": self.highest, "history": self.history}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_file_synced(tmp, json.dumps({"highest": self.highest, "history": self.history}).encode())
+        replace_durably(tmp, self.path)

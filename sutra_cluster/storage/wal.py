@@ -1,7 +1,14 @@
 """Write-ahead log: segment files, recovery, and a group-committing writer.
 
-Format and crash-recovery rules: ``docs/wal_format.md``; byte-level code:
-:mod:`sutra_cluster.storage.wal_format`.
+Format and crash-recovery rules: ``docs/wal_format.md``; constants and
+codecs: :mod:`sutra_cluster.storage.wal_format`; the reader:
+:mod:`sutra_cluster.storage.wal_reader`. This module is the writer and the
+opener, which decides what to do with what the reader found (repair a torn
+tail once, or refuse when strict).
+
+Over 450 lines on purpose: the locking below is one discipline that
+:class:`WriteAheadLog` as a whole must follow, and splitting the class would
+hide it.
 
 Locking: ``_io`` serialises every file mutation (flush, rotation, drops,
 truncation) and guards the segment bookkeeping; ``_mu`` guards the in-memory
@@ -21,26 +28,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Self
 
+from sutra_cluster.storage.fsio import fsync_dir, replace_durably, write_file_synced
 from sutra_cluster.storage.wal_format import (
     ACTIVE_NAME,
     SEALED_DIR,
     SEGMENT_HEADER_SIZE,
     TMP_NAME,
-    DropCallback,
     Lsn,
-    SegmentInfo,
     WalCorruptionError,
     WalError,
     WalRecord,
     WalWriteError,
+    broken_name,
     encode_record,
     encode_segment_header,
-    fsync_dir,
+    sealed_name,
+)
+from sutra_cluster.storage.wal_reader import (
+    DropCallback,
+    LogDir,
+    SegmentInfo,
+    TornTail,
     load_log_dir,
     open_records,
     scan_segment,
-    sealed_name,
-    write_file_synced,
 )
 
 __all__ = [
@@ -50,6 +61,7 @@ __all__ = [
     "WalRecord",
     "WalWriteError",
     "WriteAheadLog",
+    "repair_torn_tail",
     "scan_segment",
 ]
 
@@ -70,10 +82,11 @@ class WriteAheadLog:
     """A segmented, CRC-checked, group-committing write-ahead log.
 
     Opening runs recovery: every segment is validated, a torn tail of
-    ``wal.log`` is cut (reported through ``on_dropped``), and corruption
-    raises :class:`WalCorruptionError`. Appends return at once; durability is
-    awaited with :meth:`wait_durable` and achieved by one flusher thread that
-    writes and fsyncs whole groups. All public methods are thread-safe.
+    ``wal.log`` is cut once (reported through ``on_dropped``) unless the log
+    is opened ``strict``, and corruption raises :class:`WalCorruptionError`.
+    Appends return at once; durability is awaited with :meth:`wait_durable`
+    and achieved by one flusher thread that writes and fsyncs whole groups.
+    All public methods are thread-safe.
     """
 
     def __init__(
@@ -84,14 +97,18 @@ class WriteAheadLog:
         segment_bytes: int = 64 << 20,
         on_dropped: DropCallback | None = None,
         start_lsn: int = 0,
+        strict: bool = False,
     ) -> None:
         """Open (creating if needed) the log in ``directory`` and recover it.
 
         ``start_lsn``: if no record on disk has an LSN above it (e.g. the
         checkpoint is ahead of an empty log), the next LSN is ``start_lsn + 1``.
-        ``on_dropped(path, offset, nbytes, reason)`` is called for each cut
-        tail; if it raises, the open fails (the bytes are already saved in the
-        ``.broken`` file). Raises :class:`WalCorruptionError` on corruption.
+        A zero or torn tail of ``wal.log`` (never acknowledged) is copied to a
+        ``.broken`` file and cut, then ``on_dropped(path, offset, nbytes,
+        reason)`` is called; if it raises, the open fails (the bytes are
+        already saved). ``strict``: refuse such a tail instead of cutting it,
+        leaving every file as it was (for forensics). Raises
+        :class:`WalCorruptionError` on corruption, or on a torn tail when strict.
         """
         self._dir = Path(directory)
         self._sealed_dir = self._dir / SEALED_DIR
@@ -99,6 +116,7 @@ class WriteAheadLog:
         self._fsync = fsync
         self._segment_bytes = segment_bytes
         self._on_dropped = on_dropped
+        self._strict = strict
         #: duration of the last fsync of a record group, in seconds
         self.fsync_seconds = 0.0
         #: optional metrics hook, called with each group fsync's duration
@@ -135,7 +153,11 @@ class WriteAheadLog:
         self._sealed_dir.mkdir(parents=True, exist_ok=True)
         if created:
             fsync_dir(self._dir.parent)
-        found = load_log_dir(self._dir, self._on_dropped)
+        found = self._load_repaired()
+        if found.leftover_tmp is not None:
+            logger.warning("WAL %s: deleting leftover %s from an interrupted rotation", self._dir, TMP_NAME)
+            found.leftover_tmp.unlink()
+            fsync_dir(self._dir)
         self._sealed = found.sealed
         if found.active is not None:
             self._active = found.active
@@ -154,6 +176,33 @@ class WriteAheadLog:
             self._reset(start_lsn + 1)
         self._open_active()
 
+    def _load_repaired(self) -> LogDir:
+        """Read the directory; cut a torn tail of wal.log at most once.
+
+        As etcd's bootstrap: only a torn tail is repairable, and never twice
+        (a tail still torn after one cut means something else is wrong).
+        """
+        found = load_log_dir(self._dir)
+        torn = found.torn
+        if torn is None:
+            return found
+        if self._strict:
+            raise WalCorruptionError(
+                torn.path, torn.offset, f"{torn.reason}, {torn.nbytes} bytes; a strict open does not cut it"
+            )
+        broken = repair_torn_tail(torn)
+        found = load_log_dir(self._dir)
+        if found.torn is not None:
+            again = found.torn
+            raise WalCorruptionError(again.path, again.offset, f"{again.reason} right after a repair; not repairing twice")
+        logger.warning(
+            "WAL %s: cut %d bytes at offset %d (%s); saved to %s",
+            torn.path, torn.nbytes, torn.offset, torn.reason, broken.name,
+        )
+        if self._on_dropped is not None:
+            self._on_dropped(torn.path, torn.offset, torn.nbytes, torn.reason)
+        return found
+
     # ------------------------------------------------------- segment helpers
     # All of these run with _io held (or before the flusher exists).
 
@@ -169,8 +218,7 @@ class WriteAheadLog:
         """Atomically install an empty wal.log (tmp, fsync, rename, fsync dir)."""
         tmp = self._dir / TMP_NAME
         write_file_synced(tmp, encode_segment_header(seq, first_lsn))
-        os.replace(tmp, self._active_path)
-        fsync_dir(self._dir)
+        replace_durably(tmp, self._active_path)
         self._active = SegmentInfo(self._active_path, seq, first_lsn, 0, SEGMENT_HEADER_SIZE)
 
     def _ensure_active(self) -> None:
@@ -644,6 +692,39 @@ class WriteAheadLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def repair_torn_tail(torn: TornTail) -> Path:
+    """Cut the zero/torn tail ``torn`` off ``wal.log`` (docs section 7).
+
+    Copies bytes ``[offset, EOF)`` to ``wal.log.<offset>.broken`` and fsyncs
+    it and the directory, then truncates the file to ``offset`` and fsyncs it.
+    Returns the ``.broken`` path. A repeated cut (a crash during an earlier
+    repair) reuses an identical file; different bytes get a fresh name, so no
+    evidence is overwritten. Raises WalCorruptionError if the file no longer
+    has the size the reader saw, OSError if a step fails.
+    """
+    path = torn.path
+    with open(path, "rb") as f:
+        f.seek(torn.offset)
+        tail = f.read()
+    if len(tail) != torn.nbytes:
+        raise WalCorruptionError(path, torn.offset, f"file changed while opening: {len(tail)} bytes after the "
+                                 f"valid log, the reader found {torn.nbytes}")
+    n = 0
+    broken = path.parent / broken_name(torn.offset)
+    while broken.exists() and broken.read_bytes() != tail:
+        n += 1
+        broken = path.parent / broken_name(torn.offset, n)
+    write_file_synced(broken, tail)
+    fsync_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, torn.offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return broken
 
 
 def wal_files(directory: str | Path) -> list[Path]:

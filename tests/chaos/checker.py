@@ -57,9 +57,9 @@ import pyetcd
 
 from sutra_cluster.failover.coordinator import LeaderKey
 from sutra_cluster.pb import wal_pb2
-from sutra_cluster.storage.engine import RT_BATCH
 from sutra_cluster.storage.wal import wal_files
-from sutra_cluster.storage.wal_format import ACTIVE_NAME, TMP_NAME, scan_segment
+from sutra_cluster.storage.wal_format import ACTIVE_NAME, RT_BATCH, TMP_NAME
+from sutra_cluster.storage.wal_reader import scan_segment
 
 
 # ---- the ledger ---------------------------------------------------------------

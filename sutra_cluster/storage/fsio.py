@@ -1,0 +1,59 @@
+"""Durable file operations shared by the WAL, the checkpoint and the term history.
+
+One recipe, written once: write a temporary file and fsync it, rename it over
+the target, fsync the directory. After a crash at any point the target holds
+either its old or its new contents, complete, and once these functions return
+the new contents survive power loss.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["fsync_dir", "replace_durably", "write_file_synced"]
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, making renames, creations and unlinks in it durable.
+
+    Raises OSError (an fsync error included: the caller decides whether the
+    page cache can still be trusted).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_synced(path: Path, data: bytes | Iterable[bytes], *, fsync: bool = True) -> int:
+    """Create or overwrite ``path`` with ``data`` (bytes or an iterable of blocks)
+    and, unless ``fsync`` is False, fsync it; returns the bytes written.
+
+    The directory entry is NOT made durable: follow with :func:`replace_durably`
+    or :func:`fsync_dir`. Raises OSError; ``path`` may then be partly written.
+    """
+    blocks = (data,) if isinstance(data, bytes | bytearray | memoryview) else data
+    size = 0
+    with open(path, "wb", buffering=1 << 20) as f:
+        for block in blocks:
+            f.write(block)
+            size += len(block)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    return size
+
+
+def replace_durably(src: Path, dst: Path, *, fsync: bool = True) -> None:
+    """Atomically rename ``src`` over ``dst`` and, unless ``fsync`` is False,
+    fsync ``dst``'s directory so the rename survives power loss.
+
+    ``src`` must already be fsynced (:func:`write_file_synced`) and live in the
+    same file system. Raises OSError.
+    """
+    os.replace(src, dst)
+    if fsync:
+        fsync_dir(dst.parent)
