@@ -72,6 +72,7 @@ class Ack:
     sent: float  # monotonic time the successful attempt was sent
     acked: float  # monotonic time the answer arrived
     attempts: int  # 1: first attempt succeeded; more: retried with the same request id
+    cids: tuple[str, ...] = ()  # a LearnBatch: every concept it created (``cid`` is the first)
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,9 @@ class Ledger:
         self.failures: list[Failure] = []
 
     def ack(self, rid: str, cid: str, lsn: int, node: str, sent: float, attempts: int,
-            acked: float | None = None) -> Ack:
+            acked: float | None = None, cids: tuple[str, ...] = ()) -> Ack:
         with self._lock:
-            a = Ack(rid, cid, lsn, node, sent, time.monotonic() if acked is None else acked, attempts)
+            a = Ack(rid, cid, lsn, node, sent, time.monotonic() if acked is None else acked, attempts, cids)
             i = bisect.bisect_right(self._times, a.acked)  # kept sorted by arrival
             self.acks.insert(i, a)
             self._times.insert(i, a.acked)
@@ -223,12 +224,18 @@ class CheckResult:
     unverifiable: list[str] = field(default_factory=list)
     acks_by_term: dict[int, dict[str, int]] = field(default_factory=dict)
     owners: dict[int, list[str]] = field(default_factory=dict)
+    lost_acks: list[Ack] = field(default_factory=list)  # the acknowledgements behind ``lost``
+    # Acknowledgements of an older term that ARRIVED after a newer term's first acknowledgement
+    # was sent: overlap is possible but not proven (the server's instant lies in [sent, acked]).
+    # Reported next to ``order_violations``, which are the proven ones.
+    late_old_term_acks: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         return {
             "acknowledged": self.acks, "lost": len(self.lost), "lost_by_node": self.lost_by_node,
             "term_violations": len(self.term_violations), "order_violations": len(self.order_violations),
             "reacknowledged_retries": self.reacks, "unverifiable": len(self.unverifiable),
+            "late_old_term_acks": len(self.late_old_term_acks),
             "acks_by_term": {str(k): v for k, v in sorted(self.acks_by_term.items())},
             "term_owners": {str(k): v for k, v in sorted(self.owners.items())},
         }
@@ -268,6 +275,7 @@ def check(acks: Sequence[Ack], logs: dict[str, dict[int, LogRecord]], divergent:
                                 f"+{a.acked - t0:.3f}s) is not in {n}'s log (found "
                                 f"{'nothing' if rec is None else repr(rec.rid)} at that LSN)")
                 lost_by_node[a.node] += 1
+                res.lost_acks.append(a)
                 break
         # 2. the term of the acknowledgement, from the acknowledging node's own log
         own = logs.get(a.node, {}).get(a.lsn)
@@ -314,6 +322,10 @@ def check(acks: Sequence[Ack], logs: dict[str, dict[int, LogRecord]], divergent:
             res.order_violations.append(
                 f"{a.node} acknowledged {a.rid} in term {term}, sent at +{a.sent - t0:.3f}s, after "
                 f"{b.node} had acknowledged {b.rid} in a newer term at +{b.acked - t0:.3f}s")
+        elif b is not None and a.acked > b.sent and a.node != b.node:
+            res.late_old_term_acks.append(
+                f"{a.node} term {term}: {a.rid} sent +{a.sent - t0:.3f}s, answered +{a.acked - t0:.3f}s; "
+                f"{b.node}'s first newer-term write sent +{b.sent - t0:.3f}s, answered +{b.acked - t0:.3f}s")
     return res
 
 
@@ -360,3 +372,37 @@ def _jsonable(o: object) -> object:
     if hasattr(o, "__dataclass_fields__"):
         return asdict(o)  # type: ignore[call-overload]
     return str(o)
+
+
+# ---- per-fault figures --------------------------------------------------------------
+def fault_window(acks: Sequence[Ack], t_fault: float, exclude: Iterable[str] = (), sent_after: bool = False,
+                 t0: float = 0.0) -> dict[str, object]:
+    """What a client saw of one fault at ``t_fault``: the last acknowledgement
+    that arrived before it, the first after it (from a node not in ``exclude``;
+    with ``sent_after``, only of a write sent after the fault, so an answer
+    already on its way when the fault struck does not count), and the RTO
+    (last ack before the fault to the first after it; ``None`` when either is
+    missing). Times are seconds from ``t0``."""
+    ex = set(exclude)
+    before = [a for a in acks if a.acked <= t_fault]
+    after = [a for a in acks if a.acked > t_fault and a.node not in ex and (not sent_after or a.sent >= t_fault)]
+    last = max(before, key=lambda a: a.acked, default=None)
+    first = min(after, key=lambda a: a.acked, default=None)
+    out: dict[str, object] = {
+        "fault_at_s": round(t_fault - t0, 3),
+        "last_ack_before": None if last is None else {"node": last.node, "at_s": round(last.acked - t0, 3)},
+        "first_ack_after": None if first is None else {"node": first.node, "at_s": round(first.acked - t0, 3)},
+        "rto_s": None if last is None or first is None else round(first.acked - last.acked, 3),
+        "fault_to_first_ack_s": None if first is None else round(first.acked - t_fault, 3),
+    }
+    return out
+
+
+def loss_by_window(lost: Sequence[Ack], starts: Sequence[float]) -> list[int]:
+    """How many lost acknowledgements arrived in each window [starts[i], starts[i+1]);
+    acknowledgements before the first start count in the first window."""
+    counts = [0] * len(starts)
+    for a in lost:
+        i = max(0, bisect.bisect_right(list(starts), a.acked) - 1)
+        counts[i] += 1
+    return counts
