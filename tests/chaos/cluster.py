@@ -194,6 +194,10 @@ class Firewall:
         r = subprocess.run([exe, "-w", "-S", "OUTPUT"], check=False, capture_output=True, text=True)
         assert r.returncode == 0, f"iptables does not work here (root is needed): {r.stderr.strip()}"
         Firewall._sweep(r.stdout)
+        # ``reject`` adds its rules to INPUT: sweep that chain too.
+        r = subprocess.run([exe, "-w", "-S", "INPUT"], check=False, capture_output=True, text=True)
+        assert r.returncode == 0, f"iptables -S INPUT failed: {r.stderr.strip()}"
+        Firewall._sweep(r.stdout)
 
     @staticmethod
     def _sweep(rules: str) -> None:
@@ -206,6 +210,15 @@ class Firewall:
 
     def drop(self, *match: str) -> list[str]:
         spec = ["OUTPUT", *match, "-m", "comment", "--comment", self.tag, "-j", "DROP"]
+        subprocess.run(["iptables", "-w", "-I", *spec], check=True, capture_output=True)
+        self.rules.append(spec)
+        return spec
+
+    def reject(self, *match: str) -> list[str]:
+        """Answer matching incoming TCP segments with a reset: a connection to a
+        live process is refused (as a firewall or a proxy in front of it would),
+        and established connections that match are reset."""
+        spec = ["INPUT", *match, "-m", "comment", "--comment", self.tag, "-j", "REJECT", "--reject-with", "tcp-reset"]
         subprocess.run(["iptables", "-w", "-I", *spec], check=True, capture_output=True)
         self.rules.append(spec)
         return spec
