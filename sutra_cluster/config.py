@@ -39,6 +39,12 @@ class Config:
     max_message_bytes: int = 64 << 20  # SUTRA_MAX_MESSAGE_BYTES
     read_wait_ms: int = 5_000  # SUTRA_READ_WAIT_MS: longest wait for a read's `sequence`
     grpc_workers: int = 32  # SUTRA_GRPC_WORKERS
+    max_streams: int = 16  # SUTRA_MAX_STREAMS: client streams + waiting reads at once (default workers / 2)
+    max_streams_per_client: int = 8  # SUTRA_MAX_STREAMS_PER_CLIENT: the same, per client host
+    max_node_streams: int = 8  # SUTRA_MAX_NODE_STREAMS: replication/snapshot streams (default workers / 4)
+    max_path_visits: int = 100_000  # SUTRA_MAX_PATH_VISITS: concepts one FindPath may visit
+    max_path_ms: int = 2_000  # SUTRA_MAX_PATH_MS: time one FindPath may search
+    max_neighbors: int = 100_000  # SUTRA_MAX_NEIGHBORS: neighbours in one GetNeighbors(Batch) answer
     node_id: str = ""  # SUTRA_NODE_ID
     role: str = "leader"  # SUTRA_NODE_ROLE leader|replica
     replicas: tuple[str, ...] = ()  # SUTRA_REPLICAS host:port,...
@@ -133,6 +139,22 @@ def _parse_addresses(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def parse_etcd_endpoints(raw: str) -> tuple[str, ...]:
+    """etcd endpoints as host:port; etcdctl's ``http://host:port`` form is accepted
+    (the scheme is dropped: the client speaks plain HTTP/2 unless etcd TLS is set),
+    any other scheme is refused rather than retried forever."""
+    parts = []
+    for part in raw.split(","):
+        part = part.strip().rstrip("/")
+        scheme, sep, rest = part.partition("://")
+        if sep:
+            if scheme.lower() != "http":
+                raise ValueError(f"{part!r}: give host:port or http://host:port")
+            part = rest
+        parts.append(part)
+    return _parse_addresses(",".join(parts))
+
+
 def timing_problems(cfg: Config) -> list[str]:
     """The failover timing invariants (Patroni's, plus the fencing margin)."""
     ttl_ms = cfg.lease_ttl_s * 1000
@@ -166,6 +188,9 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     log_default = log_default if log_default in LOG_LEVELS else "info"
     role = r.choice("SUTRA_NODE_ROLE", "leader", ("leader", "replica"))
     leader = r.get("SUTRA_LEADER", "", lambda s: _parse_addresses(s)[0] if s else "", lambda v: None)
+    workers = r.integer("SUTRA_GRPC_WORKERS", 32, 4, 1024)
+    node_streams = r.integer("SUTRA_MAX_NODE_STREAMS", max(1, workers // 4), 1, 1024)
+    max_streams = r.integer("SUTRA_MAX_STREAMS", max(1, min(workers // 2, workers - 2 - node_streams)), 1, 1024)
     cfg = Config(
         storage_path=env.get("STORAGE_PATH", "").strip() or "./sutra-data",
         port=port,
@@ -182,7 +207,13 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         max_batch=r.integer("SUTRA_MAX_BATCH", 10_000, 1, 1_000_000),
         max_message_bytes=r.integer("SUTRA_MAX_MESSAGE_BYTES", 64 << 20, 1 << 20, 1 << 30),
         read_wait_ms=r.integer("SUTRA_READ_WAIT_MS", 5_000, 0, 600_000),
-        grpc_workers=r.integer("SUTRA_GRPC_WORKERS", 32, 2, 1024),
+        grpc_workers=workers,
+        max_streams=max_streams,
+        max_streams_per_client=r.integer("SUTRA_MAX_STREAMS_PER_CLIENT", min(8, max_streams), 1, 1024),
+        max_node_streams=node_streams,
+        max_path_visits=r.integer("SUTRA_MAX_PATH_VISITS", 100_000, 1, 1 << 32),
+        max_path_ms=r.integer("SUTRA_MAX_PATH_MS", 2_000, 1, 600_000),
+        max_neighbors=r.integer("SUTRA_MAX_NEIGHBORS", 100_000, 1, 1 << 32),
         node_id=env.get("SUTRA_NODE_ID", "").strip() or f"{socket.gethostname()}-{port}",
         role=role,
         replicas=r.address_list("SUTRA_REPLICAS"),
@@ -193,7 +224,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         sync_timeout_ms=r.integer("SUTRA_SYNC_TIMEOUT_MS", 5_000, 1, 600_000),
         sync_fallback=r.flag("SUTRA_SYNC_FALLBACK", False),
         wal_keep_bytes=r.integer("SUTRA_WAL_KEEP_BYTES", 1 << 30, 0, 1 << 44),
-        etcd_endpoints=r.address_list("SUTRA_ETCD_ENDPOINTS"),
+        etcd_endpoints=r.get("SUTRA_ETCD_ENDPOINTS", (), parse_etcd_endpoints, lambda v: None),
         tls_cert=env.get("SUTRA_TLS_CERT", "").strip(),
         tls_key=env.get("SUTRA_TLS_KEY", "").strip(),
         tls_ca=env.get("SUTRA_TLS_CA", "").strip(),
@@ -216,6 +247,14 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             r.errors.append(f"{name}={path!r}: no such file")
     if role == "replica" and not cfg.leader and not cfg.etcd_endpoints:
         r.errors.append("SUTRA_LEADER: a replica needs its leader's host:port (or SUTRA_ETCD_ENDPOINTS)")
+    if cfg.max_streams + cfg.max_node_streams > cfg.grpc_workers - 2:
+        # Streams and waiting reads hold a worker each: two must stay free for
+        # health checks and the unary calls (see sutra_cluster/api/limits.py).
+        r.errors.append(
+            f"SUTRA_MAX_STREAMS + SUTRA_MAX_NODE_STREAMS ({cfg.max_streams} + {cfg.max_node_streams}) must be <= "
+            f"SUTRA_GRPC_WORKERS - 2 ({cfg.grpc_workers - 2}), or long calls could take every worker")
+    if cfg.tls_ca and not cfg.tls_cert:
+        r.errors.append("SUTRA_TLS_CA: set SUTRA_TLS_CERT and SUTRA_TLS_KEY too; a CA alone would serve plaintext")
     if r.errors:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(r.errors))
     return cfg

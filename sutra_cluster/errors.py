@@ -34,3 +34,17 @@ class DeadlineExceeded(SutraError):
 
 class StorageFailure(SutraError):
     """The node's own storage failed in a way a restart is needed to clear (for example fsync failure)."""
+
+
+class ResourceExhausted(SutraError):
+    """A per-request or per-client bound was reached (streams, waits, path visits,
+    neighbours); the message names the setting and its value. Nothing was written."""
+
+
+class AlreadyExists(SutraError):
+    """A write reused a request id with a different payload: the first write with
+    that id stands, the new one was not applied."""
+
+
+class StartupError(SutraError):
+    """The node cannot start; the message names the file or the setting to fix."""

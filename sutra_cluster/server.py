@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sutra_cluster import tlsutil
+from sutra_cluster.api import limits
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.api.storage_service import add_to_server as add_storage_service
 from sutra_cluster.config import Config
@@ -80,13 +81,16 @@ class Node:
         self.metrics = NodeMetrics()
         self.engine = Engine(cfg, self.metrics)
         self.health = health.HealthServicer()
+        # Streams and waiting reads are bounded so they never hold every worker.
+        self.client_budget, self.node_budget = limits.node_budgets(cfg)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="grpc"),
             options=grpc_options(cfg),
+            interceptors=[limits.StreamLimits(self.client_budget, self.node_budget)],
         )
         self.replication = ReplicationManager(self.engine, cfg)
         self.metrics.registry.register(LagCollector(self.replication))
-        add_storage_service(StorageServicer(self.engine, health=self._health), self.server)
+        add_storage_service(StorageServicer(self.engine, health=self._health, waits=self.client_budget), self.server)
         replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
             ReplicationServicer(self.replication), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -21,6 +21,8 @@ CODES: dict[type[errors.SutraError], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.StorageFailure: grpc.StatusCode.UNAVAILABLE,
     errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

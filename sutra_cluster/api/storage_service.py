@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
+from sutra_cluster.api.limits import Budget, client_of
 from sutra_cluster.api.status import grpc_errors
-from sutra_cluster.errors import InvalidArgument
+from sutra_cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc, wal_pb2
 from sutra_cluster.sharding.guard import ShardGuard
@@ -20,15 +22,52 @@ log = logging.getLogger(__name__)
 
 # A LearnBatch request parsed as a WalBatch, with the bytes it arrived in.
 RawBatch = tuple[wal_pb2.WalBatch, bytes]
+FREE_WAIT_S = 0.05  # a read waits this long for its sequence before it needs a client slot
 
 
 def parse_raw_batch(raw: bytes) -> RawBatch:
     return wal_pb2.WalBatch.FromString(raw), raw
 
 
+class Malformed:
+    """What the deserializer hands on for bytes that are not the request message
+    (grpcio would answer INTERNAL and log a traceback for each one)."""
+
+    def __init__(self, method: str, exc: Exception) -> None:
+        self.message = f"{method}: the request is not a valid {method}Request message ({type(exc).__name__}: {exc})"
+
+
+def _tolerant(method: str, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
+            return Malformed(method, exc)
+    return deserialize
+
+
+def _refuse_malformed(fn: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+    if streaming:
+        def checked_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            def each() -> Iterator[Any]:
+                for i, r in enumerate(requests):
+                    if isinstance(r, Malformed):
+                        raise InvalidArgument(f"stream message {i}: {r.message}")
+                    yield r
+            return fn(each(), context)
+        return checked_stream
+
+    def checked(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return fn(request, context)
+    return checked
+
+
 def add_to_server(servicer: StorageServicer, server: grpc.Server) -> None:
     """Register the servicer like the generated helper does, except that
-    LearnBatch and LearnStream keep their request bytes (see _log_batch)."""
+    LearnBatch and LearnStream keep their request bytes (see _log_batch) and
+    malformed request bytes are answered INVALID_ARGUMENT."""
     service = pb.DESCRIPTOR.services_by_name["StorageService"]
     handlers = {}
     for m in service.methods:
@@ -39,17 +78,22 @@ def add_to_server(servicer: StorageServicer, server: grpc.Server) -> None:
                 (True, False): grpc.stream_unary_rpc_method_handler,
                 (False, True): grpc.unary_stream_rpc_method_handler,
                 (True, True): grpc.stream_stream_rpc_method_handler}[(m.client_streaming, m.server_streaming)]
-        handlers[m.name] = kind(getattr(servicer, m.name), request_deserializer=deser,
+        handlers[m.name] = kind(_refuse_malformed(getattr(servicer, m.name), m.client_streaming),
+                                request_deserializer=_tolerant(m.name, deser),
                                 response_serializer=resp_cls.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
-    def __init__(self, engine: Engine, health: Callable[[], tuple[bool, str]] | None = None) -> None:
+    def __init__(self, engine: Engine, health: Callable[[], tuple[bool, str]] | None = None,
+                 waits: Budget | None = None) -> None:
         self.engine = engine
         self.limits = engine.limits
         self.health = health or (lambda: (True, "serving"))
         self.guard = ShardGuard(engine.cfg)
+        # Reads that wait for a sequence hold a worker: they share the client
+        # budget with streams (see sutra_cluster/api/limits.py).
+        self.waits = waits
 
     # ---- writes ----------------------------------------------------------
     @grpc_errors
@@ -66,6 +110,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def LearnAssociation(
         self, request: pb.LearnAssociationRequest, context: grpc.ServicerContext
     ) -> pb.LearnAssociationResponse:
+        self._size(request)
         model.check_association(request)
         self.guard.check(request.source_id)  # an edge lives with its source concept
         batch = wal_pb2.WalBatch(request_id=request.request_id)
@@ -74,6 +119,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
     @grpc_errors
     def DeleteConcept(self, request: pb.DeleteConceptRequest, context: grpc.ServicerContext) -> pb.DeleteConceptResponse:
+        self._size(request)
         model.check_id("concept_id", request.concept_id)
         if not request.purge_foreign:
             self.guard.check(request.concept_id)
@@ -120,19 +166,46 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             out.associations += len(batch.associations)
         return out
 
-    def _size(self, request: object) -> None:
-        size = request.ByteSize()  # type: ignore[attr-defined]
+    def _size(self, request: Any) -> None:
+        """The message-size limit and the request id's, for single-item writes."""
+        size = request.ByteSize()
         if size > self.limits.max_message_bytes:
             raise InvalidArgument(
                 f"message has {size} bytes, SUTRA_MAX_MESSAGE_BYTES is {self.limits.max_message_bytes}"
             )
+        model.check_request_id(request.request_id)
+
+    def _wait(self, sequence: int, context: grpc.ServicerContext) -> None:
+        """Wait until ``sequence`` is visible, holding a client slot while it waits.
+
+        A leader refuses at once a sequence it never issued (past its last LSN):
+        waiting could not help, and such waits used to pin every worker."""
+        eng = self.engine
+        if sequence <= eng.applied_lsn:
+            eng.wait_visible(0)  # still refuses reads behind a read fence
+            return
+        last = eng.wal.last_lsn
+        if eng.role == "leader" and sequence > last:
+            raise FailedPrecondition(
+                f"sequence {sequence} is past this leader's last LSN {last} (term {eng.term}): it was not "
+                "issued here; write again, or read without sequence")
+        # Most waits end within a reconcile interval: those take no slot, so a
+        # burst of read-your-writes through a router is never refused.
+        try:
+            eng.wait_visible(sequence, timeout_s=min(FREE_WAIT_S, eng.cfg.read_wait_ms / 1000.0))
+            return
+        except DeadlineExceeded:
+            if self.waits is None:
+                raise
+        with self.waits.slot(client_of(context)):
+            eng.wait_visible(sequence)
 
     # ---- reads -----------------------------------------------------------
     @grpc_errors
     def QueryConcept(self, request: pb.QueryConceptRequest, context: grpc.ServicerContext) -> pb.QueryConceptResponse:
         model.check_id("concept_id", request.concept_id)
         self.guard.check(request.concept_id)
-        self.engine.wait_visible(request.sequence)
+        self._wait(request.sequence, context)
         c = self.engine.get_concept(request.concept_id)
         if c is None:
             return pb.QueryConceptResponse(found=False, concept_id=request.concept_id)
@@ -146,10 +219,11 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     @grpc_errors
     def GetNeighbors(self, request: pb.GetNeighborsRequest, context: grpc.ServicerContext) -> pb.GetNeighborsResponse:
         model.check_id("concept_id", request.concept_id)
-        self.engine.wait_visible(request.sequence)
-        found = self.engine.neighbors(
-            request.concept_id, request.direction != pb.INCOMING, request.direction != pb.OUTGOING
-        )
+        model.check_direction(request.direction)
+        self._wait(request.sequence, context)
+        out, inc = request.direction != pb.INCOMING, request.direction != pb.OUTGOING
+        self._neighbor_bound([request.concept_id], out, inc)
+        found = self.engine.neighbors(request.concept_id, out, inc)
         ids = sorted({f[0] for f in found})
         return pb.GetNeighborsResponse(
             neighbor_ids=ids,
@@ -165,8 +239,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                                   f"{self.limits.max_batch}")
         for i, cid in enumerate(request.concept_ids):
             model.check_id(f"concept_ids[{i}]", cid)
-        self.engine.wait_visible(request.sequence)
+        model.check_direction(request.direction)
+        self._wait(request.sequence, context)
         out, inc = request.direction != pb.INCOMING, request.direction != pb.OUTGOING
+        self._neighbor_bound(list(request.concept_ids), out, inc)
         results = []
         for cid in request.concept_ids:
             found = self.engine.neighbors(cid, out, inc)
@@ -177,12 +253,21 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             results.append(r)
         return pb.GetNeighborsBatchResponse(results=results)
 
+    def _neighbor_bound(self, ids: list[str], out: bool, inc: bool) -> None:
+        # Counted before anything is built: one 5 KB request naming a hub 1,000
+        # times used to cost 53 s of CPU and 1.2 GB (security review H3).
+        limit = self.engine.cfg.max_neighbors
+        n = self.engine.neighbor_count(ids, out, inc)
+        if n > limit:
+            raise ResourceExhausted(f"the answer would hold {n} neighbours of {len(ids)} id(s); "
+                                    f"SUTRA_MAX_NEIGHBORS is {limit}: ask for fewer ids")
+
     @grpc_errors
     def FindPath(self, request: pb.FindPathRequest, context: grpc.ServicerContext) -> pb.FindPathResponse:
         model.check_id("start_id", request.start_id)
         model.check_id("end_id", request.end_id)
         depth = model.path_depth(request.max_depth)
-        self.engine.wait_visible(request.sequence)
+        self._wait(request.sequence, context)
         path = self.engine.find_path(request.start_id, request.end_id, depth)
         return pb.FindPathResponse(found=path is not None, path=path or [])
 
@@ -193,7 +278,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         query = model.vector_from_request("query_vector", request.query_vector, request.query_f32, self.limits.dimension)
         if query is None:
             raise InvalidArgument(f"query_vector is empty, VECTOR_DIMENSION is {self.limits.dimension}")
-        self.engine.wait_visible(request.sequence)
+        self._wait(request.sequence, context)
         hits, exact = self.engine.search(query, request.k, request.ef_search)
         return pb.VectorSearchResponse(
             results=[pb.SearchResult(concept_id=cid, similarity=s) for cid, s in hits], exact=exact
@@ -219,5 +304,6 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
     @grpc_errors
     def GetDigest(self, request: pb.GetDigestRequest, context: grpc.ServicerContext) -> pb.GetDigestResponse:
-        lsn, digest, concepts, edges = self.engine.digest(request.sequence)
+        self._wait(request.sequence, context)
+        lsn, digest, concepts, edges = self.engine.digest()
         return pb.GetDigestResponse(lsn=lsn, digest=digest, concepts=concepts, edges=edges)

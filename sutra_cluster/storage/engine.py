@@ -26,7 +26,7 @@ from sutra_cluster.pb import wal_pb2
 from sutra_cluster.replication.recent import Entry, RecentLog
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.model import Limits, batch_items
-from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, iter_vectors
+from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
 from sutra_cluster.storage.terms import TermHistory
 from sutra_cluster.storage.vectors import VectorIndex
 from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog, wal_files
@@ -569,9 +569,28 @@ class Engine:
         with self._lock:
             return self.state.neighbors(cid, outgoing, incoming)
 
-    def find_path(self, start: str, end: str, depth: int) -> list[str] | None:
+    def neighbor_count(self, ids: list[str], outgoing: bool, incoming: bool) -> int:
+        """How many neighbours ``neighbors`` would return for all of ``ids`` (cheap: no copies)."""
         with self._lock:
-            return self.state.find_path(start, end, depth)
+            return sum(self.state.neighbor_count(cid, outgoing, incoming) for cid in ids)
+
+    def find_path(self, start: str, end: str, depth: int, max_visits: int | None = None,
+                  max_ms: int | None = None) -> list[str] | None:
+        """GraphState.find_path, bounded by ``max_visits`` and ``max_ms`` (ResourceExhausted
+        past them). The search lets go of the state lock every few hundred steps, so a
+        long search never holds back visibility of writes or other reads."""
+        visits = self.cfg.max_path_visits if max_visits is None else max_visits
+        ms = self.cfg.max_path_ms if max_ms is None else max_ms
+        lock = self._lock
+
+        def pause() -> None:
+            lock.release()
+            time.sleep(0)  # let a thread waiting on the lock take it now
+            lock.acquire()
+
+        bound = PathBound(visits, ms, time.monotonic() + ms / 1000.0, pause)
+        with lock:
+            return self.state.find_path(start, end, depth, bound)
 
     def search(self, query: np.ndarray, k: int, ef_search: int = 0) -> tuple[list[tuple[str, float]], bool]:
         return self.vectors.search(query, k, ef_search)

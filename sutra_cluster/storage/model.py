@@ -18,6 +18,10 @@ from sutra_cluster.errors import InvalidArgument
 from sutra_cluster.pb import storage_pb2, wal_pb2
 
 MAX_ID_BYTES = 256
+# Request ids are kept in memory (Engine.request_ids) and logged with every
+# record: bounded so that retry keys cannot pin memory. 1 KiB leaves room for the
+# router's purge ids (``<client id>:purge:<concept id>``).
+MAX_REQUEST_ID_BYTES = 1024
 MAX_CONTENT_BYTES = 10 * 1024 * 1024
 MAX_ATTRIBUTES = 1024
 MAX_ATTRIBUTE_KEY_BYTES = 256
@@ -39,12 +43,34 @@ class Limits:
 
 
 def check_id(field: str, value: str) -> None:
-    """Raise InvalidArgument unless ``value`` is a non-empty id of at most 256 UTF-8 bytes."""
+    """Raise InvalidArgument unless ``value`` is a non-empty id of at most 256 UTF-8
+    bytes without NUL (the state digest separates ids with NUL, so an id holding
+    one could make two different states hash alike)."""
     if not value:
         raise InvalidArgument(f"{field} is empty")
     n = len(value.encode("utf-8"))
     if n > MAX_ID_BYTES:
         raise InvalidArgument(f"{field} has {n} bytes, the limit is {MAX_ID_BYTES}")
+    if "\0" in value:
+        raise InvalidArgument(f"{field} contains a NUL character at index {value.index(chr(0))}")
+
+
+def check_request_id(value: str, field: str = "request_id", limit: int = MAX_REQUEST_ID_BYTES) -> None:
+    """Raise InvalidArgument when a request id is longer than ``limit`` UTF-8 bytes."""
+    if len(value) * 4 > limit:  # cheap pre-test: 4 bytes per character at most
+        n = len(value.encode("utf-8"))
+        if n > limit:
+            raise InvalidArgument(f"{field} has {n} bytes, the limit is {limit}")
+
+
+DIRECTIONS = {0: "BOTH", 1: "OUTGOING", 2: "INCOMING"}
+
+
+def check_direction(value: int) -> None:
+    """Raise InvalidArgument for a direction outside the Direction enum (protobuf
+    keeps unknown enum numbers; they used to be read as BOTH)."""
+    if value not in DIRECTIONS:
+        raise InvalidArgument(f"direction is {value}, it must be 0..2 (BOTH, OUTGOING, INCOMING)")
 
 
 def _check_unit(field: str, value: float) -> None:
@@ -173,6 +199,7 @@ def check_batch(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch, limits:
         raise InvalidArgument(
             f"message has {size} bytes, SUTRA_MAX_MESSAGE_BYTES is {limits.max_message_bytes}"
         )
+    check_request_id(batch.request_id)
     items = batch_items(batch)
     if items == 0:
         raise InvalidArgument("batch is empty")

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
+from sutra_cluster.errors import ResourceExhausted
 from sutra_cluster.pb import wal_pb2
 
 EdgeKey = tuple[str, int]  # (other concept id, assoc_type)
@@ -124,20 +126,31 @@ class GraphState:
         found.sort(key=lambda x: (x[0], x[1], not x[3]))
         return found
 
-    def find_path(self, start: str, end: str, depth: int) -> list[str] | None:
+    def neighbor_count(self, cid: str, outgoing: bool, incoming: bool) -> int:
+        """How many entries ``neighbors`` would return, without building them."""
+        return (len(self.out.get(cid, ())) if outgoing else 0) + (len(self.inc.get(cid, ())) if incoming else 0)
+
+    def find_path(self, start: str, end: str, depth: int, bound: PathBound | None = None) -> list[str] | None:
         """Shortest path over edges in either direction, at most ``depth`` hops.
 
         Breadth-first, visiting neighbours in id order, so the answer is the same
-        on every node that holds the same data.
+        on every node that holds the same data. With ``bound``: raises
+        ResourceExhausted past its visits or deadline, and calls its ``pause``
+        every PathBound.EVERY expansions (the engine lets writes and reads in there).
         """
         if start == end:
             return [start] if start in self.concepts or start in self.out or start in self.inc else None
         parent: dict[str, str] = {start: start}
         frontier = deque([(start, 0)])
+        expanded = 0
         while frontier:
             node, dist = frontier.popleft()
             if dist >= depth:
                 continue
+            if bound is not None:
+                expanded += 1
+                if expanded % PathBound.EVERY == 0:
+                    bound.check(len(parent), dist, end)
             nxt = {d for d, _ in self.out.get(node, {})} | {s for s, _ in self.inc.get(node, {})}
             for other in sorted(nxt):
                 if other in parent:
@@ -146,6 +159,8 @@ class GraphState:
                 if other == end:
                     return walk_back(parent, start, end)
                 frontier.append((other, dist + 1))
+            if bound is not None and len(parent) > bound.max_visits:
+                bound.check(len(parent), dist, end)
         return None
 
     # ---- snapshots ------------------------------------------------------
@@ -170,6 +185,30 @@ class GraphState:
             for (dst, t), conf in sorted(self.out[src].items()):
                 h.update(src.encode() + b"\0" + dst.encode() + b"\0" + struct.pack("<If", t, conf))
         return h.hexdigest()
+
+
+@dataclass
+class PathBound:
+    """The work one FindPath may do: ``max_visits`` concepts, until ``deadline``
+    (time.monotonic(), ``max_ms`` after it began), and ``pause()`` between steps to let others take the lock."""
+
+    max_visits: int
+    max_ms: int
+    deadline: float
+    pause: Callable[[], None] | None = None
+    EVERY: ClassVar[int] = 256  # expansions between two checks (and pauses)
+
+    def check(self, visited: int, dist: int, end: str) -> None:
+        if visited > self.max_visits:
+            raise ResourceExhausted(
+                f"FindPath visited {visited} concepts (depth {dist}) without reaching {end!r}; "
+                f"SUTRA_MAX_PATH_VISITS is {self.max_visits}: lower max_depth")
+        if time.monotonic() > self.deadline:
+            raise ResourceExhausted(
+                f"FindPath searched for {self.max_ms} ms ({visited} concepts visited, depth {dist}) without "
+                f"reaching {end!r}; SUTRA_MAX_PATH_MS is {self.max_ms}: lower max_depth")
+        if self.pause is not None:
+            self.pause()
 
 
 def walk_back(parent: dict[str, str], start: str, end: str) -> list[str]:
