@@ -113,3 +113,84 @@ def test_good_request_after_rejections_still_works(stub: storage_pb2_grpc.Storag
     r = stub.LearnConcept(concept(concept_id="ok", embedding_f32=vec()))
     got = stub.QueryConcept(pb.QueryConceptRequest(concept_id="ok", sequence=r.sequence))
     assert got.found
+
+
+# ---- security review 2026-12-01: H4, L1, L3, L4 and M1 ----------------------------
+LONG_RID = "r" * 1025
+HOSTILE_CASES: dict[str, Callable[[], tuple[str, object, tuple[str, ...]]]] = {
+    "request_id_too_long_concept": lambda: ("LearnConcept", concept(concept_id="rid", request_id=LONG_RID),
+                                            ("request_id has 1025 bytes", "limit is 1024")),
+    "request_id_too_long_association": lambda: ("LearnAssociation", pb.LearnAssociationRequest(
+        source_id="a", target_id="b", request_id=LONG_RID), ("request_id has 1025 bytes", "limit is 1024")),
+    "request_id_too_long_delete": lambda: ("DeleteConcept", pb.DeleteConceptRequest(
+        concept_id="seed", request_id=LONG_RID), ("request_id has 1025 bytes",)),
+    "request_id_too_long_batch": lambda: ("LearnBatch", pb.LearnBatchRequest(
+        concepts=[concept(concept_id="rb")], request_id=LONG_RID), ("request_id has 1025 bytes",)),
+    "association_over_message_limit": lambda: ("LearnAssociation", pb.LearnAssociationRequest(
+        source_id="a", target_id="b", request_id="x" * (MAX_MESSAGE + 1)),
+        ("message has", f"SUTRA_MAX_MESSAGE_BYTES is {MAX_MESSAGE}")),
+    "delete_over_message_limit": lambda: ("DeleteConcept", pb.DeleteConceptRequest(
+        concept_id="seed", request_id="x" * (MAX_MESSAGE + 1)), ("message has", f"SUTRA_MAX_MESSAGE_BYTES is {MAX_MESSAGE}")),
+    "nul_in_concept_id": lambda: ("LearnConcept", concept(concept_id="a\0b"), ("concept_id contains a NUL",)),
+    "nul_in_target_id": lambda: ("LearnAssociation", pb.LearnAssociationRequest(source_id="a", target_id="b\0"),
+                                 ("target_id contains a NUL",)),
+    "nul_in_batch_delete": lambda: ("LearnBatch", pb.LearnBatchRequest(delete_concept_ids=["\0"]),
+                                    ("delete_concept_ids[0] contains a NUL",)),
+    "unknown_direction": lambda: ("GetNeighbors", pb.GetNeighborsRequest(concept_id="seed", direction=7),  # type: ignore[arg-type]
+                                  ("direction is 7", "BOTH, OUTGOING, INCOMING")),
+    "unknown_direction_batch": lambda: ("GetNeighborsBatch", pb.GetNeighborsBatchRequest(
+        concept_ids=["seed"], direction=3), ("direction is 3",)),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CASES))
+def test_hostile_input_rejected(stub: storage_pb2_grpc.StorageServiceStub, case: str) -> None:
+    method, request, needles = HOSTILE_CASES[case]()
+    rejects(stub, method, request, *needles)
+
+
+@pytest.mark.parametrize("method,raw", [
+    ("LearnConcept", b"\x0a\x02\xff\xfe\x12\x01x"),  # concept_id with invalid UTF-8
+    ("QueryConcept", b"\x0a\x03\xc3\x28\x41"),
+    ("LearnBatch", b"\xff\xff\xff\xff\xff"),  # not protobuf at all
+    ("LearnStream", b"\x0a\x02\xff\xfe"),
+])
+def test_malformed_protobuf_answers_invalid_argument(node: NodeProcess, stub: storage_pb2_grpc.StorageServiceStub,
+                                                     method: str, raw: bytes) -> None:
+    last = stub.GetStats(pb.GetStatsRequest()).last_lsn
+    before = stub.GetDigest(pb.GetDigestRequest(sequence=last)).digest
+    log_size = node.log_path.stat().st_size
+    with grpc.insecure_channel(node.address) as ch:
+        path = f"/sutra.storage.StorageService/{method}"
+        if method == "LearnStream":
+            call = ch.stream_unary(path, request_serializer=None, response_deserializer=None)
+            args: object = iter([raw])
+        else:
+            call = ch.unary_unary(path, request_serializer=None, response_deserializer=None)
+            args = raw
+        with pytest.raises(grpc.RpcError) as info:
+            call(args, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (info.value.code(), info.value.details())
+    assert f"{method}: the request is not a valid" in info.value.details(), info.value.details()
+    assert stub.GetStats(pb.GetStatsRequest()).last_lsn == last
+    assert stub.GetDigest(pb.GetDigestRequest(sequence=last)).digest == before
+    assert "Traceback" not in node.log_path.read_bytes()[log_size:].decode(errors="replace")
+
+
+def test_reused_request_id_with_another_payload_is_refused(stub: storage_pb2_grpc.StorageServiceStub) -> None:
+    first = stub.LearnConcept(concept(concept_id="rid-a", content="first", request_id="rid-reuse-1")).sequence
+    # A retry (same request) answers the first write's sequence and logs nothing.
+    assert stub.LearnConcept(concept(concept_id="rid-a", content="first", request_id="rid-reuse-1")).sequence == first
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LearnConcept(concept(concept_id="rid-b", content="second", request_id="rid-reuse-1"))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "rid-reuse-1" in info.value.details() and f"sequence {first}" in info.value.details()
+    assert stub.GetStats(pb.GetStatsRequest()).last_lsn == first, "the refused write was logged"
+    assert not stub.QueryConcept(pb.QueryConceptRequest(concept_id="rid-b", sequence=first)).found
+
+
+def test_far_future_sequence_is_refused_at_once_by_a_leader(stub: storage_pb2_grpc.StorageServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.QueryConcept(pb.QueryConceptRequest(concept_id="seed", sequence=(1 << 64) - 1), timeout=1.0)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
+    assert "past this leader's last LSN" in info.value.details()

@@ -33,16 +33,16 @@ class Malformed:
     """What the deserializer hands on for bytes that are not the request message
     (grpcio would answer INTERNAL and log a traceback for each one)."""
 
-    def __init__(self, method: str, exc: Exception) -> None:
-        self.message = f"{method}: the request is not a valid {method}Request message ({type(exc).__name__}: {exc})"
+    def __init__(self, method: str, message_type: str, exc: Exception) -> None:
+        self.message = f"{method}: the request is not a valid {message_type} ({type(exc).__name__}: {exc})"
 
 
-def _tolerant(method: str, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _tolerant(method: str, message_type: str, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     def deserialize(raw: bytes) -> Any:
         try:
             return parse(raw)
         except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
-            return Malformed(method, exc)
+            return Malformed(method, message_type, exc)
     return deserialize
 
 
@@ -79,7 +79,7 @@ def add_to_server(servicer: StorageServicer, server: grpc.Server) -> None:
                 (False, True): grpc.unary_stream_rpc_method_handler,
                 (True, True): grpc.stream_stream_rpc_method_handler}[(m.client_streaming, m.server_streaming)]
         handlers[m.name] = kind(_refuse_malformed(getattr(servicer, m.name), m.client_streaming),
-                                request_deserializer=_tolerant(m.name, deser),
+                                request_deserializer=_tolerant(m.name, m.input_type.name, deser),
                                 response_serializer=resp_cls.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 

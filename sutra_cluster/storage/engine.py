@@ -25,7 +25,7 @@ from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.replication.recent import Entry, RecentLog
 from sutra_cluster.storage import checkpoint as ckpt
-from sutra_cluster.storage.model import Limits, batch_items
+from sutra_cluster.storage.model import Limits, batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
 from sutra_cluster.storage.terms import TermHistory
 from sutra_cluster.storage.vectors import VectorIndex
@@ -61,7 +61,7 @@ class Engine:
         self.leader_address = cfg.leader
         self.recent = RecentLog()
         # Recent client request ids -> LSN, so a write retried across a failover applies once.
-        self.request_ids: OrderedDict[str, int] = OrderedDict()
+        self.request_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()  # id -> (LSN, request fingerprint)
         self.terms = TermHistory(self.dir)
         self.durable_listeners: list[Callable[[int], None]] = []
         self.applied_lsn = 0
@@ -200,7 +200,7 @@ class Engine:
             if r.rtype == RT_BATCH:
                 b = wal_pb2.WalBatch.FromString(r.payload)
                 entries.append((r.lsn, b, batch_items(b)))
-                self._remember(b.request_id, r.lsn)
+                self._remember(b.request_id, r.lsn, request_fingerprint(logged_body(r.payload, b)))
             else:
                 entries.append((r.lsn, None, 0))
             if r.term > self.terms.last_term:
@@ -319,27 +319,29 @@ class Engine:
             with self._append_lock:
                 self.inflight -= 1
 
-    def _remember(self, request_id: str, lsn: int) -> None:
+    def _remember(self, request_id: str, lsn: int, fingerprint: int) -> None:
         if request_id:
-            self.request_ids[request_id] = lsn
+            self.request_ids[request_id] = (lsn, fingerprint)
             if len(self.request_ids) > REQUEST_IDS_KEPT:
                 self.request_ids.popitem(last=False)
 
     def _submit(self, batch: wal_pb2.WalBatch, t0: float, raw: bytes | None) -> int:
         rid = batch.request_id
         ts = time.time_ns() // 1000
+        body = raw or batch.SerializeToString()  # the request as logged, before the timestamp
+        fp = request_fingerprint(body)
         batch.timestamp_us = ts
-        payload = raw + wal_pb2.WalBatch(timestamp_us=ts).SerializeToString() if raw else batch.SerializeToString()
+        payload = body + wal_pb2.WalBatch(timestamp_us=ts).SerializeToString()
         items = batch_items(batch)
         with self._append_lock:
             self.check_writable()
             # What this write must pass is fixed now, with the role it was logged
             # under: a demotion while it waits must not wave it through.
             gate, term = self.commit_gate, self.term
-            earlier = self.request_ids.get(rid) if rid else None
+            earlier = same_request(rid, self.request_ids.get(rid), fp) if rid else None
             if earlier is None:
                 lsn = self.wal.append(RT_BATCH, payload, term)
-                self._remember(rid, lsn)
+                self._remember(rid, lsn, fp)
                 self.recent.append(lsn, term, RT_BATCH, payload)
                 self._unapplied.append((lsn, batch, items))
                 self.pending_items += items
@@ -445,7 +447,7 @@ class Engine:
                 batch = wal_pb2.WalBatch.FromString(payload) if rtype == RT_BATCH else None
                 n = batch_items(batch) if batch is not None else 0
                 if batch is not None:
-                    self._remember(batch.request_id, lsn)
+                    self._remember(batch.request_id, lsn, request_fingerprint(logged_body(payload, batch)))
                 self._unapplied.append((lsn, batch, n))
                 appended.append((lsn, batch, n))
                 self.pending_items += n

@@ -12,9 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import crc32c
 import numpy as np
 
-from sutra_cluster.errors import InvalidArgument
+from sutra_cluster.errors import AlreadyExists, InvalidArgument
 from sutra_cluster.pb import storage_pb2, wal_pb2
 
 MAX_ID_BYTES = 256
@@ -229,3 +230,35 @@ def path_depth(max_depth: int) -> int:
     if max_depth > MAX_PATH_DEPTH:
         raise InvalidArgument(f"max_depth is {max_depth}, the limit is {MAX_PATH_DEPTH}")
     return max_depth or DEFAULT_PATH_DEPTH
+
+
+# ---- request ids -----------------------------------------------------------
+# A request id names one write: a retry resends the same request and gets the
+# first write's LSN. The engine keeps, with each id, a fingerprint of the request
+# as logged (without the leader's timestamp), so reusing an id for a different
+# payload is refused instead of answered with the old LSN (review M1).
+
+def request_fingerprint(body: bytes) -> int:
+    """crc32c and length of a logged request's bytes: cheap on the write path, and
+    enough to tell a retry from a different write (this is not a security hash)."""
+    return (crc32c.crc32c(body) << 32) | (len(body) & 0xFFFFFFFF)
+
+
+def logged_body(payload: bytes, batch: wal_pb2.WalBatch) -> bytes:
+    """The request bytes inside a logged payload: the leader appends its timestamp
+    (field 15, the highest, so it also ends a plain serialization)."""
+    suffix = wal_pb2.WalBatch(timestamp_us=batch.timestamp_us).SerializeToString()
+    return payload[: -len(suffix)] if suffix and payload.endswith(suffix) else payload
+
+
+def same_request(request_id: str, seen: tuple[int, int] | None, fingerprint: int) -> int | None:
+    """The LSN of the earlier write with this id (None: a new id). Raises
+    AlreadyExists when the id was used for a different payload."""
+    if seen is None:
+        return None
+    if seen[1] != fingerprint:
+        shown = request_id if len(request_id) <= 64 else request_id[:64] + "..."
+        raise AlreadyExists(
+            f"request_id {shown!r} was already used by the write at sequence {seen[0]} with a different payload; "
+            "a retry must resend the same request, a new write needs a new request_id")
+    return seen[0]
