@@ -41,8 +41,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sutra_cluster.api.limits import Budget, StreamLimits
 from sutra_cluster.api.status import grpc_errors
-from sutra_cluster.config import _parse_addresses, _Reader
+from sutra_cluster.config import _Reader, parse_etcd_endpoints
 from sutra_cluster.errors import ConfigError, InvalidArgument
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
@@ -76,6 +77,10 @@ class RouterConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    max_streams: int = 32  # SUTRA_MAX_STREAMS (default workers / 2)
+    max_streams_per_client: int = 8  # SUTRA_MAX_STREAMS_PER_CLIENT
+    max_path_visits: int = 100_000  # SUTRA_MAX_PATH_VISITS
+    max_path_ms: int = 2_000  # SUTRA_MAX_PATH_MS
 
 
 def load_config(env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -84,9 +89,10 @@ def load_config(env: Mapping[str, str] | None = None) -> RouterConfig:
     port_default = r.integer("STORAGE_PORT", 50051, 1, 65535)
     port = r.integer("SUTRA_ROUTER_PORT", port_default, 1, 65535)
     host = env.get("SUTRA_HOST", "").strip() or "0.0.0.0"
+    workers = r.integer("SUTRA_GRPC_WORKERS", 64, 4, 1024)
     cfg = RouterConfig(
         host=host, port=port,
-        etcd_endpoints=r.get("SUTRA_ETCD_ENDPOINTS", (), _parse_addresses, lambda v: None),
+        etcd_endpoints=r.get("SUTRA_ETCD_ENDPOINTS", (), parse_etcd_endpoints, lambda v: None),
         cluster_name=env.get("SUTRA_CLUSTER_NAME", "").strip() or "sutra",
         shard_map=env.get("SUTRA_SHARD_MAP", "").strip(),
         shards=r.integer("SUTRA_SHARDS", 0, 1, shardmap.MAX_SHARDS),
@@ -97,7 +103,11 @@ def load_config(env: Mapping[str, str] | None = None) -> RouterConfig:
         dimension=r.integer("VECTOR_DIMENSION", 0, 1, 65_536),
         max_batch=r.integer("SUTRA_MAX_BATCH", 10_000, 1, 1_000_000),
         max_message_bytes=r.integer("SUTRA_MAX_MESSAGE_BYTES", 64 << 20, 1 << 20, 1 << 30),
-        grpc_workers=r.integer("SUTRA_GRPC_WORKERS", 64, 2, 1024),
+        grpc_workers=workers,
+        max_streams=r.integer("SUTRA_MAX_STREAMS", workers // 2, 1, workers - 2),
+        max_streams_per_client=r.integer("SUTRA_MAX_STREAMS_PER_CLIENT", 8, 1, 1024),
+        max_path_visits=r.integer("SUTRA_MAX_PATH_VISITS", 100_000, 1, 1 << 32),
+        max_path_ms=r.integer("SUTRA_MAX_PATH_MS", 2_000, 1, 600_000),
         log_level=r.choice("SUTRA_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         tls_cert=env.get("SUTRA_TLS_CERT", "").strip(), tls_key=env.get("SUTRA_TLS_KEY", "").strip(),
         tls_ca=env.get("SUTRA_TLS_CA", "").strip(),
@@ -111,6 +121,8 @@ def load_config(env: Mapping[str, str] | None = None) -> RouterConfig:
             r.errors.append(f"SUTRA_SHARD_MAP: {exc}")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         r.errors.append("SUTRA_TLS_CERT/SUTRA_TLS_KEY: set both or neither")
+    if cfg.tls_ca and not cfg.tls_cert:
+        r.errors.append("SUTRA_TLS_CA: set SUTRA_TLS_CERT and SUTRA_TLS_KEY too; a CA alone would serve plaintext")
     if r.errors:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(r.errors))
     return cfg
@@ -255,10 +267,14 @@ class Router:
         self.set = self._make_set(resolve_map(cfg))
         self.health = health.HealthServicer()
         hard = min(2 * cfg.max_message_bytes, (1 << 31) - 1)
+        # Streams hold a worker each: bounded, so health checks and unary calls always find one.
+        streams = StreamLimits(Budget("streams", cfg.max_streams, "SUTRA_MAX_STREAMS", cfg.max_streams_per_client,
+                                      "SUTRA_MAX_STREAMS_PER_CLIENT"))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="grpc"),
             options=[("grpc.max_receive_message_length", hard), ("grpc.max_send_message_length", hard),
                      ("grpc.so_reuseport", 0)],
+            interceptors=[streams],
         )
         storage_pb2_grpc.add_StorageServiceServicer_to_server(RouterServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -274,7 +290,8 @@ class Router:
         return ShardSet(smap, etcd_endpoints=c.etcd_endpoints, cluster=c.cluster_name, timeout=c.timeout_ms / 1000,
                         write_deadline=c.write_deadline_ms / 1000, read_deadline=c.read_deadline_ms / 1000,
                         credentials=self._channel_creds, dimension=c.dimension, max_batch=c.max_batch,
-                        max_message_bytes=c.max_message_bytes)
+                        max_message_bytes=c.max_message_bytes, max_path_visits=c.max_path_visits,
+                        max_path_ms=c.max_path_ms)
 
     def uptime(self) -> int:
         return int(time.monotonic() - self.started)

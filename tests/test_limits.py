@@ -24,6 +24,7 @@ from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
 from tests.cluster import running_cluster, wait_lsn, wait_streaming
 from tests.helpers import NodeProcess, wait_for
+from tests.shard_cluster import RouterProcess
 
 pytestmark = pytest.mark.slow  # starts node processes
 
@@ -88,6 +89,7 @@ def _probe(address: str, leader: str, n: int) -> float:
     return slowest
 
 
+@pytest.mark.slow
 def test_200_idle_streams_and_200_waiting_reads_do_not_stall_the_nodes(tmp_path: Path) -> None:
     with running_cluster(tmp_path, replicas=1, replica_env={"SUTRA_READ_WAIT_MS": "60000"}) as c:
         replica = c.nodes[1]
@@ -152,6 +154,7 @@ def _state(stub: storage_pb2_grpc.StorageServiceStub) -> tuple[int, str]:
     return d.lsn, d.digest
 
 
+@pytest.mark.slow
 def test_neighbors_batch_naming_a_hub_1000_times_is_refused_at_once(graph_node: NodeProcess) -> None:
     with grpc.insecure_channel(graph_node.address) as ch:
         stub = storage_pb2_grpc.StorageServiceStub(ch)
@@ -169,6 +172,7 @@ def test_neighbors_batch_naming_a_hub_1000_times_is_refused_at_once(graph_node: 
         assert _state(stub) == before
 
 
+@pytest.mark.slow
 def test_find_path_is_bounded_and_lets_writes_become_visible(graph_node: NodeProcess) -> None:
     with grpc.insecure_channel(graph_node.address) as ch:
         stub = storage_pb2_grpc.StorageServiceStub(ch)
@@ -206,3 +210,37 @@ def test_find_path_is_bounded_and_lets_writes_become_visible(graph_node: NodePro
             stop.set()
             for t in threads:
                 t.join(timeout=60)
+
+
+def test_router_applies_the_same_bounds(graph_node: NodeProcess, tmp_path: Path) -> None:
+    router = RouterProcess("router-limits", {
+        "SUTRA_SHARD_MAP": f"0={graph_node.address}", "SUTRA_MAX_BATCH": "100", "SUTRA_MAX_PATH_VISITS": "1000",
+        "SUTRA_GRPC_WORKERS": "8"}, tmp_path / "router.log")
+    stop = threading.Event()
+    try:
+        router.start()
+        with grpc.insecure_channel(router.address) as ch:
+            stub = storage_pb2_grpc.StorageServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetNeighborsBatch(pb.GetNeighborsBatchRequest(concept_ids=["HUB"] * 101), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "concept_ids has 101 ids, SUTRA_MAX_BATCH is 100" in info.value.details()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.FindPath(pb.FindPathRequest(start_id="HUB", end_id="nowhere", max_depth=20), timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "SUTRA_MAX_PATH_VISITS is 1000" in info.value.details(), info.value.details()
+            # 200 idle streams: 4 (SUTRA_GRPC_WORKERS / 2) stay open, the rest are refused,
+            # and health checks and reads through the router go on.
+            streams = [stub.LearnStream.future(_idle_stream(stop), timeout=120) for _ in range(HOSTILE)]
+            wait_for(lambda: sum(f.done() for f in streams) >= HOSTILE - 4, 60, "router streams past the bound refused")
+            assert all(f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
+                       for f in streams if f.done())
+            assert "SUTRA_MAX_STREAMS is 4" in next(f for f in streams if f.done()).exception().details()  # type: ignore[union-attr]
+            for _ in range(5):
+                t0 = time.monotonic()
+                assert stub.HealthCheck(pb.HealthCheckRequest(), timeout=BOUND_S).healthy
+                assert stub.QueryConcept(pb.QueryConceptRequest(concept_id="n1"), timeout=BOUND_S) is not None
+                assert time.monotonic() - t0 < BOUND_S
+    finally:
+        stop.set()
+        router.stop()

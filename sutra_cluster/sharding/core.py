@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,7 +44,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from sutra_cluster.errors import InvalidArgument
+from sutra_cluster.errors import InvalidArgument, ResourceExhausted
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.sharding.links import Channels, ShardLink, ShardUnavailable, retryable
 from sutra_cluster.sharding.shardmap import ShardMap
@@ -90,7 +91,8 @@ class ShardSet:
     def __init__(self, smap: ShardMap, *, etcd_endpoints: Sequence[str] = (), cluster: str = "sutra",
                  timeout: float = 10.0, write_deadline: float = 15.0, read_deadline: float = 15.0,
                  credentials: grpc.ChannelCredentials | None = None, dimension: int = 0,
-                 max_batch: int = 10_000, max_message_bytes: int = 64 << 20, workers: int = 32) -> None:
+                 max_batch: int = 10_000, max_message_bytes: int = 64 << 20, workers: int = 32,
+                 max_path_visits: int = 100_000, max_path_ms: int = 2_000) -> None:
         self.map = smap
         self.channels = Channels(credentials)
         self.links = [
@@ -103,6 +105,9 @@ class ShardSet:
         self.dimension = dimension
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
+        # The router bounds a FindPath's BFS as a node does (SUTRA_MAX_PATH_VISITS/_MS).
+        self.max_path_visits = max_path_visits
+        self.max_path_ms = max_path_ms
 
     @property
     def shards(self) -> int:
@@ -180,7 +185,9 @@ class ShardSet:
     @staticmethod
     def _request_id(rid: str) -> str:
         # Every write gets a request id, so that retrying it (here across a
-        # failover, or by the caller after an error) applies it once.
+        # failover, or by the caller after an error) applies it once. Half a
+        # node's limit: purges send "<id>:purge:<concept id>".
+        model.check_request_id(rid, limit=model.MAX_REQUEST_ID_BYTES // 2)
         return rid or uuid.uuid4().hex
 
     # ---- writes ----------------------------------------------------------
@@ -282,6 +289,7 @@ class ShardSet:
 
     def get_neighbors(self, req: pb.GetNeighborsRequest) -> pb.GetNeighborsResponse:
         model.check_id("concept_id", req.concept_id)
+        model.check_direction(req.direction)
         home = self.owner(req.concept_id)
         if req.direction == pb.OUTGOING or self.shards == 1:
             r = pb.GetNeighborsRequest(concept_id=req.concept_id, direction=req.direction,
@@ -350,8 +358,12 @@ class ShardSet:
         return out, missing
 
     def get_neighbors_batch(self, req: pb.GetNeighborsBatchRequest) -> pb.GetNeighborsBatchResponse:
+        # The same id limit as a node: the router used to fan out any number of ids.
+        if len(req.concept_ids) > self.max_batch:
+            raise InvalidArgument(f"concept_ids has {len(req.concept_ids)} ids, SUTRA_MAX_BATCH is {self.max_batch}")
         for i, cid in enumerate(req.concept_ids):
             model.check_id(f"concept_ids[{i}]", cid)
+        model.check_direction(req.direction)
         if req.direction == pb.OUTGOING and len({self.owner(c) for c in req.concept_ids}) <= 1:
             tok = {s: self._one_shard_seq(req, s) for s in range(self.shards)}
         else:
@@ -391,7 +403,9 @@ class ShardSet:
         parent: dict[str, str] = {start: start}
         frontier = [start]
         dist = 0
+        deadline = time.monotonic() + self.max_path_ms / 1000.0
         while frontier and dist < depth:
+            self._path_bound(len(parent), dist, end, deadline)
             nbrs = level(frontier)
             nxt: list[str] = []
             for node, r in zip(frontier, nbrs):
@@ -405,7 +419,18 @@ class ShardSet:
                     nxt.append(other)
             frontier = nxt
             dist += 1
+        if frontier and dist < depth:
+            self._path_bound(len(parent), dist, end, deadline)
         return pb.FindPathResponse(found=False, missing_shards=sorted(missing))
+
+    def _path_bound(self, visited: int, dist: int, end: str, deadline: float) -> None:
+        if visited > self.max_path_visits:
+            raise ResourceExhausted(f"FindPath visited {visited} concepts (depth {dist}) without reaching {end!r}; "
+                                    f"SUTRA_MAX_PATH_VISITS is {self.max_path_visits}: lower max_depth")
+        if time.monotonic() > deadline:
+            raise ResourceExhausted(f"FindPath searched for {self.max_path_ms} ms ({visited} concepts visited, "
+                                    f"depth {dist}) without reaching {end!r}; SUTRA_MAX_PATH_MS is "
+                                    f"{self.max_path_ms}: lower max_depth")
 
     def vector_search(self, req: pb.VectorSearchRequest) -> pb.VectorSearchResponse:
         model.check_k(req.k)
