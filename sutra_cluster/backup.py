@@ -172,15 +172,12 @@ def _decode(tee: _Tee, where: str, progress: Progress, digest: bool,
 
 
 def _snapshot_stream(node: str, timeout: float | None) -> tuple[grpc.Channel, Iterator[rpb.SnapshotBlock]]:
-    """GetSnapshot over a channel with the admin tools' TLS settings (SUTRA_TLS_CERT,
-    SUTRA_TLS_KEY, SUTRA_TLS_CA from the environment, as tlsutil.env_channel reads
-    them) and no limit on a block's size (one frame may be as large as a batch)."""
-    from sutra_cluster.tlsutil import peer_credentials
+    """GetSnapshot over a channel with the admin tools' TLS settings and cluster
+    secret (from the environment, as tlsutil.env_channel reads them) and no limit
+    on a block's size (one frame may be as large as a batch)."""
+    from sutra_cluster.tlsutil import env_channel
 
-    env = os.environ
-    creds = peer_credentials(env.get("SUTRA_TLS_CERT", ""), env.get("SUTRA_TLS_KEY", ""), env.get("SUTRA_TLS_CA", ""))
-    opts = [("grpc.max_receive_message_length", -1)]
-    ch = grpc.secure_channel(node, creds, options=opts) if creds is not None else grpc.insecure_channel(node, options=opts)
+    ch = env_channel(node, options=[("grpc.max_receive_message_length", -1)])  # with the cluster secret too
     stub = replication_pb2_grpc.ReplicationServiceStub(ch)
     return ch, stub.GetSnapshot(rpb.SnapshotRequest(node_id=f"backup@{socket.gethostname()}"), timeout=timeout)
 

@@ -159,6 +159,33 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sutra_cluster import certs
+
+    d = Path(args.certs_dir)
+    try:
+        if args.action == "list":
+            print("\n".join(certs.list_certs(d)) or f"no certificates in {d}")
+            return 0
+        if args.action == "create-ca":
+            made = certs.create_ca(d, days=args.days or certs.CA_DAYS, overwrite=args.overwrite)
+            print(f"CA {made.cert} (key {made.key}, expires {made.not_after:%Y-%m-%d})")
+            return 0
+        if not args.name:
+            print(f"sutra-cluster certs {args.action}: give a name", file=sys.stderr)
+            return 2
+        role = args.action.removeprefix("create-")
+        made = certs.create_cert(d, role, args.name, args.hosts, days=args.days or certs.LEAF_DAYS)
+    except (certs.CertError, OSError) as exc:
+        print(f"sutra-cluster certs: {exc}", file=sys.stderr)
+        return 1
+    print(f"{role} certificate {made.cert} (key {made.key}) for {certs.URI_PREFIX}{role}/{made.name}"
+          + (f", hosts {','.join(made.hosts)}" if made.hosts else "") + f", expires {made.not_after:%Y-%m-%d}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sutra-cluster", description="Sutra Cluster storage nodes and tools")
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--force", action="store_true", help="replace the node files of a non-empty folder")
     rs.add_argument("--quiet", action="store_true", help="no progress bar")
     rs.set_defaults(func=_restore)
+    ce = sub.add_parser("certs", help="make a cluster CA and node/admin/client certificates (mutual TLS with roles)",
+                        description="Certificates for mutual TLS with roles (see docs/HA.md, Security). Order: "
+                        "create-ca once, then create-node NAME HOST... per node (NAME = its SUTRA_NODE_ID), "
+                        "create-admin NAME for operators' tools, create-client NAME for applications and routers.")
+    ce.add_argument("action", choices=["create-ca", "create-node", "create-admin", "create-client", "list"])
+    ce.add_argument("name", nargs="?", help="node id (create-node) or the admin's / client's name")
+    ce.add_argument("hosts", nargs="*", help="DNS names and IPs the node is reached at (default localhost 127.0.0.1)")
+    ce.add_argument("--certs-dir", default="certs", help="folder with ca.crt/ca.key and the certificates")
+    ce.add_argument("--days", type=int, default=0, help="validity (default 3650 for the CA, 730 otherwise)")
+    ce.add_argument("--overwrite", action="store_true", help="create-ca: replace an existing CA")
+    ce.set_defaults(func=_certs)
     return p
 
 
@@ -229,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (CoordinatorUnavailable, RuntimeError, TimeoutError) as exc:
+    except (CoordinatorUnavailable, ConfigError, RuntimeError, TimeoutError) as exc:
         print(f"sutra-cluster {args.command}: {exc}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
+from sutra_cluster.credentials import EtcdSecurity, cluster_secret
 from sutra_cluster.errors import ConfigError
 
 T = TypeVar("T")
@@ -59,6 +60,8 @@ class Config:
     tls_cert: str = ""  # SUTRA_TLS_CERT
     tls_key: str = ""  # SUTRA_TLS_KEY
     tls_ca: str = ""  # SUTRA_TLS_CA
+    cluster_secret: str = field(default="", repr=False)  # SUTRA_CLUSTER_SECRET or SUTRA_CLUSTER_SECRET_FILE
+    etcd: EtcdSecurity = EtcdSecurity()  # SUTRA_ETCD_CACERT/CERT/KEY/USER/PASSWORD
     shard: int = 0  # SUTRA_SHARD
     shards: int = 1  # SUTRA_SHARDS: shard count for the wrong-shard check (1: none, or the etcd shard map's)
     cluster_name: str = "sutra"  # SUTRA_CLUSTER_NAME: etcd key prefix /<name>/
@@ -228,6 +231,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         tls_cert=env.get("SUTRA_TLS_CERT", "").strip(),
         tls_key=env.get("SUTRA_TLS_KEY", "").strip(),
         tls_ca=env.get("SUTRA_TLS_CA", "").strip(),
+        cluster_secret=cluster_secret(env, r.errors),
+        etcd=EtcdSecurity.from_env(env),
         shard=r.integer("SUTRA_SHARD", 0, 0, 65_535),
         shards=r.integer("SUTRA_SHARDS", 1, 1, 4096),
         cluster_name=env.get("SUTRA_CLUSTER_NAME", "").strip() or "sutra",
@@ -238,6 +243,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         max_lag_on_failover=r.integer("SUTRA_MAX_LAG_ON_FAILOVER", 1_000_000, 0, 1 << 62),
     )
     r.errors.extend(timing_problems(cfg))
+    r.errors.extend(cfg.etcd.problems())
     if cfg.shards > 1 and cfg.shard >= cfg.shards:
         r.errors.append(f"SUTRA_SHARD={cfg.shard}: SUTRA_SHARDS is {cfg.shards}, so shards are 0..{cfg.shards - 1}")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):

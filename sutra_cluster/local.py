@@ -3,17 +3,25 @@
 ``up`` starts the nodes as background processes under one data folder, waits
 until they are healthy, writes a little sample data and prints where to point
 grpcurl and Prometheus. ``down`` stops them with SIGTERM (graceful).
+
+Secure by default: ``up`` makes a cluster secret in ``<dir>/cluster-secret``
+(0600, kept across restarts) and gives it to every node and the router, so the
+replication and admin calls need it (see sutra_cluster/auth.py); the commands
+it prints pass it on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +30,7 @@ import numpy as np
 from sutra_cluster.client import Association, Concept, SutraClient
 
 STATE_FILE = "cluster.json"
+SECRET_FILE = "cluster-secret"
 
 
 @dataclass
@@ -33,6 +42,37 @@ class Proc:
     metrics_port: int
     data: str
     log: str
+
+
+def cluster_secret(root: Path) -> str:
+    """The local cluster's secret, made on first use (0600, never world-readable)."""
+    path = root / SECRET_FILE
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
+def _secret_env(root: Path) -> dict[str, str]:
+    # The value itself, not the file: an inherited SUTRA_CLUSTER_SECRET must not clash with a _FILE.
+    return {"SUTRA_CLUSTER_SECRET": cluster_secret(root), "SUTRA_CLUSTER_SECRET_FILE": ""}
+
+
+@contextlib.contextmanager
+def admin_env(root: Path) -> Iterator[None]:
+    """This process's admin calls (status, streaming checks) carry the local cluster's secret."""
+    saved = {k: os.environ.get(k) for k in ("SUTRA_CLUSTER_SECRET", "SUTRA_CLUSTER_SECRET_FILE")}
+    os.environ.update(_secret_env(root))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _port_free(port: int) -> bool:
@@ -85,6 +125,7 @@ def _spawn(root: Path, name: str, role: str, port: int, metrics_port: int, env: 
         "STORAGE_PATH": str(data), "STORAGE_PORT": str(port), "SUTRA_HOST": "127.0.0.1",
         "SUTRA_NODE_ID": name, "SUTRA_METRICS_PORT": str(metrics_port), "SUTRA_NODE_ROLE": role,
     })
+    full.update(_secret_env(root))
     full.update(env)
     with open(log, "ab") as out:
         p = subprocess.Popen([sys.executable, "-m", "sutra_cluster", command], env=full, stdout=out,
@@ -200,7 +241,8 @@ def up(root: Path, dim: int = 768, base_port: int = 50051, nodes: int = 3, commi
     for p in procs[1:]:
         _wait_healthy(p)
     wait_leader(endpoint)
-    _wait_streaming([f"127.0.0.1:{p}" for p in ports])
+    with admin_env(root):
+        _wait_streaming([f"127.0.0.1:{p}" for p in ports])
     rport = _pick_port(base_port - 1)
     while rport in ports:
         rport = _pick_port(0)
@@ -286,7 +328,9 @@ def print_table(procs: list[Proc], sequence: int | None) -> None:
     if router is not None:
         print(f"router    127.0.0.1:{router.port}   (the whole cluster as one StorageService)")
     print()
-    print_status([f"127.0.0.1:{p.port}" for p in nodes])
+    root = Path(etcd.data).parent
+    with admin_env(root):
+        print_status([f"127.0.0.1:{p.port}" for p in nodes])
     print(f"\n{'NODE':<10} {'PID':>7} {'GRPC':<18} {'PROMETHEUS METRICS':<34} DATA")
     for p in nodes:
         print(f"{p.name:<10} {p.pid:>7} 127.0.0.1:{p.port:<8} http://127.0.0.1:{p.metrics_port}/metrics  {p.data}")
@@ -298,8 +342,10 @@ def print_table(procs: list[Proc], sequence: int | None) -> None:
     print(f"  grpcurl -plaintext -d '{{\"concept_id\": \"water\"}}' {entry} sutra.storage.StorageService/QueryConcept")
     print(f"  grpcurl -plaintext -d '{{\"start_id\": \"heat\", \"end_id\": \"water\"}}' {entry} "
           "sutra.storage.StorageService/FindPath")
-    print(f"  grpcurl -plaintext {leader} sutra.replication.ReplicationService/GetReplicationStatus   # the leader")
-    print(f"  .venv/bin/sutra-cluster status --etcd {endpoint}")
+    secret = root / SECRET_FILE
+    print(f"  grpcurl -plaintext -H \"sutra-cluster-secret: $(cat {secret})\" {leader} "
+          "sutra.replication.ReplicationService/GetReplicationStatus   # the leader; needs the cluster secret")
+    print(f"  SUTRA_CLUSTER_SECRET_FILE={secret} .venv/bin/sutra-cluster status --etcd {endpoint}")
     print("  .venv/bin/sutra-cluster local kill-leader    # watch a failover")
     targets = ", ".join(f"'127.0.0.1:{p.metrics_port}'" for p in nodes)
     print(f"Prometheus: scrape_configs: [{{job_name: sutra, static_configs: [{{targets: [{targets}]}}]}}]")

@@ -41,6 +41,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sutra_cluster import auth
 from sutra_cluster.api.limits import Budget, StreamLimits
 from sutra_cluster.api.status import grpc_errors
 from sutra_cluster.config import _Reader, parse_etcd_endpoints
@@ -274,7 +275,8 @@ class Router:
             futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="grpc"),
             options=[("grpc.max_receive_message_length", hard), ("grpc.max_send_message_length", hard),
                      ("grpc.so_reuseport", 0)],
-            interceptors=[streams],
+            # The router serves only the client plane; the interceptor refuses any other method.
+            interceptors=[auth.AuthInterceptor(auth.Policy(mtls=bool(cfg.tls_ca and cfg.tls_cert))), streams],
         )
         storage_pb2_grpc.add_StorageServiceServicer_to_server(RouterServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

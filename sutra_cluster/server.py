@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sutra_cluster import tlsutil
+from sutra_cluster import auth, tlsutil
 from sutra_cluster.api import limits
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.api.storage_service import add_to_server as add_storage_service
@@ -86,7 +86,8 @@ class Node:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="grpc"),
             options=grpc_options(cfg),
-            interceptors=[limits.StreamLimits(self.client_budget, self.node_budget)],
+            # Authentication first: a refused caller never takes a stream slot.
+            interceptors=[*auth.server_interceptors(cfg), limits.StreamLimits(self.client_budget, self.node_budget)],
         )
         self.replication = ReplicationManager(self.engine, cfg)
         self.metrics.registry.register(LagCollector(self.replication))
@@ -104,7 +105,7 @@ class Node:
         if cfg.etcd_endpoints:
             coord = EtcdCoordinator(
                 cfg.etcd_endpoints, shard_prefix(cfg.cluster_name, cfg.shard), cfg.node_id,
-                ttl=cfg.lease_ttl_s, timeout=cfg.retry_timeout_ms / 1000.0,
+                ttl=cfg.lease_ttl_s, timeout=cfg.retry_timeout_ms / 1000.0, security=cfg.etcd,
             )
             self.ha = HaLoop(self.replication, coord, cfg)
 

@@ -6,6 +6,10 @@
   WAL from a leader, nor feed a replica, nor call Promote (nor anything else).
 Nodes connect to each other with their own certificate and trust the CA (or,
 without a CA, their own certificate, as with the guide's self-signed one).
+
+Channels made here also carry the cluster secret (SUTRA_CLUSTER_SECRET) and the
+caller's node id as call metadata, so a node without mutual TLS can prove it
+belongs to the cluster (see ``sutra_cluster.auth``).
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 
+from sutra_cluster.auth import with_identity
 from sutra_cluster.config import Config
+from sutra_cluster.credentials import cluster_secret
+from sutra_cluster.errors import ConfigError
 
 
 def _read(path: str) -> bytes:
@@ -55,14 +63,25 @@ def channel_factory(cfg: Config):  # type: ignore[no-untyped-def]
 
     def make(address: str) -> grpc.Channel:
         if creds is not None:
-            return grpc.secure_channel(address, creds, options=opts)
-        return grpc.insecure_channel(address, options=opts)
+            ch = grpc.secure_channel(address, creds, options=opts)
+        else:
+            ch = grpc.insecure_channel(address, options=opts)
+        return with_identity(ch, cfg.cluster_secret, cfg.node_id)
 
     return make
 
 
-def env_channel(address: str, env: Mapping[str, str] | None = None) -> grpc.Channel:
-    """A channel for command-line tools, from SUTRA_TLS_* in the environment."""
+def env_channel(address: str, env: Mapping[str, str] | None = None,
+                options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    """A channel for command-line tools, from SUTRA_TLS_* and the cluster secret
+    (SUTRA_CLUSTER_SECRET or SUTRA_CLUSTER_SECRET_FILE) in the environment.
+    Raises ConfigError naming the setting when the secret cannot be read."""
     e = os.environ if env is None else env
+    try:
+        secret = cluster_secret(e)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     creds = peer_credentials(e.get("SUTRA_TLS_CERT", ""), e.get("SUTRA_TLS_KEY", ""), e.get("SUTRA_TLS_CA", ""))
-    return grpc.secure_channel(address, creds) if creds is not None else grpc.insecure_channel(address)
+    ch = grpc.secure_channel(address, creds, options=options) if creds is not None else grpc.insecure_channel(
+        address, options=options)
+    return with_identity(ch, secret)

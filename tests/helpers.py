@@ -4,6 +4,7 @@ ended, and waiting on conditions with deadlines (never sleep-and-hope)."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +21,12 @@ from sutra_cluster.pb import storage_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+# The suite runs the secure way: every node and router it starts inherits this
+# cluster secret, and so do the admin calls it makes in-process (admin.*, backup.*),
+# which read it from the environment as the command-line tools do.
+os.environ.pop("SUTRA_CLUSTER_SECRET_FILE", None)
+CLUSTER_SECRET = os.environ.setdefault("SUTRA_CLUSTER_SECRET", secrets.token_hex(16))
+SECRET_METADATA = (("sutra-cluster-secret", CLUSTER_SECRET),)
 T = TypeVar("T")
 
 

@@ -35,7 +35,7 @@ from tests.cluster import (
     wait_lsn,
     wait_streaming,
 )
-from tests.helpers import rpc_code, tool, wait_for
+from tests.helpers import CLUSTER_SECRET, rpc_code, tool, wait_for
 
 KILL_ROUNDS = int(os.environ.get("SUTRA_REPL_KILL_ROUNDS", "20"))
 ASYNC_KILL_ROUNDS = int(os.environ.get("SUTRA_REPL_ASYNC_KILL_ROUNDS", "5"))
@@ -465,7 +465,8 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _grpcurl(address: str, method: str, *flags: str) -> dict[str, object]:
-    out = subprocess.run([tool("grpcurl"), "-plaintext", *flags, address, method],
+    secret = ("-H", f"sutra-cluster-secret: {CLUSTER_SECRET}")  # replication calls need the cluster secret
+    out = subprocess.run([tool("grpcurl"), "-plaintext", *secret, *flags, address, method],
                          check=False, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)  # type: ignore[no-any-return]

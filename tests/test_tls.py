@@ -57,8 +57,11 @@ def make_cert(path: Path, cn: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
+            # The role URI makes the member a node of the cluster (sutra_cluster.auth); the stranger's
+            # names a node too, so only its CA keeps it out.
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.UniformResourceIdentifier(f"spiffe://sutra/node/{cn}")]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
     return _write(path, key, cert)

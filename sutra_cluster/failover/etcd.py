@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 import pyetcd
+from pyetcd import etcdrpc
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
+from sutra_cluster.credentials import EtcdSecurity
 from sutra_cluster.failover.coordinator import (
     ClusterSnapshot,
     Coordinator,
@@ -32,24 +34,58 @@ def shard_prefix(cluster: str, shard: int) -> str:
 
 class EtcdCoordinator(Coordinator):
     def __init__(self, endpoints: tuple[str, ...] | list[str], prefix: str, node_id: str, *, ttl: int = 2,
-                 member_ttl: int = 5, timeout: float = 0.4) -> None:
+                 member_ttl: int = 5, timeout: float = 0.4, security: EtcdSecurity | None = None) -> None:
+        """``security`` (TLS files, user/password) defaults to SUTRA_ETCD_* in the
+        environment, so every tool that reaches etcd speaks as the node does."""
+        self.security = security if security is not None else EtcdSecurity.from_env()
+        creds = self.security.channel_credentials()
         eps = []
         for ep in endpoints:
             host, _, port = ep.rpartition(":")
             # A failed endpoint is retried after 0.5 s (the library's default waits 300 s).
-            eps.append(Endpoint(host, int(port), secure=False, time_retry=0.5))
+            eps.append(Endpoint(host, int(port), secure=creds is not None, creds=creds, time_retry=0.5))
+        # User/password auth is done here, not by the library: it would send the
+        # token as call credentials, which gRPC sends only over TLS, and it never
+        # renews the token (etcd's simple tokens expire after --auth-token-ttl).
         self.client = MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
         self.prefix, self.node_id, self.ttl, self.member_ttl = prefix, node_id, ttl, member_ttl
         self.member_lease: int = 0
         self._lock = threading.Lock()
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _authenticate(self) -> None:
+        """Get an auth token for SUTRA_ETCD_USER; raises CoordinatorUnavailable naming the user when refused."""
+        sec = self.security
         try:
-            return fn()
-        except (pyetcd.Etcd3Exception, grpc.RpcError, ValueError, ConnectionError) as exc:
-            for ep in self.client.endpoints.values():
-                ep.last_failed = 0  # let the next call try again rather than wait out time_retry
-            raise CoordinatorUnavailable(f"etcd unreachable: {type(exc).__name__}: {exc}") from exc
+            resp = self.client.authstub.Authenticate(
+                etcdrpc.AuthenticateRequest(name=sec.user, password=sec.password), self.client.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,  # type: ignore[attr-defined]
+                              grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                raise CoordinatorUnavailable(f"etcd refused SUTRA_ETCD_USER={sec.user!r} with SUTRA_ETCD_PASSWORD: "
+                                             f"{exc.details()}") from None  # type: ignore[attr-defined]
+            raise
+        self.client.metadata = (("token", resp.token),)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        for attempt in (1, 2):
+            try:
+                if self.security.user and self.client.metadata is None:
+                    self._authenticate()
+                return fn()
+            except grpc.RpcError as exc:
+                if (attempt == 1 and self.security.user
+                        and exc.code() == grpc.StatusCode.UNAUTHENTICATED):  # type: ignore[attr-defined]
+                    self.client.metadata = None  # the token expired (or etcd restarted): log in again, once
+                    continue
+                self._unavailable(exc)
+            except (pyetcd.Etcd3Exception, ValueError, ConnectionError) as exc:
+                self._unavailable(exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unavailable(self, exc: BaseException) -> NoReturn:
+        for ep in self.client.endpoints.values():
+            ep.last_failed = 0  # let the next call try again rather than wait out time_retry
+        raise CoordinatorUnavailable(f"etcd unreachable: {type(exc).__name__}: {exc}") from exc
 
     def snapshot(self) -> ClusterSnapshot:
         def read() -> ClusterSnapshot:
