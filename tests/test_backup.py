@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sutra_cluster import admin
 from sutra_cluster.client import Concept, SutraClient
@@ -35,6 +36,8 @@ from sutra_cluster.storage.engine import Engine
 from sutra_cluster.tlsutil import peer_credentials
 from tests.cluster import DIM, WriteLoad, running_cluster, wait_lsn, wait_streaming
 from tests.helpers import ROOT, NodeProcess, wait_for
+
+pytestmark = pytest.mark.slow  # starts node processes
 
 NO_CHECKPOINT = {"MEMORY_THRESHOLD": str(1 << 40)}
 

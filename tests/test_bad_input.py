@@ -13,6 +13,8 @@ from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
 from tests.helpers import NodeProcess
 
+pytestmark = pytest.mark.slow  # starts a node process
+
 DIM = 8
 MAX_BATCH = 50
 MAX_MESSAGE = 16 << 20

@@ -13,7 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # runs the benchmark, which starts nodes
 
 EXPECTED = [
     "single_write_1_thread_per_s",

@@ -8,7 +8,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT, NodeProcess
+
+pytestmark = pytest.mark.slow  # starts a node and the load command
 
 DIM = 8
 

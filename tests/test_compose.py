@@ -41,12 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 
 from sutra_cluster import admin
 from sutra_cluster.client import ClusterClient, SutraClient
 from tests.helpers import ROOT, VENV_BIN, wait_for
 from tests.prom import DEPLOY, Prometheus, promtool
+
+pytestmark = pytest.mark.slow  # runs the compose file as processes
 
 COMPOSE = DEPLOY / "compose-ha.yml"
 ADDRESS = "127.0.2.{}"

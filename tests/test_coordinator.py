@@ -127,14 +127,14 @@ def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProces
         etcd.stop()
 
 
-@pytest.fixture(params=["memory", "etcd"])
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.slow)])  # etcd is a process
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         return MemoryBackend()
     return EtcdBackend(request.getfixturevalue("shared_etcd"))
 
 
-@pytest.fixture(params=["memory", "etcd"])
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.slow)])  # etcd is a process
 def private_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """For tests that take the store down: etcd of their own, stopped whatever happens."""
     if request.param == "memory":
@@ -425,6 +425,7 @@ def lease_ids(etcd: EtcdProcess) -> set[int]:
     return {int(line.strip(), 16) for line in out.splitlines()[1:] if line.strip()}
 
 
+@pytest.mark.slow
 def test_etcd_leader_key_is_bound_to_its_lease_and_term_is_not(etcd: EtcdProcess) -> None:
     prefix = shard_prefix("raw", 0)
     c = EtcdCoordinator([etcd.endpoint], prefix, "a", ttl=TTL)
@@ -458,6 +459,7 @@ def stopped(pid: int, tid: str) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_etcd_stalled_server_gives_unavailable_within_the_deadline(etcd: EtcdProcess) -> None:
     c = EtcdCoordinator([etcd.endpoint], shard_prefix("stall", 0), "a", ttl=TTL, timeout=0.4)
     try:

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from sutra_cluster.client import Association, Concept, SutraClient
 from sutra_cluster.pb import storage_pb2 as pb
 from tests.helpers import NodeProcess, free_port, wait_for
+
+pytestmark = pytest.mark.slow  # kills and restarts node processes
 
 ROUNDS = int(os.environ.get("SUTRA_CRASH_ROUNDS", "10"))
 STEPS = ["wal-rotated", "tmp-written", "backup-linked", "renamed", "segments-dropped"]

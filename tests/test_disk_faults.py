@@ -22,6 +22,8 @@ import pytest
 from sutra_cluster.client import SutraClient
 from tests.helpers import NodeProcess, free_port, rpc_code, wait_for
 
+pytestmark = pytest.mark.slow  # mounts a small file system and starts a node
+
 DIM = 8
 CONTENT_BYTES = 32 * 1024  # ~125 writes fill 4 MB
 MAX_WRITES = 1000  # 32 MB: far past a 4 MB disk; reaching it means ENOSPC never came

@@ -6,7 +6,11 @@ import json
 import subprocess
 from collections.abc import Callable
 
+import pytest
+
 from tests.helpers import NodeProcess, tool
+
+pytestmark = pytest.mark.slow  # starts a node and runs grpcurl
 
 
 def grpcurl(node: NodeProcess, *args: str, data: dict | None = None) -> dict:

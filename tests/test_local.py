@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT, free_port
+
+pytestmark = pytest.mark.slow  # starts a local cluster
 
 CLI = [sys.executable, "-m", "sutra_cluster"]
 

@@ -11,11 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from sutra_cluster.client import Association, Concept
 from tests.helpers import NodeProcess, free_port, wait_for
+
+pytestmark = pytest.mark.slow  # starts a node and runs promtool
 
 DIM = 8
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.cluster import WriteLoad, running_cluster, wait_streaming
 from tests.helpers import free_port, wait_for
 from tests.prom import DEPLOY, promtool, running_prometheus, scrape_config
+
+pytestmark = pytest.mark.slow  # runs promtool and a prometheus server
 
 
 def test_alert_rules_check_and_pass_their_unit_tests() -> None:

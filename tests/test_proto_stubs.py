@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # runs protoc
 
 
 def test_committed_stubs_match_proto(tmp_path: Path) -> None:

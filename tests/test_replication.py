@@ -37,6 +37,8 @@ from tests.cluster import (
 )
 from tests.helpers import CLUSTER_SECRET, rpc_code, tool, wait_for
 
+pytestmark = pytest.mark.slow  # starts leader and replica processes
+
 KILL_ROUNDS = int(os.environ.get("SUTRA_REPL_KILL_ROUNDS", "20"))
 ASYNC_KILL_ROUNDS = int(os.environ.get("SUTRA_REPL_ASYNC_KILL_ROUNDS", "5"))
 SEED = int(os.environ.get("SUTRA_TEST_SEED", random.randrange(1 << 30)))

@@ -203,6 +203,7 @@ def _without_times(r: pb.QueryConceptResponse) -> pb.QueryConceptResponse:
     return out
 
 
+@pytest.mark.slow
 def test_router_answers_equal_a_single_node(cluster: ShardedCluster, tmp_path: Path) -> None:
     rng = random.Random(5)
     ops, universe = _mixed_load(cluster, rng)
@@ -274,6 +275,7 @@ def test_router_answers_equal_a_single_node(cluster: ShardedCluster, tmp_path: P
     assert checked["concepts"] == len(universe)
 
 
+@pytest.mark.slow
 def test_router_is_one_service_for_grpcurl(cluster: ShardedCluster) -> None:
     import json
     import subprocess
@@ -303,6 +305,7 @@ def test_router_is_one_service_for_grpcurl(cluster: ShardedCluster) -> None:
 # ---- the routing client -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_routing_client_reads_its_writes_from_replicas(cluster: ShardedCluster) -> None:
     ids = cluster.ids_on(0, 15, "ryw") + cluster.ids_on(1, 15, "ryw")
     with ShardedClient([cluster.etcd.endpoint], cluster=cluster.name, read_preference="replica") as sc:
@@ -327,6 +330,7 @@ def test_routing_client_reads_its_writes_from_replicas(cluster: ShardedCluster) 
 # ---- wrong shard ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_node_refuses_a_concept_of_another_shard(cluster: ShardedCluster) -> None:
     other = cluster.ids_on(1, 1, "ws")[0]
     mine = cluster.ids_on(0, 1, "ws")[0]
@@ -362,6 +366,7 @@ def test_a_node_refuses_a_concept_of_another_shard(cluster: ShardedCluster) -> N
 # ---- a shard that is down ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fan_out_reads_name_a_missing_shard_or_return_partial_results(cluster: ShardedCluster) -> None:
     """A router with a static map (no etcd) whose shard 1 is unreachable."""
     ids = cluster.ids_on(0, 3, "pt")
@@ -458,6 +463,7 @@ def _max_gap(calls: list[tuple[float, float, str]]) -> float:
     return max(gaps + [e - s for s, e, _ in calls], default=0.0)
 
 
+@pytest.mark.slow
 def test_shards_fail_independently(cluster: ShardedCluster) -> None:
     victim_shard, other_shard = 0, 1
     writers = {s: ShardWriter(cluster.router.address, cluster.ids_on(s, 20_000, f"ind{s}-")) for s in (0, 1)}
@@ -507,6 +513,7 @@ def test_shards_fail_independently(cluster: ShardedCluster) -> None:
 # ---- cross-shard associations under SIGKILL -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cross_shard_writes_survive_a_killed_leader(cluster: ShardedCluster) -> None:
     """Cross-shard associations (and deletes of concepts with cross-shard
     incoming edges) from the routing client while the leader of one shard is

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from sutra_cluster.client import Association, Concept, SutraClient
 from sutra_cluster.pb import storage_pb2 as pb
 from tests.helpers import NodeProcess, free_port, wait_for
+
+pytestmark = pytest.mark.slow  # starts and signals node processes
 
 DIM = 8
 PER_BATCH = 4

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from sutra_cluster import config
 from sutra_cluster.server import Node
 from tests.helpers import ROOT
@@ -60,6 +62,7 @@ def test_unit_has_the_guides_settings_and_hardening() -> None:
     assert env["STORAGE_PATH"].startswith(svc["ReadWritePaths"]), "the data folder must be writable"
 
 
+@pytest.mark.slow
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is missing: ./dev test installs Debian's systemd package"

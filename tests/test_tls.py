@@ -24,6 +24,8 @@ from sutra_cluster.pb import replication_pb2_grpc
 from sutra_cluster.tlsutil import peer_credentials
 from tests.helpers import NodeProcess, free_port, wait_for
 
+pytestmark = pytest.mark.slow  # starts nodes and a router over TLS
+
 DIM = 8
 
 

@@ -21,6 +21,8 @@ from sutra_cluster import admin
 from tests.chaos.checker import Ledger, Report
 from tests.chaos.cluster import ManagedCluster, WriteLoad, finish
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 DOWN_S = 5.0  # how long the killed leader stays down (the fault)
 GOAL_S = 1.0  # the switchover goal, as a client sees it
 

@@ -22,6 +22,8 @@ from sutra_cluster.pb import wal_pb2
 from sutra_cluster.replication.manager import ReplicationManager
 from sutra_cluster.storage.engine import Engine
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 
 @pytest.fixture(params=["sync", "async"])
 def leader(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engine, ReplicationManager]]:

@@ -26,6 +26,8 @@ from tests.chaos.checker import Ledger, Report
 from tests.chaos.cluster import Firewall, ManagedCluster, content_of, finish, vector
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 COMMON = 40  # writes every node holds
 DIVERGENT = 15  # writes only the old leader holds (acknowledged: async)
 AFTER = 30  # writes of the new leader

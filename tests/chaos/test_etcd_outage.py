@@ -26,6 +26,8 @@ from tests.chaos.cluster import (
 )
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 OUTAGE_S = LEASE_TTL_S + 1.5  # longer than a lease TTL: writes must stay paused for all of it
 
 

@@ -15,6 +15,8 @@ import pytest
 from tests.chaos.checker import Ledger, Report, distribution
 from tests.chaos.cluster import ManagedCluster, WriteLoad, finish
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 KILLS = int(os.environ.get("SUTRA_CHAOS_KILLS", "20"))
 ASYNC_KILLS = 5
 RTO_P99_GOAL_S = 3.0

@@ -27,6 +27,8 @@ from tests.chaos.cluster import (
 )
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 
 @pytest.mark.timeout(300)
 def test_leader_partitioned_from_etcd(make_cluster: Callable[..., ManagedCluster], ledger: Ledger,

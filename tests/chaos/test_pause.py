@@ -24,6 +24,8 @@ from tests.chaos.checker import Ledger, Report
 from tests.chaos.cluster import LEASE_TTL_S, ManagedCluster, PinnedWriter, WriteLoad, finish
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 PAUSE_S = LEASE_TTL_S + 1.5  # past the TTL and etcd's ~0.5 s lease-expiry check
 
 

@@ -28,6 +28,8 @@ from tests.chaos.checker import Ledger, Report, fault_window, loss_by_window
 from tests.chaos.cluster import ManagedCluster, WriteLoad, finish
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 PAUSE_S = float(os.environ.get("SUTRA_CHAOS_SYNC_PAUSE_S", "6"))
 STALL_BOUND_S = float(os.environ.get("SUTRA_CHAOS_STALL_BOUND_S", "3"))
 GOAL_S = 1.0  # the goal; reported, the assertion uses the looser bound above

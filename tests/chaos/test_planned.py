@@ -20,6 +20,8 @@ from sutra_cluster import admin
 from tests.chaos.checker import Ledger, Report, distribution
 from tests.chaos.cluster import LEASE_TTL_S, ManagedCluster, WriteLoad, finish
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 SWITCHOVERS = 5
 SWITCHOVER_GOAL_S = 1.0
 SIGTERM_GOAL_S = 1.5  # well under the TTL (2 s; its expiry is seen ~2.5 s after the last renewal)

@@ -40,6 +40,8 @@ from tests.chaos.cluster import (
 )
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.slow  # starts etcd and a node cluster
+
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["async", "sync"])
