@@ -90,7 +90,6 @@ def _probe(address: str, leader: str, n: int) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_200_idle_streams_and_200_waiting_reads_do_not_stall_the_nodes(tmp_path: Path) -> None:
     with running_cluster(tmp_path, replicas=1, replica_env={"SUTRA_READ_WAIT_MS": "60000"}) as c:
         replica = c.nodes[1]
@@ -156,7 +155,6 @@ def _state(stub: storage_pb2_grpc.StorageServiceStub) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_neighbors_batch_naming_a_hub_1000_times_is_refused_at_once(graph_node: NodeProcess) -> None:
     with grpc.insecure_channel(graph_node.address) as ch:
         stub = storage_pb2_grpc.StorageServiceStub(ch)
@@ -174,7 +172,6 @@ def test_neighbors_batch_naming_a_hub_1000_times_is_refused_at_once(graph_node: 
         assert _state(stub) == before
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_find_path_is_bounded_and_lets_writes_become_visible(graph_node: NodeProcess) -> None:
     with grpc.insecure_channel(graph_node.address) as ch:
