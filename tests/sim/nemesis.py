@@ -1,0 +1,129 @@
+"""Fault schedules: a seeded list of (time, operation) the simulator applies,
+in any order and any combination. An operation that does not apply (restart a
+live node, heal an intact link) does nothing, so any subset of a schedule is
+itself a valid schedule: that is what lets the shrinker drop events freely."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tests.sim.cluster import SimCluster
+from tests.sim.world import DROP, REJECT
+
+# Episodes: a fault and (usually) its end, some time later. Weights are relative.
+EPISODES = (
+    ("crash", "restart", 5), ("pause", "resume", 2), ("cut", "heal", 3), ("isolate", "rejoin", 2),
+    ("etcd_down", "etcd_up", 1), ("etcd_cut", "etcd_heal", 2), ("slow_disk", "fast_disk", 1),
+)
+# Targets are named by role and resolved when the fault happens (FoundationDB's
+# nemeses aim at roles too): the leader, a member of the published sync set, a
+# node that is neither, or a fixed node.
+ROLES = ("leader", "sync", "other", "n1", "n2", "n3")
+
+
+@dataclass(frozen=True)
+class Fault:
+    t: float
+    op: str
+    a: str = ""
+    b: str = ""
+    mode: str = ""
+    ep: int = 0  # the episode: its end acts on the node(s) its start resolved
+
+    def __str__(self) -> str:
+        args = " ".join(x for x in (self.a, self.b, self.mode) if x)
+        return f"t={self.t:6.3f}s #{self.ep} {self.op} {args}".rstrip()
+
+
+def generate(seed: int, ids: list[str], count: int, start: float, end: float) -> list[Fault]:
+    """``count`` episodes starting at random times in [start, end), each lasting
+    0.05 s to 2.5 s (or until every fault is healed at ``end``), drawn from their
+    own random stream, so the schedule does not depend on how the run goes."""
+    rng = random.Random(seed * 7919 + 17)
+    kinds = list(EPISODES)
+    weights = [e[2] for e in EPISODES]
+    out = []
+    for ep in range(1, count + 1):
+        begin, finish, _ = rng.choices(kinds, weights)[0]
+        a = rng.choice(ROLES)
+        b = rng.choice([r for r in ROLES if r != a]) if begin == "cut" else ""
+        mode = rng.choice((DROP, REJECT)) if begin in ("cut", "isolate") else ""
+        t0 = round(rng.uniform(start, end), 3)
+        out.append(Fault(t0, begin, a, b, mode, ep))
+        if rng.random() < 0.85:
+            t1 = round(t0 + rng.uniform(0.05, 2.5), 3)
+            if t1 < end:
+                out.append(Fault(t1, finish, ep=ep))
+    return sorted(out, key=lambda f: (f.t, f.ep))
+
+
+class Resolver:
+    """Turns role names into node ids when a fault happens, and remembers them
+    per episode for its end."""
+
+    def __init__(self) -> None:
+        self.eps: dict[int, tuple[str, ...]] = {}
+
+    def node(self, c: SimCluster, role: str, avoid: str = "") -> str:
+        if role in c.nodes:
+            return role
+        leaders = [n.id for n in c.nodes.values() if n.alive and n.role == "leader" and n.id != avoid]
+        sync = [m for m in c.check.sync_members if m != avoid]
+        if role == "leader":
+            pool = leaders
+        elif role == "sync":
+            pool = sync
+        else:
+            pool = [n for n in c.ids if n not in leaders and n not in sync and n != avoid]
+        pool = pool or [n for n in c.ids if n != avoid]
+        return pool[0]
+
+
+def apply(c: SimCluster, f: Fault, r: Resolver) -> None:
+    op = f.op
+    if op in ("restart", "resume", "heal", "rejoin", "etcd_up", "etcd_heal", "fast_disk"):
+        if f.ep not in r.eps:
+            return  # its start was shrunk away
+        nodes = r.eps.pop(f.ep)
+        if op == "restart":
+            c.restart(nodes[0])
+        elif op == "resume":
+            c.resume(nodes[0])
+        elif op == "heal":
+            c.heal(nodes[0], nodes[1])
+        elif op == "rejoin":
+            for other in c.ids:
+                if other != nodes[0]:
+                    c.heal(nodes[0], other)
+        elif op == "etcd_up":
+            c.store.down = False
+        elif op == "etcd_heal":
+            c.etcd_cut.discard(nodes[0])
+        else:
+            c.nodes[nodes[0]].slow_disk = False
+        return
+    if op == "etcd_down":
+        c.store.down = True
+        r.eps[f.ep] = ()
+        return
+    a = r.node(c, f.a)
+    r.eps[f.ep] = (a,)
+    if op == "crash":
+        c.crash(a)
+    elif op == "pause":
+        c.pause(a)
+    elif op == "cut":
+        b = r.node(c, f.b, avoid=a)
+        r.eps[f.ep] = (a, b)
+        c.cut(a, b, f.mode)
+    elif op == "isolate":
+        for other in c.ids:
+            if other != a:
+                c.cut(a, other, f.mode)
+    elif op == "etcd_cut":
+        c.etcd_cut.add(a)
+    elif op == "slow_disk":
+        c.nodes[a].slow_disk = True
+    else:
+        raise ValueError(f"unknown fault {op!r}")
