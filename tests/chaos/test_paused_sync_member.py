@@ -69,6 +69,7 @@ def test_paused_sync_member_is_replaced(make_cluster: Callable[..., ManagedClust
     first = load.first_ack(t_fault, what="a write acknowledged after the sync member was paused")
     fresh = wait_for(lambda: next((a for a in ledger.after(t_fault) if a.sent >= t_fault), None), 30,
                      "the first acknowledgement of a write sent after SIGSTOP")
+    assert fresh is not None
     stall = fresh.acked - t_fault
     pause_fig = fault_window(ledger.all(), t_fault, sent_after=True, t0=cluster.t0)
     fails_during = [f for f in ledger.failures if t_fault <= f.sent < t_cont]
