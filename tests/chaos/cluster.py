@@ -594,6 +594,10 @@ class PinnedWriter:
         except grpc.FutureCancelledError as exc:
             p.outcome = type(exc).__name__
 
+    def halt(self) -> None:
+        """Stop sending, without waiting for answers (a failing test's cleanup)."""
+        self._stop.set()
+
     def stop(self) -> list[Pinned]:
         """Stop sending and wait for every answer (bounded by the timeout)."""
         self._stop.set()

@@ -243,10 +243,11 @@ def one_round(cluster: ManagedCluster, load: WriteLoad, ledger: Ledger, r: int) 
 
 @pytest.mark.timeout(int(300 + ROUNDS * ROUND_BUDGET_S))
 def test_composed_kill_restart_sync(make_cluster: Callable[..., ManagedCluster], ledger: Ledger,
-                                    chaos_report: Report) -> None:
+                                    chaos_report: Report, request: pytest.FixtureRequest) -> None:
     assert ROUNDS >= 1 and WRITE_S >= 6.0, "the schedule needs at least one round and 6 s of writes with C down"
     cluster = make_cluster("sync", env={"SUTRA_SYNC_REPLICAS": "1"})
     load = BatchLoad(cluster, ledger, BATCH, threads=2, interval=0.02, timeout=2.0, failover_deadline=30.0).start()
+    request.addfinalizer(load.stop_event.set)  # a failing test leaves no writer running
     rounds = []
     deadline = time.monotonic() + ROUNDS * ROUND_BUDGET_S
     for r in range(ROUNDS):

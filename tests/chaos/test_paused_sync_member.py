@@ -37,10 +37,11 @@ GOAL_S = 1.0  # the issue's goal; reported, the assertion uses the looser bound 
 
 @pytest.mark.timeout(300)
 def test_paused_sync_member_is_replaced(make_cluster: Callable[..., ManagedCluster], ledger: Ledger,
-                                        chaos_report: Report) -> None:
+                                        chaos_report: Report, request: pytest.FixtureRequest) -> None:
     assert STALL_BOUND_S < PAUSE_S - 1.0, "the stall bound must end well before the pause does"
     cluster = make_cluster("sync", env={"SUTRA_SYNC_REPLICAS": "1"})
     load = WriteLoad(cluster, ledger).start()
+    request.addfinalizer(load.stop_event.set)  # a failing test leaves no writer running
     lead = cluster.wait_healthy()
     load.wait_acks(20, since=time.monotonic(), node=lead.name)
     snap = cluster.snapshot()

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.slow  # starts etcd and a node cluster
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_refused_but_alive_leader(mode: str, make_cluster: Callable[..., ManagedCluster], ledger: Ledger,
-                                  chaos_report: Report) -> None:
+                                  chaos_report: Report, request: pytest.FixtureRequest) -> None:
     Firewall.require()  # a missing or powerless iptables fails the test, in CI and everywhere
     cluster = make_cluster(mode)
     load = WriteLoad(cluster, ledger).start()
@@ -56,6 +56,8 @@ def test_refused_but_alive_leader(mode: str, make_cluster: Callable[..., Managed
     etcd_port = cluster.etcd.node_ports[cluster.nodes.index(old)]
     # Every 10 ms, through 127.0.0.1: the path the REJECT rule leaves open.
     pinned = PinnedWriter(old, f"pinned-{mode}", interval=0.01).start()
+    request.addfinalizer(pinned.halt)  # a failing test leaves no writer running
+    request.addfinalizer(load.stop_event.set)
     wait_for(lambda: any(p.outcome == "ok" for p in pinned.requests), 10, "a pinned write acknowledged")
 
     rules: list[list[str]] = []
