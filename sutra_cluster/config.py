@@ -55,6 +55,7 @@ class Config:
     sync_replicas: int = 1  # SUTRA_SYNC_REPLICAS
     sync_timeout_ms: int = 5_000  # SUTRA_SYNC_TIMEOUT_MS
     sync_fallback: bool = False  # SUTRA_SYNC_FALLBACK: degrade sync to async when replicas are missing
+    sync_stall_ms: int = 500  # SUTRA_SYNC_STALL_MS: a sync member silent this long is replaced by a caught-up replica
     wal_keep_bytes: int = 1 << 30  # SUTRA_WAL_KEEP_BYTES
     etcd_endpoints: tuple[str, ...] = ()  # SUTRA_ETCD_ENDPOINTS
     tls_cert: str = ""  # SUTRA_TLS_CERT
@@ -226,6 +227,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         sync_replicas=r.integer("SUTRA_SYNC_REPLICAS", 1, 1, 16),
         sync_timeout_ms=r.integer("SUTRA_SYNC_TIMEOUT_MS", 5_000, 1, 600_000),
         sync_fallback=r.flag("SUTRA_SYNC_FALLBACK", False),
+        sync_stall_ms=r.integer("SUTRA_SYNC_STALL_MS", 500, 50, 600_000),
         wal_keep_bytes=r.integer("SUTRA_WAL_KEEP_BYTES", 1 << 30, 0, 1 << 44),
         etcd_endpoints=r.get("SUTRA_ETCD_ENDPOINTS", (), parse_etcd_endpoints, lambda v: None),
         tls_cert=env.get("SUTRA_TLS_CERT", "").strip(),

@@ -8,16 +8,20 @@ such a crash leaves behind, so it is tested here like any other branch.
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sutra_cluster.failover.coordinator import ClusterSnapshot, LeaderKey, MemberInfo, SyncState
 from sutra_cluster.failover.decide import (
+    ABANDON,
     ACQUIRE,
     DEMOTE,
     FOLLOW,
     FREEZE,
     HANDOVER,
+    RELEASE,
     RENEW,
     REVOKE,
     WAIT,
@@ -26,11 +30,14 @@ from sutra_cluster.failover.decide import (
     Settings,
     candidate,
     decide,
+    decide_unreachable,
+    first_sync_set,
     next_sync_set,
 )
 
 ASYNC = Settings(commit_mode="async", max_lag_on_failover=1_000_000)
-SYNC = Settings(commit_mode="sync", max_lag_on_failover=1_000_000)
+# Production's sync mode (no SUTRA_SYNC_FALLBACK) revokes a refusing leader at once.
+SYNC = Settings(commit_mode="sync", max_lag_on_failover=1_000_000, fast_revoke=True)
 
 
 # --------------------------------------------------------------------------- builders
@@ -84,19 +91,19 @@ def test_leader_holding_its_key_renews() -> None:
 def test_leader_whose_lease_was_not_renewed_in_time_demotes() -> None:
     s = snap(member("n1", 10, role="leader"), leader=key("n1", 5), term=5)
     assert decide(s, me("n1", role="leader", term=5, lease_ok=False), ASYNC) == Action(
-        DEMOTE, "demoted: leader key at term 5 not renewed in time")
+        DEMOTE, "demoted: leader key at term 5 not renewed in time", release=True)
 
 
 def test_lease_check_comes_before_a_switchover() -> None:
     s = snap(member("n1", role="leader"), member("n2"), leader=key("n1"), switchover="n2")
     assert decide(s, me("n1", role="leader", lease_ok=False), ASYNC) == Action(
-        DEMOTE, "demoted: leader key at term 3 not renewed in time")
+        DEMOTE, "demoted: leader key at term 3 not renewed in time", release=True)
 
 
 def test_leader_with_a_storage_failure_gives_up_its_key() -> None:
     s = snap(member("n1", role="leader", healthy=False), member("n2"), leader=key("n1", 5), term=5, switchover="n2")
     assert decide(s, me("n1", role="leader", term=5, healthy=False), ASYNC) == Action(
-        DEMOTE, "demoted: storage failure on this node; giving up the leader key at term 5")
+        DEMOTE, "demoted: storage failure on this node; giving up the leader key at term 5", release=True)
 
 
 def test_crash_after_acquire_before_promote_revokes_own_key() -> None:
@@ -166,10 +173,108 @@ def test_leader_sees_key_held_by_another_demotes_even_with_a_good_lease() -> Non
     assert decide(s, me("n1", role="leader", term=8, lease_ok=True), SYNC).kind == DEMOTE
 
 
-def test_replica_revokes_a_leader_that_refuses_connections() -> None:
+def test_sync_replica_revokes_a_leader_that_refuses_connections() -> None:
+    # Safe in sync mode: the old leader cannot acknowledge without a sync member,
+    # and the one elected froze (stopped following it) before the election.
+    s = snap(member("n1"), leader=key("n2", 5), term=5)
+    assert decide(s, me("n1", refused=True), SYNC) == Action(
+        REVOKE, f"leader n2 at {addr('n2')} refuses connections: it is gone; revoking its lease (term 5)")
+
+
+def test_async_replica_waits_out_the_lease_of_a_leader_that_refuses_connections() -> None:
+    # Defect 2: a firewall can refuse for a live leader that still acknowledges
+    # writes; in async mode only the lease's expiry proves it stopped.
     s = snap(member("n1"), leader=key("n2", 5), term=5)
     assert decide(s, me("n1", refused=True), ASYNC) == Action(
-        REVOKE, f"leader n2 at {addr('n2')} refuses connections: it is gone; revoking its lease (term 5)")
+        FOLLOW, "following n2 (term 5): its port refuses connections; waiting for its lease to expire "
+                "(in async mode a refusal does not prove it stopped acknowledging writes)", target=addr("n2"))
+
+
+def test_sync_with_fallback_does_not_revoke_on_a_refusal() -> None:
+    s = snap(member("n1"), leader=key("n2", 5), term=5)
+    fallback = Settings(commit_mode="sync", fast_revoke=False)
+    assert decide(s, me("n1", refused=True), fallback).kind == FOLLOW
+
+
+# --------------------------------------------------------------------------- etcd unreachable
+
+
+def test_leader_without_etcd_demotes_once_its_lease_may_have_expired() -> None:
+    assert decide_unreachable(me("n1", role="leader", lease_ok=False), "timeout") == Action(
+        DEMOTE, "demoted: etcd unreachable (timeout); cannot prove leadership")
+
+
+def test_leader_without_etcd_keeps_leading_within_its_lease() -> None:
+    assert decide_unreachable(me("n1", role="leader", lease_ok=True), "timeout") == Action(
+        WAIT, "etcd unreachable: timeout (role leader, keeping it)")
+
+
+def test_replica_without_etcd_keeps_its_role() -> None:
+    assert decide_unreachable(me("n1"), "refused") == Action(WAIT, "etcd unreachable: refused (role replica, keeping it)")
+
+
+# --------------------------------------------------------------------------- switchover across ticks
+
+
+def handing(**kw: object) -> Local:
+    base = dict(role="leader")
+    return dataclasses.replace(me("n1", **base), handover_target="n2", **kw)  # type: ignore[arg-type]
+
+
+def test_handover_waits_for_writes_in_flight() -> None:
+    s = snap(member("n1", 10, role="leader"), member("n2", 10), leader=key("n1"), switchover="n2")
+    assert decide(s, handing(handover_elapsed_s=0.2), ASYNC) == Action(
+        RENEW, "handing over to n2: waiting for writes in flight to finish (0.2 s of 5)", target="n2")
+
+
+def test_handover_waits_for_the_target_to_catch_up() -> None:
+    s = snap(member("n1", 10, role="leader"), member("n2", 10), leader=key("n1"), switchover="n2")
+    assert decide(s, handing(handover_lsn=12, target_flushed=11, handover_elapsed_s=0.8), ASYNC) == Action(
+        RENEW, "handing over to n2: waiting for LSN 12 (0.8 s of 5)", target="n2")
+
+
+def test_handover_releases_once_the_target_holds_everything() -> None:
+    s = snap(member("n1", 10, role="leader"), member("n2", 10), leader=key("n1"), switchover="n2")
+    assert decide(s, handing(handover_lsn=12, target_flushed=12, handover_elapsed_s=0.8), ASYNC) == Action(
+        RELEASE, "switchover: n2 holds LSN 12; releasing the leader key at term 3 and following it", target="n2")
+
+
+def test_handover_is_abandoned_after_its_timeout() -> None:
+    s = snap(member("n1", 10, role="leader"), member("n2", 10), leader=key("n1"), switchover="n2")
+    assert decide(s, handing(handover_lsn=12, target_flushed=3, handover_elapsed_s=5.0), ASYNC) == Action(
+        ABANDON, "switchover to n2 abandoned: it did not catch up to LSN 12 in 5 s; resuming writes at term 3")
+
+
+def test_handover_is_abandoned_when_the_target_dies() -> None:
+    s = snap(member("n1", 10, role="leader"), leader=key("n1"), switchover="n2")
+    assert decide(s, handing(handover_lsn=12), ASYNC) == Action(
+        ABANDON, "switchover to n2 abandoned: it is not alive; resuming writes at term 3")
+
+
+def test_handover_is_cancelled_when_the_request_is_withdrawn() -> None:
+    s = snap(member("n1", 10, role="leader"), member("n2", 10), leader=key("n1"))
+    assert decide(s, handing(handover_lsn=12), ASYNC) == Action(
+        ABANDON, "switchover to n2 cancelled; resuming writes at term 3")
+
+
+def test_lease_check_comes_before_a_handover_in_progress() -> None:
+    s = snap(member("n1", 10, role="leader"), member("n2", 10), leader=key("n1"), switchover="n2")
+    assert decide(s, handing(handover_lsn=12, target_flushed=12, lease_ok=False), ASYNC).kind == DEMOTE
+
+
+# --------------------------------------------------------------------------- the first sync set
+
+
+def test_first_sync_set_takes_replicas_frozen_at_this_position() -> None:
+    s = snap(member("n1", 10), member("n2", 10), member("n3", 12), member("n4", 9), term=3)
+    assert first_sync_set(s, me("n1", lsn=10), 2) == ("n2", "n3")
+
+
+def test_first_sync_set_skips_replicas_behind_from_another_history_or_not_frozen() -> None:
+    s = snap(member("n1", 10), member("n2", 9), dataclasses.replace(member("n3", 10), last_term=2),
+             member("n4", 10, frozen=2),
+             member("n5", 10, healthy=False), term=3)
+    assert first_sync_set(s, me("n1", lsn=10), 1) == ()
 
 
 # --------------------------------------------------------------------------- no leader key

@@ -9,29 +9,30 @@ is reached by advancing the clock, never by sleeping.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
 
 import pytest
 
 from sutra_cluster.config import Config
 from sutra_cluster.errors import Unavailable
-from sutra_cluster.failover import loop as loop_mod
 from sutra_cluster.failover.coordinator import ClusterSnapshot, LeaderKey, MemoryCoordinator, MemoryStore
 from sutra_cluster.failover.decide import (
+    ABANDON,
     ACQUIRE,
     DEMOTE,
     FOLLOW,
     FREEZE,
     HANDOVER,
+    RELEASE,
     RENEW,
     REVOKE,
     WAIT,
     Action,
 )
 from sutra_cluster.failover.loop import HANDOVER_TIMEOUT_S, HaLoop
+from sutra_cluster.replication.commit import ReplicaPosition, SyncCommit
+from sutra_cluster.roles import CommitMode, NodeState, Role
 
 PREFIX = "/sutra/shards/0/"
 TTL = 2  # seconds: the leader key's lease
@@ -79,101 +80,120 @@ class FakeEngine:
     resumed: int = 0
     inflight: int = 0
 
-    def pause_writes(self, reason: str) -> None:
-        self.paused.append(reason)
-
-    def resume_writes(self) -> None:
-        self.resumed += 1
-
 
 @dataclass
 class FakeFollower:
-    """This node streaming from a leader (ReplicationManager.follower)."""
+    """This node streaming from a leader."""
 
     leader_address: str
+    term: int = 0
     state: str = "streaming"
     behind_s: float = 0.0
 
-    def lag(self) -> tuple[int, float]:
-        return 0, self.behind_s
-
-
-@dataclass
-class FakeStream:
-    """A replica as the leader sees it (LeaderStreams.followers values)."""
-
-    node_id: str
-    flushed: int
-    connected: bool = True
-
-
-class FakeAcks:
-    """LeaderStreams._acks: waiting on it advances the shared clock instead of sleeping."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.waits = 0
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def wait(self, timeout: float) -> bool:
-        self.waits += 1
-        self.clock.advance(timeout)
-        return False
-
 
 class FakeLeaderStreams:
-    def __init__(self, clock: Clock) -> None:
-        self.followers: dict[str, FakeStream] = {}
-        self.sync_ids: tuple[str, ...] | None = None
-        self.max_committed = 0
-        self._acks = FakeAcks(clock)
+    """The leader's side, with the real commit bookkeeping (SyncCommit) inside:
+    ``followers`` are its replica positions, so tests move them directly."""
 
-    def connected(self) -> list[FakeStream]:
-        return [f for f in self.followers.values() if f.connected]
+    def __init__(self, commit_mode: str) -> None:
+        self.commit = SyncCommit(CommitMode(commit_mode), 1, managed=True)
+
+    @property
+    def followers(self) -> dict[str, ReplicaPosition]:
+        return self.commit.replicas
+
+    @followers.setter
+    def followers(self, value: dict[str, ReplicaPosition]) -> None:
+        self.commit.replicas = value
+
+    @property
+    def sync_ids(self) -> tuple[str, ...] | None:
+        return self.commit.members
+
+    @property
+    def max_committed(self) -> int:
+        return self.commit.committed
+
+    @max_committed.setter
+    def max_committed(self, value: int) -> None:
+        self.commit.committed = value
 
 
-class FakeManager:
-    """The ReplicationManager surface HaLoop uses, recording every call."""
+class FakeNode:
+    """The NodePort HaLoop uses, in memory, recording every transition."""
 
     def __init__(self, clock: Clock, commit_mode: str) -> None:
+        self.clock = clock
         self.engine = FakeEngine()
         self.follower: FakeFollower | None = None
-        self.leader = FakeLeaderStreams(clock)
+        self.leader = FakeLeaderStreams(commit_mode)
         self.fence: Callable[[], None] | None = None  # set by HaLoop
-        self.commit_mode = commit_mode
         self.calls: list[str] = []
         self.promote_error: Exception | None = None
 
-    def promote_to(self, term: int, managed: bool = False) -> int:
+    def state(self) -> NodeState:
+        e, f = self.engine, self.follower
+        return NodeState(role=Role(e.role), term=e.term, durable_lsn=e.wal.durable_lsn, last_term=e.terms.last_term,
+                         healthy=e.write_failure is None, streaming=f is not None and f.state == "streaming",
+                         lag_ms=f.behind_s * 1000.0 if f is not None else 0.0, inflight=e.inflight)
+
+    def lead(self, term: int) -> int:
         self.calls.append(f"promote_to {term}")
         if self.promote_error is not None:
             raise self.promote_error
         self.follower = None
-        self.leader.sync_ids = () if managed and self.commit_mode == "sync" else None
         self.engine.term = term
         self.engine.terms.last_term = term
         self.engine.wal.durable_lsn += 1  # the term record
+        self.leader.commit.lead(self.engine.wal.durable_lsn)
         self.engine.role = "leader"
         return self.engine.wal.durable_lsn
 
-    def demote(self) -> None:
+    def step_down(self, reason: str) -> None:
         self.calls.append("demote")
         self.engine.role = "replica"
 
-    def follow(self, address: str) -> None:
+    def follow(self, address: str, term: int = 0) -> None:
         self.calls.append(f"follow {address}")
         self.engine.role = "replica"
         if self.follower is None or self.follower.leader_address != address:
-            self.follower = FakeFollower(address)
+            self.follower = FakeFollower(address, term)
 
     def freeze(self) -> None:
         self.calls.append("freeze")
         self.follower = None
+
+    def set_fence(self, fence: object) -> None:
+        assert callable(fence)
+        self.fence = fence
+
+    def sync_plan(self, now: float, grace: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.leader.commit.plan(now, 0.5, grace)
+
+    def sync_members(self) -> tuple[str, ...] | None:
+        return self.leader.commit.members
+
+    def sync_shrink(self, keep: tuple[str, ...]) -> None:
+        self.leader.commit.shrink(keep)
+
+    def sync_adopt(self, published: tuple[str, ...]) -> None:
+        self.leader.commit.adopt(published)
+
+    def sync_count(self, members: tuple[str, ...]) -> None:
+        self.leader.commit.count_all(members)
+
+    def replica_flushed(self, node_id: str) -> int | None:
+        pos = self.leader.followers.get(node_id)
+        return pos.flushed if pos is not None and pos.connected else None
+
+    def pause_writes(self, why: str) -> None:
+        self.engine.paused.append(why)
+
+    def resume_writes(self) -> None:
+        self.engine.resumed += 1
+
+    def last_lsn(self) -> int:
+        return self.engine.wal.durable_lsn
 
 
 # --------------------------------------------------------------------------- the simulated shard
@@ -189,10 +209,14 @@ class Node:
         self.cfg = Config(node_id=node_id, advertise=addr(node_id), role=role, commit_mode=commit_mode,
                           sync_replicas=1, lease_ttl_s=TTL, loop_wait_ms=100, retry_timeout_ms=400,
                           fence_margin_ms=MARGIN_MS, leader="" if role == "leader" else addr("n1"))
-        self.m = FakeManager(sim.clock, commit_mode)
+        self.sim = sim
+        self.m = FakeNode(sim.clock, commit_mode)
         self.m.engine.wal.durable_lsn = lsn
         self.coord = MemoryCoordinator(sim.store, PREFIX, node_id, ttl=TTL, member_ttl=4.0)
-        self.loop = HaLoop(self.m, self.coord, self.cfg)  # type: ignore[arg-type]
+        self.loop = self._loop()
+
+    def _loop(self) -> HaLoop:
+        return HaLoop(self.m, self.coord, self.cfg, clock=self.sim.clock, probe=lambda a: a in self.sim.refusing)
 
     def tick(self) -> Action | None:
         return self.loop.tick()
@@ -216,12 +240,12 @@ class Node:
     def restart(self, sim: Sim) -> None:
         """The process died and came back: fresh memory, same data on disk."""
         old = self.m.engine
-        self.m = FakeManager(sim.clock, self.cfg.commit_mode)
+        self.m = FakeNode(sim.clock, self.cfg.commit_mode)
         self.m.engine.wal.durable_lsn = old.wal.durable_lsn
         self.m.engine.term = old.term
         self.m.engine.terms.last_term = old.terms.last_term
         self.coord = MemoryCoordinator(sim.store, PREFIX, self.id, ttl=TTL, member_ttl=4.0)
-        self.loop = HaLoop(self.m, self.coord, self.cfg)  # type: ignore[arg-type]
+        self.loop = self._loop()
 
 
 class Sim:
@@ -246,7 +270,7 @@ class Sim:
     def boot(self) -> None:
         """Every node has published itself once (they start at about the same time)."""
         for n in self.nodes.values():
-            n.coord.publish_member(n.loop._member())
+            n.coord.publish_member(n.loop._member(n.m.state()))
 
     def round(self, *ids: str) -> dict[str, Action | None]:
         return {i: self[i].tick() for i in ids}
@@ -266,7 +290,7 @@ class Sim:
             if n.id != leader and caught_up:
                 n.m.engine.wal.durable_lsn = lead.engine.wal.durable_lsn
                 n.m.engine.term = n.m.engine.terms.last_term = lead.engine.term
-        lead.leader.followers = {n.id: FakeStream(n.id, n.m.engine.wal.durable_lsn)
+        lead.leader.followers = {n.id: ReplicaPosition(n.m.engine.wal.durable_lsn, last_ack=self.clock.t)
                                  for n in self.nodes.values() if n.id != leader}
 
     def leaders(self) -> list[str]:
@@ -282,12 +306,8 @@ class Sim:
 
 
 def make_sim(monkeypatch: pytest.MonkeyPatch, commit_mode: str = "async") -> Sim:
-    clock, refusing = Clock(), set[str]()
-    # The loop reads time only through its module's ``time`` name (patched before
-    # any HaLoop exists, so its start time is on this clock too); no sockets either.
-    monkeypatch.setattr(loop_mod, "time", types.SimpleNamespace(monotonic=clock, sleep=clock.advance))
-    monkeypatch.setattr(loop_mod, "port_refuses", lambda address, timeout=0.2: address in refusing)
-    return Sim(clock, refusing, commit_mode)
+    # The loop takes its clock and its connection probe as arguments: no sockets, no sleeps.
+    return Sim(Clock(), set[str](), commit_mode)
 
 
 @pytest.fixture
@@ -406,7 +426,24 @@ def test_leader_dead_before_it_published_itself_as_leader_delays_the_election_by
     assert leader is not None and leader.node_id == "n2" and leader.term == 2
 
 
-def test_dead_leader_refusing_connections_is_revoked_before_its_ttl(sim: Sim) -> None:
+def test_async_leader_refusing_connections_is_waited_out_not_revoked(sim: Sim) -> None:
+    # Defect 2: a refusal can come from a firewall in front of a live leader that
+    # still acknowledges writes; in async mode only its lease's expiry is proof.
+    sim.elect_n1()
+    sim.refusing.add(addr("n1"))
+    for n in ("n2", "n3"):
+        sim[n].stream("disconnected")
+    for _ in range(int((TTL - 0.3) / 0.1)):
+        sim.clock.advance(0.1)
+        sim["n2"].act()
+        assert sim.snapshot().leader is not None, "a refusing leader's lease was revoked in async mode"
+    assert sim["n2"].act() == Action(
+        FOLLOW, "following n1 (term 1): its port refuses connections; waiting for its lease to expire "
+                "(in async mode a refusal does not prove it stopped acknowledging writes)", target=addr("n1"))
+
+
+def test_dead_leader_refusing_connections_is_revoked_before_its_ttl(sync_sim: Sim) -> None:
+    sim = sync_sim
     sim.elect_n1()
     sim.refusing.add(addr("n1"))
     for n in ("n2", "n3"):
@@ -498,20 +535,22 @@ def test_leader_cut_from_the_store_demotes_only_at_its_lease_deadline(sim: Sim) 
     assert sim["n1"].loop.lease_deadline == pytest.approx(deadline)
     sim.store.down = True
     calls_before = list(sim["n1"].m.calls)
+    keep = {r: Action(WAIT, f"etcd unreachable: memory store is down (role {r}, keeping it)")
+            for r in ("leader", "replica")}
     while sim.clock.t + 0.1 < deadline:
         sim.clock.advance(0.1)
-        assert sim["n1"].tick() is None
+        assert sim["n1"].tick() == keep["leader"]
         assert sim["n1"].m.engine.role == "leader", f"demoted early at +{sim.clock.t - renewed_at:.1f}s"
         sim["n1"].fence()  # still provably the leader: acknowledging is allowed
-        assert sim.round("n2", "n3") == {"n2": None, "n3": None}  # replicas keep their role
+        assert sim.round("n2", "n3") == {"n2": keep["replica"], "n3": keep["replica"]}  # replicas keep their role
     assert sim["n1"].m.calls == calls_before
     sim.clock.t = deadline
     with pytest.raises(Unavailable, match="lease not renewed in time"):
         sim["n1"].fence()
-    assert sim["n1"].tick() is None
+    assert sim["n1"].tick() == Action(DEMOTE, "demoted: etcd unreachable (memory store is down); cannot prove leadership")
     assert sim["n1"].m.calls[len(calls_before):] == ["demote"]
     assert sim["n1"].m.engine.role == "replica" and sim["n1"].loop.key is None
-    with pytest.raises(Unavailable, match="stopped leading"):
+    with pytest.raises(Unavailable, match="not acknowledged"):
         sim["n1"].fence()  # a write logged while it led is not acknowledged once it stopped leading
     # It stepped down while its lease was still valid in the store: margin kept.
     assert sim.clock.t < renewed_at + TTL
@@ -525,7 +564,7 @@ def test_leader_cut_from_the_store_demotes_only_at_its_lease_deadline(sim: Sim) 
 def test_leader_with_a_late_tick_demotes_itself(sim: Sim) -> None:
     sim.elect_n1()
     sim.clock.advance(TTL - MARGIN_MS / 1000.0)  # the loop stalled until exactly the deadline
-    assert sim["n1"].tick() == Action(DEMOTE, "demoted: leader key at term 1 not renewed in time")
+    assert sim["n1"].tick() == Action(DEMOTE, "demoted: leader key at term 1 not renewed in time", release=True)
     assert sim["n1"].m.engine.role == "replica"
 
 
@@ -541,7 +580,7 @@ def test_leader_with_a_storage_failure_demotes_and_releases_its_key(sim: Sim) ->
     sim.elect_n1()
     sim["n1"].m.engine.write_failure = "fsync failed: EIO"
     assert sim["n1"].tick() == Action(
-        DEMOTE, "demoted: storage failure on this node; giving up the leader key at term 1")
+        DEMOTE, "demoted: storage failure on this node; giving up the leader key at term 1", release=True)
     assert sim["n1"].m.engine.role == "replica" and sim.snapshot().leader is None  # released, no TTL wait
     for n in ("n2", "n3"):
         sim[n].stream("connecting")
@@ -570,10 +609,14 @@ def test_switchover_hands_over_to_the_target(sim: Sim) -> None:
     sim["n1"].coord.request_switchover("n3")
     assert sim["n1"].tick() == Action(HANDOVER, "switchover: handing leadership at term 1 to n3", target="n3")
     n1 = sim["n1"].m
-    assert n1.engine.paused == ["switchover to n3"] and n1.engine.resumed == 1
+    assert n1.engine.paused == ["switchover to n3"] and n1.engine.resumed == 0
+    sim.clock.advance(0.1)
+    # Writes drained and n3 was caught up: the next tick releases, nothing blocks a tick.
+    assert sim["n1"].tick() == Action(
+        RELEASE, "switchover: n3 holds LSN 11; releasing the leader key at term 1 and following it", target="n3")
+    assert n1.engine.resumed == 1
     assert n1.calls[-2:] == ["demote", f"follow {addr('n3')}"]
     assert sim.snapshot().leader is None and sim["n1"].loop.key is None
-    assert n1.leader._acks.waits == 0  # n3 was caught up: no waiting at all
     acts = sim.round("n2", "n3", "n1")
     assert {a.kind for a in acts.values() if a} == {FREEZE}
     acts = sim.round("n2", "n1", "n3")
@@ -588,24 +631,25 @@ def test_switchover_hands_over_to_the_target(sim: Sim) -> None:
     assert sim.leaders() == ["n3"]
 
 
-def test_switchover_waits_for_the_target_to_catch_up(sim: Sim) -> None:
+def test_switchover_waits_across_ticks_for_writes_in_flight_and_the_target(sim: Sim) -> None:
     sim.elect_n1()
     sim.connect("n1")
-    lead = sim["n1"].m.leader
-    lead.followers["n3"].flushed = 5  # behind the leader's durable LSN
-    waits = {"n": 0}
-
-    def catch_up(timeout: float) -> bool:
-        waits["n"] += 1
-        sim.clock.advance(timeout)
-        if waits["n"] == 3:
-            lead.followers["n3"].flushed = sim["n1"].m.engine.wal.durable_lsn
-        return True
-
-    lead._acks.wait = catch_up  # type: ignore[method-assign]
+    lead = sim["n1"].m
+    lead.leader.followers["n3"].flushed = 5  # behind the leader's durable LSN
+    lead.engine.inflight = 1
     sim["n1"].coord.request_switchover("n3")
     assert sim["n1"].act().kind == HANDOVER
-    assert waits["n"] == 3
+    sim.clock.advance(0.1)
+    assert sim["n1"].act() == Action(
+        RENEW, "handing over to n3: waiting for writes in flight to finish (0.1 s of 5)", target="n3")
+    lead.engine.inflight = 0
+    lead.engine.wal.durable_lsn = 12  # the write in flight made it
+    sim.clock.advance(0.1)
+    assert sim["n1"].act() == Action(RENEW, "handing over to n3: waiting for LSN 12 (0.2 s of 5)", target="n3")
+    assert sim.snapshot().leader is not None and sim.snapshot().leader.node_id == "n1"  # key renewed meanwhile
+    lead.leader.followers["n3"].flushed = 12
+    sim.clock.advance(0.1)
+    assert sim["n1"].act().kind == RELEASE
     assert sim.snapshot().leader is None and sim["n1"].m.engine.role == "replica"
 
 
@@ -622,32 +666,23 @@ def test_abandoned_switchover_keeps_the_leader_and_its_key(sim: Sim) -> None:
     sim["n1"].m.leader.followers["n3"].flushed = 0  # never catches up
     sim["n1"].coord.request_switchover("n3")
     assert sim["n1"].act().kind == HANDOVER
+    start = sim.clock.t
+    while True:
+        sim.clock.advance(0.1)
+        sim.round("n2", "n3")  # alive and publishing, just not catching up
+        act = sim["n1"].act()
+        if act.kind != RENEW:
+            break
+        sim["n1"].fence()  # the key is renewed on every tick of the wait
+    assert act == Action(ABANDON, "switchover to n3 abandoned: it did not catch up to LSN 11 in 5 s; "
+                                  "resuming writes at term 1")
+    assert sim.clock.t - start >= HANDOVER_TIMEOUT_S - 0.15
     assert sim["n1"].m.engine.resumed == 1
     assert sim.snapshot().switchover_to == ""  # abandoned and cleared
     # A planned switchover that did not happen must not turn into an unplanned failover.
+    sim.clock.advance(0.1)
     assert sim["n1"].tick() == Action(RENEW, "renewed leader key at term 1")
-
-
-def test_abandoned_switchover_never_acknowledges_past_the_lease(sim: Sim) -> None:
-    # Whatever the fix for the test above, the safety half must hold: after the
-    # wait, the old leader acknowledges only if it still provably holds its key.
-    sim.elect_n1()
-    sim.connect("n1")
-    sim["n1"].m.leader.followers["n3"].flushed = 0
-    sim["n1"].coord.request_switchover("n3")
-    start = sim.clock.t
-    assert sim["n1"].act().kind == HANDOVER
-    assert sim.clock.t - start >= HANDOVER_TIMEOUT_S - 0.05  # it waited the whole timeout (on the fake clock)
-    try:
-        sim["n1"].fence()
-        acknowledges = True
-    except Unavailable:
-        acknowledges = False
-    snap = sim.snapshot()
-    holds_key = snap.leader is not None and snap.leader.node_id == "n1"
-    assert holds_key or not acknowledges
-    if not holds_key:
-        assert sim["n1"].tick() == Action(DEMOTE, "demoted: the leader key is gone (term 1)")
+    assert sim.leaders() == ["n1"]
 
 
 # --------------------------------------------------------------------------- sync mode
@@ -747,6 +782,8 @@ def test_sync_switchover_to_a_node_outside_the_sync_set_makes_it_the_sync_set_fi
     assert sync_state(sim) == ("n1", 1, ("n2",))
     sim["n1"].coord.request_switchover("n3")
     assert sim["n1"].tick() == Action(HANDOVER, "switchover: handing leadership at term 1 to n3", target="n3")
+    sim.clock.advance(0.1)
+    assert sim["n1"].tick().kind == RELEASE
     assert sync_state(sim) == ("n1", 1, ("n3",))  # published while n1 still held the key
     assert sim.snapshot().leader is None
     sim.round("n1", "n2", "n3")  # all freeze at term 1
@@ -755,23 +792,3 @@ def test_sync_switchover_to_a_node_outside_the_sync_set_makes_it_the_sync_set_fi
     acts = sim.round("n1", "n2", "n3")
     assert acts["n1"] == Action(FOLLOW, "following n3 (term 2), lag 0 ms", target=addr("n3"))
     assert sim.leaders() == ["n3"] and sim.snapshot().switchover_to == ""
-
-
-def test_sync_first_sync_set_excludes_a_peer_with_an_older_history(sync_sim: Sim) -> None:
-    sim = sync_sim
-    sim.elect_n1()
-    sim.connect("n1")
-    lead = sim["n1"].m.leader
-    lead.followers["n3"].connected = False
-    lead.max_committed = 11
-    sim.run(2 * TTL, "n1", "n2", "n3")
-    sim["n1"].tick()
-    assert sync_state(sim) == ("n1", 1, ("n2",))
-    # n3 is a node whose log stopped at term 0 with a long tail that term 1 never
-    # had (it has not rejoined yet): a higher LSN, but not the acknowledged writes.
-    n3 = sim["n3"].m.engine
-    n3.wal.durable_lsn, n3.term, n3.terms.last_term = 40, 0, 0
-    kill_leader_and_freeze(sim, "n1", ("n3", "n2"))
-    assert sim.round("n3", "n2")["n2"] == Action(ACQUIRE, "promoted self: leader key acquired at term 2", term=2)
-    # Were n3 the sync set and n2 to die now, n3 would win and the writes of term 1 would be lost.
-    assert sync_state(sim) == ("n2", 2, ())

@@ -10,10 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sutra_cluster.failover.coordinator import ClusterSnapshot, MemberInfo
+from sutra_cluster.replication.commit import next_sync_set
+from sutra_cluster.roles import CommitMode, Role
+
+__all__ = ["decide", "decide_unreachable", "first_sync_set", "next_sync_set", "candidate"]
 
 # Action kinds.
 RENEW = "renew"  # keep leading: renew the leader key
-HANDOVER = "handover"  # planned switchover: stop writes, let the target catch up, release the key
+HANDOVER = "handover"  # planned switchover: pause writes, wait (across ticks) for the target to catch up
+RELEASE = "release"  # the switchover target holds everything: release the key and follow it
+ABANDON = "abandon"  # the switchover target did not catch up in time: resume writes, keep leading
 ACQUIRE = "acquire"  # take the leader key at a new term, then promote
 DEMOTE = "demote"  # stop taking writes now
 FOLLOW = "follow"  # stream from the leader named in the key
@@ -28,23 +34,35 @@ class Local:
 
     node_id: str
     address: str
-    role: str  # "leader" | "replica"
+    role: str  # Role.LEADER | Role.REPLICA
     term: int
     flushed_lsn: int
     last_term: int
     frozen_term: int = 0  # the term at which it stopped streaming for an election (0: not frozen)
     lease_ok: bool = True  # as leader: renewed recently enough to keep acknowledging writes
-    leader_refused: bool = False  # the key holder's port refused connections (twice): it is dead
+    leader_refused: bool = False  # the key holder's port refused connections on two ticks in a row
     lag_ms: float = 0.0
     uptime_s: float = 1e9  # seconds since this node started
     healthy: bool = True  # False after a storage failure: it must not lead
+    # A switchover in progress (as leader): its target, the LSN every acknowledged
+    # write is at or below once in-flight writes drained (0: still draining),
+    # the target's flushed LSN (-1: not streaming) and the seconds since it began.
+    handover_target: str = ""
+    handover_lsn: int = 0
+    target_flushed: int = -1
+    handover_elapsed_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class Settings:
-    commit_mode: str = "async"
+    commit_mode: str = CommitMode.ASYNC
     max_lag_on_failover: int = 1_000_000
     startup_grace_s: float = 4.0  # a new cluster waits this long for its configured leader
+    # Revoke a leader whose port refuses connections, without waiting for its lease.
+    # Safe only where the old leader cannot acknowledge a write without a replica
+    # that has stopped following it: sync mode without SUTRA_SYNC_FALLBACK.
+    fast_revoke: bool = False
+    handover_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,7 @@ class Action:
     reason: str
     target: str = ""  # node id (handover) or address (follow)
     term: int = 0  # the term to acquire
+    release: bool = False  # DEMOTE: the leader key still names this node; release it so others need not wait
 
 
 def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str]:
@@ -62,8 +81,8 @@ def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str
     term compete, so a long tail from an older term (a former leader that has
     not rejoined yet) never beats the newer history.
     """
-    alive = [m for m in snap.members.values() if m.healthy and m.role != "leader"]
-    if s.commit_mode == "sync" and snap.sync is not None:
+    alive = [m for m in snap.members.values() if m.healthy and m.role != Role.LEADER]
+    if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
         sync = set(snap.sync.members)
         alive = [m for m in alive if m.node_id in sync]
         if not alive:
@@ -72,7 +91,7 @@ def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str
         return [], "no live replica to take over"
     newest = max(m.last_term for m in alive)
     alive = [m for m in alive if m.last_term == newest]
-    if s.commit_mode == "sync" and snap.sync is not None:
+    if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
         return alive, ""
     best = max(m.flushed_lsn for m in alive)
     near = [m for m in alive if best - m.flushed_lsn <= s.max_lag_on_failover]
@@ -95,34 +114,33 @@ def candidate(snap: ClusterSnapshot, s: Settings) -> tuple[MemberInfo | None, st
 def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
     key = snap.leader
     if key is not None and key.node_id == me.node_id:
-        if me.role != "leader":
+        if me.role != Role.LEADER:
             return Action(REVOKE, f"leader key (term {key.term}) names this node, which is not leading "
                                   "(a previous life or an interrupted promotion): revoking it")
         if not me.lease_ok:
-            return Action(DEMOTE, f"demoted: leader key at term {key.term} not renewed in time")
+            return Action(DEMOTE, f"demoted: leader key at term {key.term} not renewed in time", release=True)
         if not me.healthy:
-            return Action(DEMOTE, f"demoted: storage failure on this node; giving up the leader key at term {key.term}")
-        target = snap.switchover_to
-        if target and target != me.node_id:
-            m = snap.members.get(target)
-            if m is None or not m.healthy:
-                return Action(RENEW, f"renewed leader key at term {key.term}; switchover target {target} is not alive")
-            return Action(HANDOVER, f"switchover: handing leadership at term {key.term} to {target}", target=target)
-        return Action(RENEW, f"renewed leader key at term {key.term}")
+            return Action(DEMOTE, f"demoted: storage failure on this node; giving up the leader key at term {key.term}",
+                          release=True)
+        return _lead_on(snap, me, s, key.term)
     if key is not None:
-        if me.role == "leader":
+        if me.role == Role.LEADER:
             return Action(DEMOTE, f"demoted: leader key held by {key.node_id} at term {key.term}")
-        if me.leader_refused:
+        if me.leader_refused and s.fast_revoke:
             return Action(REVOKE, f"leader {key.node_id} at {key.address} refuses connections: it is gone; "
                                   f"revoking its lease (term {key.term})")
+        if me.leader_refused:
+            return Action(FOLLOW, f"following {key.node_id} (term {key.term}): its port refuses connections; "
+                                  "waiting for its lease to expire (in async mode a refusal does not prove "
+                                  "it stopped acknowledging writes)", target=key.address)
         return Action(FOLLOW, f"following {key.node_id} (term {key.term}), lag {me.lag_ms:.0f} ms", target=key.address)
     # No leader key.
-    if me.role == "leader":
+    if me.role == Role.LEADER:
         return Action(DEMOTE, f"demoted: the leader key is gone (term {snap.term})")
     if me.frozen_term != snap.term:
         return Action(FREEZE, f"no leader at term {snap.term}: stopped streaming at LSN {me.flushed_lsn}")
     waiting = sorted(m.node_id for m in snap.members.values()
-                     if m.healthy and m.role != "leader" and m.frozen_term != snap.term)
+                     if m.healthy and m.role != Role.LEADER and m.frozen_term != snap.term)
     if waiting:
         return Action(WAIT, f"no leader at term {snap.term}: waiting for {', '.join(waiting)} to publish a final LSN")
     if snap.term == 0 and me.uptime_s < s.startup_grace_s and not any(m.preferred for m in snap.members.values()):
@@ -136,18 +154,44 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
     return Action(WAIT, f"no leader at term {snap.term}: {best.node_id} (LSN {best.flushed_lsn}) should take over")
 
 
-def next_sync_set(current: tuple[str, ...], connected: dict[str, int], n: int, commit_lsn: int) -> tuple[str, ...]:
-    """The sync set a leader should publish next.
+def _lead_on(snap: ClusterSnapshot, me: Local, s: Settings, term: int) -> Action:
+    """A healthy leader holding its key: renew, or run a switchover across ticks."""
+    target = snap.switchover_to
+    if me.handover_target and target != me.handover_target:
+        return Action(ABANDON, f"switchover to {me.handover_target} cancelled; resuming writes at term {term}")
+    if not target or target == me.node_id:
+        return Action(RENEW, f"renewed leader key at term {term}")
+    m = snap.members.get(target)
+    if m is None or not m.healthy:
+        if me.handover_target:
+            return Action(ABANDON, f"switchover to {target} abandoned: it is not alive; resuming writes at term {term}")
+        return Action(RENEW, f"renewed leader key at term {term}; switchover target {target} is not alive")
+    if not me.handover_target:
+        return Action(HANDOVER, f"switchover: handing leadership at term {term} to {target}", target=target)
+    if me.handover_elapsed_s >= s.handover_timeout_s:
+        return Action(ABANDON, f"switchover to {target} abandoned: it did not catch up to LSN {me.handover_lsn} "
+                               f"in {s.handover_timeout_s:.0f} s; resuming writes at term {term}")
+    if me.handover_lsn and me.target_flushed >= me.handover_lsn:
+        return Action(RELEASE, f"switchover: {target} holds LSN {me.handover_lsn}; releasing the leader key "
+                               f"at term {term} and following it", target=target)
+    waiting = f"LSN {me.handover_lsn}" if me.handover_lsn else "writes in flight to finish"
+    return Action(RENEW, f"handing over to {target}: waiting for {waiting} "
+                         f"({me.handover_elapsed_s:.1f} s of {s.handover_timeout_s:.0f})", target=target)
 
-    Members stay while connected. A replica joins only once it has flushed
-    everything acknowledged so far (``commit_lsn``), so every member of the
-    published set always holds every acknowledged write. Sorted for stability.
-    """
-    keep = [m for m in current if m in connected]
-    if len(keep) < n:
-        for node, flushed in sorted(connected.items(), key=lambda kv: (-kv[1], kv[0])):
-            if node not in keep and flushed >= commit_lsn:
-                keep.append(node)
-            if len(keep) >= n:
-                break
-    return tuple(sorted(keep[:n] if len(keep) > n else keep))
+
+def decide_unreachable(me: Local, why: str) -> Action:
+    """The tick's decision when etcd cannot be read: a leader whose lease may
+    have expired stops at once; everyone else keeps its role and waits."""
+    if me.role == Role.LEADER and not me.lease_ok:
+        return Action(DEMOTE, f"demoted: etcd unreachable ({why}); cannot prove leadership")
+    return Action(WAIT, f"etcd unreachable: {why} (role {me.role}, keeping it)")
+
+
+def first_sync_set(snap: ClusterSnapshot, me: Local, n: int) -> tuple[str, ...]:
+    """The sync set a node publishes as it takes the leader key: replicas that
+    froze for this election at exactly this node's position in the same history
+    hold every acknowledged write, so they may count from the first write on."""
+    peers = sorted(m.node_id for m in snap.members.values()
+                   if m.node_id != me.node_id and m.healthy and m.role != Role.LEADER
+                   and m.frozen_term == snap.term and m.last_term == me.last_term and m.flushed_lsn >= me.flushed_lsn)
+    return tuple(peers[:n])

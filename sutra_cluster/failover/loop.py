@@ -1,6 +1,12 @@
 """The HA loop: every SUTRA_LOOP_WAIT_MS, publish this node's state, read one
 snapshot of the shard, ask ``decide`` for one action, apply it, and log the
-action's sentence (INFO when it changes, DEBUG every tick)."""
+action's sentence (INFO when it changes, DEBUG every tick).
+
+The loop is thin on purpose: every choice is made in ``decide`` (pure, tested
+branch by branch); the loop gathers inputs (the node through ``NodePort``,
+etcd through ``Coordinator``, a clock and a connection probe, all injectable so
+the HA simulator can drive the real loop) and applies the action.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,11 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sutra_cluster.config import Config
+from sutra_cluster.errors import Unavailable
 from sutra_cluster.failover.coordinator import (
     ClusterSnapshot,
     Coordinator,
@@ -19,20 +28,24 @@ from sutra_cluster.failover.coordinator import (
     SyncState,
 )
 from sutra_cluster.failover.decide import (
+    ABANDON,
     ACQUIRE,
     DEMOTE,
     FOLLOW,
     FREEZE,
     HANDOVER,
+    RELEASE,
     RENEW,
     REVOKE,
     Action,
     Local,
     Settings,
     decide,
-    next_sync_set,
+    decide_unreachable,
+    first_sync_set,
 )
-from sutra_cluster.replication.manager import ReplicationManager
+from sutra_cluster.failover.port import NodePort, NodeState
+from sutra_cluster.roles import CommitMode, Role
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +53,8 @@ HANDOVER_TIMEOUT_S = 5.0
 
 
 def port_refuses(address: str, timeout: float = 0.2) -> bool:
-    """True only when nothing listens at ``address`` (connection refused): proof
-    the process is gone. A hung or partitioned process gives a timeout, not this."""
+    """True when a connection to ``address`` is refused. That is a signal, not a
+    proof: a firewall or proxy can refuse for a live process (see decide)."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
@@ -52,37 +65,54 @@ def port_refuses(address: str, timeout: float = 0.2) -> bool:
         return False
 
 
+@dataclass
+class _Handover:
+    target: str
+    started: float
+    lsn: int = 0  # every acknowledged write is at or below it (0: writes still draining)
+
+
 class HaLoop:
-    def __init__(self, manager: ReplicationManager, coord: Coordinator, cfg: Config) -> None:
-        self.m = manager
+    def __init__(self, port: NodePort, coord: Coordinator, cfg: Config, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 probe: Callable[[str], bool] = port_refuses) -> None:
+        self.node = port
         self.coord = coord
         self.cfg = cfg
-        self.settings = Settings(cfg.commit_mode, cfg.max_lag_on_failover, startup_grace_s=2.0 * cfg.lease_ttl_s)
-        self.started = time.monotonic()
+        self.clock = clock
+        self.probe = probe
+        mode = CommitMode(cfg.commit_mode)
+        self.settings = Settings(mode, cfg.max_lag_on_failover, startup_grace_s=2.0 * cfg.lease_ttl_s,
+                                 fast_revoke=mode == CommitMode.SYNC and not cfg.sync_fallback,
+                                 handover_timeout_s=HANDOVER_TIMEOUT_S)
+        self.started = clock()
         self.key: LeaderKey | None = None
         self.lease_deadline = 0.0
         self.frozen_term = 0
         self.refused = 0
         self.last_reason = ""
         self.last_action: Action | None = None
+        self.handover: _Handover | None = None
         # Sync-set members chosen at election, not yet streaming: kept for a grace period.
+        self._sync_grace: dict[str, int] = {}
         self._sync_grace_until = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ha-loop", daemon=True)
-        manager.fence = self.fence
+        port.set_fence(self.fence)
 
     # ---- fencing ---------------------------------------------------------------
     def fence(self) -> None:
         """Called before every acknowledgement: refuse once the lease could have
         expired (minus the safety margin), whatever the loop thread is doing."""
-        from sutra_cluster.errors import Unavailable
-
-        if self.m.engine.role != "leader":
-            raise Unavailable("this node stopped leading before the write was acknowledged; retry it")
-        if time.monotonic() >= self.lease_deadline:
+        if self.clock() >= self.lease_deadline:
             raise Unavailable("leadership could not be confirmed (lease not renewed in time); "
                               "the write was not acknowledged")
+
+    def _extend_lease(self, t0: float) -> None:
+        """The key was renewed (or taken) by a call that started at ``t0``: etcd
+        counts the TTL from a moment after that, so ``t0`` is the safe base."""
+        self.lease_deadline = t0 + self.cfg.lease_ttl_s - self.cfg.fence_margin_ms / 1000.0
 
     # ---- the loop ----------------------------------------------------------------
     def start(self) -> HaLoop:
@@ -103,45 +133,52 @@ class HaLoop:
             self._wake.wait(max(0.0, wait - (time.monotonic() - t0)))
             self._wake.clear()
 
-    def _member(self) -> MemberInfo:
-        eng = self.m.engine
+    def _member(self, st: NodeState) -> MemberInfo:
         return MemberInfo(
-            node_id=self.cfg.node_id, address=self.cfg.address, role=eng.role, term=eng.term,
-            flushed_lsn=eng.wal.durable_lsn, last_term=eng.terms.last_term, frozen_term=self.frozen_term,
-            healthy=not eng.write_failure, preferred=self.cfg.role == "leader",
+            node_id=self.cfg.node_id, address=self.cfg.address, role=st.role, term=st.term,
+            flushed_lsn=st.durable_lsn, last_term=st.last_term, frozen_term=self.frozen_term,
+            healthy=st.healthy, preferred=self.cfg.role == Role.LEADER,
         )
 
-    def _local(self, snap: ClusterSnapshot) -> Local:
-        eng = self.m.engine
-        refused = False
-        key = snap.leader
-        f = self.m.follower
-        if key is not None and key.node_id != self.cfg.node_id and (f is None or f.state != "streaming"):
-            self.refused = self.refused + 1 if port_refuses(key.address) else 0
-            refused = self.refused >= 2
+    def _local(self, st: NodeState, snap: ClusterSnapshot | None) -> Local:
+        key = snap.leader if snap is not None else None
+        if key is not None and key.node_id != self.cfg.node_id and not st.streaming:
+            self.refused = self.refused + 1 if self.probe(key.address) else 0
         else:
             self.refused = 0
-        lag = f.lag()[1] * 1000.0 if f is not None else 0.0
+        h = self.handover
+        target_flushed = -1
+        if h is not None:
+            flushed = self.node.replica_flushed(h.target)
+            target_flushed = -1 if flushed is None else flushed
+            if not h.lsn and st.inflight == 0:
+                h.lsn = self.node.last_lsn()
         return Local(
-            node_id=self.cfg.node_id, address=self.cfg.address, role=eng.role, term=eng.term,
-            flushed_lsn=eng.wal.durable_lsn, last_term=eng.terms.last_term, frozen_term=self.frozen_term,
-            lease_ok=time.monotonic() < self.lease_deadline, leader_refused=refused, lag_ms=lag,
-            uptime_s=time.monotonic() - self.started, healthy=not eng.write_failure,
+            node_id=self.cfg.node_id, address=self.cfg.address, role=st.role, term=st.term,
+            flushed_lsn=st.durable_lsn, last_term=st.last_term, frozen_term=self.frozen_term,
+            lease_ok=self.clock() < self.lease_deadline, leader_refused=self.refused >= 2, lag_ms=st.lag_ms,
+            uptime_s=self.clock() - self.started, healthy=st.healthy,
+            handover_target=h.target if h is not None else "", handover_lsn=h.lsn if h is not None else 0,
+            target_flushed=target_flushed, handover_elapsed_s=self.clock() - h.started if h is not None else 0.0,
         )
 
-    def tick(self) -> Action | None:
+    def tick(self) -> Action:
+        st = self.node.state()
         try:
-            self.coord.publish_member(self._member())
+            self.coord.publish_member(self._member(st))
             snap = self.coord.snapshot()
         except CoordinatorUnavailable as exc:
-            self._unreachable(exc)
-            return None
-        action = decide(snap, self._local(snap), self.settings)
+            action = decide_unreachable(self._local(st, None), str(exc))
+            self._log(action)
+            self._apply(action, None)
+            self.last_action = action
+            return action
+        action = decide(snap, self._local(st, snap), self.settings)
         self._log(action)
         try:
             self._apply(action, snap)
         except CoordinatorUnavailable as exc:
-            self._unreachable(exc)
+            log.warning("etcd unreachable while applying %r: %s", action.kind, exc)
         self.last_action = action
         return action
 
@@ -153,35 +190,39 @@ class HaLoop:
             log.debug("%s", action.reason)
         self.last_reason = action.reason
 
-    def _unreachable(self, exc: Exception) -> None:
-        eng = self.m.engine
-        if eng.role == "leader" and time.monotonic() >= self.lease_deadline:
-            log.error("demoted: etcd unreachable (%s); cannot prove leadership", exc)
-            self._demote()
-        else:
-            log.warning("etcd unreachable: %s (role %s, keeping it)", exc, eng.role)
-
     # ---- actions ---------------------------------------------------------------
-    def _apply(self, action: Action, snap: ClusterSnapshot) -> None:
+    def _apply(self, action: Action, snap: ClusterSnapshot | None) -> None:
         kind = action.kind
+        if kind == DEMOTE:
+            key = self.key
+            self._demote(action.reason)
+            if action.release and key is not None and snap is not None and snap.leader == key:
+                self.coord.release(key)  # still ours: hand it on now, nobody waits out the lease
+            return
+        if snap is None:
+            return
         if kind == RENEW:
             self._renew(snap)
         elif kind == HANDOVER:
-            self._handover(action, snap)
+            self.node.pause_writes("switchover to " + action.target)
+            self.handover = _Handover(action.target, self.clock())
+            self._renew(snap)
+        elif kind == RELEASE:
+            self._release_to(action.target, snap)
+        elif kind == ABANDON:
+            log.error("%s", action.reason)
+            self._end_handover()
+            self.coord.clear_switchover()
+            self._renew(snap)
         elif kind == ACQUIRE:
             self._acquire(action, snap)
-        elif kind == DEMOTE:
-            key = self.key
-            self._demote()
-            if key is not None and snap.leader == key:
-                self.coord.release(key)  # still ours (e.g. storage failure): hand it on now
         elif kind == FOLLOW:
             self.frozen_term = 0
-            self.m.follow(action.target)
+            self.node.follow(action.target, snap.leader.term if snap.leader is not None else 0)
         elif kind == FREEZE:
-            self.m.freeze()
+            self.node.freeze()
             self.frozen_term = snap.term
-            self.coord.publish_member(self._member())
+            self.coord.publish_member(self._member(self.node.state()))
             self.wake()
         elif kind == REVOKE and snap.leader is not None:
             self.coord.revoke(snap.leader)
@@ -190,122 +231,88 @@ class HaLoop:
 
     def _renew(self, snap: ClusterSnapshot) -> None:
         assert self.key is not None
-        t0 = time.monotonic()
+        t0 = self.clock()
         if not self.coord.renew(self.key):
-            log.error("demoted: lost the leader key at term %d", self.key.term)
-            self._demote()
+            self._demote(f"lost the leader key at term {self.key.term}")
             return
-        self.lease_deadline = t0 + self.cfg.lease_ttl_s - self.cfg.fence_margin_ms / 1000.0
+        self._extend_lease(t0)
         if snap.switchover_to == self.cfg.node_id:
             self.coord.clear_switchover()
-        if self.cfg.commit_mode == "sync":
+        if self.settings.commit_mode == CommitMode.SYNC:
             self._maintain_sync_set(snap)
 
     def _maintain_sync_set(self, snap: ClusterSnapshot) -> None:
         assert self.key is not None
-        leader = self.m.leader
-        current = leader.sync_ids or ()
-        connected = {f.node_id: f.flushed for f in leader.connected()}
-        if time.monotonic() < self._sync_grace_until:
-            # Members chosen at election hold every acknowledged write; give them
-            # time to connect before replacing them.
-            for node in current:
-                if node in snap.members:
-                    connected.setdefault(node, snap.members[node].flushed_lsn)
-        wanted = next_sync_set(current, connected, self.cfg.sync_replicas, leader.max_committed)
+        now = self.clock()
+        grace = self._sync_grace if now < self._sync_grace_until else {}
+        keep, wanted = self.node.sync_plan(now, grace)
+        current = self.node.sync_members() or ()
         published = snap.sync.members if snap.sync is not None and snap.sync.term == self.key.term else None
-        if wanted == current and published == wanted:
+        if set(wanted) == set(current) and published == wanted:
             return
-        # Stop counting members that leave before publishing; count new ones only after.
-        leader.sync_ids = tuple(m for m in current if m in wanted)
+        # Members that leave stop counting before the new set is published; new
+        # ones count only once it is (so the counted set is always published).
+        self.node.sync_shrink(keep)
         if self.coord.set_sync(self.key, SyncState(self.cfg.node_id, self.key.term, wanted)):
-            leader.sync_ids = wanted
+            self.node.sync_adopt(wanted)
             log.info("sync set at term %d is now %s", self.key.term, list(wanted) or "empty")
 
     def _acquire(self, action: Action, snap: ClusterSnapshot) -> None:
-        t0 = time.monotonic()
-        eng = self.m.engine
-        # Replicas that froze at this node's position in the same history hold
-        # every acknowledged write, so they may form the first sync set at once.
-        mine, my_term = eng.wal.durable_lsn, eng.terms.last_term
-        peers = sorted(m.node_id for m in snap.members.values()
-                       if m.node_id != self.cfg.node_id and m.healthy and m.role != "leader"
-                       and m.frozen_term == snap.term and m.last_term == my_term and m.flushed_lsn >= mine)
+        t0 = self.clock()
+        st = self.node.state()
+        me = self._local(st, snap)
+        initial = first_sync_set(snap, me, self.cfg.sync_replicas)
         want = LeaderKey(self.cfg.node_id, self.cfg.address, action.term)
         stored = self.coord.acquire(want, snap.term)
         if stored is None:
             log.info("lost the election for term %d", action.term)
             return
         try:
-            self.lease_deadline = t0 + self.cfg.lease_ttl_s - self.cfg.fence_margin_ms / 1000.0
-            self.m.promote_to(action.term, managed=True)
+            self._extend_lease(t0)
+            self.node.lead(action.term)
             self.key = stored
             self.frozen_term = 0
             if snap.switchover_to == self.cfg.node_id:
                 self.coord.clear_switchover()
-            if self.cfg.commit_mode == "sync":
-                initial = tuple(peers[: self.cfg.sync_replicas])
-                self.m.leader.sync_ids = initial
-                self._sync_grace_until = time.monotonic() + 2 * self.cfg.lease_ttl_s
-                self.coord.set_sync(stored, SyncState(self.cfg.node_id, action.term, initial))
+            if self.settings.commit_mode == CommitMode.SYNC:
+                # Published first, counted after: a set that etcd does not hold
+                # never acknowledges a write.
+                self._sync_grace = {m: snap.members[m].flushed_lsn for m in initial}
+                self._sync_grace_until = self.clock() + 2 * self.cfg.lease_ttl_s
+                if self.coord.set_sync(stored, SyncState(self.cfg.node_id, action.term, initial)):
+                    self.node.sync_count(initial)
         except Exception:
             log.exception("promotion to term %d failed; releasing the leader key", action.term)
             self.coord.revoke(stored)
-            self._demote()
+            self._demote(f"promotion to term {action.term} failed")
             raise
 
-    def _demote(self) -> None:
+    def _demote(self, reason: str) -> None:
         self.key = None
         self.lease_deadline = 0.0
-        self.m.demote()
+        self._end_handover()
+        self.node.step_down(reason)
 
-    def _handover(self, action: Action, snap: ClusterSnapshot) -> None:
-        assert self.key is not None
-        target = snap.members[action.target]
-        leader = self.m.leader
-        eng = self.m.engine
-        eng.pause_writes("switchover to " + action.target)
-        try:
-            # Writes already past the pause finish (or fail) first; then every
-            # acknowledged write is at or below the last LSN.
-            drain_until = time.monotonic() + 1.0
-            while eng.inflight and time.monotonic() < drain_until:
-                time.sleep(0.002)
-            last = eng.wal.last_lsn
-            deadline = time.monotonic() + HANDOVER_TIMEOUT_S
-            next_renew = time.monotonic() + self.cfg.loop_wait_ms / 1000.0
-            while True:
-                f = leader.followers.get(action.target)
-                if f is not None and f.connected and f.flushed >= last:
-                    break
-                now = time.monotonic()
-                if now >= deadline:
-                    log.error("switchover to %s abandoned: it did not catch up to LSN %d in %.0f s",
-                              action.target, last, HANDOVER_TIMEOUT_S)
-                    self.coord.clear_switchover()
-                    return
-                if now >= next_renew:
-                    # Keep the key while waiting: an abandoned switchover must not
-                    # turn into an unplanned failover.
-                    if not self.coord.renew(self.key):
-                        log.error("switchover to %s: lost the leader key while waiting", action.target)
-                        self._demote()
-                        return
-                    self.lease_deadline = now + self.cfg.lease_ttl_s - self.cfg.fence_margin_ms / 1000.0
-                    next_renew = now + self.cfg.loop_wait_ms / 1000.0
-                with leader._acks:
-                    leader._acks.wait(0.02)
-            key = self.key
-            if self.cfg.commit_mode == "sync":
-                # The target holds everything: make it the sync set, so it may take over.
-                leader.sync_ids = (action.target,)
-                self.coord.set_sync(key, SyncState(self.cfg.node_id, key.term, (action.target,)))
-            self._demote()
-            self.coord.release(key)
-            self.m.follow(target.address)
-            log.info("switchover: released the leader key; following %s", action.target)
-        finally:
-            eng.resume_writes()
+    def _end_handover(self) -> None:
+        if self.handover is not None:
+            self.handover = None
+            self.node.resume_writes()
+
+    def _release_to(self, target: str, snap: ClusterSnapshot) -> None:
+        """The target holds every acknowledged write: make it the sync set (so it
+        may take over in sync mode), release the key and follow it."""
+        key = self.key
+        assert key is not None
+        if self.settings.commit_mode == CommitMode.SYNC:
+            self.node.sync_shrink(())
+            if self.coord.set_sync(key, SyncState(self.cfg.node_id, key.term, (target,))):
+                self.node.sync_adopt((target,))
+        self._demote(f"switchover to {target}")
+        self.coord.release(key)
+        member = snap.members.get(target)
+        if member is not None:
+            self.node.follow(member.address, 0)
+        log.info("switchover: released the leader key; following %s", target)
 
     def stop(self, release: bool = True) -> None:
         """Stop the loop; a leader releases its key so a replica takes over at once."""
@@ -315,7 +322,7 @@ class HaLoop:
             self._thread.join(timeout=10)
         if release and self.key is not None:
             key = self.key
-            self._demote()
+            self._demote("stopping")
             try:
                 self.coord.release(key)
                 log.info("released the leader key at term %d", key.term)

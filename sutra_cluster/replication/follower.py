@@ -17,6 +17,7 @@ import grpc
 from sutra_cluster.config import Config
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.pb import replication_pb2_grpc
+from sutra_cluster.roles import MAX_TERM
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.engine import Engine
 
@@ -33,10 +34,13 @@ class FollowerLoop:
     """Follows one leader address until stopped; reconnects with backoff."""
 
     def __init__(self, engine: Engine, cfg: Config, leader_address: str,
-                 channel_factory=None) -> None:  # type: ignore[no-untyped-def]
+                 channel_factory=None, expected_term: int = 0) -> None:  # type: ignore[no-untyped-def]
         self.engine = engine
         self.cfg = cfg
         self.leader_address = leader_address
+        # Managed mode: the term etcd's leader key names. A stream claiming a higher
+        # term is not believed (and not saved): only etcd hands out terms.
+        self.expected_term = expected_term
         self.channel_factory = channel_factory or (lambda addr: grpc.insecure_channel(addr))
         self.state = "connecting"
         self.leader_id = ""
@@ -141,14 +145,17 @@ class FollowerLoop:
             call.cancel()
             raise StaleLeader(f"rejected stream from {msg.leader_id or self.leader_address}: its term {msg.term} "
                               f"is older than term {eng.term} this node has seen")
+        if msg.term > MAX_TERM or (self.expected_term and msg.term != self.expected_term):
+            call.cancel()
+            raise StaleLeader(f"rejected stream from {msg.leader_id or self.leader_address}: it claims term "
+                              f"{msg.term}, but etcd's leader key says term {self.expected_term or 'at most ' + str(MAX_TERM)}")
         if msg.term > eng.term:
             eng.terms.observe(msg.term)
         self.leader_id = msg.leader_id
-        eng.leader_address = msg.leader_address or self.leader_address
         if msg.WhichOneof("kind") in ("records", "heartbeat") and eng.read_fence:
             # The leader accepted our hello: our history is a prefix of its own.
             log.info("history checked against leader %s: serving reads again", msg.leader_id)
-            eng.read_fence = None
+            eng.lift_read_fence()
         kind = msg.WhichOneof("kind")
         if kind == "records":
             entries = [(e.lsn, e.term, e.rtype, e.payload) for e in msg.records.entries]

@@ -18,6 +18,8 @@ import grpc
 from sutra_cluster.config import Config
 from sutra_cluster.errors import Unavailable
 from sutra_cluster.pb import replication_pb2 as rpb
+from sutra_cluster.replication.commit import ReplicaPosition, SyncCommit
+from sutra_cluster.roles import MAX_TERM, CommitMode, Role
 from sutra_cluster.storage.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -25,41 +27,68 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.1
 MAX_MESSAGE_BYTES = 4 << 20
 RECENTLY_SEEN_S = 300.0
+MAX_FOLLOWERS = 64  # remembered streams, connected or recently gone
 
 
 @dataclass
 class Follower:
+    """One replica's stream, as this leader sees it."""
+
     node_id: str
     address: str
+    pos: ReplicaPosition
     state: str = "catchup"
     written: int = 0
-    flushed: int = 0
     applied: int = 0
     sent: int = 0
-    connected: bool = True
     last_seen: float = field(default_factory=time.monotonic)
     stream_id: int = 0
 
+    @property
+    def flushed(self) -> int:
+        return self.pos.flushed
+
+    @property
+    def connected(self) -> bool:
+        return self.pos.connected
+
 
 class LeaderStreams:
-    def __init__(self, engine: Engine, cfg: Config) -> None:
+    """Feeds replicas and decides what may be acknowledged. Commit bookkeeping is
+    ``SyncCommit`` (pure), always used under ``self._acks``."""
+
+    def __init__(self, engine: Engine, cfg: Config, *, managed: bool) -> None:
         self.engine = engine
         self.cfg = cfg
+        self.managed = managed
         self.followers: dict[str, Follower] = {}
         self._acks = threading.Condition()
         self._data = threading.Condition()
         self._streams = 0
         self.closing = False
-        # None: any connected replica counts for sync commits (manual clusters).
-        # A tuple: only these (the sync set published in etcd) count.
-        self.sync_ids: tuple[str, ...] | None = None
-        self.max_committed = 0
+        self.commit = SyncCommit(CommitMode(cfg.commit_mode), cfg.sync_replicas, managed=managed,
+                                 fallback=cfg.sync_fallback)
         self.on_stale: list = []  # callbacks(term) when a follower proves this leader stale
         engine.durable_listeners.append(self._on_durable)
 
     def _on_durable(self, lsn: int) -> None:
         with self._data:
             self._data.notify_all()
+
+    def wake_commits(self) -> None:
+        """Wake writes waiting for replicas (the role changed: they fail now)."""
+        with self._acks:
+            self._acks.notify_all()
+
+    def begin_term(self, from_lsn: int) -> None:
+        """A new term starts at ``from_lsn``: forget the old term's streams and
+        treat everything up to it as possibly acknowledged (see SyncCommit.lead)."""
+        with self._acks:
+            self.commit.lead(from_lsn)
+            for f in self.followers.values():
+                f.pos.connected = False
+            self.followers.clear()
+            self._acks.notify_all()
 
     # ---- streaming -------------------------------------------------------
     def _divergence(self, hello: rpb.Hello) -> tuple[str, int | None] | None:
@@ -80,23 +109,49 @@ class LeaderStreams:
             reason = f"leader's history does not reach back to LSN {hello.last_lsn}"
         return reason, branch
 
-    def stream(self, requests: Iterator[rpb.FollowerMessage], context: grpc.ServicerContext) -> Iterator[rpb.LeaderMessage]:
+    def _check_hello(self, hello: rpb.Hello, context: grpc.ServicerContext) -> None:
+        """A hello's numbers are claims: bound them before anything acts on them."""
+        eng = self.engine
+        if not hello.node_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.node_id is empty")
+        if hello.node_id == self.cfg.node_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.node_id {hello.node_id!r} is this leader's own id")
+        for name in ("highest_term", "last_term"):
+            if getattr(hello, name) > MAX_TERM:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"hello.{name} is {getattr(hello, name)}, above the largest allowed term {MAX_TERM}")
+        if hello.highest_term > eng.term:
+            if self.managed:
+                # etcd, not a peer's word, says who leads: the HA loop steps down
+                # when the leader key says so. Refuse this stream only.
+                log.warning("follower %s claims term %d, newer than mine (%d); refusing its stream "
+                            "(etcd decides leadership)", hello.node_id, hello.highest_term, eng.term)
+            else:
+                log.error("follower %s has seen term %d, newer than mine (%d): this leader is stale",
+                          hello.node_id, hello.highest_term, eng.term)
+                for fn in self.on_stale:
+                    fn(hello.highest_term)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"stale leader: term {eng.term} is older than term {hello.highest_term} the follower has seen")
+        if eng.role != Role.LEADER:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{self.cfg.node_id} is not the leader (leader: {eng.leader_address or 'unknown'})")
+
+    def stream(self, requests: Iterator[rpb.FollowerMessage], context: grpc.ServicerContext,
+               peer_name: str = "") -> Iterator[rpb.LeaderMessage]:
+        """Feed one replica. ``peer_name``: the node name the caller authenticated
+        as (mutual TLS), which its hello must carry; empty when the transport
+        names no node (shared secret, loopback)."""
         eng = self.engine
         first = next(requests, None)
         if first is None or first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "StreamWal must start with a hello")
         assert first is not None  # abort raised otherwise
         hello = first.hello
-        if hello.highest_term > eng.term:
-            log.error("follower %s has seen term %d, newer than mine (%d): this leader is stale",
-                      hello.node_id, hello.highest_term, eng.term)
-            for fn in self.on_stale:
-                fn(hello.highest_term)
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"stale leader: term {eng.term} is older than term {hello.highest_term} the follower has seen")
-        if eng.role != "leader":
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"{self.cfg.node_id} is not the leader (leader: {eng.leader_address or 'unknown'})")
+        if peer_name and hello.node_id != peer_name:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"hello.node_id {hello.node_id!r} is not the authenticated node {peer_name!r}")
+        self._check_hello(hello, context)
         term = eng.term
         head: dict[str, Any] = {"term": term, "leader_id": self.cfg.node_id, "leader_address": self.cfg.address}
         diverged = self._divergence(hello)
@@ -111,19 +166,39 @@ class LeaderStreams:
             return
         with self._acks:
             self._streams += 1
-            f = Follower(hello.node_id, hello.address, written=hello.last_lsn, flushed=hello.last_lsn,
-                         sent=hello.last_lsn, stream_id=self._streams)
+            # A replica is counted from what this leader has itself sent it, never
+            # from the LSN its hello claims: acknowledgements above ``sent`` are cut.
+            start = min(hello.last_lsn, eng.wal.durable_lsn)
+            pos = self.commit.connect(hello.node_id, 0, time.monotonic())
+            f = Follower(hello.node_id, hello.address, pos, written=start, sent=start, stream_id=self._streams)
+            old = self.followers.get(hello.node_id)
+            if old is not None:
+                self.commit.disconnect(old.pos)
             self.followers[hello.node_id] = f
+            self._prune()
         threading.Thread(target=self._read_acks, args=(requests, f), daemon=True,
                          name=f"acks-{hello.node_id}").start()
-        log.info("streaming to %s (%s) from LSN %d", f.node_id, f.address, hello.last_lsn)
+        log.info("streaming to %s (%s) from LSN %d", f.node_id, f.address, start)
         try:
             yield from self._feed(f, term, head, context)
         finally:
             with self._acks:
                 if self.followers.get(f.node_id) is f:
-                    f.connected, f.state = False, "disconnected"
+                    f.state = "disconnected"
+                self.commit.disconnect(f.pos)
                 self._acks.notify_all()
+
+    def _prune(self) -> None:
+        """Forget disconnected followers not seen for RECENTLY_SEEN_S, and beyond
+        MAX_FOLLOWERS the oldest disconnected ones (hellos are cheap to send; the
+        state and metric series they leave must stay bounded)."""
+        now = time.monotonic()
+        gone = sorted((f for f in self.followers.values() if not f.connected), key=lambda f: f.last_seen)
+        for f in gone:
+            if now - f.last_seen >= RECENTLY_SEEN_S or len(self.followers) > MAX_FOLLOWERS:
+                del self.followers[f.node_id]
+                if self.commit.replicas.get(f.node_id) is f.pos:
+                    del self.commit.replicas[f.node_id]
 
     def _feed(self, f: Follower, term: int, head: dict, context: grpc.ServicerContext) -> Iterator[rpb.LeaderMessage]:
         eng = self.engine
@@ -137,7 +212,7 @@ class LeaderStreams:
             reason = f"needs LSN {pos + 1}, the oldest this leader's WAL keeps is {eng.wal.first_lsn}"
             yield rpb.LeaderMessage(**head, need_snapshot=rpb.NeedSnapshot(reason=reason))
             return
-        while context.is_active() and f.connected and eng.role == "leader" and eng.term == term and not self.closing:
+        while context.is_active() and f.connected and eng.role == Role.LEADER and eng.term == term and not self.closing:
             entries: list[Any] | None = eng.read_after(pos, MAX_MESSAGE_BYTES)
             if entries is None:
                 if disk is None:
@@ -159,9 +234,13 @@ class LeaderStreams:
                 disk = None
             if entries:
                 f.state = "streaming" if disk is None else "catchup"
-                yield rpb.LeaderMessage(**head, records=rpb.Records(entries=[
+                msg = rpb.LeaderMessage(**head, records=rpb.Records(entries=[
                     rpb.WalEntry(lsn=e.lsn, term=e.term, rtype=e.rtype, payload=e.payload) for e in entries]))
-                pos = f.sent = entries[-1].lsn
+                # Set before the message leaves: its acknowledgement may come back
+                # before this generator runs again, and acks above ``sent`` are cut.
+                with self._acks:
+                    pos = f.sent = entries[-1].lsn
+                yield msg
                 last_send = time.monotonic()
                 if last_send - last_hb >= HEARTBEAT_S:
                     # Under load too: the replica learns the leader's LSN from heartbeats
@@ -191,14 +270,17 @@ class LeaderStreams:
                 if msg.WhichOneof("kind") != "ack":
                     continue
                 with self._acks:
-                    f.written, f.flushed, f.applied = msg.ack.written_lsn, msg.ack.flushed_lsn, msg.ack.applied_lsn
+                    # Never count an LSN this stream has not been sent.
+                    f.written = min(msg.ack.written_lsn, f.sent)
+                    f.applied = min(msg.ack.applied_lsn, f.sent)
                     f.last_seen = time.monotonic()
+                    self.commit.ack(f.pos, min(msg.ack.flushed_lsn, f.sent), f.last_seen)
                     self._acks.notify_all()
         except grpc.RpcError:
             pass  # the stream ended; the feeding side notices through the context
         finally:
             with self._acks:
-                f.connected = False
+                self.commit.disconnect(f.pos)
                 self._acks.notify_all()
             with self._data:
                 self._data.notify_all()
@@ -217,50 +299,59 @@ class LeaderStreams:
     def connected(self) -> list[Follower]:
         return [f for f in self.followers.values() if f.connected]
 
-    def _counted(self) -> list[Follower]:
-        ids = self.sync_ids
-        return [f for f in self.followers.values() if f.connected and (ids is None or f.node_id in ids)]
-
-    def _flushed_at_least(self, lsn: int) -> int:
-        return sum(1 for f in self._counted() if f.flushed >= lsn)
-
-    def _degraded(self) -> bool:
-        return self.cfg.sync_fallback and len(self.connected()) < self.cfg.sync_replicas
-
     def commit_lsn(self) -> int:
         """Highest LSN that is committed: durable here and, in sync mode, flushed
-        by SUTRA_SYNC_REPLICAS replicas."""
-        durable = self.engine.wal.durable_lsn
-        if self.cfg.commit_mode != "sync" or self._degraded():
-            return durable
-        flushed = sorted((f.flushed for f in self._counted()), reverse=True)
-        n = self.cfg.sync_replicas
-        return min(durable, flushed[n - 1]) if len(flushed) >= n else self.engine.applied_lsn
+        by SUTRA_SYNC_REPLICAS counted replicas."""
+        with self._acks:
+            return self.commit.commit_lsn(self.engine.wal.durable_lsn, self.engine.applied_lsn)
 
     def wait_commit(self, lsn: int) -> None:
-        """The sync-mode commit gate. Raises Unavailable, and the write is then
-        not acknowledged, when too few replicas flush it in time."""
-        if self.cfg.commit_mode != "sync" or self._degraded():
-            self.max_committed = max(self.max_committed, lsn)
-            return
-        n = self.cfg.sync_replicas
+        """The commit gate. Raises Unavailable, and the write is then not
+        acknowledged, when too few replicas flush it in time or leadership ends."""
         timeout = self.cfg.sync_timeout_ms / 1000.0
         with self._acks:
             ok = self._acks.wait_for(
-                lambda: self._flushed_at_least(lsn) >= n or self.engine.role != "leader" or self._degraded(),
-                timeout,
-            )
-            got = self._flushed_at_least(lsn)
-        if self.engine.role != "leader":
+                lambda: self.engine.role != Role.LEADER or self.commit.try_commit(lsn), timeout)
+            got = self.commit.acknowledged(lsn)
+            n = self.commit.required
+            connected = len(self.commit.connected())
+        if self.engine.role != Role.LEADER:
             raise Unavailable(f"leadership lost before LSN {lsn} was replicated; the write was not acknowledged")
-        if ok or got >= n:
-            self.max_committed = max(self.max_committed, lsn)
+        if ok:
             return
         raise Unavailable(
             f"sync commit: {got} of {n} required replicas acknowledged LSN {lsn} within "
-            f"{self.cfg.sync_timeout_ms} ms ({len(self.connected())} connected); the write is durable on "
+            f"{self.cfg.sync_timeout_ms} ms ({connected} connected); the write is durable on "
             "the leader but was NOT acknowledged: retry it"
         )
+
+    # ---- the sync set (called by the HA loop through the node port) --------------
+    def sync_plan(self, now: float, stall_s: float, grace: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        with self._acks:
+            return self.commit.plan(now, stall_s, grace)
+
+    def sync_shrink(self, keep: tuple[str, ...]) -> None:
+        with self._acks:
+            self.commit.shrink(keep)
+
+    def sync_adopt(self, published: tuple[str, ...]) -> None:
+        with self._acks:
+            self.commit.adopt(published)
+            self._acks.notify_all()
+
+    def sync_count_all(self, members: tuple[str, ...]) -> None:
+        with self._acks:
+            self.commit.count_all(members)
+            self._acks.notify_all()
+
+    def wait_flushed(self, node_id: str, lsn: int, timeout: float) -> bool:
+        """Wait until ``node_id`` streams and has flushed ``lsn`` (a handover)."""
+        def done() -> bool:
+            f = self.followers.get(node_id)
+            return f is not None and f.connected and f.flushed >= lsn
+
+        with self._acks:
+            return self._acks.wait_for(done, timeout)
 
     def retain_floor(self) -> int | None:
         """Lowest flushed LSN of replicas connected or seen recently: the WAL they
@@ -298,9 +389,9 @@ class LeaderStreams:
 
     def sync_set(self) -> set[str]:
         """Replicas whose acknowledgements currently commit sync writes."""
-        if self.cfg.commit_mode != "sync":
+        if self.commit.mode != CommitMode.SYNC:
             return set()
-        if self.sync_ids is not None:
-            return set(self.sync_ids)
+        if self.commit.members is not None:
+            return set(self.commit.members)
         best = sorted(self.connected(), key=lambda f: (-f.flushed, f.node_id))
         return {f.node_id for f in best[: self.cfg.sync_replicas]}

@@ -19,127 +19,60 @@ from sutra_cluster.errors import FailedPrecondition
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.replication.follower import FollowerLoop
 from sutra_cluster.replication.leader import LeaderStreams
+from sutra_cluster.roles import MAX_TERM, CommitMode, NodeState, Role
 from sutra_cluster.storage.engine import Engine
 
 log = logging.getLogger(__name__)
 
 
+JOINING = "joining the cluster: history not yet checked against the leader"
+REJOINING = "former leader rejoining: history not yet checked against the new leader"
+
+
 class ReplicationManager:
+    """The node's replication role and its transitions.
+
+    Every role change goes through ``lead``, ``step_down`` or ``follow``, each
+    doing all of its side effects in one place. Implements the engine's
+    ``ReplicationHooks`` (below it) and the HA loop's ``NodePort`` (above it).
+    """
+
     def __init__(self, engine: Engine, cfg: Config) -> None:
         self.engine = engine
         self.cfg = cfg
-        self.leader = LeaderStreams(engine, cfg)
+        self.managed = bool(cfg.etcd_endpoints)
+        self.mode = CommitMode(cfg.commit_mode)
+        self.leader = LeaderStreams(engine, cfg, managed=self.managed)
         self.leader.on_stale.append(self._stale)
         self.follower: FollowerLoop | None = None
         self._lock = threading.RLock()
-        self.managed = bool(cfg.etcd_endpoints)
         # Set by the HA loop in managed mode: raises when the lease may have expired.
-        self.fence: Callable[[], None] | None = None
-        engine.retain_floor = self._retain_floor
+        self._fence: Callable[[], None] | None = None
+        engine.attach(self)
 
     def start(self) -> None:
         if self.managed:
             # The HA loop decides; until a leader's stream has validated this
             # node's history, it serves no reads (it may hold a divergent tail).
-            self.engine.role = "replica"
-            self.engine.read_fence = "joining the cluster: history not yet checked against the leader"
-        elif self.cfg.role == "leader":
-            self._become_leader()
+            self.engine.fence_reads(JOINING)
+        elif self.cfg.role == Role.LEADER:
+            self.lead(None)
         else:
             self.follow(self.cfg.leader)
 
-    def _commit(self, lsn: int) -> None:
+    # ---- the engine's ReplicationHooks ---------------------------------------------
+    def wait_commit(self, lsn: int) -> None:
         self.leader.wait_commit(lsn)
-        if self.fence is not None:
-            self.fence()
+        fence = self._fence
+        if fence is not None:
+            fence()
 
-    def _become_leader(self) -> None:
-        eng = self.engine
-        eng.leader_address = self.cfg.address
-        eng.commit_gate = self._commit
-        eng.visible_limit = self.leader.commit_lsn if self.cfg.commit_mode == "sync" else None
-        eng.read_fence = None
-        eng.role = "leader"
+    def visible_limit(self) -> int | None:
+        if self.mode == CommitMode.SYNC and self.engine.role == Role.LEADER:
+            return self.leader.commit_lsn()
+        return None
 
-    def promote_to(self, term: int, managed: bool = False) -> int:
-        """Lead at ``term`` (from the HA loop, which took it from etcd)."""
-        with self._lock:
-            eng = self.engine
-            if self.follower is not None:
-                self.follower.stop()
-                self.follower = None
-            self.leader.sync_ids = () if managed and self.cfg.commit_mode == "sync" else None
-            lsn = eng.begin_term(term)
-            self._become_leader()
-            log.warning("promoted self: leader at term %d from LSN %d", term, lsn)
-            return lsn
-
-    def demote(self) -> None:
-        """Stop taking writes at once; the HA loop decides whom to follow next."""
-        with self._lock:
-            eng = self.engine
-            was_leader = eng.role == "leader"
-            eng.role = "replica"
-            eng.commit_gate = None
-            eng.visible_limit = None
-            eng.leader_address = ""
-            if was_leader:
-                eng.read_fence = "former leader rejoining: history not yet checked against the new leader"
-                log.warning("demoted at term %d", eng.term)
-
-    def freeze(self) -> None:
-        """Stop streaming (an election is under way); keep serving reads."""
-        with self._lock:
-            if self.follower is not None:
-                self.follower.stop()
-                self.follower = None
-
-    def promote(self, min_lsn: int = 0) -> tuple[int, int]:
-        """Make this node the leader in a new, higher term; returns (term, lsn of
-        the term record). Followers of an older term are rejected from then on."""
-        with self._lock:
-            eng = self.engine
-            if eng.role == "leader":
-                return eng.term, eng.wal.last_lsn
-            if min_lsn and eng.wal.durable_lsn < min_lsn:
-                raise FailedPrecondition(f"{self.cfg.node_id} has LSN {eng.wal.durable_lsn}, below the required {min_lsn}")
-            if self.follower is not None:
-                self.follower.stop()
-                self.follower = None
-            term = eng.term + 1
-            lsn = eng.begin_term(term)
-            self._become_leader()
-            log.warning("promoted self: leader at term %d from LSN %d", term, lsn)
-            return term, lsn
-
-    def follow(self, leader_address: str) -> None:
-        """Become (or stay) a replica of ``leader_address``."""
-        with self._lock:
-            eng = self.engine
-            if eng.role == "leader":
-                self.demote()
-            eng.role = "replica"
-            eng.commit_gate = None
-            eng.visible_limit = None
-            eng.leader_address = leader_address
-            if self.follower is not None:
-                if self.follower.leader_address == leader_address and self.follower.alive:
-                    return
-                self.follower.stop()
-            self.follower = FollowerLoop(eng, self.cfg, leader_address, tlsutil.channel_factory(self.cfg)).start()
-            log.info("following %s (term %d)", leader_address, eng.term)
-
-    def _stale(self, term: int) -> None:
-        """A follower has seen a newer term: stop taking writes at once."""
-        with self._lock:
-            if self.engine.role == "leader":
-                log.error("stepping down: term %d has been seen, this node leads term %d", term, self.engine.term)
-                self.engine.terms.observe(term)
-                self.engine.role = "replica"
-                self.engine.leader_address = ""
-                self.engine.commit_gate = None
-
-    def _retain_floor(self, backup_lsn: int) -> int:
+    def retain_floor(self, backup_lsn: int) -> int:
         floor = backup_lsn
         needed = self.leader.retain_floor()
         if needed is not None and needed < floor:
@@ -151,20 +84,139 @@ class ReplicationManager:
                             keep, self.cfg.wal_keep_bytes, backup_lsn)
         return floor
 
+    # ---- transitions ---------------------------------------------------------------
+    def lead(self, term: int | None) -> int:
+        """Start leading. With ``term`` (taken in etcd, or a manual promotion) a
+        term record is logged first; without, the configured leader keeps its term.
+        Returns the LSN the term starts at; the commit bookkeeping starts there."""
+        with self._lock:
+            self._stop_following()
+            eng = self.engine
+            lsn = eng.wal.last_lsn if term is None else eng.begin_term(term)
+            self.leader.begin_term(lsn)
+            eng.lead(self.cfg.address)
+            log.warning("promoted self: leader at term %d from LSN %d", eng.term, lsn)
+            return lsn
+
+    def step_down(self, reason: str, leader_address: str = "") -> None:
+        """Stop acknowledging writes at once (writes waiting for replicas fail);
+        reads are fenced until a leader has checked this node's history."""
+        with self._lock:
+            if self.engine.step_down(leader_address, fence_reads=REJOINING):
+                log.warning("stepped down at term %d: %s", self.engine.term, reason)
+            self.leader.wake_commits()
+
+    def follow(self, address: str, term: int = 0) -> None:
+        """Become (or stay) a replica of ``address``. ``term``: the term etcd says
+        that leader holds (managed mode); a stream claiming any other term is refused."""
+        with self._lock:
+            eng = self.engine
+            if eng.role == Role.LEADER:
+                self.step_down(f"following {address}", address)
+            eng.follow_leader(address)
+            f = self.follower
+            if f is not None and f.leader_address == address and f.expected_term == term and f.alive:
+                return
+            self._stop_following()
+            self.follower = FollowerLoop(eng, self.cfg, address, tlsutil.channel_factory(self.cfg),
+                                         expected_term=term).start()
+            log.info("following %s (term %d)", address, term or eng.term)
+
+    def freeze(self) -> None:
+        """Stop streaming (an election is under way); keep serving reads."""
+        with self._lock:
+            self._stop_following()
+
+    def _stop_following(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
+
+    def promote(self, min_lsn: int = 0) -> tuple[int, int]:
+        """Manual promotion (no etcd): lead in a new, higher term; returns (term,
+        lsn of the term record). Followers of an older term are rejected from then on."""
+        if self.managed:
+            raise FailedPrecondition("this node's leadership is managed through etcd; "
+                                     "use `sutra-cluster switchover` instead of Promote")
+        with self._lock:
+            eng = self.engine
+            if eng.role == Role.LEADER:
+                return eng.term, eng.wal.last_lsn
+            if min_lsn and eng.wal.durable_lsn < min_lsn:
+                raise FailedPrecondition(f"{self.cfg.node_id} has LSN {eng.wal.durable_lsn}, below the required {min_lsn}")
+            if eng.term >= MAX_TERM:
+                raise FailedPrecondition(f"term {eng.term} is the largest allowed; this node cannot start a new one")
+            lsn = self.lead(eng.term + 1)
+            return eng.term, lsn
+
+    def follow_request(self, address: str) -> None:
+        """The Follow RPC (manual clusters only)."""
+        if self.managed:
+            raise FailedPrecondition("this node's leader is chosen through etcd; Follow is refused "
+                                     "(use `sutra-cluster switchover`)")
+        self.follow(address)
+
+    def _stale(self, term: int) -> None:
+        """A follower has seen a newer term (manual clusters): stop taking writes at once."""
+        with self._lock:
+            self.engine.terms.observe(term)
+            self.step_down(f"term {term} has been seen, this node led term {self.engine.term}")
+
     def stop(self) -> None:
         with self._lock:
-            if self.follower is not None:
-                self.follower.stop()
-                self.follower = None
+            self._stop_following()
 
+    # ---- the HA loop's NodePort ------------------------------------------------------
+    def state(self) -> NodeState:
+        eng = self.engine
+        f = self.follower
+        return NodeState(
+            role=eng.role, term=eng.term, durable_lsn=eng.wal.durable_lsn, last_term=eng.terms.last_term,
+            healthy=not eng.write_failure, streaming=f is not None and f.state == "streaming",
+            lag_ms=f.lag()[1] * 1000.0 if f is not None else 0.0, inflight=eng.inflight,
+        )
+
+    def set_fence(self, fence: object) -> None:
+        assert callable(fence)
+        self._fence = fence
+
+    def sync_plan(self, now: float, grace: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.leader.sync_plan(now, self.cfg.sync_stall_ms / 1000.0, grace)
+
+    def sync_members(self) -> tuple[str, ...] | None:
+        return self.leader.commit.members
+
+    def sync_shrink(self, keep: tuple[str, ...]) -> None:
+        self.leader.sync_shrink(keep)
+
+    def sync_adopt(self, published: tuple[str, ...]) -> None:
+        self.leader.sync_adopt(published)
+
+    def sync_count(self, members: tuple[str, ...]) -> None:
+        self.leader.sync_count_all(members)
+
+    def replica_flushed(self, node_id: str) -> int | None:
+        f = self.leader.followers.get(node_id)
+        return f.flushed if f is not None and f.connected else None
+
+    def pause_writes(self, why: str) -> None:
+        self.engine.pause_writes(why)
+
+    def resume_writes(self) -> None:
+        self.engine.resume_writes()
+
+    def last_lsn(self) -> int:
+        return self.engine.wal.last_lsn
+
+    # ---- status ------------------------------------------------------------------------
     def status(self) -> rpb.ReplicationStatus:
         eng = self.engine
         out = rpb.ReplicationStatus(
             node_id=self.cfg.node_id, role=eng.role, term=eng.term, last_lsn=eng.wal.last_lsn,
-            durable_lsn=eng.wal.durable_lsn, applied_lsn=eng.applied_lsn, commit_mode=self.cfg.commit_mode,
+            durable_lsn=eng.wal.durable_lsn, applied_lsn=eng.applied_lsn, commit_mode=self.mode,
             leader_address=eng.leader_address,
         )
-        if eng.role == "leader":
+        if eng.role == Role.LEADER:
             out.commit_lsn = self.leader.commit_lsn()
             out.replicas.extend(self.leader.status())
         elif self.follower is not None:
@@ -190,7 +242,7 @@ class LagCollector(Collector):
                                  labels=["node_id", "shard", "role"])
         info.add_metric([self.m.cfg.node_id, str(self.m.cfg.shard), self.m.engine.role], 1)
         m = self.m
-        if m.engine.role == "leader":
+        if m.engine.role == Role.LEADER:
             for f in list(m.leader.followers.values()):
                 b, s = m.leader.lag(f)
                 secs.add_metric([f.node_id], s)

@@ -49,5 +49,5 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
 
     @grpc_errors
     def Follow(self, request: rpb.FollowRequest, context: grpc.ServicerContext) -> rpb.FollowResponse:
-        self.m.follow(request.leader_address)
+        self.m.follow_request(request.leader_address)
         return rpb.FollowResponse(term=self.m.engine.term)

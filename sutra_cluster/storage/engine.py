@@ -15,7 +15,9 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -23,10 +25,11 @@ from sutra_cluster.config import Config
 from sutra_cluster.errors import DeadlineExceeded, FailedPrecondition, StorageFailure, Unavailable
 from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
-from sutra_cluster.replication.recent import Entry, RecentLog
+from sutra_cluster.roles import MAX_TERM, Role
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.model import Limits, batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
+from sutra_cluster.storage.tail import Entry, WalTail
 from sutra_cluster.storage.terms import TermHistory
 from sutra_cluster.storage.vectors import VectorIndex
 from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog, wal_files
@@ -35,6 +38,31 @@ from sutra_cluster.storage.wal_format import RT_BATCH, RT_TERM
 log = logging.getLogger(__name__)
 
 REQUEST_IDS_KEPT = 200_000
+
+
+class ReplicationHooks(Protocol):
+    """What the engine asks of the layer above it (replication implements it).
+
+    Declared here so that storage imports nothing above itself."""
+
+    def wait_commit(self, lsn: int) -> None:
+        """Block until ``lsn`` may be acknowledged (sync replicas, lease fence);
+        raise ``Unavailable`` when it may not."""
+
+    def visible_limit(self) -> int | None:
+        """Highest LSN reads may see now (sync mode); None: whatever is durable."""
+
+    def retain_floor(self, backup_lsn: int) -> int:
+        """Highest LSN whose WAL a checkpoint may delete, given the backup's LSN."""
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """One term of leading. A write captures it when it is logged and is
+    acknowledged only if the engine still holds the very same object."""
+
+    term: int
+
 
 
 class Engine:
@@ -57,9 +85,9 @@ class Engine:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self.started = time.monotonic()
-        self.role = cfg.role
-        self.leader_address = cfg.leader
-        self.recent = RecentLog()
+        self._leadership: Leadership | None = None
+        self._leader_address = cfg.leader
+        self.recent = WalTail()
         # Recent client request ids -> LSN, so a write retried across a failover applies once.
         self.request_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()  # id -> (LSN, request fingerprint)
         self.terms = TermHistory(self.dir)
@@ -77,15 +105,8 @@ class Engine:
         self._ckpt_thread: threading.Thread | None = None
         self.write_failure: str | None = None
         self.write_pause: str | None = None  # e.g. a switchover in progress
-        self.read_fence: str | None = None  # reads refused (a rejoining node's history is unchecked)
-        # Set by the replication layer: block until the record is committed
-        # cluster-wide (sync mode), and the highest LSN that may become visible.
-        self.commit_gate: Callable[[int], None] | None = None
-        self.visible_limit: Callable[[], int] | None = None
-        # Highest LSN whose WAL segments a checkpoint may delete, given the backup
-        # checkpoint's LSN (which must stay recoverable); replication lowers it for
-        # lagging replicas. None: the backup's LSN.
-        self.retain_floor: Callable[[int], int] | None = None
+        self._read_fence: str | None = None  # reads refused (a rejoining node's history is unchecked)
+        self._hooks: ReplicationHooks | None = None
         self._recover()
         self.metrics.add_gauges(self._gauges)
         self._reconciler = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
@@ -145,6 +166,57 @@ class Engine:
         """The highest term this node has seen; a leader writes in it."""
         return self.terms.highest
 
+    # ---- role: changed only through attach / lead / step_down / follow_leader ----
+    def attach(self, hooks: ReplicationHooks) -> None:
+        """Install the replication layer's hooks (once, before the node serves)."""
+        self._hooks = hooks
+
+    @property
+    def role(self) -> Role:
+        return Role.LEADER if self._leadership is not None else Role.REPLICA
+
+    @property
+    def leader_address(self) -> str:
+        return self._leader_address
+
+    @property
+    def read_fence(self) -> str | None:
+        """Why reads are refused now (a history not yet checked), or None."""
+        return self._read_fence
+
+    def lead(self, address: str) -> Leadership:
+        """Acknowledge writes from now on, in the current term (a promotion has
+        logged its term record with ``begin_term`` first); reads are served."""
+        with self._append_lock:
+            self._leadership = Leadership(self.term)
+            self._leader_address = address
+            self._read_fence = None
+            return self._leadership
+
+    def step_down(self, leader_address: str = "", fence_reads: str | None = None) -> bool:
+        """Stop acknowledging writes at once; writes in flight fail their commit
+        check. A former leader may hold a divergent tail, so its reads are fenced
+        (``fence_reads`` says why) until a leader has checked its history.
+        Returns whether this node was leading."""
+        with self._append_lock:
+            was = self._leadership is not None
+            self._leadership = None
+            self._leader_address = leader_address
+            if fence_reads:
+                self._read_fence = fence_reads
+        return was
+
+    def follow_leader(self, address: str) -> None:
+        """Remember which leader this replica follows (for redirects)."""
+        self._leader_address = address
+
+    def fence_reads(self, reason: str) -> None:
+        self._read_fence = reason
+
+    def lift_read_fence(self) -> None:
+        """A leader accepted this node's history: it is a prefix of the leader's."""
+        self._read_fence = None
+
     def _load_checkpoint(self) -> tuple[int, int]:
         errors = []
         for name in (ckpt.STORAGE_FILE, ckpt.BACKUP_FILE):
@@ -152,12 +224,16 @@ class Engine:
             if not path.exists():
                 continue
             try:
-                return self._load_snapshot_file(path)
+                loaded = self._load_snapshot_file(path)
             except (ckpt.SnapshotError, OSError) as exc:
                 errors.append(str(exc))
                 log.error("cannot load %s: %s; trying the previous checkpoint", path, exc)
                 self.state.clear()
                 self.vectors.clear()
+                continue
+            if errors:  # storage.dat is damaged and the backup loaded: keep the backup the backup
+                ckpt.set_aside_damaged(self.dir)
+            return loaded
         if errors:
             if not (self.dir / ckpt.BACKUP_FILE).exists() and len(errors) == 1:
                 raise StorageFailure(errors[0])
@@ -231,7 +307,7 @@ class Engine:
         whether it is durable, failed or still pending: a failed record's LSN may
         already be reused by a later, durable one.
         """
-        limit = self.visible_limit() if self.visible_limit is not None else None
+        limit = self._hooks.visible_limit() if self._hooks is not None else None
         entries = []
         dropped_items = 0
         with self._append_lock:
@@ -280,7 +356,7 @@ class Engine:
 
     # ---- writes ----------------------------------------------------------
     def check_writable(self) -> None:
-        if self.role != "leader":
+        if self._leadership is None:
             if not self.leader_address:
                 raise Unavailable(f"this node ({self.cfg.node_id}) is a replica and no leader is known yet "
                                   "(an election or an etcd outage); retry")
@@ -335,9 +411,11 @@ class Engine:
         items = batch_items(batch)
         with self._append_lock:
             self.check_writable()
-            # What this write must pass is fixed now, with the role it was logged
-            # under: a demotion while it waits must not wave it through.
-            gate, term = self.commit_gate, self.term
+            # The leadership this write is logged under: it is acknowledged only
+            # if the engine still holds this very term when the commit is done.
+            lead = self._leadership
+            assert lead is not None  # check_writable ran under the same lock
+            term = lead.term
             earlier = same_request(rid, self.request_ids.get(rid), fp) if rid else None
             if earlier is None:
                 lsn = self.wal.append(RT_BATCH, payload, term)
@@ -349,7 +427,7 @@ class Engine:
             # A retry of a write this cluster already logged (perhaps by a former
             # leader): answer with its LSN once committed, and log nothing new.
             self.wal.wait_durable(earlier)
-            self._commit(earlier, gate, term)
+            self._commit(earlier, lead)
             return earlier
         try:
             self.wal.wait_durable(lsn)
@@ -359,7 +437,7 @@ class Engine:
             self.metrics.write_errors.labels("wal").inc(items)
             raise Unavailable(f"write not acknowledged: {exc}") from exc
         try:
-            self._commit(lsn, gate, term)
+            self._commit(lsn, lead)
         except Unavailable:
             self.dropped += items
             self.metrics.write_errors.labels("replication").inc(items)
@@ -369,14 +447,14 @@ class Engine:
         self.metrics.write_latency.observe(time.perf_counter() - t0)
         return lsn
 
-    def _commit(self, lsn: int, gate: Callable[[int], None] | None, term: int) -> None:
-        """Everything between durability and the acknowledgement: the commit gate
-        (sync replication and the lease fence) captured when the write was logged,
-        then a last check that this node still leads in the same term."""
-        if gate is not None:
-            gate(lsn)
-        if self.role != "leader" or self.term != term:
-            raise Unavailable(f"leadership changed before LSN {lsn} was acknowledged (term {term} -> "
+    def _commit(self, lsn: int, lead: Leadership) -> None:
+        """Everything between durability and the acknowledgement: replication's
+        commit wait (sync replicas and the lease fence), then a last check that
+        this node still holds the leadership the write was logged under."""
+        if self._hooks is not None:
+            self._hooks.wait_commit(lsn)
+        if self._leadership is not lead:
+            raise Unavailable(f"leadership changed before LSN {lsn} was acknowledged (term {lead.term} -> "
                               f"{self.term}, role {self.role}); the write was NOT acknowledged: retry it")
 
     def _on_write_failure(self, exc: WalWriteError) -> None:
@@ -405,7 +483,7 @@ class Engine:
             previous = self.checkpoint_lsn
             self.backup_lsn, self.checkpoint_lsn = previous, lsn
             self._since_checkpoint = 0
-            floor = previous if self.retain_floor is None else self.retain_floor(previous)
+            floor = previous if self._hooks is None else self._hooks.retain_floor(previous)
             freed = self.wal.drop_segments_through(floor)
             self._fault_step("segments-dropped")
             self.flushes += 1
@@ -472,6 +550,8 @@ class Engine:
         with self._append_lock:
             if term < self.terms.highest:
                 raise ValueError(f"term {term} is older than term {self.terms.highest} already seen")
+            if term > MAX_TERM:
+                raise ValueError(f"term {term} is above the largest allowed term {MAX_TERM}")
             self.terms.begin(term, self.wal.last_lsn + 1)
             lsn = self.wal.append(RT_TERM, b"", term)
             self.recent.append(lsn, term, RT_TERM, b"")
@@ -483,15 +563,17 @@ class Engine:
         """Replace this node's whole state and history with a snapshot file
         (already fsynced); returns the snapshot's LSN. Used by replicas that
         are new, too far behind, or divergent. Crash-safe: the old WAL goes
-        first, so an old tail can never be replayed on top of the snapshot."""
+        first, so an old tail can never be replayed on top of the snapshot.
+
+        Nothing is deleted: the replaced WAL segments and checkpoints move to
+        ``replaced-<time>/`` in the data directory (the previous such folder is
+        removed), so a snapshot from a wrong or hostile leader costs no data
+        the operator cannot recover, as the divergent-tail cut keeps its tail."""
         with self._ckpt_lock, self._append_lock, self._lock:
             with open(path, "rb") as f:
                 header = ckpt.SnapshotDecoder(f, str(path)).header
             self.wal.close()
-            for p in wal_files(self.dir):
-                p.unlink()
-            ckpt.fsync_dir(self.dir)
-            (self.dir / ckpt.BACKUP_FILE).unlink(missing_ok=True)
+            aside = self._set_aside([*wal_files(self.dir), self.dir / ckpt.STORAGE_FILE, self.dir / ckpt.BACKUP_FILE])
             os.replace(path, self.dir / ckpt.STORAGE_FILE)
             ckpt.fsync_dir(self.dir)
             self.state.clear()
@@ -505,8 +587,26 @@ class Engine:
             self.applied_lsn = self.checkpoint_lsn = header.lsn
             self.backup_lsn = 0
             self._applied.notify_all()
-        log.info("installed snapshot at LSN %d (term %d)", header.lsn, header.term)
+        log.info("installed snapshot at LSN %d (term %d); the replaced files are kept in %s", header.lsn,
+                 header.term, aside)
         return header.lsn
+
+    def _set_aside(self, files: list[Path]) -> Path:
+        """Move ``files`` into a new ``replaced-<time>`` folder (fsynced), dropping
+        the folder an earlier snapshot install left."""
+        for old in self.dir.glob("replaced-*"):
+            if old.is_dir():
+                for f in old.iterdir():
+                    f.unlink()
+                old.rmdir()
+        aside = self.dir / f"replaced-{time.time_ns()}"
+        aside.mkdir()
+        for f in files:
+            if f.exists():
+                os.replace(f, aside / f.name)
+        ckpt.fsync_dir(aside)
+        ckpt.fsync_dir(self.dir)
+        return aside
 
     def rewind_to(self, lsn: int, keep_file: Path) -> int:
         """Cut every record after ``lsn`` (a divergent tail), keeping them in
@@ -628,7 +728,7 @@ class Engine:
             "sutra_applied_lsn": ("Highest LSN visible to reads", self.applied_lsn),
             "sutra_checkpoint_lsn": ("LSN of storage.dat", self.checkpoint_lsn),
             "sutra_term": ("Current term", self.term),
-            "sutra_is_leader": ("1 when this node takes writes", 1 if self.role == "leader" else 0),
+            "sutra_is_leader": ("1 when this node takes writes", 1 if self.role == Role.LEADER else 0),
         }
 
     # ---- shutdown --------------------------------------------------------

@@ -55,7 +55,7 @@ def test_a_write_in_flight_when_the_leader_demotes_is_not_acknowledged(
 
     def demote_during_fsync(lsn: int, timeout: float | None = None) -> bool:
         ok = durable(lsn, timeout)
-        m.demote()  # what HaLoop._demote does when the lease is lost, on SIGTERM, or in a handover
+        m.step_down("lease lost")  # what HaLoop._demote does when the lease is lost, on SIGTERM, or in a handover
         return ok
 
     eng.wal.wait_durable = demote_during_fsync  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""The leader's in-memory tail of the log, so that replicas that keep up are fed
+"""The in-memory tail of the WAL (durable records, newest last), so that replicas that keep up are fed
 from memory (no re-reading of WAL files) and lag can be told in bytes and time.
 """
 
@@ -21,7 +21,7 @@ class Entry:
     end: int  # cumulative log bytes up to and including this record
 
 
-class RecentLog:
+class WalTail:
     """Contiguous recent records, at most ``max_bytes`` of payload. Thread-safe."""
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
