@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
@@ -141,6 +142,14 @@ class WriteAheadLog:
         self._sealed: list[SegmentInfo] = []
         self._active = SegmentInfo(self._active_path, 0, 0, 0, 0)
         self._fd: int | None = None
+        # True while wal.log may hold a change no fsync has covered (fsync off,
+        # or a failed write truncated away): rotation must fsync it first.
+        self._unsynced = True  # until this process's first fdatasync covers wal.log
+        # The next segment's header, written to wal.log.tmp and fsynced by a
+        # helper thread while the group that fills wal.log is being fsynced.
+        self._prep_pool: ThreadPoolExecutor | None = None
+        self._prepared: Future[tuple[int, int]] | None = None
+        self._prepared_for = (0, 0)
         self._recover(start_lsn)
         self._last_lsn = self._durable_lsn = self._active.last_lsn
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
@@ -215,9 +224,11 @@ class WriteAheadLog:
             os.close(fd)
 
     def _install_active(self, seq: int, first_lsn: int) -> None:
-        """Atomically install an empty wal.log (tmp, fsync, rename, fsync dir)."""
+        """Atomically install an empty wal.log (tmp, fsync, rename, fsync dir),
+        using wal.log.tmp as prepared ahead when its header is the right one."""
         tmp = self._dir / TMP_NAME
-        write_file_synced(tmp, encode_segment_header(seq, first_lsn))
+        if self._take_prepared() != (seq, first_lsn):
+            write_file_synced(tmp, encode_segment_header(seq, first_lsn))
         replace_durably(tmp, self._active_path)
         self._active = SegmentInfo(self._active_path, seq, first_lsn, 0, SEGMENT_HEADER_SIZE)
 
@@ -248,12 +259,45 @@ class WriteAheadLog:
             self._delete_sealed(self._sealed.pop(0))
         self._install_active(next_seq, first_lsn)
 
+    def _prepare_next(self, seq: int, first_lsn: int) -> None:
+        """Start writing and fsyncing wal.log.tmp for the segment after this one
+        on the helper thread (rotation step 4, ahead of time)."""
+        if self._prepared is not None:
+            if self._prepared_for == (seq, first_lsn):
+                return
+            self._take_prepared()  # stale (a failed write reused its LSNs): redo it
+        if self._prep_pool is None:
+            self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="wal-prepare")
+        tmp = self._dir / TMP_NAME
+
+        def prepare() -> tuple[int, int]:
+            write_file_synced(tmp, encode_segment_header(seq, first_lsn))
+            return seq, first_lsn
+
+        self._prepared = self._prep_pool.submit(prepare)
+        self._prepared_for = (seq, first_lsn)
+
+    def _take_prepared(self) -> tuple[int, int] | None:
+        """Wait for a pending preparation; the ``(seq, first_lsn)`` now durable in
+        wal.log.tmp, or None. Every writer of wal.log.tmp calls this first, so
+        the helper thread never writes it at the same time (``_io`` held)."""
+        fut, self._prepared = self._prepared, None
+        if fut is None:
+            return None
+        try:
+            return fut.result()
+        except OSError as exc:  # rotation writes the header itself, and reports a failure there
+            logger.warning("WAL %s: preparing %s failed: %s", self._dir, TMP_NAME, exc)
+            return None
+
     def _seal(self) -> None:
         """Rotation (docs section 9). Raises OSError; fsync errors are fatal."""
         self._ensure_active()
         fd = self._fd
         assert fd is not None
-        self._sync_or_fail(lambda: os.fsync(fd), "fsync before rotation")
+        if self._unsynced:  # else the last group's fdatasync already made every byte durable
+            self._sync_or_fail(lambda: os.fsync(fd), "fsync before rotation")
+            self._unsynced = not self._fsync
         old = self._active
         dest = self._sealed_dir / sealed_name(old.seq, old.first_lsn)
         self._close_active()
@@ -319,15 +363,18 @@ class WriteAheadLog:
                     return
             with self._io:
                 durable = self._flush()
-                if durable is not None and self._active.size > self._segment_bytes:
+            if durable is None:
+                continue
+            # Replication hears of the group before rotation's fsyncs, not after.
+            self._notify_listeners(durable)
+            with self._io:
+                if self._active.size > self._segment_bytes and not self.failed:
                     try:
                         self._seal()
                     except WalWriteError:
                         pass  # already fatal and logged
                     except OSError as exc:
                         logger.error("WAL %s: rotation failed: %s", self._dir, exc)
-            if durable is not None:
-                self._notify_listeners(durable)
 
     def _flush(self) -> int | None:
         """Write and fsync everything buffered as one group (``_io`` held).
@@ -340,6 +387,9 @@ class WriteAheadLog:
             batch, self._buf = self._buf, []
             first, last = self._durable_lsn + 1, self._last_lsn
         data = b"".join(batch)
+        if self._active.size + len(data) > self._segment_bytes:
+            # This group fills wal.log: write the next header while it is fsynced.
+            self._prepare_next(self._active.seq + 1, last + 1)
         try:
             self._ensure_active()
             assert self._fd is not None
@@ -356,6 +406,7 @@ class WriteAheadLog:
                 self._sync_or_fail(lambda: _fdatasync(fd), "fdatasync")
             except WalWriteError:
                 return None
+            self._unsynced = False
             self.fsync_seconds = time.monotonic() - t0
             hook = self.on_fsync
             if hook is not None:
@@ -373,6 +424,7 @@ class WriteAheadLog:
     def _write_failed(self, exc: OSError, first: int) -> None:
         """Undo a failed group write; its records and later ones fail."""
         if self._fd is not None:
+            self._unsynced = True
             try:
                 os.ftruncate(self._fd, self._active.size)
             except OSError as trunc_exc:
@@ -683,6 +735,10 @@ class WriteAheadLog:
             self._thread.join()
         with self._io:
             self._close_active()
+            if self._take_prepared() is not None:
+                (self._dir / TMP_NAME).unlink(missing_ok=True)  # never installed; tidy, not needed
+            if self._prep_pool is not None:
+                self._prep_pool.shutdown()
         with self._mu:
             self._closed = True
             self._durable_cv.notify_all()
