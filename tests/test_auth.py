@@ -408,6 +408,7 @@ def test_mtls_roles_client_cannot_promote_stream_or_follow_node_and_admin_can(pk
 
 
 # ---- the calling side: tools and env ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_admin_tools_send_the_secret_from_the_environment(secured: NodeProcess, tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text(CLUSTER_SECRET + "\n")
@@ -421,3 +422,115 @@ def test_admin_tools_send_the_secret_from_the_environment(secured: NodeProcess, 
     bad = subprocess.run(cli, env={**env, "SUTRA_CLUSTER_SECRET": "short"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "at least 16" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
+
+
+# ---- etcd: user/password and TLS -------------------------------------------------------------------------------
+def _etcdctl(endpoint: str, *args: str, user: str = "", scheme: str = "http", tls: tuple[str, ...] = ()) -> str:
+    cmd = [tool("etcdctl"), f"--endpoints={scheme}://{endpoint}", *tls, *((f"--user={user}",) if user else ()), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, (cmd, out.stdout, out.stderr)
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_etcd_with_user_password_auth(tmp_path: Path, node_factory: Callable[..., NodeProcess]) -> None:
+    """etcd with auth enabled: the coordinator logs in with SUTRA_ETCD_USER/PASSWORD
+    (and again after etcd restarts and forgets its tokens), a node leads through it,
+    and wrong or missing credentials are refused with a message naming the setting."""
+    from sutra_cluster.credentials import EtcdSecurity
+    from sutra_cluster.failover.coordinator import CoordinatorUnavailable, LeaderKey
+    from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+    from tests.etcd import EtcdProcess
+
+    etcd = EtcdProcess(tmp_path / "etcd").start()
+    try:
+        ep = etcd.endpoint
+        _etcdctl(ep, "user", "add", "root:root-password-0")
+        _etcdctl(ep, "user", "grant-role", "root", "root")
+        _etcdctl(ep, "role", "add", "sutra")
+        _etcdctl(ep, "role", "grant-permission", "sutra", "--prefix=true", "readwrite", "/sutra/")
+        _etcdctl(ep, "user", "add", "sutra:sutra-password-0")
+        _etcdctl(ep, "user", "grant-role", "sutra", "sutra")
+        _etcdctl(ep, "auth", "enable")
+
+        good = EtcdSecurity(user="sutra", password="sutra-password-0")
+        prefix = shard_prefix("sutra", 7)
+        c = EtcdCoordinator([ep], prefix, "n1", security=good, timeout=2.0)
+        try:
+            key = c.acquire(LeaderKey("n1", "127.0.0.1:1", 1), 0)
+            assert key is not None and c.snapshot().leader is not None
+            # etcd forgets its simple tokens when it restarts: the coordinator logs in again.
+            token = c.client.metadata
+            assert token is not None
+            etcd.stop()
+            etcd.start()
+            assert wait_for(lambda: c.snapshot().term == 1, 30, "the coordinator to log in again after a restart")
+            assert c.client.metadata not in (None, token), "a new token after the restart"
+        finally:
+            c.close()
+        for sec, words in ((EtcdSecurity(user="sutra", password="wrong-password"), "SUTRA_ETCD_USER='sutra'"),
+                           (EtcdSecurity(), "etcd")):
+            bad = EtcdCoordinator([ep], prefix, "n2", security=sec, timeout=2.0)
+            try:
+                with pytest.raises(CoordinatorUnavailable) as info:
+                    bad.snapshot()
+                assert words in str(info.value) and "wrong-password" not in str(info.value)
+            finally:
+                bad.close()
+
+        # A real node leads through the authenticated etcd.
+        node = node_factory("etcd-auth", env={"SUTRA_ETCD_ENDPOINTS": ep, "SUTRA_ETCD_USER": "sutra",
+                                              "SUTRA_ETCD_PASSWORD": "sutra-password-0"})
+        reader = EtcdCoordinator([ep], shard_prefix("sutra", 0), "reader", security=good, timeout=2.0)
+        try:
+            lead = wait_for(lambda: reader.snapshot().leader, 30, "the node to take the leader key")
+            assert lead.address == node.address
+        finally:
+            reader.close()
+    finally:
+        etcd.stop()
+
+
+@pytest.mark.slow
+def test_etcd_over_tls_with_client_certificates(tmp_path: Path) -> None:
+    """etcd serving TLS and asking for client certificates: the coordinator reaches
+    it with SUTRA_ETCD_CACERT/CERT/KEY and cannot without them."""
+    from sutra_cluster.credentials import EtcdSecurity
+    from sutra_cluster.failover.coordinator import CoordinatorUnavailable, LeaderKey
+    from sutra_cluster.failover.etcd import EtcdCoordinator
+
+    d = tmp_path / "etcd-certs"
+    certs.create_ca(d)
+    server = certs.create_cert(d, "node", "etcd", ["localhost", "127.0.0.1"])
+    client = certs.create_cert(d, "client", "sutra")
+    port, peer = free_port(), free_port()
+    cu, pu = f"https://127.0.0.1:{port}", f"http://127.0.0.1:{peer}"
+    cmd = [tool("etcd"), "--name", "tls", "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls", cu,
+           "--advertise-client-urls", cu, "--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
+           "--initial-cluster", f"tls={pu}", "--cert-file", str(server.cert), "--key-file", str(server.key),
+           "--trusted-ca-file", str(d / "ca.crt"), "--client-cert-auth", "--log-level", "warn"]
+    with open(tmp_path / "etcd.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    sec = EtcdSecurity(cacert=str(d / "ca.crt"), cert=str(client.cert), key=str(client.key))
+    assert sec.problems() == []
+    try:
+        c = EtcdCoordinator([f"127.0.0.1:{port}"], "/sutra/shards/0/", "n1", security=sec, timeout=2.0)
+        try:
+            wait_for(lambda: c.snapshot() is not None, 30, "etcd to answer over TLS")
+            assert c.acquire(LeaderKey("n1", "127.0.0.1:1", 1), 0) is not None
+        finally:
+            c.close()
+        for s in (EtcdSecurity(), EtcdSecurity(cacert=str(d / "ca.crt"))):  # plaintext; TLS without a client cert
+            bad = EtcdCoordinator([f"127.0.0.1:{port}"], "/sutra/shards/0/", "n2", security=s, timeout=2.0)
+            try:
+                with pytest.raises(CoordinatorUnavailable):
+                    bad.snapshot()
+            finally:
+                bad.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)

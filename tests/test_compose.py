@@ -146,6 +146,19 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
 
+def _interpolate(text: str) -> str:
+    """``${NAME}``, ``${NAME:-default}`` and ``${NAME:?message}`` from this process's
+    environment, as docker compose fills them from the shell (the suite's
+    SUTRA_CLUSTER_SECRET, for one)."""
+    def fill(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+        value = os.environ.get(name, "")
+        assert value or op != ":?", f"compose file needs {name}: {arg}"
+        return value or (arg if op == ":-" else "")
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:[?-])?([^}]*)\}", fill, text)
+
+
 class LocalCompose:
     """The compose file's services as local processes; ``down`` ends every one."""
 
@@ -208,7 +221,7 @@ class LocalCompose:
         env = {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(svc.workdir)}
         if "build" in svc.spec:
             env.update(self.image_env)
-        env.update({k: self.rewrite(str(v), svc) for k, v in (svc.spec.get("environment") or {}).items()})
+        env.update({k: self.rewrite(_interpolate(str(v)), svc) for k, v in (svc.spec.get("environment") or {}).items()})
         env["SUTRA_HOST"] = svc.address
         return env
 

@@ -34,9 +34,21 @@ def test_local_up_kill_leader_down(tmp_path: Path) -> None:
         assert "Sample data written" in out and "grpcurl -plaintext" in out and "/metrics" in out
         procs = json.loads((root / "cluster.json").read_text())
         assert sorted(p["role"] for p in procs) == ["etcd", "leader", "replica", "replica", "router"]
+        # Secure by default: a cluster secret of its own (0600), needed for the node plane.
+        secret = root / "cluster-secret"
+        assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) == 64
+        assert f"sutra-cluster-secret: $(cat {secret})" in out and f"SUTRA_CLUSTER_SECRET_FILE={secret}" in out
+        leader = next(p for p in procs if p["role"] == "leader")
+        grpcurl = Path(sys.executable).parent / "grpcurl"
+        status = [str(grpcurl), "-plaintext", f"127.0.0.1:{leader['port']}",
+                  "sutra.replication.ReplicationService/GetReplicationStatus"]
+        refused = subprocess.run(status, capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stdout + refused.stderr
+        allowed = subprocess.run([*status[:2], "-H", f"sutra-cluster-secret: {secret.read_text().strip()}",
+                                  *status[2:]], capture_output=True, text=True, timeout=30)
+        assert allowed.returncode == 0 and '"role"' in allowed.stdout, allowed.stderr
 
         router = next(p for p in procs if p["role"] == "router")
-        grpcurl = Path(sys.executable).parent / "grpcurl"
         got = subprocess.run([str(grpcurl), "-plaintext", "-d", '{"concept_id": "water"}', f"127.0.0.1:{router['port']}",
                               "sutra.storage.StorageService/QueryConcept"], capture_output=True, text=True, timeout=30)
         assert got.returncode == 0 and '"found": true' in got.stdout, got.stdout + got.stderr

@@ -79,7 +79,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
 
 
-def test_example_env_file_is_a_valid_node_configuration() -> None:
+def test_example_env_file_is_a_valid_node_configuration(tmp_path: Path) -> None:
     env = {}
     for line in ENV_EXAMPLE.read_text().splitlines():
         line = line.strip()
@@ -87,10 +87,17 @@ def test_example_env_file_is_a_valid_node_configuration() -> None:
             key, sep, value = line.partition("=")
             assert sep and re.fullmatch(r"[A-Z_][A-Z0-9_]*", key), line
             env[key] = value
+    # The secret file the example names exists on a real host; here, one like it.
+    assert env["SUTRA_CLUSTER_SECRET_FILE"] == "/etc/sutra/cluster-secret"
+    (tmp_path / "cluster-secret").write_text("0123456789abcdef" * 4 + "\n")
+    env["SUTRA_CLUSTER_SECRET_FILE"] = str(tmp_path / "cluster-secret")
     cfg = config.load(env)  # raises ConfigError naming every bad setting
+    assert cfg.cluster_secret == "0123456789abcdef" * 4
     assert cfg.etcd_endpoints and cfg.metrics_port and cfg.storage_path == "/var/lib/sutra/knowledge"
     # Every setting named there is one the node reads.
     known = set(re.findall(r"# ([A-Z][A-Z0-9_]+)", (ROOT / "sutra_cluster" / "config.py").read_text()))
     known |= set(re.findall(r'"([A-Z][A-Z0-9_]+)"', (ROOT / "sutra_cluster" / "config.py").read_text()))
+    # The secret and the etcd options are read in credentials.py (the tools read them too).
+    known |= set(re.findall(r'"([A-Z][A-Z0-9_]+)"', (ROOT / "sutra_cluster" / "credentials.py").read_text()))
     commented = re.findall(r"^# ([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE)
     assert not (set(env) | set(commented)) - known, (set(env) | set(commented)) - known
