@@ -18,6 +18,7 @@ from sutra_cluster.errors import ConfigError
 T = TypeVar("T")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LEADER_TICK_ETCD_CALLS = 6  # the most etcd calls one HA-loop tick of a leader makes, one after another
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Config:
     cluster_name: str = "sutra"  # SUTRA_CLUSTER_NAME: etcd key prefix /<name>/
     lease_ttl_s: int = 2  # SUTRA_LEASE_TTL_S: leader key lease (etcd's minimum at its defaults is 2)
     loop_wait_ms: int = 100  # SUTRA_LOOP_WAIT_MS: HA loop period
-    retry_timeout_ms: int = 400  # SUTRA_RETRY_TIMEOUT_MS: one etcd call's deadline
+    retry_timeout_ms: int = 250  # SUTRA_RETRY_TIMEOUT_MS: one etcd call's deadline
     fence_margin_ms: int = 500  # SUTRA_FENCE_MARGIN_MS: stop acknowledging this long before the lease can expire
     max_lag_on_failover: int = 1_000_000  # SUTRA_MAX_LAG_ON_FAILOVER: records a candidate may be behind
 
@@ -169,11 +170,16 @@ def timing_problems(cfg: Config) -> list[str]:
             f"must be <= SUTRA_LEASE_TTL_S ({ttl_ms} ms), or a leader could lose its key between two renewals"
         )
     fence_ms = ttl_ms - cfg.fence_margin_ms
-    if cfg.loop_wait_ms + 2 * cfg.retry_timeout_ms > fence_ms:
+    # A leader renews at the start of every tick; a tick lasts the loop wait or,
+    # when etcd is slow, its calls: member lease, member put, snapshot, key get,
+    # lease refresh, sync set. Two renewals are at most that far apart.
+    gap_ms = max(cfg.loop_wait_ms, LEADER_TICK_ETCD_CALLS * cfg.retry_timeout_ms)
+    if gap_ms > fence_ms:
         problems.append(
-            f"SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS ({cfg.loop_wait_ms} + 2 * {cfg.retry_timeout_ms}) "
-            f"must be <= SUTRA_LEASE_TTL_S - SUTRA_FENCE_MARGIN_MS ({fence_ms} ms), or a healthy leader "
-            "could fence itself between two renewals"
+            f"max(SUTRA_LOOP_WAIT_MS, {LEADER_TICK_ETCD_CALLS} * SUTRA_RETRY_TIMEOUT_MS) ({cfg.loop_wait_ms}, "
+            f"{LEADER_TICK_ETCD_CALLS} * {cfg.retry_timeout_ms}) must be <= SUTRA_LEASE_TTL_S - SUTRA_FENCE_MARGIN_MS "
+            f"({fence_ms} ms): a leader's tick makes up to {LEADER_TICK_ETCD_CALLS} etcd calls, and a slow but "
+            "healthy etcd would otherwise make a healthy leader fence itself between two renewals"
         )
     if cfg.fence_margin_ms + cfg.retry_timeout_ms >= ttl_ms:
         problems.append(
@@ -240,7 +246,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         cluster_name=env.get("SUTRA_CLUSTER_NAME", "").strip() or "sutra",
         lease_ttl_s=r.integer("SUTRA_LEASE_TTL_S", 2, 1, 600),
         loop_wait_ms=r.integer("SUTRA_LOOP_WAIT_MS", 100, 10, 600_000),
-        retry_timeout_ms=r.integer("SUTRA_RETRY_TIMEOUT_MS", 400, 10, 600_000),
+        retry_timeout_ms=r.integer("SUTRA_RETRY_TIMEOUT_MS", 250, 10, 600_000),
         fence_margin_ms=r.integer("SUTRA_FENCE_MARGIN_MS", 500, 0, 600_000),
         max_lag_on_failover=r.integer("SUTRA_MAX_LAG_ON_FAILOVER", 1_000_000, 0, 1 << 62),
     )
@@ -263,6 +269,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             f"SUTRA_GRPC_WORKERS - 2 ({cfg.grpc_workers - 2}), or long calls could take every worker")
     if cfg.tls_ca and not cfg.tls_cert:
         r.errors.append("SUTRA_TLS_CA: set SUTRA_TLS_CERT and SUTRA_TLS_KEY too; a CA alone would serve plaintext")
+    if cfg.metrics_port and cfg.metrics_port == cfg.port:
+        r.errors.append(f"SUTRA_METRICS_PORT={cfg.metrics_port}: STORAGE_PORT is the same port; pick another")
     if r.errors:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(r.errors))
     return cfg

@@ -34,7 +34,7 @@ def test_defaults_load_and_satisfy_the_timing_invariants() -> None:
     cfg = load(dict(BASE))
     assert cfg == Config(node_id="n1")
     assert timing_problems(cfg) == []
-    assert (cfg.lease_ttl_s, cfg.loop_wait_ms, cfg.retry_timeout_ms, cfg.fence_margin_ms) == (2, 100, 400, 500)
+    assert (cfg.lease_ttl_s, cfg.loop_wait_ms, cfg.retry_timeout_ms, cfg.fence_margin_ms) == (2, 100, 250, 500)
 
 
 def test_values_are_trimmed_case_folded_and_underscores_allowed() -> None:
@@ -82,17 +82,16 @@ def test_each_bad_setting_gives_exactly_one_line_naming_it(name: str, value: str
 def test_every_bad_setting_is_reported_in_one_pass() -> None:
     got = problems({
         "STORAGE_PORT": "x", "SUTRA_COMMIT_MODE": "quorum", "SUTRA_WAL_FSYNC": "maybe",
-        "SUTRA_REPLICAS": "nope", "SUTRA_LOOP_WAIT_MS": "1500", "SUTRA_TLS_CERT": "", "SUTRA_TLS_KEY": "",
+        "SUTRA_REPLICAS": "nope", "SUTRA_LOOP_WAIT_MS": "1600", "SUTRA_TLS_CERT": "", "SUTRA_TLS_KEY": "",
     })
     assert got == [
         "STORAGE_PORT='x': not an integer",
         "SUTRA_WAL_FSYNC='maybe': must be on|off",
         "SUTRA_REPLICAS='nope': 'nope' is not host:port",
         "SUTRA_COMMIT_MODE='quorum': must be one of async|sync",
-        ("SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS (1500 + 2 * 400) must be <= SUTRA_LEASE_TTL_S (2000 ms), "
+        ("SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS (1600 + 2 * 250) must be <= SUTRA_LEASE_TTL_S (2000 ms), "
          "or a leader could lose its key between two renewals"),
-        ("SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS (1500 + 2 * 400) must be <= SUTRA_LEASE_TTL_S - "
-         "SUTRA_FENCE_MARGIN_MS (1500 ms), or a healthy leader could fence itself between two renewals"),
+        FENCE_LINE.format(w=1600, r=250, f=1500),
     ]
 
 
@@ -103,50 +102,56 @@ def test_loop_wait_plus_two_retries_must_fit_in_the_ttl() -> None:
     got = problems({"SUTRA_LOOP_WAIT_MS": "500", "SUTRA_RETRY_TIMEOUT_MS": "800"})
     assert got[0] == ("SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS (500 + 2 * 800) must be <= SUTRA_LEASE_TTL_S "
                       "(2000 ms), or a leader could lose its key between two renewals")
-    # It does not fit before the leader's own fence deadline either.
-    assert got[1].startswith("SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS (500 + 2 * 800) must be <= "
-                             "SUTRA_LEASE_TTL_S - SUTRA_FENCE_MARGIN_MS (1500 ms)")
+    # Six such calls in one tick do not fit before the leader's own fence deadline either.
+    assert got[1] == FENCE_LINE.format(w=500, r=800, f=1500)
 
 
-def test_loop_wait_plus_two_retries_equal_to_the_fence_deadline_is_allowed() -> None:
-    cfg = load({**BASE, "SUTRA_LOOP_WAIT_MS": "300", "SUTRA_RETRY_TIMEOUT_MS": "800", "SUTRA_FENCE_MARGIN_MS": "100"})
-    assert cfg.loop_wait_ms + 2 * cfg.retry_timeout_ms == cfg.lease_ttl_s * 1000 - cfg.fence_margin_ms
+FENCE_LINE = ("max(SUTRA_LOOP_WAIT_MS, 6 * SUTRA_RETRY_TIMEOUT_MS) ({w}, 6 * {r}) must be <= SUTRA_LEASE_TTL_S - "
+              "SUTRA_FENCE_MARGIN_MS ({f} ms): a leader's tick makes up to 6 etcd calls, and a slow but healthy etcd "
+              "would otherwise make a healthy leader fence itself between two renewals")
+
+
+def test_a_leader_tick_of_six_slow_calls_exactly_at_the_fence_deadline_is_allowed() -> None:
+    cfg = load({**BASE, "SUTRA_RETRY_TIMEOUT_MS": "300", "SUTRA_FENCE_MARGIN_MS": "200"})
+    assert 6 * cfg.retry_timeout_ms == cfg.lease_ttl_s * 1000 - cfg.fence_margin_ms
+    assert problems({"SUTRA_RETRY_TIMEOUT_MS": "301", "SUTRA_FENCE_MARGIN_MS": "200"}) == [
+        FENCE_LINE.format(w=100, r=301, f=1800)]
 
 
 def test_fence_margin_plus_retry_must_stay_below_the_ttl() -> None:
-    got = problems({"SUTRA_FENCE_MARGIN_MS": "1600"})
-    assert "SUTRA_FENCE_MARGIN_MS + SUTRA_RETRY_TIMEOUT_MS (1600 + 400) must be < SUTRA_LEASE_TTL_S (2000 ms)" in got
-    assert load({**BASE, "SUTRA_FENCE_MARGIN_MS": "1100"}).fence_margin_ms == 1100
+    got = problems({"SUTRA_FENCE_MARGIN_MS": "1900", "SUTRA_RETRY_TIMEOUT_MS": "100"})
+    assert "SUTRA_FENCE_MARGIN_MS + SUTRA_RETRY_TIMEOUT_MS (1900 + 100) must be < SUTRA_LEASE_TTL_S (2000 ms)" in got
+    assert load({**BASE, "SUTRA_FENCE_MARGIN_MS": "1100", "SUTRA_RETRY_TIMEOUT_MS": "100"}).fence_margin_ms == 1100
 
 
 def test_every_timing_invariant_reported_together() -> None:
     got = problems({"SUTRA_RETRY_TIMEOUT_MS": "1000", "SUTRA_FENCE_MARGIN_MS": "1000"})
     assert len(got) == 3
     assert got[0].endswith("or a leader could lose its key between two renewals")
-    assert got[1].endswith("or a healthy leader could fence itself between two renewals")
+    assert got[1] == FENCE_LINE.format(w=100, r=1000, f=1000)
     assert got[2] == "SUTRA_FENCE_MARGIN_MS + SUTRA_RETRY_TIMEOUT_MS (1000 + 1000) must be < SUTRA_LEASE_TTL_S (2000 ms)"
 
 
 def test_a_longer_ttl_makes_room_for_slower_timings() -> None:
     env = {"SUTRA_LOOP_WAIT_MS": "1000", "SUTRA_RETRY_TIMEOUT_MS": "2000", "SUTRA_FENCE_MARGIN_MS": "1000"}
     assert len(problems(env)) == 3
-    cfg = load({**BASE, **env, "SUTRA_LEASE_TTL_S": "10"})
+    cfg = load({**BASE, **env, "SUTRA_LEASE_TTL_S": "14"})
     assert timing_problems(cfg) == []
 
 
 def test_timing_problems_is_pure_over_a_config() -> None:
-    assert timing_problems(Config(lease_ttl_s=1, loop_wait_ms=100, retry_timeout_ms=450, fence_margin_ms=0)) == []
+    assert timing_problems(Config(lease_ttl_s=1, loop_wait_ms=100, retry_timeout_ms=150, fence_margin_ms=100)) == []
     got = timing_problems(Config(lease_ttl_s=1, loop_wait_ms=101, retry_timeout_ms=450, fence_margin_ms=0))
     assert got[0] == ("SUTRA_LOOP_WAIT_MS + 2 * SUTRA_RETRY_TIMEOUT_MS (101 + 2 * 450) must be <= SUTRA_LEASE_TTL_S "
                       "(1000 ms), or a leader could lose its key between two renewals")
 
 
 def test_renewal_must_fit_before_the_leaders_own_fence_deadline() -> None:
-    # Passes both checks today (1000 + 2*400 <= 2000; 500 + 400 < 2000), yet the
-    # leader's deadline is 1.5 s after a renewal and the next renewal may start
-    # 1.0 s + two slow 0.4 s calls later: a healthy leader demotes itself.
-    got = problems({"SUTRA_LOOP_WAIT_MS": "1000", "SUTRA_RETRY_TIMEOUT_MS": "400", "SUTRA_FENCE_MARGIN_MS": "500"})
-    assert len(got) == 1 and "SUTRA_FENCE_MARGIN_MS" in got[0]
+    # The review's case: 100 + 2 * 400 fits the old two-call check, yet a leader's
+    # tick makes six calls; at 0.4 s each, two renewals can be 2.4 s apart while
+    # the leader fences itself 1.5 s after the last one.
+    got = problems({"SUTRA_RETRY_TIMEOUT_MS": "400"})
+    assert got == [FENCE_LINE.format(w=100, r=400, f=1500)]
 
 
 # --------------------------------------------------------------------------- roles, TLS, shards

@@ -561,10 +561,22 @@ def test_leader_cut_from_the_store_demotes_only_at_its_lease_deadline(sim: Sim) 
                 "(a previous life or an interrupted promotion): revoking it")
 
 
-def test_leader_with_a_late_tick_demotes_itself(sim: Sim) -> None:
+def test_leader_with_a_late_tick_fences_until_it_renews(sim: Sim) -> None:
     sim.elect_n1()
     sim.clock.advance(TTL - MARGIN_MS / 1000.0)  # the loop stalled until exactly the deadline
-    assert sim["n1"].tick() == Action(DEMOTE, "demoted: leader key at term 1 not renewed in time", release=True)
+    with pytest.raises(Unavailable, match="lease not renewed in time"):
+        sim["n1"].fence()
+    # The key's lease is still alive in the store: the tick renews it first, and
+    # leadership is proven again.
+    assert sim["n1"].tick() == Action(RENEW, "renewed leader key at term 1")
+    sim["n1"].fence()
+    assert sim["n1"].m.engine.role == "leader"
+
+
+def test_leader_whose_tick_came_after_its_lease_expired_demotes(sim: Sim) -> None:
+    sim.elect_n1()
+    sim.clock.advance(TTL + 0.1)  # the loop stalled past the lease: the store dropped the key
+    assert sim["n1"].tick() == Action(DEMOTE, "demoted: the leader key is gone (term 1)")
     assert sim["n1"].m.engine.role == "replica"
 
 

@@ -164,6 +164,11 @@ class HaLoop:
 
     def tick(self) -> Action:
         st = self.node.state()
+        if self.key is not None:
+            # Renew first, at the start of the tick: then two renewals are at most
+            # one tick apart, however slow the tick's other etcd calls are, and
+            # config.timing_problems can bound that gap (LEADER_TICK_ETCD_CALLS).
+            self._renew_key()
         try:
             self.coord.publish_member(self._member(st))
             snap = self.coord.snapshot()
@@ -229,13 +234,21 @@ class HaLoop:
             self.refused = 0
             self.wake()
 
-    def _renew(self, snap: ClusterSnapshot) -> None:
+    def _renew_key(self) -> None:
         assert self.key is not None
         t0 = self.clock()
-        if not self.coord.renew(self.key):
-            self._demote(f"lost the leader key at term {self.key.term}")
-            return
-        self._extend_lease(t0)
+        try:
+            if self.coord.renew(self.key):
+                self._extend_lease(t0)
+            else:
+                log.error("lost the leader key at term %d", self.key.term)
+                self.lease_deadline = 0.0  # decide() demotes this very tick
+        except CoordinatorUnavailable as exc:
+            log.warning("could not renew the leader key: %s", exc)
+
+    def _renew(self, snap: ClusterSnapshot) -> None:
+        """Keep leading: the key was renewed at the start of this tick."""
+        assert self.key is not None
         if snap.switchover_to == self.cfg.node_id:
             self.coord.clear_switchover()
         if self.settings.commit_mode == CommitMode.SYNC:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from sutra_cluster import auth
 from sutra_cluster.api.status import grpc_errors
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.pb import replication_pb2_grpc
@@ -20,7 +21,11 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
 
     def StreamWal(self, request_iterator: Iterator[rpb.FollowerMessage],
                   context: grpc.ServicerContext) -> Iterator[rpb.LeaderMessage]:
-        return self.m.leader.stream(request_iterator, context)
+        # With mutual TLS the certificate names the node, and its hello must carry
+        # that name: one node cannot acknowledge in another's sync-set seat.
+        ident = auth.peer_identity(context)
+        name = ident.name if ident.via == "certificate" else ""
+        return self.m.leader.stream(request_iterator, context, peer_name=name)
 
     def GetSnapshot(self, request: rpb.SnapshotRequest, context: grpc.ServicerContext) -> Iterator[rpb.SnapshotBlock]:
         header, blocks = self.m.engine.snapshot_blocks()
