@@ -183,19 +183,15 @@ def _spawn_etcd(root: Path, client_port: int, peer_port: int) -> Proc:
 
 
 def _wait_etcd(proc: Proc, timeout: float = 30.0) -> None:
-    import pyetcd
+    from sutra_cluster.failover.etcd import etcd_answers
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(proc.pid):
             raise RuntimeError(f"etcd exited; see {proc.log}")
-        try:
-            c = pyetcd.client("127.0.0.1", proc.port, timeout=1)
-            c.status()
-            c.close()
+        if etcd_answers("127.0.0.1", proc.port):
             return
-        except Exception:  # not up yet
-            time.sleep(0.1)
+        time.sleep(0.1)
     raise RuntimeError(f"etcd not answering after {timeout:.0f}s; see {proc.log}")
 
 

@@ -91,7 +91,7 @@ def test_shrink_then_adopt_never_counts_an_unpublished_member() -> None:
 def test_adopt_does_not_count_a_joiner_missing_a_committed_write() -> None:
     c = sync()
     c.lead(10)
-    b = c.connect("b", 9, 0.0)
+    c.connect("b", 9, 0.0)
     c.adopt(("b",))
     assert c.members == ()
 

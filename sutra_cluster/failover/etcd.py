@@ -184,3 +184,17 @@ class EtcdCoordinator(Coordinator):
         except Exception:  # closing: the member key expires with its lease anyway
             pass
         self.client.close()
+
+
+def etcd_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when an etcd server answers a status call at ``host:port`` (tools
+    waiting for a local etcd to start use this, not the client library)."""
+    try:
+        c = pyetcd.client(host, port, timeout=timeout)
+        try:
+            c.status()
+        finally:
+            c.close()
+        return True
+    except Exception:  # not up yet: refused, timed out, or still electing
+        return False
