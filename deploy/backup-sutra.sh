@@ -17,12 +17,19 @@
 #   SUTRA_BACKUP_RETENTION_DAYS  backups older than this are deleted (default 30)
 #   SUTRA_CLI                    the sutra-cluster program (default: sutra-cluster on PATH,
 #                                else /opt/sutra/venv/bin/sutra-cluster)
+#   SUTRA_CLUSTER_SECRET_FILE    the cluster secret (GetSnapshot is a node-plane call); or, with
+#                                mutual TLS, SUTRA_TLS_CERT/KEY/CA of an admin certificate
+#                                (docs/HA.md#security). Default: /etc/sutra/cluster-secret if it exists.
 set -euo pipefail
 
 NODE="${SUTRA_BACKUP_NODE:-localhost:50051}"
 ROOT="${SUTRA_BACKUP_DIR:-/backup/sutra}"
 KEEP_DAYS="${SUTRA_BACKUP_RETENTION_DAYS:-30}"
 CLI="${SUTRA_CLI:-$(command -v sutra-cluster || echo /opt/sutra/venv/bin/sutra-cluster)}"
+
+if [ -z "${SUTRA_CLUSTER_SECRET:-}${SUTRA_CLUSTER_SECRET_FILE:-}${SUTRA_TLS_CA:-}" ] && [ -r /etc/sutra/cluster-secret ]; then
+  export SUTRA_CLUSTER_SECRET_FILE=/etc/sutra/cluster-secret
+fi
 
 mkdir -p "$ROOT"
 dest="$ROOT/$(date -u +%Y%m%d-%H%M%S)"
