@@ -257,8 +257,34 @@ def backup(node: str, out: str | Path, *, timeout: float | None = None, digest: 
 
 
 def read_manifest(folder: Path) -> dict[str, object] | None:
+    """The folder's manifest.json, checked; None when there is none. Raises
+    BackupError naming the file when it is not a manifest this tool wrote."""
     path = folder / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise BackupError(f"{path}: not a valid manifest ({exc})") from None
+    if not isinstance(data, dict):
+        raise BackupError(f"{path}: not a valid manifest (a JSON object is expected, not {type(data).__name__})")
+    for key, kind in (("file", str), ("lsn", int), ("sha256", str), ("digest", str)):
+        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            raise BackupError(f"{path}: {key!r} is {data[key]!r}, a {kind.__name__} is expected")
+    return data
+
+
+def _manifest_file(folder: Path, manifest: dict[str, object]) -> Path:
+    """The snapshot a manifest names, which must be a file directly inside the
+    backup folder: a manifest is data, and must not make restore read elsewhere."""
+    name = str(manifest.get("file") or SNAPSHOT_FILE)
+    if Path(name).is_absolute() or len(Path(name).parts) != 1 or name in (".", ".."):
+        raise BackupError(f"{folder / MANIFEST}: 'file' is {name!r}, not a file name inside {folder}; "
+                          "refusing to read outside the backup folder")
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise BackupError(f"{path} leads outside {folder}; refusing to read outside the backup folder")
+    return path
 
 
 def _clear_node_files(target: Path) -> list[str]:
@@ -303,7 +329,7 @@ def restore(source: str | Path, data_dir: str | Path, *, force: bool = False, pr
     manifest = None
     if src.is_dir():
         manifest = read_manifest(src)
-        src = src / str(manifest["file"]) if manifest else src / SNAPSHOT_FILE
+        src = _manifest_file(src, manifest) if manifest else src / SNAPSHOT_FILE
     if not src.is_file():
         raise BackupError(f"{src}: no such backup file")
     target = Path(data_dir)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 from sutra_cluster import config
-from sutra_cluster.errors import ConfigError, StorageFailure
+from sutra_cluster.errors import ConfigError, StartupError, StorageFailure
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -23,11 +24,30 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sutra-cluster: {exc}", file=sys.stderr)
         return 2
+    _private_files()
     try:
         return serve(cfg)
-    except StorageFailure as exc:
+    except (StorageFailure, StartupError) as exc:
         print(f"sutra-cluster: cannot start: {exc}", file=sys.stderr)
         return 1
+    except (OSError, ValueError) as exc:
+        # A file or folder the node cannot use (read-only, STORAGE_PATH is a file,
+        # a damaged terms.json): one line that names it; the traceback at debug level.
+        logging.getLogger("sutra_cluster.cli").debug("start failed", exc_info=True)
+        print(f"sutra-cluster: cannot start: {_describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def _private_files() -> None:
+    """Data and backup files 0600, folders 0700, whatever the caller's umask
+    (review L6: they were world-readable outside the systemd unit)."""
+    os.umask(os.umask(0o077) | 0o077)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
 
 
 def _router(args: argparse.Namespace) -> int:
@@ -119,6 +139,7 @@ def _switchover(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     from sutra_cluster import backup
 
+    _private_files()
     try:
         info = backup.backup(args.node, args.out, timeout=args.timeout, digest=not args.no_digest,
                              progress=not args.quiet)
@@ -135,6 +156,7 @@ def _backup(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     from sutra_cluster import backup
 
+    _private_files()
     try:
         info = backup.restore(args.source, args.data_dir, force=args.force, progress=not args.quiet)
     except OSError as exc:

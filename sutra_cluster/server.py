@@ -19,6 +19,7 @@ from sutra_cluster.api import limits
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.api.storage_service import add_to_server as add_storage_service
 from sutra_cluster.config import Config
+from sutra_cluster.errors import StartupError
 from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
 from sutra_cluster.failover.loop import HaLoop
 from sutra_cluster.metrics import NodeMetrics
@@ -135,14 +136,20 @@ class Node:
         creds = tlsutil.server_credentials(self.cfg)
         bound = self.server.add_secure_port(bind, creds) if creds else self.server.add_insecure_port(bind)
         if bound == 0:
-            raise OSError(f"cannot listen on {bind}")
+            raise StartupError(f"STORAGE_PORT={self.cfg.port}: cannot listen on {bind}")
+        if self.cfg.metrics_port:
+            # Before anything serves: a busy metrics port used to crash a node
+            # that was already leading (review M6).
+            try:
+                self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
+            except OSError as exc:
+                raise StartupError(f"SUTRA_METRICS_PORT={self.cfg.metrics_port}: cannot listen on "
+                                   f"{self.cfg.host}:{self.cfg.metrics_port}: {exc.strerror or exc}") from exc
         # Roles (and a joining node's read fence) are set before the port opens.
         self.replication.start()
         self.server.start()
         if self.ha is not None:
             self.ha.start()
-        if self.cfg.metrics_port:
-            self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
         threading.Thread(target=self._watch_health, name="health", daemon=True).start()
         log.info("node %s serving on %s as %s (metrics port %s)", self.cfg.node_id, bind, self.engine.role,
                  self.cfg.metrics_port or "off")

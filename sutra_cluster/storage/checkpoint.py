@@ -11,6 +11,7 @@ leaves either the old or the new checkpoint complete, never half of one.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -20,6 +21,7 @@ from typing import BinaryIO
 
 import crc32c
 
+from sutra_cluster.errors import Unavailable
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage.fsio import fsync_dir as fsync_dir  # kept importable from here
 from sutra_cluster.storage.fsio import replace_durably, write_file_synced
@@ -133,12 +135,24 @@ def write_checkpoint(
 ) -> int:
     """Atomically install a new storage.dat from ``blocks``; returns its size.
 
-    The previous storage.dat becomes storage.dat.backup. Raises OSError with
-    nothing replaced if writing or syncing the new file fails. ``step`` is
+    The previous storage.dat becomes storage.dat.backup. Raises Unavailable
+    (disk full) or OSError with nothing replaced and no temporary file left if
+    writing or syncing the new file fails. ``step`` is
     called between steps (crash tests pause there).
     """
     tmp = directory / (STORAGE_FILE + ".tmp")
-    size = write_file_synced(tmp, blocks, fsync=fsync)
+    try:
+        size = write_file_synced(tmp, blocks, fsync=fsync)
+    except OSError as exc:
+        # A half-written checkpoint on a full disk would keep it full until a
+        # restart: remove it, and say which disk (review L5).
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise Unavailable(
+                f"checkpoint not written: {tmp}: {os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}); free space "
+                f"on the disk holding {directory}: the previous checkpoint and the WAL still hold every write"
+            ) from exc
+        raise
     step("tmp-written")
     current = directory / STORAGE_FILE
     if current.exists():
@@ -150,6 +164,26 @@ def write_checkpoint(
     replace_durably(tmp, current, fsync=fsync)
     step("renamed")
     return size
+
+
+def set_aside_damaged(directory: Path) -> Path | None:
+    """Rename a damaged storage.dat to storage.dat.damaged (kept for the operator);
+    returns the new path, or None when it could not be moved.
+
+    Called after a start fell back to storage.dat.backup: the next checkpoint
+    then finds no storage.dat and keeps the good backup, instead of turning the
+    damaged file into the new backup (review M3)."""
+    current, kept = directory / STORAGE_FILE, directory / (STORAGE_FILE + ".damaged")
+    try:
+        os.replace(current, kept)
+        fsync_dir(directory)
+    except OSError as exc:
+        log.error("cannot move the damaged %s aside (%s); the next checkpoint will replace the backup with it",
+                  current, exc)
+        return None
+    log.warning("moved the damaged %s to %s; %s stays the backup until a new checkpoint is written",
+                current, kept, BACKUP_FILE)
+    return kept
 
 
 def clean_temporaries(directory: Path) -> None:
