@@ -212,3 +212,34 @@ def test_shard_must_be_below_the_shard_count() -> None:
         "SUTRA_SHARD=4: SUTRA_SHARDS is 4, so shards are 0..3",
     ]
     assert load({**BASE, "SUTRA_SHARD": "3", "SUTRA_SHARDS": "4"}).shard == 3
+
+
+# ---- security review 2026-12-01: H5, M6, M7 and the stream bounds ----------------
+def test_tls_ca_without_a_certificate_refuses_to_start(pem: dict[str, str]) -> None:
+    # It used to start silently in plaintext (H5).
+    assert problems({"SUTRA_TLS_CA": pem["ca"]}) == [
+        "SUTRA_TLS_CA: set SUTRA_TLS_CERT and SUTRA_TLS_KEY too; a CA alone would serve plaintext"]
+
+
+def test_etcd_endpoints_accept_the_http_url_form_and_refuse_other_schemes() -> None:
+    cfg = load({**BASE, "SUTRA_ETCD_ENDPOINTS": "http://10.0.0.1:2379/, 10.0.0.2:2379"})
+    assert cfg.etcd_endpoints == ("10.0.0.1:2379", "10.0.0.2:2379")
+    assert problems({"SUTRA_ETCD_ENDPOINTS": "unix://etcd.sock"}) == [
+        "SUTRA_ETCD_ENDPOINTS='unix://etcd.sock': 'unix://etcd.sock': give host:port or http://host:port"]
+
+
+def test_metrics_port_must_differ_from_the_storage_port() -> None:
+    assert problems({"STORAGE_PORT": "50051", "SUTRA_METRICS_PORT": "50051"}) == [
+        "SUTRA_METRICS_PORT=50051: STORAGE_PORT is the same port; pick another"]
+
+
+def test_stream_bounds_default_from_the_workers_and_leave_two_free() -> None:
+    for workers in (4, 5, 8, 32, 1024):
+        cfg = load({**BASE, "SUTRA_GRPC_WORKERS": str(workers)})
+        assert cfg.max_streams + cfg.max_node_streams <= workers - 2
+        assert 1 <= cfg.max_streams_per_client <= cfg.max_streams
+    cfg = load(BASE)
+    assert (cfg.grpc_workers, cfg.max_streams, cfg.max_node_streams, cfg.max_streams_per_client) == (32, 16, 8, 8)
+    assert problems({"SUTRA_MAX_STREAMS": "40"}) == [
+        "SUTRA_MAX_STREAMS + SUTRA_MAX_NODE_STREAMS (40 + 8) must be <= SUTRA_GRPC_WORKERS - 2 (30), "
+        "or long calls could take every worker"]
