@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import yaml
 
 from sutra_cluster import backup
 from sutra_cluster.pb import storage_pb2 as pb
@@ -282,3 +283,16 @@ def test_data_files_are_private_under_a_permissive_umask(tmp_path: Path) -> None
     for p in paths:
         mode = stat.S_IMODE(p.lstat().st_mode)
         assert mode & 0o077 == 0, f"{p} is {oct(mode)}, want {'0o700' if p.is_dir() else '0o600'}"
+
+
+def test_compose_publishes_every_port_on_loopback_by_default() -> None:
+    # Docker's published ports bypass ufw/iptables INPUT rules, so "ufw deny 50051"
+    # does not protect a compose install: nothing is published beyond loopback
+    # unless the operator opts in for the router (SUTRA_ROUTER_BIND).
+    spec = yaml.safe_load((ROOT / "deploy" / "compose-ha.yml").read_text())
+    published = [(name, p) for name, svc in spec["services"].items() for p in svc.get("ports", [])]
+    assert published, "the compose file publishes no port at all"
+    for name, port in published:
+        host = str(port).rsplit(":", 2)[0] if str(port).count(":") >= 2 else ""
+        assert host in ("127.0.0.1", "${SUTRA_ROUTER_BIND:-127.0.0.1}"), f"{name} publishes {port!r} beyond loopback"
+    assert [n for n, p in published if "SUTRA_ROUTER_BIND" in str(p)] == ["router"]
