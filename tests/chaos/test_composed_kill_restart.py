@@ -153,6 +153,25 @@ def unreadable(node: ChaosNode, acks: Sequence[Ack]) -> list[tuple[Ack, str, str
     return bad
 
 
+def read_back(cluster: ManagedCluster, acks: Sequence[Ack],
+              tries: int = 3) -> tuple[ChaosNode, list[tuple[Ack, str, str]], list[str]]:
+    """``unreadable`` on the leader once every node caught up. If leadership
+    moves meanwhile (a loaded machine can make a leader miss a renewal: a
+    liveness matter, reported), the read-back starts again on the new leader;
+    returns the leader read, what it lacked, and the moves seen."""
+    moved: list[str] = []
+    for i in range(tries):
+        final = cluster.wait_healthy(90)
+        cluster.wait_caught_up(timeout=90)
+        try:
+            return final, unreadable(final, acks), moved
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or i == tries - 1:  # type: ignore[attr-defined]
+                raise
+            moved.append(f"{final.name}: {exc.details()}")  # type: ignore[attr-defined]
+    raise AssertionError("unreachable")
+
+
 def summarize(bad: Sequence[tuple[Ack, str, str]], t0: float) -> dict[str, dict[str, object]]:
     """Unreadable concepts grouped by the node that acknowledged their write:
     batches, concepts, LSN range and acknowledgement times."""
@@ -254,10 +273,8 @@ def test_composed_kill_restart_sync(make_cluster: Callable[..., ManagedCluster],
         assert time.monotonic() < deadline, f"only {r} of {ROUNDS} rounds fitted in {ROUNDS * ROUND_BUDGET_S:.0f}s"
         rounds.append(one_round(cluster, load, ledger, r))
     load.stop()
-    final = cluster.wait_healthy(90)
-    cluster.wait_caught_up(timeout=90)
     acks = ledger.all()
-    missing = unreadable(final, acks)
+    final, missing, moved = read_back(cluster, acks)
     res = finish(cluster, None, ledger)
     lost = sorted(res.lost_acks, key=lambda x: x.lsn)
     times: list[list[float]] = [rd.pop("_t") for rd in rounds]  # type: ignore[misc]
@@ -272,6 +289,7 @@ def test_composed_kill_restart_sync(make_cluster: Callable[..., ManagedCluster],
     chaos_report.add("composed_kill_restart_sync", {
         "mode": "sync", "sync_replicas": 1, "rounds": rounds, "batch_concepts": BATCH, "write_s": WRITE_S,
         "acknowledged_concepts": concepts, "unreadable_on_final_leader": len(missing), "final_leader": final.name,
+        "leadership_moves_during_read_back": moved,
         "unreadable_by_acknowledging_node": summarize(missing, cluster.t0),
         "lost_examples": [f"{x.cid}.. (rid {x.rid}, LSN {x.lsn}, by {x.node} at +{x.acked - cluster.t0:.3f}s)"
                           for x in lost[:5]],
