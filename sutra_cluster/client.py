@@ -19,6 +19,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
+from sutra_cluster.retry import Retry, classify
 
 
 @dataclass
@@ -52,13 +53,17 @@ class Association:
         )
 
 
+# Calls whose DEADLINE_EXCEEDED means "not visible yet" rather than "the node hung".
+READ_METHODS = frozenset({"QueryConcept", "GetNeighbors", "GetNeighborsBatch", "FindPath", "VectorSearch", "GetDigest"})
+
+
 def _f32(vec: np.ndarray) -> bytes:
     return np.ascontiguousarray(vec, dtype="<f4").tobytes()
 
 
 def _retryable(exc: BaseException) -> bool:
-    # CANCELLED too: a node shutting down may cancel calls in flight; every write
-    # carries a request id, so a retry applies once.
+    # One node: retry it when it is down, stopping or electing (UNAVAILABLE,
+    # CANCELLED); every write carries a request id, so a retry applies once.
     return isinstance(exc, grpc.RpcError) and exc.code() in (  # type: ignore[attr-defined]
         grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
@@ -267,11 +272,8 @@ class ClusterClient:
                 return getattr(self._client(address).stub, method)(request, timeout=self.timeout)
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
-                                grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED) \
-                        or time.monotonic() > deadline:
-                    raise
-                if code == grpc.StatusCode.FAILED_PRECONDITION and "replica" not in (exc.details() or ""):  # type: ignore[attr-defined]
+                write = method not in READ_METHODS
+                if classify(exc, write=write) != Retry.NEW_LEADER or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
                 if code == grpc.StatusCode.UNAVAILABLE:

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 
 class SutraError(Exception):
-    """Base of every error this project raises on purpose."""
+    """Base of every error this project raises on purpose.
+
+    ``reason``: a machine-readable word sent beside the status code (trailing
+    metadata ``sutra-reason``, see ``sutra_cluster.retry``), so that callers decide
+    what to do without reading the message. Empty: the code says it all."""
+
+    reason = ""
 
 
 class ConfigError(SutraError):
@@ -48,3 +54,27 @@ class AlreadyExists(SutraError):
 
 class StartupError(SutraError):
     """The node cannot start; the message names the file or the setting to fix."""
+
+
+class NotLeader(FailedPrecondition):
+    """A write reached a replica; the message names the leader. Find it and retry."""
+
+    reason = "not-leader"
+
+
+class NoLeader(Unavailable):
+    """This node knows no leader (an election or an etcd outage is under way)."""
+
+    reason = "no-leader"
+
+
+class NotVisible(DeadlineExceeded):
+    """A read's ``sequence`` did not become visible on this node in time."""
+
+    reason = "not-visible"
+
+
+class WrongShard(FailedPrecondition):
+    """The concept belongs to another shard; the message names it. Retrying here never helps."""
+
+    reason = "wrong-shard"

@@ -75,6 +75,7 @@ def test_recovery_equals_model(ops: list[tuple], crash_at: int, torn: bytes) -> 
     with tempfile.TemporaryDirectory() as tmp:
         live, crashed = Path(tmp) / "live", Path(tmp) / "crashed"
         engine = Engine(cfg(live))
+        engine.lead("single-node")  # no replication: this engine takes writes itself
         model: dict = {}
         edges: dict = {}
         try:

@@ -119,6 +119,7 @@ def reference_node(path: Path, **settings: object) -> Iterator[storage_pb2_grpc.
     """A single node in this process: the engine and the service, no replication, no shards."""
     engine = Engine(Config(storage_path=str(path), vector_dimension=DIM, node_id="reference", wal_fsync=False,
                            **settings))  # type: ignore[arg-type]
+    engine.lead("reference")  # no replication: this engine takes writes itself
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     storage_pb2_grpc.add_StorageServiceServicer_to_server(StorageServicer(engine), server)
     port = server.add_insecure_port(f"127.0.0.1:{free_port()}")

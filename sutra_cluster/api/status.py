@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from sutra_cluster import errors
+from sutra_cluster import errors, retry
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,13 @@ def grpc_errors(fn: F) -> F:
         try:
             return fn(self, request, context)
         except errors.SutraError as exc:
+            if exc.reason:
+                context.set_trailing_metadata(((retry.REASON_KEY, exc.reason),))
             context.abort(code_for(exc), str(exc))
         except grpc.RpcError as exc:
+            why = retry.reason(exc)  # a shard's reason travels through the router unchanged
+            if why:
+                context.set_trailing_metadata(((retry.REASON_KEY, why),))
             context.abort(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
         except Exception as exc:  # a bug: answer INTERNAL, keep the traceback in the log
             log.exception("%s failed", fn.__name__)

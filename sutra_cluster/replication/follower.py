@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from sutra_cluster import retry
 from sutra_cluster.config import Config
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.pb import replication_pb2_grpc
@@ -86,7 +87,8 @@ class FollowerLoop:
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
                         # The node refused to feed us: it is stale (our hello carried a newer
                         # term) or not a leader. Shown as such, not as a network blip.
-                        self.state = "rejected-stale-leader" if "stale leader" in details else "rejected"
+                        stale = retry.reason(exc) == retry.STALE_LEADER
+                        self.state = "rejected-stale-leader" if stale else "rejected"
                         backoff = 1.0
                     else:
                         self.state = "disconnected"

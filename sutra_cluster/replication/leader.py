@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from sutra_cluster import retry
 from sutra_cluster.config import Config
 from sutra_cluster.errors import Unavailable
 from sutra_cluster.pb import replication_pb2 as rpb
@@ -131,9 +132,11 @@ class LeaderStreams:
                           hello.node_id, hello.highest_term, eng.term)
                 for fn in self.on_stale:
                     fn(hello.highest_term)
+            context.set_trailing_metadata(((retry.REASON_KEY, retry.STALE_LEADER),))
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"stale leader: term {eng.term} is older than term {hello.highest_term} the follower has seen")
         if eng.role != Role.LEADER:
+            context.set_trailing_metadata(((retry.REASON_KEY, retry.NOT_LEADER),))
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.cfg.node_id} is not the leader (leader: {eng.leader_address or 'unknown'})")
 

@@ -16,7 +16,7 @@ import logging
 import threading
 
 from sutra_cluster.config import Config
-from sutra_cluster.errors import FailedPrecondition
+from sutra_cluster.errors import WrongShard
 from sutra_cluster.sharding.hashing import HASH_NAME, shard_for
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,12 @@ class ShardGuard:
             self._refresh()
 
     def check(self, concept_id: str) -> None:
-        """Raise FailedPrecondition unless this node's shard owns ``concept_id``."""
+        """Raise WrongShard unless this node's shard owns ``concept_id``."""
         if self.shards <= 1:
             return
         owner = shard_for(concept_id, self.shards)
         if owner != self.shard:
-            # Never say "replica" here: clients take that word to mean "find the leader and retry".
-            raise FailedPrecondition(
+            raise WrongShard(
                 f"wrong shard: concept {concept_id!r} belongs to shard {owner}, and this node "
                 f"({self.node_id}) serves shard {self.shard} ({self.shards} shards, {HASH_NAME}); "
                 f"send it to shard {owner}"

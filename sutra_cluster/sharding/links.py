@@ -24,6 +24,7 @@ import grpc
 from sutra_cluster.errors import Unavailable
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
+from sutra_cluster.retry import Retry, classify
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,9 @@ def _details(exc: grpc.RpcError) -> str:
 
 
 def retryable(exc: grpc.RpcError, write: bool) -> bool:
-    """Whether another node of the shard (or the same one later) may answer."""
-    code = _code(exc)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return True
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return "replica" in _details(exc)  # the node is not (or no longer) the leader
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return write or "not visible" not in _details(exc)  # a hung node, not a read waiting for its sequence
-    return False
+    """Whether another node of the shard (or the same one later) may answer
+    (the project's one rule: ``sutra_cluster.retry.classify``)."""
+    return classify(exc, write=write) == Retry.NEW_LEADER
 
 
 class ShardLink:

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from sutra_cluster.config import Config
-from sutra_cluster.errors import DeadlineExceeded, FailedPrecondition, StorageFailure, Unavailable
+from sutra_cluster.errors import NoLeader, NotLeader, NotVisible, StorageFailure, Unavailable
 from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.roles import MAX_TERM, Role
@@ -358,9 +358,9 @@ class Engine:
     def check_writable(self) -> None:
         if self._leadership is None:
             if not self.leader_address:
-                raise Unavailable(f"this node ({self.cfg.node_id}) is a replica and no leader is known yet "
-                                  "(an election or an etcd outage); retry")
-            raise FailedPrecondition(
+                raise NoLeader(f"this node ({self.cfg.node_id}) is a replica and no leader is known yet "
+                               "(an election or an etcd outage); retry")
+            raise NotLeader(
                 f"this node ({self.cfg.node_id}) is a replica; send writes to the leader at {self.leader_address}")
         if self.write_failure:
             raise StorageFailure(f"writes are disabled after a storage failure: {self.write_failure}")
@@ -380,7 +380,7 @@ class Engine:
     def submit(self, batch: wal_pb2.WalBatch, raw: bytes | None = None) -> int:
         """Log a validated batch and return its LSN once it is committed.
 
-        Raises FailedPrecondition on a replica, Unavailable when the write could
+        Raises NotLeader on a replica, Unavailable when the write could
         not be made durable (it is then not acknowledged and may be retried).
         ``raw``, when given, is ``batch`` as serialized bytes: it is logged as it
         is, with the timestamp field appended (protobuf keeps the last value).
@@ -649,7 +649,7 @@ class Engine:
 
     # ---- reads -----------------------------------------------------------
     def wait_visible(self, sequence: int, timeout_s: float | None = None) -> None:
-        """Return once ``sequence`` is visible to reads; raise DeadlineExceeded otherwise,
+        """Return once ``sequence`` is visible to reads; raise NotVisible (a DeadlineExceeded) otherwise,
         and Unavailable while this node may hold a divergent history."""
         if self.read_fence:
             raise Unavailable(f"{self.cfg.node_id} serves no reads yet: {self.read_fence}")
@@ -659,7 +659,7 @@ class Engine:
         self._kick.set()
         with self._applied:
             if not self._applied.wait_for(lambda: self.applied_lsn >= sequence, wait):
-                raise DeadlineExceeded(
+                raise NotVisible(
                     f"sequence {sequence} is not visible on {self.cfg.node_id} after {wait * 1000:.0f} ms "
                     f"(applied LSN {self.applied_lsn}); SUTRA_READ_WAIT_MS is {self.cfg.read_wait_ms}"
                 )

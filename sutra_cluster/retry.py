@@ -1,0 +1,59 @@
+"""The one rule for what a caller does with a failed call: look the leader up
+again and retry, retry the same node, or give up. Every client in the project
+(the Python client, the router's shard links, a replica's stream) asks this
+module; nobody reads error messages to decide.
+
+Servers send a machine-readable reason beside the status code as trailing
+metadata ``sutra-reason`` (set from ``SutraError.reason`` in api/status.py).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import grpc
+
+REASON_KEY = "sutra-reason"
+
+NOT_LEADER = "not-leader"  # a write reached a replica
+NO_LEADER = "no-leader"  # the node knows no leader yet
+NOT_VISIBLE = "not-visible"  # a read's sequence was not visible in time
+WRONG_SHARD = "wrong-shard"  # the concept belongs to another shard
+STALE_LEADER = "stale-leader"  # a replica has seen a newer term than this leader's
+
+
+class Retry(Enum):
+    NEW_LEADER = "new-leader"  # find the (possibly new) leader, then retry with the same request id
+    NEVER = "never"  # the answer stands: retrying cannot help
+
+
+def reason(exc: grpc.RpcError) -> str:
+    """The ``sutra-reason`` a server sent with this error, or ''."""
+    try:
+        md = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    except Exception:  # an error raised before any response carries no metadata
+        return ""
+    for key, value in md:
+        if key == REASON_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
+
+
+def classify(exc: grpc.RpcError, *, write: bool) -> Retry:
+    """What to do after ``exc``. Writes carry request ids, so a retry applies once.
+
+    - UNAVAILABLE, CANCELLED (a node stopping, down, electing, or a sync commit not
+      acknowledged) and a write to a replica (``not-leader``): find the leader, retry.
+    - DEADLINE_EXCEEDED: a hung node for a write, so find the leader; for a read
+      that waited for its sequence (``not-visible``) the answer stands.
+    - Everything else (bad input, wrong shard, exhausted limits): never.
+    """
+    code = exc.code()  # type: ignore[attr-defined]
+    why = reason(exc)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return Retry.NEW_LEADER
+    if code == grpc.StatusCode.FAILED_PRECONDITION and why == NOT_LEADER:
+        return Retry.NEW_LEADER
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Retry.NEVER if (why == NOT_VISIBLE and not write) else Retry.NEW_LEADER
+    return Retry.NEVER
