@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sutra_cluster.storage import fsio
-from sutra_cluster.storage import wal as wal_mod
+from sutra_cluster.storage import fsio, wal_segments
 from sutra_cluster.storage.wal import WriteAheadLog
 from sutra_cluster.storage.wal_format import SEGMENT_HEADER_SIZE, TMP_NAME, encode_segment_header, record_size
 from tests.helpers import wait_for
@@ -81,7 +80,7 @@ def test_stale_prepared_header_is_rewritten(tmp_path: Path) -> None:
             wal.append(1, bytes([i]) * 10, 1)
         wal.sync()
         with wal._io:
-            wal._prepare_next(9, 99)  # as if a group whose write then failed had prepared it
+            wal._segs.prepare_next(99)  # as if a group whose write then failed had prepared it
         wal.rotate()
         assert (tmp_path / "wal.log").read_bytes() == encode_segment_header(2, 4)
         assert not (tmp_path / TMP_NAME).exists()
@@ -93,7 +92,7 @@ def test_stale_prepared_header_is_rewritten(tmp_path: Path) -> None:
 def test_unused_prepared_header_is_removed_at_close(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path)
     with wal._io:
-        wal._prepare_next(2, 1)
+        wal._segs.prepare_next(1)
     wal.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wal", "wal.log"]
 
@@ -108,7 +107,7 @@ def test_failed_preparation_falls_back_to_writing_the_header_inline(
             raise OSError(28, "No space left on device")
         return real(path, data, fsync=fsync)
 
-    monkeypatch.setattr(wal_mod, "write_file_synced", flaky)
+    monkeypatch.setattr(wal_segments, "write_file_synced", flaky)
     with WriteAheadLog(tmp_path, segment_bytes=SEGMENT) as wal:
         for i in range(6):
             assert wal.wait_durable(wal.append(1, bytes([i]) * 500, 1), WAIT)

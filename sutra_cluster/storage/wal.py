@@ -1,18 +1,16 @@
-"""Write-ahead log: segment files, recovery, and a group-committing writer.
+"""Write-ahead log: the opener and the group-committing writer.
 
-Format and crash-recovery rules: ``docs/wal_format.md``; constants and
-codecs: :mod:`sutra_cluster.storage.wal_format`; the reader:
-:mod:`sutra_cluster.storage.wal_reader`. This module is the writer and the
-opener, which decides what to do with what the reader found (repair a torn
-tail once, or refuse when strict).
-
-Over 450 lines on purpose: the locking below is one discipline that
-:class:`WriteAheadLog` as a whole must follow, and splitting the class would
-hide it.
+Format and crash-recovery rules: ``docs/wal_format.md``. Constants and
+codecs: :mod:`sutra_cluster.storage.wal_format`; the reader, which only
+finds: :mod:`sutra_cluster.storage.wal_reader`; the segment files and every
+change to them: :mod:`sutra_cluster.storage.wal_segments`. This module
+decides: what to do with what the reader found (repair a torn tail once, or
+refuse when strict), when a group is written and acknowledged, and when a
+segment is sealed.
 
 Locking: ``_io`` serialises every file mutation (flush, rotation, drops,
-truncation) and guards the segment bookkeeping; ``_mu`` guards the in-memory
-state (buffer, LSNs, failures) and backs both condition variables. ``_io`` is
+truncation) and guards the segment files; ``_mu`` guards the in-memory state
+(buffer, LSNs, failures) and backs both condition variables. ``_io`` is
 always taken before ``_mu`` and ``_mu`` is never held across I/O, so appends
 never wait for a disk write.
 """
@@ -21,39 +19,25 @@ from __future__ import annotations
 
 import errno as errno_mod
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
-from sutra_cluster.storage.fsio import fsync_dir, replace_durably, write_file_synced
+from sutra_cluster.storage.fsio import fsync_dir, write_file_synced
 from sutra_cluster.storage.wal_format import (
-    ACTIVE_NAME,
     SEALED_DIR,
-    SEGMENT_HEADER_SIZE,
-    TMP_NAME,
     Lsn,
     WalCorruptionError,
     WalError,
     WalRecord,
     WalWriteError,
-    broken_name,
     encode_record,
     encode_segment_header,
-    sealed_name,
 )
-from sutra_cluster.storage.wal_reader import (
-    DropCallback,
-    LogDir,
-    SegmentInfo,
-    TornTail,
-    load_log_dir,
-    open_records,
-    scan_segment,
-)
+from sutra_cluster.storage.wal_reader import DropCallback, LogDir, load_log_dir, scan_segment
+from sutra_cluster.storage.wal_segments import SegmentFiles, repair_torn_tail, wal_files
 
 __all__ = [
     "Lsn",
@@ -64,15 +48,10 @@ __all__ = [
     "WriteAheadLog",
     "repair_torn_tail",
     "scan_segment",
+    "wal_files",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _fdatasync(fd: int) -> None:
-    # Looked up at call time so tests (and platforms without fdatasync) work.
-    sync = getattr(os, "fdatasync", None) or os.fsync
-    sync(fd)
 
 
 def _errno_name(exc: OSError) -> str:
@@ -112,8 +91,6 @@ class WriteAheadLog:
         :class:`WalCorruptionError` on corruption, or on a torn tail when strict.
         """
         self._dir = Path(directory)
-        self._sealed_dir = self._dir / SEALED_DIR
-        self._active_path = self._dir / ACTIVE_NAME
         self._fsync = fsync
         self._segment_bytes = segment_bytes
         self._on_dropped = on_dropped
@@ -137,21 +114,9 @@ class WriteAheadLog:
         self._closed = False
         self._listeners: list[Callable[[int], None]] = []
 
-        # Segment bookkeeping, guarded by _io. _active.size is the durable
-        # end of wal.log: a failed write is truncated back to it.
-        self._sealed: list[SegmentInfo] = []
-        self._active = SegmentInfo(self._active_path, 0, 0, 0, 0)
-        self._fd: int | None = None
-        # True while wal.log may hold a change no fsync has covered (fsync off,
-        # or a failed write truncated away): rotation must fsync it first.
-        self._unsynced = True  # until this process's first fdatasync covers wal.log
-        # The next segment's header, written to wal.log.tmp and fsynced by a
-        # helper thread while the group that fills wal.log is being fsynced.
-        self._prep_pool: ThreadPoolExecutor | None = None
-        self._prepared: Future[tuple[int, int]] | None = None
-        self._prepared_for = (0, 0)
+        self._segs = SegmentFiles(self._dir, fsync=fsync, fatal=self._enter_fatal)  # guarded by _io
         self._recover(start_lsn)
-        self._last_lsn = self._durable_lsn = self._active.last_lsn
+        self._last_lsn = self._durable_lsn = self._segs.active.last_lsn
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
         self._thread.start()
 
@@ -159,31 +124,10 @@ class WriteAheadLog:
 
     def _recover(self, start_lsn: int) -> None:
         created = not self._dir.exists()
-        self._sealed_dir.mkdir(parents=True, exist_ok=True)
+        (self._dir / SEALED_DIR).mkdir(parents=True, exist_ok=True)
         if created:
             fsync_dir(self._dir.parent)
-        found = self._load_repaired()
-        if found.leftover_tmp is not None:
-            logger.warning("WAL %s: deleting leftover %s from an interrupted rotation", self._dir, TMP_NAME)
-            found.leftover_tmp.unlink()
-            fsync_dir(self._dir)
-        self._sealed = found.sealed
-        if found.active is not None:
-            self._active = found.active
-        elif self._sealed:
-            prev = self._sealed[-1]
-            logger.warning("WAL %s: %s missing (interrupted rotation?); starting a new one", self._dir, ACTIVE_NAME)
-            self._install_active(prev.seq + 1, prev.last_lsn + 1)
-        else:
-            self._install_active(1, start_lsn + 1)
-        if start_lsn > self._active.last_lsn:
-            if any(s.count for s in self._sealed) or self._active.count:
-                logger.warning(
-                    "WAL %s: start_lsn %d is ahead of the last record %d; discarding the log",
-                    self._dir, start_lsn, self._active.last_lsn,
-                )
-            self._reset(start_lsn + 1)
-        self._open_active()
+        self._segs.adopt(self._load_repaired(), start_lsn)
 
     def _load_repaired(self) -> LogDir:
         """Read the directory; cut a torn tail of wal.log at most once.
@@ -212,123 +156,7 @@ class WriteAheadLog:
             self._on_dropped(torn.path, torn.offset, torn.nbytes, torn.reason)
         return found
 
-    # ------------------------------------------------------- segment helpers
-    # All of these run with _io held (or before the flusher exists).
-
-    def _open_active(self) -> None:
-        self._fd = os.open(self._active_path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
-
-    def _close_active(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-    def _install_active(self, seq: int, first_lsn: int) -> None:
-        """Atomically install an empty wal.log (tmp, fsync, rename, fsync dir),
-        using wal.log.tmp as prepared ahead when its header is the right one."""
-        tmp = self._dir / TMP_NAME
-        if self._take_prepared() != (seq, first_lsn):
-            write_file_synced(tmp, encode_segment_header(seq, first_lsn))
-        replace_durably(tmp, self._active_path)
-        self._active = SegmentInfo(self._active_path, seq, first_lsn, 0, SEGMENT_HEADER_SIZE)
-
-    def _ensure_active(self) -> None:
-        """Reopen, or recreate, wal.log after an interrupted rotation."""
-        if self._fd is not None:
-            return
-        if not self._active_path.exists():
-            self._install_active(self._active.seq, self._active.first_lsn)
-        self._open_active()
-
-    def _delete_sealed(self, seg: SegmentInfo) -> None:
-        try:
-            os.unlink(seg.path)
-        except FileNotFoundError:
-            logger.warning("WAL %s: segment already gone", seg.path)
-        fsync_dir(self._sealed_dir)
-
-    def _reset(self, first_lsn: int) -> None:
-        """Delete every segment and start an empty log at ``first_lsn``.
-
-        Oldest segments go first and wal.log is replaced last, so every
-        intermediate state is a valid log.
-        """
-        self._close_active()
-        next_seq = max([s.seq for s in self._sealed] + [self._active.seq]) + 1
-        while self._sealed:
-            self._delete_sealed(self._sealed.pop(0))
-        self._install_active(next_seq, first_lsn)
-
-    def _prepare_next(self, seq: int, first_lsn: int) -> None:
-        """Start writing and fsyncing wal.log.tmp for the segment after this one
-        on the helper thread (rotation step 4, ahead of time)."""
-        if self._prepared is not None:
-            if self._prepared_for == (seq, first_lsn):
-                return
-            self._take_prepared()  # stale (a failed write reused its LSNs): redo it
-        if self._prep_pool is None:
-            self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix="wal-prepare")
-        tmp = self._dir / TMP_NAME
-
-        def prepare() -> tuple[int, int]:
-            write_file_synced(tmp, encode_segment_header(seq, first_lsn))
-            return seq, first_lsn
-
-        self._prepared = self._prep_pool.submit(prepare)
-        self._prepared_for = (seq, first_lsn)
-
-    def _take_prepared(self) -> tuple[int, int] | None:
-        """Wait for a pending preparation; the ``(seq, first_lsn)`` now durable in
-        wal.log.tmp, or None. Every writer of wal.log.tmp calls this first, so
-        the helper thread never writes it at the same time (``_io`` held)."""
-        fut, self._prepared = self._prepared, None
-        if fut is None:
-            return None
-        try:
-            return fut.result()
-        except OSError as exc:  # rotation writes the header itself, and reports a failure there
-            logger.warning("WAL %s: preparing %s failed: %s", self._dir, TMP_NAME, exc)
-            return None
-
-    def _seal(self) -> None:
-        """Rotation (docs section 9). Raises OSError; fsync errors are fatal."""
-        self._ensure_active()
-        fd = self._fd
-        assert fd is not None
-        if self._unsynced:  # else the last group's fdatasync already made every byte durable
-            self._sync_or_fail(lambda: os.fsync(fd), "fsync before rotation")
-            self._unsynced = not self._fsync
-        old = self._active
-        dest = self._sealed_dir / sealed_name(old.seq, old.first_lsn)
-        self._close_active()
-        try:
-            os.replace(self._active_path, dest)
-        except OSError:
-            self._open_active()
-            raise
-        self._sync_or_fail(self._sync_dirs, "directory fsync during rotation")
-        self._sealed.append(SegmentInfo(dest, old.seq, old.first_lsn, old.count, old.size))
-        # Bookkeeping moves on first: if installing fails, _ensure_active
-        # retries the install before the next write.
-        self._active = SegmentInfo(self._active_path, old.seq + 1, old.last_lsn + 1, 0, SEGMENT_HEADER_SIZE)
-        try:
-            self._install_active(old.seq + 1, old.last_lsn + 1)
-        except OSError as exc:
-            logger.error("WAL %s: creating a new %s failed: %s; will retry", self._dir, ACTIVE_NAME, exc)
-            return
-        self._open_active()
-        logger.info("WAL %s: sealed %s", self._dir, dest.name)
-
-    def _sync_or_fail(self, action: Callable[[], None], what: str) -> None:
-        """Run an fsync ``action``; any failure puts the log in the failed state."""
-        try:
-            action()
-        except OSError as exc:
-            raise self._enter_fatal(exc, what) from exc
-
-    def _sync_dirs(self) -> None:
-        fsync_dir(self._sealed_dir)
-        fsync_dir(self._dir)
+    # --------------------------------------------------------------- failure
 
     def _enter_fatal(self, exc: Exception, what: str) -> WalWriteError:
         name = _errno_name(exc) if isinstance(exc, OSError) else type(exc).__name__
@@ -368,9 +196,9 @@ class WriteAheadLog:
             # Replication hears of the group before rotation's fsyncs, not after.
             self._notify_listeners(durable)
             with self._io:
-                if self._active.size > self._segment_bytes and not self.failed:
+                if self._segs.active.size > self._segment_bytes and not self.failed:
                     try:
-                        self._seal()
+                        self._segs.seal()
                     except WalWriteError:
                         pass  # already fatal and logged
                     except OSError as exc:
@@ -387,26 +215,21 @@ class WriteAheadLog:
             batch, self._buf = self._buf, []
             first, last = self._durable_lsn + 1, self._last_lsn
         data = b"".join(batch)
-        if self._active.size + len(data) > self._segment_bytes:
+        segs = self._segs
+        if segs.active.size + len(data) > self._segment_bytes:
             # This group fills wal.log: write the next header while it is fsynced.
-            self._prepare_next(self._active.seq + 1, last + 1)
+            segs.prepare_next(last + 1)
         try:
-            self._ensure_active()
-            assert self._fd is not None
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            segs.write(data)
         except OSError as exc:
             self._write_failed(exc, first)
             return None
         if self._fsync:
             t0 = time.monotonic()
             try:
-                fd = self._fd
-                self._sync_or_fail(lambda: _fdatasync(fd), "fdatasync")
+                segs.sync_data()
             except WalWriteError:
                 return None
-            self._unsynced = False
             self.fsync_seconds = time.monotonic() - t0
             hook = self.on_fsync
             if hook is not None:
@@ -414,8 +237,7 @@ class WriteAheadLog:
                     hook(self.fsync_seconds)
                 except Exception:
                     logger.exception("WAL on_fsync hook failed")
-        self._active.size += len(data)
-        self._active.count += len(batch)
+        segs.committed(len(data), len(batch))
         with self._mu:
             self._durable_lsn = last
             self._durable_cv.notify_all()
@@ -423,14 +245,12 @@ class WriteAheadLog:
 
     def _write_failed(self, exc: OSError, first: int) -> None:
         """Undo a failed group write; its records and later ones fail."""
-        if self._fd is not None:
-            self._unsynced = True
-            try:
-                os.ftruncate(self._fd, self._active.size)
-            except OSError as trunc_exc:
-                # Garbage would stay in front of every later record.
-                self._enter_fatal(trunc_exc, f"truncate after a failed write ({exc})")
-                return
+        try:
+            self._segs.undo_write()
+        except OSError as trunc_exc:
+            # Garbage would stay in front of every later record.
+            self._enter_fatal(trunc_exc, f"truncate after a failed write ({exc})")
+            return
         with self._mu:
             last = self._last_lsn
             err = WalWriteError(
@@ -475,7 +295,7 @@ class WriteAheadLog:
         ``records(after_lsn)`` is gap-free only for ``after_lsn >= first_lsn - 1``.
         """
         with self._io:
-            return self._sealed[0].first_lsn if self._sealed else self._active.first_lsn
+            return self._segs.first_lsn
 
     @property
     def failed(self) -> bool:
@@ -585,10 +405,10 @@ class WriteAheadLog:
             with self._mu:
                 self._check_writable()
             try:
-                if self._active.count:
-                    self._seal()
+                if self._segs.active.count:
+                    self._segs.seal()
                 else:
-                    self._ensure_active()
+                    self._segs.ensure_active()
             except OSError as exc:
                 raise WalWriteError(f"WAL rotation failed in {self._dir}: {exc}") from exc
 
@@ -598,35 +418,26 @@ class WriteAheadLog:
         wal.log is never deleted (its header keeps the LSN position). Returns
         the bytes freed; the directory is fsynced.
         """
-        freed = 0
         with self._io:
-            while self._sealed and self._sealed[0].last_lsn <= lsn:
-                seg = self._sealed.pop(0)
-                self._delete_sealed(seg)
-                freed += seg.size
-                logger.info("WAL %s: dropped %s", self._dir, seg.path.name)
-        return freed
+            dropped = self._segs.drop_through(lsn)
+        for seg in dropped:
+            logger.info("WAL %s: dropped %s", self._dir, seg.path.name)
+        return sum(seg.size for seg in dropped)
 
     def segment_paths(self) -> list[Path]:
         """Sealed segments in log order, then wal.log."""
         with self._io:
-            return [s.path for s in self._sealed] + [self._active_path]
+            return self._segs.paths()
 
     def total_bytes(self) -> int:
         """Size of all segment files."""
         with self._io:
-            return sum(s.size for s in self._sealed) + self._active_file_size()
+            return self._segs.total_bytes()
 
     def active_bytes(self) -> int:
         """Size of wal.log."""
         with self._io:
-            return self._active_file_size()
-
-    def _active_file_size(self) -> int:
-        try:
-            return self._active_path.stat().st_size
-        except FileNotFoundError:
-            return 0
+            return self._segs.active_bytes()
 
     # ------------------------------------------------------------------ read
 
@@ -640,13 +451,7 @@ class WriteAheadLog:
         with self._io:
             with self._mu:
                 limit = self._durable_lsn
-            return self._iter_records(after_lsn, limit)
-
-    def _iter_records(self, after_lsn: int, limit: int) -> Iterator[WalRecord]:
-        segs = [s for s in self._sealed if s.count and s.last_lsn > after_lsn]
-        if limit > after_lsn and limit >= self._active.first_lsn:
-            segs.append(self._active)
-        return open_records(segs, after_lsn, limit)
+            return self._segs.records(after_lsn, limit)
 
     # ---------------------------------------------------------------- repair
 
@@ -665,14 +470,14 @@ class WriteAheadLog:
             lsn = max(lsn, 0)
             if lsn >= last:
                 return []
-            removed = list(self._iter_records(lsn, last))
+            removed = list(self._segs.records(lsn, last))
             if keep_file is not None:
                 keep = Path(keep_file)
                 body = b"".join(encode_record(r.lsn, r.term, r.rtype, r.payload) for r in removed)
                 write_file_synced(keep, encode_segment_header(0, lsn + 1) + body)
                 fsync_dir(keep.parent)
             try:
-                self._truncate_files(lsn + 1)
+                self._segs.truncate_from(lsn + 1)
             except OSError as exc:
                 raise WalWriteError(f"WAL truncate_after({lsn}) failed in {self._dir}: {exc}") from exc
             with self._mu:
@@ -688,42 +493,6 @@ class WriteAheadLog:
                 raise WalError("truncate_after needs nothing buffered: stop appends and sync() first")
             return self._last_lsn
 
-    def _truncate_files(self, target: int) -> None:
-        """Make ``target`` the next LSN, removing records >= target (``_io`` held)."""
-        first_on_disk = self._sealed[0].first_lsn if self._sealed else self._active.first_lsn
-        if target < first_on_disk:
-            self._reset(target)
-        elif target >= self._active.first_lsn:
-            self._ensure_active()
-            fd = self._fd
-            assert fd is not None
-            res = scan_segment(self._active_path.read_bytes(), True, path=self._active_path)
-            offset = res.offsets[target - self._active.first_lsn]
-            os.ftruncate(fd, offset)
-            self._sync_or_fail(lambda: os.fsync(fd), "fsync after truncation")
-            self._active.count, self._active.size = target - self._active.first_lsn, offset
-        else:
-            idx = next(i for i, s in enumerate(self._sealed) if s.last_lsn >= target)
-            seg = self._sealed[idx]
-            res = scan_segment(seg.path.read_bytes(), False, path=seg.path)
-            offset = res.offsets[target - seg.first_lsn]
-            # Newest first, so every intermediate state is a valid log that
-            # ends somewhere at or after ``target - 1``.
-            self._close_active()
-            self._active_path.unlink(missing_ok=True)
-            fsync_dir(self._dir)
-            while len(self._sealed) > idx + 1:
-                self._delete_sealed(self._sealed.pop())
-            os.truncate(seg.path, offset)
-            seg_fd = os.open(seg.path, os.O_WRONLY)
-            try:
-                self._sync_or_fail(lambda: os.fsync(seg_fd), "fsync after truncation")
-            finally:
-                os.close(seg_fd)
-            seg.count, seg.size = target - seg.first_lsn, offset
-            self._install_active(seg.seq + 1, target)
-        self._ensure_active()
-
     # ----------------------------------------------------------------- close
 
     def close(self) -> None:
@@ -734,11 +503,7 @@ class WriteAheadLog:
         if self._thread is not threading.current_thread():
             self._thread.join()
         with self._io:
-            self._close_active()
-            if self._take_prepared() is not None:
-                (self._dir / TMP_NAME).unlink(missing_ok=True)  # never installed; tidy, not needed
-            if self._prep_pool is not None:
-                self._prep_pool.shutdown()
+            self._segs.close()
         with self._mu:
             self._closed = True
             self._durable_cv.notify_all()
@@ -748,44 +513,3 @@ class WriteAheadLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def repair_torn_tail(torn: TornTail) -> Path:
-    """Cut the zero/torn tail ``torn`` off ``wal.log`` (docs section 7).
-
-    Copies bytes ``[offset, EOF)`` to ``wal.log.<offset>.broken`` and fsyncs
-    it and the directory, then truncates the file to ``offset`` and fsyncs it.
-    Returns the ``.broken`` path. A repeated cut (a crash during an earlier
-    repair) reuses an identical file; different bytes get a fresh name, so no
-    evidence is overwritten. Raises WalCorruptionError if the file no longer
-    has the size the reader saw, OSError if a step fails.
-    """
-    path = torn.path
-    with open(path, "rb") as f:
-        f.seek(torn.offset)
-        tail = f.read()
-    if len(tail) != torn.nbytes:
-        raise WalCorruptionError(path, torn.offset, f"file changed while opening: {len(tail)} bytes after the "
-                                 f"valid log, the reader found {torn.nbytes}")
-    n = 0
-    broken = path.parent / broken_name(torn.offset)
-    while broken.exists() and broken.read_bytes() != tail:
-        n += 1
-        broken = path.parent / broken_name(torn.offset, n)
-    write_file_synced(broken, tail)
-    fsync_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.ftruncate(fd, torn.offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return broken
-
-
-def wal_files(directory: str | Path) -> list[Path]:
-    """Every WAL file of a data directory (sealed segments and wal.log); for
-    replacing a node's whole history with a snapshot."""
-    d = Path(directory)
-    files = sorted((d / SEALED_DIR).glob("*.wal")) if (d / SEALED_DIR).is_dir() else []
-    return files + [p for p in (d / ACTIVE_NAME, d / TMP_NAME) if p.exists()]
