@@ -13,6 +13,9 @@ truncation) and guards the segment files; ``_mu`` guards the in-memory state
 (buffer, LSNs, failures) and backs both condition variables. ``_io`` is
 always taken before ``_mu`` and ``_mu`` is never held across I/O, so appends
 never wait for a disk write.
+
+About 500 lines on purpose: the writer's two locks, two condition variables
+and write generations are one discipline, best read in one place.
 """
 
 from __future__ import annotations
