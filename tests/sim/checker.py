@@ -115,9 +115,9 @@ class Checker:
                 lsn, (term, wid) = lost[0]
                 self.fail("sync durability", f"{node.id} cut {len(records)} record(s) after LSN {after} ({how}), "
                           f"among them {len(lost)} acknowledged write(s), first write {wid} at LSN {lsn} term {term}")
-        if node.alive and node.read_fence is None:  # it served reads up to this very moment
-            node.exposed = max(node.exposed, node.durable)
-        if node.exposed > after and records:
+        if node.alive and node.read_fence is None and node.role != Role.LEADER:
+            node.exposed = max(node.exposed, node.durable)  # it served reads up to this very moment
+        if node.exposed > after and any(wid for _, wid in records[: node.exposed - after]):
             self.exposed_cuts += 1
             if self.strict_reads:
                 self.fail("reads", f"{node.id} served reads up to LSN {node.exposed}, then cut everything after "
@@ -137,7 +137,7 @@ class Checker:
         if n.alive and n.read_fence is None:
             top = n.durable
             if n.role == Role.LEADER and self.c.rules.mode == "sync":
-                top = min(top, n.sync.committed)
+                top = n.sync.commit_lsn(n.durable, n.exposed)  # the leader's visible limit
             if top > n.exposed:
                 n.exposed = top
 

@@ -33,6 +33,7 @@ class Outcome:
     lost: int = 0
     exposed_cuts: int = 0
     events: int = 0
+    last_words: dict[str, str] = field(default_factory=dict)  # each node's last HA-loop sentence
 
     @property
     def failed(self) -> bool:
@@ -57,7 +58,8 @@ def run_one(seed: int, rules: Rules, shape: Shape = Shape(), faults: list[Fault]
     except Violation as v:
         violation = v
     violation = c.check.violation or violation
-    return Outcome(seed, list(faults), violation, c.stats, c.check.lost, c.check.exposed_cuts, c.sched.steps)
+    words = {n: getattr(loop, "last_reason", "") for n, loop in sorted(c.loops.items())}
+    return Outcome(seed, list(faults), violation, c.stats, c.check.lost, c.check.exposed_cuts, c.sched.steps, words)
 
 
 def _same(a: Violation | None, b: Violation) -> bool:
@@ -92,6 +94,7 @@ def shrink(out: Outcome, rules: Rules, shape: Shape = Shape(), strict_reads: boo
 class Search:
     runs: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time: the figure that does not depend on the machine's load
     failure: Outcome | None = None
     minimal: Outcome | None = None
     acked: int = 0
@@ -110,7 +113,7 @@ def search(seeds: Iterable[int], rules: Rules, shape: Shape = Shape(), *, second
     violation of one of ``kinds`` (None: any) and shrink it. Violations of other
     kinds are counted in ``other`` and the search goes on."""
     res = Search()
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     for seed in seeds:
         if seconds is not None and time.monotonic() - t0 >= seconds:
             break
@@ -128,10 +131,10 @@ def search(seeds: Iterable[int], rules: Rules, shape: Shape = Shape(), *, second
             continue
         if o.failed:
             res.failure = o
-            res.seconds = time.monotonic() - t0
+            res.seconds, res.cpu_seconds = time.monotonic() - t0, time.process_time() - c0
             res.minimal = shrink(o, rules, shape, strict_reads, shrink_s)
             return res
-    res.seconds = time.monotonic() - t0
+    res.seconds, res.cpu_seconds = time.monotonic() - t0, time.process_time() - c0
     return res
 
 
@@ -145,13 +148,15 @@ def endless(start: int) -> Iterator[int]:
 def report(res: Search, rules: Rules, shape: Shape) -> str:
     """What a failure prints: the seed, the minimal schedule, and how to replay it."""
     if res.failure is None or res.minimal is None:
-        return f"{rules.name}: {res.runs} schedules in {res.seconds:.1f}s, no violation"
+        return f"{rules.name}: {res.runs} schedules in {res.seconds:.1f}s ({res.cpu_seconds:.1f}s CPU), no violation"
     m = res.minimal
     lines = [f"{rules.name} ({rules.mode}, {rules.nodes} nodes): violation after {res.runs} schedule(s), "
-             f"{res.seconds:.2f}s",
+             f"{res.seconds:.2f}s ({res.cpu_seconds:.2f}s CPU)",
              f"  seed {m.seed}: {m.violation}",
              f"  minimal schedule ({len(m.faults)} of {len(res.failure.faults)} faults; every fault healed at "
              f"t={shape.heal}s):"]
     lines += [f"    {f}" for f in m.faults]
-    lines.append(f"  replay: run_one({m.seed}, rules, shape, faults=[...the faults above...])")
+    lines.append("  each node's last HA-loop sentence:")
+    lines += [f"    {n}: {w}" for n, w in m.last_words.items()]
+    lines.append(f"  replay: run_one({m.seed}, rules, shape, faults={m.faults!r})")
     return "\n".join(lines)
