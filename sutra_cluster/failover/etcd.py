@@ -23,13 +23,22 @@ from sutra_cluster.failover.coordinator import (
     SyncState,
     parse_snapshot,
 )
+from sutra_cluster.failover.keys import shard_prefix  # noqa: F401 - callers' import path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def shard_prefix(cluster: str, shard: int) -> str:
-    return f"/{cluster}/shards/{shard}/"
+
+
+# gRPC's default reconnect backoff grows to seconds while etcd is down, so writes
+# resumed 1.4-4.8 s after etcd answered again; the HA loop retries every tick
+# itself, so the channel should reconnect within a tick or two.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
+]
 
 
 class EtcdCoordinator(Coordinator):
@@ -43,7 +52,8 @@ class EtcdCoordinator(Coordinator):
         for ep in endpoints:
             host, _, port = ep.rpartition(":")
             # A failed endpoint is retried after 0.5 s (the library's default waits 300 s).
-            eps.append(Endpoint(host, int(port), secure=creds is not None, creds=creds, time_retry=0.5))
+            eps.append(Endpoint(host, int(port), secure=creds is not None, creds=creds, time_retry=0.5,
+                                opts=RECONNECT_OPTIONS))
         # User/password auth is done here, not by the library: it would send the
         # token as call credentials, which gRPC sends only over TLS, and it never
         # renews the token (etcd's simple tokens expire after --auth-token-ttl).
@@ -176,6 +186,47 @@ class EtcdCoordinator(Coordinator):
 
     def clear_switchover(self) -> None:
         self._call(lambda: self.client.delete(self.prefix + "switchover"))
+
+    # ---- plain keys (the shard map), so nobody outside failover/ touches the client ----
+    def get(self, key: str) -> str | None:
+        """The value at ``key`` (absolute), or None."""
+        value, _ = self._call(lambda: self.client.get(key))
+        return None if value is None else value.decode()
+
+    def create(self, key: str, value: str) -> tuple[bool, str]:
+        """Put ``value`` unless ``key`` exists; returns (created, the value stored now)."""
+        def txn() -> tuple[bool, str]:
+            t = self.client.transactions
+            ok, resp = self.client.transaction(compare=[t.create(key) == 0], success=[t.put(key, value)],
+                                               failure=[t.get(key)])
+            return (True, value) if ok else (False, resp[0][0][0].decode())
+
+        return self._call(txn)
+
+    def compare_and_put(self, key: str, expected: str, value: str) -> bool:
+        """Put ``value`` only if ``key`` still holds ``expected``."""
+        def txn() -> bool:
+            t = self.client.transactions
+            ok, _ = self.client.transaction(compare=[t.value(key) == expected], success=[t.put(key, value)], failure=[])
+            return bool(ok)
+
+        return self._call(txn)
+
+    def watch(self, key: str, on_value: Callable[[str | None], None]) -> object:
+        """Call ``on_value`` with each new value of ``key`` (None: deleted); returns a
+        handle for ``cancel_watch``. Raises CoordinatorUnavailable."""
+        def callback(event: object) -> None:
+            for ev in getattr(event, "events", []) or []:
+                raw = getattr(ev, "value", b"")
+                on_value(raw.decode() if raw else None)
+
+        return self._call(lambda: self.client.add_watch_callback(key, callback))
+
+    def cancel_watch(self, handle: object) -> None:
+        try:
+            self.client.cancel_watch(handle)
+        except Exception:  # noqa: BLE001 - cancelling on close: the connection goes too
+            pass
 
     def close(self) -> None:
         try:
