@@ -200,37 +200,22 @@ class ClusterClient:
 
     def __init__(self, etcd_endpoints: Sequence[str], *, cluster: str = "sutra", shard: int = 0,
                  timeout: float = 10.0, failover_deadline: float = 15.0, watch: bool = True) -> None:
-        from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+        from sutra_cluster.failover.discovery import ShardWatch
 
-        self._coord = EtcdCoordinator(list(etcd_endpoints), shard_prefix(cluster, shard), "client", timeout=2.0)
+        self._shard = ShardWatch(list(etcd_endpoints), cluster, shard, name="client", timeout=2.0, watch=watch)
         self.timeout = timeout
         self.failover_deadline = failover_deadline
         self._clients: dict[str, SutraClient] = {}
-        self.leader_address = ""
-        self._watch_id: Any = None
-        if watch:
-            try:
-                self._watch_id = self._coord.client.add_watch_callback(
-                    self._coord.prefix + "leader", self._on_watch)
-            except Exception:  # the watch is an optimisation; lookups on error still work
-                self._watch_id = None
 
-    def _on_watch(self, event: Any) -> None:
-        from sutra_cluster.failover.coordinator import LeaderKey
-
-        for ev in getattr(event, "events", []) or []:
-            value = getattr(ev, "value", b"")
-            self.leader_address = LeaderKey.decode(value).address if value else ""
+    @property
+    def leader_address(self) -> str:
+        """The leader's address as last seen in etcd ('' when none is known)."""
+        return self._shard.leader
 
     def close(self) -> None:
-        if self._watch_id is not None:
-            try:
-                self._coord.client.cancel_watch(self._watch_id)
-            except Exception:  # closing anyway
-                pass
         for c in self._clients.values():
             c.close()
-        self._coord.close()
+        self._shard.close()
 
     def __enter__(self) -> ClusterClient:
         return self
@@ -244,21 +229,7 @@ class ClusterClient:
         return self._clients[address]
 
     def find_leader(self, deadline: float) -> str:
-        import time
-
-        from sutra_cluster.failover.coordinator import CoordinatorUnavailable
-
-        while True:
-            try:
-                snap = self._coord.snapshot()
-                if snap.leader is not None:
-                    self.leader_address = snap.leader.address
-                    return self.leader_address
-            except CoordinatorUnavailable:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("no leader found in etcd before the deadline")
-            time.sleep(0.02)
+        return self._shard.wait_leader(deadline)
 
     def call_leader(self, method: str, request: Any) -> Any:
         """Call ``method`` on the leader, following it across failovers until
@@ -281,7 +252,7 @@ class ClusterClient:
                     stale = self._clients.pop(address, None)
                     if stale is not None:
                         stale.close()
-                self.leader_address = ""
+                self._shard.forget(address)
                 address = self.find_leader(deadline)
 
     def learn_concept(self, concept_id: str, content: str, embedding: np.ndarray | None = None, *,

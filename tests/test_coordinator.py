@@ -26,11 +26,10 @@ from sutra_cluster.failover.coordinator import (
     CoordinatorUnavailable,
     LeaderKey,
     MemberInfo,
-    MemoryCoordinator,
-    MemoryStore,
     SyncState,
 )
 from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+from sutra_cluster.failover.memory import MemoryCoordinator, MemoryStore
 from tests.etcd import EtcdProcess
 from tests.helpers import tool, wait_for
 

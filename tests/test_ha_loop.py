@@ -16,7 +16,7 @@ import pytest
 
 from sutra_cluster.config import Config
 from sutra_cluster.errors import Unavailable
-from sutra_cluster.failover.coordinator import ClusterSnapshot, LeaderKey, MemoryCoordinator, MemoryStore
+from sutra_cluster.failover.coordinator import ClusterSnapshot, LeaderKey
 from sutra_cluster.failover.decide import (
     ABANDON,
     ACQUIRE,
@@ -31,6 +31,7 @@ from sutra_cluster.failover.decide import (
     Action,
 )
 from sutra_cluster.failover.loop import HANDOVER_TIMEOUT_S, HaLoop
+from sutra_cluster.failover.memory import MemoryCoordinator, MemoryStore
 from sutra_cluster.replication.commit import ReplicaPosition, SyncCommit
 from sutra_cluster.roles import CommitMode, NodeState, Role
 

@@ -11,7 +11,6 @@ cannot be reached before the deadline raises ``ShardUnavailable`` naming it.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import threading
@@ -97,53 +96,37 @@ class ShardLink:
         self.write_deadline = write_deadline
         self.read_deadline = read_deadline
         self.static_members = tuple(members)
-        self.leader_address = ""
+        self._static_leader = ""
         self._members: tuple[str, ...] = tuple(members)
-        self._members_at = 0.0
         self._rr = itertools.count()
-        self._coord: Any = None
-        self._watch_id: Any = None
+        self._watch: Any = None
         if etcd_endpoints:
-            from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+            from sutra_cluster.failover.discovery import ShardWatch
 
-            self._coord = EtcdCoordinator(list(etcd_endpoints), shard_prefix(cluster, shard), "router", timeout=1.0)
-            if watch:
-                try:
-                    self._watch_id = self._coord.client.add_watch_callback(
-                        self._coord.prefix + "leader", self._on_watch)
-                except Exception as exc:  # noqa: BLE001 - the watch only saves lookups; they work without it
-                    log.warning("shard %d: no watch on the leader key (%s); looking it up on errors", shard, exc)
+            self._watch = ShardWatch(list(etcd_endpoints), cluster, shard, name="router", timeout=1.0, watch=watch)
 
-    def _on_watch(self, event: Any) -> None:
-        from sutra_cluster.failover.coordinator import LeaderKey
+    @property
+    def leader_address(self) -> str:
+        return self._watch.leader if self._watch is not None else self._static_leader
 
-        for ev in getattr(event, "events", []) or []:
-            value = getattr(ev, "value", b"")
-            try:
-                self.leader_address = LeaderKey.decode(value).address if value else ""
-            except ValueError:
-                self.leader_address = ""
+    def _forget(self, address: str) -> None:
+        if self._watch is not None:
+            self._watch.forget(address)
+        elif self._static_leader == address:
+            self._static_leader = ""
 
     def close(self) -> None:
-        if self._coord is not None:
-            if self._watch_id is not None:
-                with contextlib.suppress(Exception):  # closing anyway
-                    self._coord.client.cancel_watch(self._watch_id)
-            self._coord.close()
+        if self._watch is not None:
+            self._watch.close()
 
     # ---- discovery -------------------------------------------------------
     def _lookup(self) -> str:
         """One attempt at finding the leader; refreshes the member list. '' when none."""
-        if self._coord is not None:
-            from sutra_cluster.failover.coordinator import CoordinatorUnavailable
-
-            try:
-                snap = self._coord.snapshot()
-            except CoordinatorUnavailable:
-                return ""
-            self._members = tuple(sorted(m.address for m in snap.members.values() if m.healthy))
-            self._members_at = time.monotonic()
-            return snap.leader.address if snap.leader is not None else ""
+        if self._watch is not None:
+            address = self._watch.lookup()
+            if self._watch.members_at:
+                self._members = self._watch.members
+            return address
         best, best_term = "", -1
         for addr in self.static_members:
             try:
@@ -152,24 +135,22 @@ class ShardLink:
                 continue
             if st.role == "leader" and st.term > best_term:
                 best, best_term = addr, st.term
+        self._static_leader = best
         return best
 
     def find_leader(self, deadline: float) -> str:
         while True:
             addr = self._lookup()
             if addr:
-                self.leader_address = addr
                 return addr
             if time.monotonic() > deadline:
-                where = "in etcd" if self._coord is not None else f"among {', '.join(self.static_members)}"
+                where = "in etcd" if self._watch is not None else f"among {', '.join(self.static_members)}"
                 raise ShardUnavailable(self.shard, f"no leader found {where}")
             time.sleep(0.05)
 
     def members(self) -> tuple[str, ...]:
-        if self._coord is not None and time.monotonic() - self._members_at > 2.0:
-            addr = self._lookup()
-            if addr:
-                self.leader_address = addr
+        if self._watch is not None and time.monotonic() - self._watch.members_at > 2.0:
+            self._lookup()
         return self._members
 
     def replicas(self) -> list[str]:
@@ -210,8 +191,7 @@ class ShardLink:
                 if not retryable(exc, write):
                     raise
                 last = f"{addr}: {_code(exc).name}: {_details(exc)}"
-                if self.leader_address == addr:
-                    self.leader_address = ""
+                self._forget(addr)
                 if time.monotonic() > deadline:
                     raise ShardUnavailable(self.shard, last) from exc
                 time.sleep(0.02)

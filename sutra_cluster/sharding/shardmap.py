@@ -24,13 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sutra_cluster.errors import ConfigError
+from sutra_cluster.failover.keys import cluster_prefix, map_key  # noqa: F401 - map_key: callers import it from here
 from sutra_cluster.sharding.hashing import HASH_NAME, shard_for
 
 MAX_SHARDS = 4096
 
 
-def map_key(cluster: str) -> str:
-    return f"/{cluster}/shardmap"
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def _check_address(a: str) -> str:
 def _etcd(endpoints: Sequence[str], cluster: str, timeout: float):  # type: ignore[no-untyped-def]
     from sutra_cluster.failover.etcd import EtcdCoordinator
 
-    return EtcdCoordinator(list(endpoints), f"/{cluster}/", "shardmap", timeout=timeout)
+    return EtcdCoordinator(list(endpoints), cluster_prefix(cluster), "shardmap", timeout=timeout)
 
 
 class MapReader:
@@ -127,7 +126,7 @@ class MapReader:
     def read(self) -> ShardMap | None:
         """The stored map, or None when there is none. Raises
         CoordinatorUnavailable when etcd cannot be reached."""
-        value, _ = self._coord._call(lambda: self._coord.client.get(self.key))
+        value = self._coord.get(self.key)
         return None if value is None else ShardMap.from_json(value)
 
     def close(self) -> None:
@@ -152,16 +151,8 @@ def publish(endpoints: Sequence[str], cluster: str, smap: ShardMap, timeout: flo
     coord = _etcd(endpoints, cluster, timeout)
     key = map_key(cluster)
     try:
-        def txn() -> ShardMap:
-            t = coord.client.transactions
-            ok, resp = coord.client.transaction(
-                compare=[t.create(key) == 0], success=[t.put(key, smap.to_json())], failure=[t.get(key)])
-            if ok:
-                return smap
-            value = resp[0][0][0]
-            return ShardMap.from_json(value)
-
-        return coord._call(txn)
+        _, stored = coord.create(key, smap.to_json())
+        return ShardMap.from_json(stored)
     finally:
         coord.close()
 
@@ -175,16 +166,10 @@ def replace(endpoints: Sequence[str], cluster: str, smap: ShardMap, expected_ver
     coord = _etcd(endpoints, cluster, timeout)
     key = map_key(cluster)
     try:
-        def txn() -> bool:
-            cur, _ = coord.client.get(key)
-            if cur is None or ShardMap.from_json(cur).version != expected_version:
-                return False
-            t = coord.client.transactions
-            ok, _ = coord.client.transaction(
-                compare=[t.value(key) == cur], success=[t.put(key, smap.to_json())], failure=[])
-            return bool(ok)
-
-        return coord._call(txn)
+        cur = coord.get(key)
+        if cur is None or ShardMap.from_json(cur).version != expected_version:
+            return False
+        return coord.compare_and_put(key, cur, smap.to_json())
     finally:
         coord.close()
 
