@@ -594,8 +594,11 @@ def test_property_at_most_one_node_acquires_and_sync_acquirer_is_in_the_sync_set
         assert m.healthy and m.role != "leader"
         if cfg.commit_mode == "sync" and s.sync is not None:
             assert nid in s.sync.members
-        # Nobody acquires while a live replica has yet to publish its final LSN.
-        assert all(o.frozen_term == s.term for o in s.members.values() if o.healthy and o.role != "leader")
+        # Nobody acquires while a live replica that could win has yet to publish its
+        # final LSN (in sync mode only sync-set members can win).
+        could_win = [o for o in s.members.values() if o.healthy and o.role != "leader"
+                     and (cfg.commit_mode != "sync" or s.sync is None or o.node_id in s.sync.members)]
+        assert all(o.frozen_term == s.term for o in could_win)
         live = [o for o in s.members.values() if o.healthy and o.role != "leader"]
         if cfg.commit_mode == "async" and not s.switchover_to and len({o.last_term for o in live}) == 1:
             # One history: the most advanced replica wins.
@@ -681,3 +684,22 @@ def test_property_next_sync_set(current: tuple[str, ...], connected: dict[str, i
     items = list(connected.items())
     rnd.shuffle(items)  # type: ignore[attr-defined]
     assert next_sync_set(current, dict(items), n, commit) == out
+
+
+def test_sync_election_waits_only_for_sync_members_to_publish_a_final_lsn() -> None:
+    # n3 is outside the sync set and has not frozen (paused, say; its member key
+    # lives on for its TTL): it cannot win, so the election does not wait for it.
+    s = snap(member("n1", 10), member("n2", 9), member("n3", 12, frozen=2), term=3, sync=("n1",))
+    assert decide(s, me("n1", lsn=10), SYNC) == Action(ACQUIRE, "promoted self: leader key acquired at term 4", term=4)
+
+
+def test_async_election_waits_for_every_live_replica() -> None:
+    s = snap(member("n1", 10), member("n2", 9), member("n3", 12, frozen=2), term=3)
+    assert decide(s, me("n1", lsn=10), ASYNC) == Action(
+        WAIT, "no leader at term 3: waiting for n3 to publish a final LSN")
+
+
+def test_sync_election_still_waits_for_an_unfrozen_sync_member() -> None:
+    s = snap(member("n1", 10), member("n2", 12, frozen=2), term=3, sync=("n1", "n2"))
+    assert decide(s, me("n1", lsn=10), SYNC) == Action(
+        WAIT, "no leader at term 3: waiting for n2 to publish a final LSN")

@@ -450,9 +450,7 @@ def test_dead_leader_refusing_connections_is_revoked_before_its_ttl(sync_sim: Si
     for n in ("n2", "n3"):
         sim[n].stream("disconnected")
     sim.clock.advance(0.1)
-    # One refusal could be a restart; two in a row is proof.
-    assert sim["n2"].act().kind == FOLLOW
-    sim.clock.advance(0.1)
+    # In sync mode one refusal is enough: revoking is safe even for a live leader.
     assert sim["n2"].tick() == Action(
         REVOKE, f"leader n1 at {addr('n1')} refuses connections: it is gone; revoking its lease (term 1)")
     assert sim.snapshot().leader is None

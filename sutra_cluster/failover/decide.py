@@ -139,7 +139,13 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
         return Action(DEMOTE, f"demoted: the leader key is gone (term {snap.term})")
     if me.frozen_term != snap.term:
         return Action(FREEZE, f"no leader at term {snap.term}: stopped streaming at LSN {me.flushed_lsn}")
-    waiting = sorted(m.node_id for m in snap.members.values()
+    # Only a node that may win needs to publish its final position: in sync mode
+    # that is a sync-set member, so a paused or slow replica outside the set
+    # (whose member key lives on for its TTL) does not hold up the election.
+    voters = snap.members.values()
+    if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
+        voters = [m for m in voters if m.node_id in snap.sync.members or m.node_id == me.node_id]
+    waiting = sorted(m.node_id for m in voters
                      if m.healthy and m.role != Role.LEADER and m.frozen_term != snap.term)
     if waiting:
         return Action(WAIT, f"no leader at term {snap.term}: waiting for {', '.join(waiting)} to publish a final LSN")

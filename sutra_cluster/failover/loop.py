@@ -85,6 +85,10 @@ class HaLoop:
         self.settings = Settings(mode, cfg.max_lag_on_failover, startup_grace_s=2.0 * cfg.lease_ttl_s,
                                  fast_revoke=mode == CommitMode.SYNC and not cfg.sync_fallback,
                                  handover_timeout_s=HANDOVER_TIMEOUT_S)
+        # Refusals in a row before the holder counts as refusing. In sync mode one is
+        # enough: revoking there is safe even for a live leader (see decide), so the
+        # second probe would only cost a tick of every crash failover.
+        self._strikes = 1 if self.settings.fast_revoke else 2
         self.started = clock()
         self.key: LeaderKey | None = None
         self.lease_deadline = 0.0
@@ -156,7 +160,7 @@ class HaLoop:
         return Local(
             node_id=self.cfg.node_id, address=self.cfg.address, role=st.role, term=st.term,
             flushed_lsn=st.durable_lsn, last_term=st.last_term, frozen_term=self.frozen_term,
-            lease_ok=self.clock() < self.lease_deadline, leader_refused=self.refused >= 2, lag_ms=st.lag_ms,
+            lease_ok=self.clock() < self.lease_deadline, leader_refused=self.refused >= self._strikes, lag_ms=st.lag_ms,
             uptime_s=self.clock() - self.started, healthy=st.healthy,
             handover_target=h.target if h is not None else "", handover_lsn=h.lsn if h is not None else 0,
             target_flushed=target_flushed, handover_elapsed_s=self.clock() - h.started if h is not None else 0.0,
