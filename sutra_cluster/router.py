@@ -42,6 +42,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sutra_cluster import auth
+from sutra_cluster.api import wire
 from sutra_cluster.api.limits import Budget, StreamLimits
 from sutra_cluster.api.status import grpc_errors
 from sutra_cluster.config import _Reader, parse_etcd_endpoints
@@ -278,7 +279,7 @@ class Router:
             # The router serves only the client plane; the interceptor refuses any other method.
             interceptors=[auth.AuthInterceptor(auth.Policy(mtls=bool(cfg.tls_ca and cfg.tls_cert))), streams],
         )
-        storage_pb2_grpc.add_StorageServiceServicer_to_server(RouterServicer(self), self.server)
+        wire.add_storage_service(RouterServicer(self), self.server)  # malformed bytes: INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (STORAGE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

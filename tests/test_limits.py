@@ -229,6 +229,12 @@ def test_router_applies_the_same_bounds(graph_node: NodeProcess, tmp_path: Path)
                 stub.FindPath(pb.FindPathRequest(start_id="HUB", end_id="nowhere", max_depth=20), timeout=30)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "SUTRA_MAX_PATH_VISITS is 1000" in info.value.details(), info.value.details()
+            raw = ch.unary_unary("/sutra.storage.StorageService/LearnConcept", request_serializer=None,
+                                 response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info:
+                raw(b"\x0a\x02\xff\xfe", timeout=10)  # invalid UTF-8 in concept_id
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+            assert "LearnConcept: the request is not a valid LearnConceptRequest" in info.value.details()
             # 200 idle streams: 4 (SUTRA_GRPC_WORKERS / 2) stay open, the rest are refused,
             # and health checks and reads through the router go on.
             streams = [stub.LearnStream.future(_idle_stream(stop), timeout=120) for _ in range(HOSTILE)]
