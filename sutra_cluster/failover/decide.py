@@ -142,7 +142,7 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
     # Only a node that may win needs to publish its final position: in sync mode
     # that is a sync-set member, so a paused or slow replica outside the set
     # (whose member key lives on for its TTL) does not hold up the election.
-    voters = snap.members.values()
+    voters: list[MemberInfo] = list(snap.members.values())
     if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
         voters = [m for m in voters if m.node_id in snap.sync.members or m.node_id == me.node_id]
     waiting = sorted(m.node_id for m in voters
