@@ -209,6 +209,7 @@ def clustered_20k() -> tuple[list[str], np.ndarray, np.ndarray, VectorIndex]:
     return keys, data, queries, index
 
 
+@pytest.mark.slow  # builds a 20K x 768 HNSW index: half the quick loop on a busy machine
 def test_ann_recall_at_10_on_20k_clustered_768d(clustered_20k) -> None:
     keys, data, queries, index = clustered_20k
     recall = _recall(index, keys, data, queries)
