@@ -15,6 +15,7 @@ from sutra_cluster import config
 from sutra_cluster.errors import FailedPrecondition
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.replication.follower import FollowerLoop, StaleLeader
+from sutra_cluster.replication.leader import MAX_FOLLOWERS
 from sutra_cluster.replication.manager import ReplicationManager
 from sutra_cluster.roles import MAX_TERM, Role
 from sutra_cluster.storage.engine import Engine
@@ -165,3 +166,13 @@ def test_a_replica_refuses_a_stream_whose_term_is_not_etcds(tmp_path: Path) -> N
     finally:
         m.stop()
         eng.close()
+
+
+def test_streams_that_come_and_go_leave_bounded_state(leader: tuple[Engine, ReplicationManager, Path]) -> None:
+    # 2,000 hellos once left 2,000 followers (and metric series) for good.
+    _, m, _ = leader
+    for i in range(200):
+        list(m.leader.stream(_hello(node_id=f"fake-{i}"), Context()))  # type: ignore[arg-type]
+    assert len(m.leader.followers) <= MAX_FOLLOWERS + 1
+    assert len(m.leader.commit.replicas) <= MAX_FOLLOWERS + 1
+    assert not m.leader.connected()
