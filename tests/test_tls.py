@@ -69,11 +69,23 @@ def make_cert(path: Path, cn: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.
     return _write(path, key, cert)
 
 
+ISSUERS: dict[str, tuple[ec.EllipticCurvePrivateKey, x509.Certificate]] = {}
+
+
+def node_cert(pki: dict[str, str], node_id: str) -> tuple[str, str]:
+    """A member certificate naming ``node_id``: a node's stream must come from
+    the node its certificate names (one shared certificate cannot say which node
+    acknowledges in a sync set)."""
+    ca_key, ca = ISSUERS[str(Path(pki["ca"]).parent)]
+    return make_cert(Path(pki["ca"]).parent / node_id, node_id, ca_key, ca)
+
+
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, str]:
     ca_key, ca, ca_crt = make_ca(tmp_path / "ca", "sutra-cluster-ca")
     other_key, other, other_crt = make_ca(tmp_path / "other-ca", "stranger-ca")
     member_crt, member_key = make_cert(tmp_path / "member", "node", ca_key, ca)
+    ISSUERS[str(tmp_path)] = (ca_key, ca)
     stranger_crt, stranger_key = make_cert(tmp_path / "stranger", "stranger", other_key, other)
     return {"ca": ca_crt, "cert": member_crt, "key": member_key, "other_ca": other_crt,
             "stranger_cert": stranger_crt, "stranger_key": stranger_key}
@@ -89,11 +101,11 @@ def client(address: str, cert: str, key: str, ca: str) -> SutraClient:
 
 def test_mutual_tls_member_served_stranger_refused(pki: dict[str, str],
                                                    node_factory: Callable[..., NodeProcess]) -> None:
-    member = tls_env(pki["cert"], pki["key"], pki["ca"])
     lport, rport = free_port(), free_port()
-    leader = node_factory("leader", env={**member, "SUTRA_NODE_ROLE": "leader",
+    lcert, rcert = node_cert(pki, f"node-{lport}"), node_cert(pki, f"node-{rport}")
+    leader = node_factory("leader", env={**tls_env(*lcert, pki["ca"]), "SUTRA_NODE_ROLE": "leader",
                                          "SUTRA_REPLICAS": f"127.0.0.1:{rport}"}, port=lport, start=False)
-    replica = node_factory("replica", env={**member, "SUTRA_NODE_ROLE": "replica",
+    replica = node_factory("replica", env={**tls_env(*rcert, pki["ca"]), "SUTRA_NODE_ROLE": "replica",
                                            "SUTRA_LEADER": f"127.0.0.1:{lport}"}, port=rport, start=False)
     for n in (leader, replica):
         n.start(wait=False)
