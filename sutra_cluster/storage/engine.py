@@ -153,7 +153,7 @@ class Engine(HistoryOps):
     def _open_wal(self, start_lsn: int) -> WriteAheadLog:
         wal = WriteAheadLog(
             self.dir, fsync=self.cfg.wal_fsync, segment_bytes=self.cfg.wal_segment_bytes,
-            on_dropped=self._on_dropped, start_lsn=start_lsn,
+            start_lsn=start_lsn,  # the WAL logs a cut tail itself, once
         )
         wal.on_fsync = self._on_fsync
         self._last_durable = wal.durable_lsn
@@ -266,9 +266,6 @@ class Engine(HistoryOps):
             self.state.load_chunk(chunk, vec)
             for keys, mat in iter_vectors(vec.upserts, dim):
                 self.vectors.upsert(keys, mat)
-
-    def _on_dropped(self, path: Path, offset: int, nbytes: int, reason: str) -> None:
-        log.warning("WAL %s: cut %d bytes at offset %d (%s); kept in a .broken file", path, nbytes, offset, reason)
 
     def _on_fsync(self, seconds: float) -> None:
         self.metrics.fsync_latency.observe(seconds)
