@@ -11,18 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sutra_cluster.config import Config, timing_problems
-from sutra_cluster.failover.coordinator import (
-    ClusterSnapshot,
-    Coordinator,
-    CoordinatorUnavailable,
-    LeaderKey,
-    MemberInfo,
-    MemoryCoordinator,
-    MemoryStore,
-    SyncState,
-)
+from sutra_cluster.failover.coordinator import Coordinator, MemoryCoordinator, MemoryStore
 from sutra_cluster.replication.commit import SyncCommit
 from tests.sim.checker import Checker
+from tests.sim.etcd import EtcdLink, TickThread
 from tests.sim.node import HEARTBEAT_S, SimNode, addr, node_of
 from tests.sim.streams import Wire
 from tests.sim.world import REJECT, Network, Scheduler
@@ -50,54 +42,6 @@ def default_loop(port: Any, coord: Coordinator, cfg: Config, clock: Callable[[],
     return HaLoop(port, coord, cfg, clock=clock, probe=probe)
 
 
-class CutOff(Coordinator):
-    """A node's coordinator behind its own link to etcd: while that link is cut
-    (or etcd is down) every call raises ``CoordinatorUnavailable``."""
-
-    def __init__(self, inner: MemoryCoordinator, cluster: SimCluster, node_id: str) -> None:
-        self.inner, self.c, self.node_id = inner, cluster, node_id
-
-    def _check(self) -> None:
-        if self.node_id in self.c.etcd_cut:
-            raise CoordinatorUnavailable(f"{self.node_id} is cut off from etcd")
-
-    def snapshot(self) -> ClusterSnapshot:
-        self._check()
-        return self.inner.snapshot()
-
-    def publish_member(self, info: MemberInfo) -> None:
-        self._check()
-        self.inner.publish_member(info)
-
-    def acquire(self, key: LeaderKey, expected_term: int) -> LeaderKey | None:
-        self._check()
-        return self.inner.acquire(key, expected_term)
-
-    def renew(self, key: LeaderKey) -> bool:
-        self._check()
-        return self.inner.renew(key)
-
-    def release(self, key: LeaderKey) -> bool:
-        self._check()
-        return self.inner.release(key)
-
-    def revoke(self, key: LeaderKey) -> bool:
-        self._check()
-        return self.inner.revoke(key)
-
-    def set_sync(self, leader: LeaderKey, sync: SyncState) -> bool:
-        self._check()
-        return self.inner.set_sync(leader, sync)
-
-    def request_switchover(self, target: str) -> None:
-        self._check()
-        self.inner.request_switchover(target)
-
-    def clear_switchover(self) -> None:
-        self._check()
-        self.inner.clear_switchover()
-
-
 @dataclass
 class Stats:
     writes: int = 0
@@ -116,6 +60,8 @@ class SimCluster:
         self.store = MemoryStore()
         self.store.now = self.sched.clock
         self.etcd_cut: set[str] = set()
+        self.etcd_latency: dict[str, float] = {}  # seconds per etcd call, per node
+        self.ticking: dict[str, TickThread] = {}
         self.stall_s = 0.5
         self.ids = [f"n{i + 1}" for i in range(rules.nodes)]
         self.cfgs = {n: self._config(n) for n in self.ids}
@@ -143,7 +89,7 @@ class SimCluster:
         cfg = self.cfgs[n]
         inner = MemoryCoordinator(self.store, PREFIX, n, ttl=cfg.lease_ttl_s, member_ttl=2.0 * cfg.lease_ttl_s)
         factory = self.rules.loop_factory or default_loop
-        self.loops[n] = factory(self.nodes[n], CutOff(inner, self, n), cfg, self.sched.clock, self._prober(n))
+        self.loops[n] = factory(self.nodes[n], EtcdLink(inner, self, n), cfg, self.sched.clock, self._prober(n))
         jitter = self.sched.rng.uniform(0.0, 0.1)
         self.sched.after(jitter, self._tick, n, node=n)
         self.sched.after(jitter + HEARTBEAT_S / 2, self.nodes[n].timer, node=n)
@@ -157,6 +103,14 @@ class SimCluster:
 
     def _tick(self, n: str) -> None:
         self.check.tick(self.nodes[n])
+        if self.etcd_latency.get(n, 0.0) > 0:
+            t = TickThread(self, n, lambda: self._tick_body(n))
+            self.ticking[n] = t
+            t.start()
+        else:
+            self._tick_body(n)
+
+    def _tick_body(self, n: str) -> None:
         try:
             self.loops[n].tick()
         except AssertionError:
@@ -181,6 +135,9 @@ class SimCluster:
         node = self.nodes[n]
         if not node.alive:
             return
+        t = self.ticking.pop(n, None)
+        if t is not None:
+            t.kill()
         self.sched.kill(n)
         for s in self.wire.of(n):
             other = s.follower if s.leader == n else s.leader
@@ -221,6 +178,7 @@ class SimCluster:
                     self.heal(a, b)
         self.store.down = False
         self.etcd_cut.clear()
+        self.etcd_latency.clear()
         for n in self.ids:
             self.resume(n)
             self.restart(n)
@@ -228,3 +186,9 @@ class SimCluster:
 
     def run(self, until: float) -> None:
         self.sched.run_until(until, self.check.step)
+
+    def close(self) -> None:
+        """End every tick still waiting on etcd (its thread ends with it)."""
+        for t in self.ticking.values():
+            t.kill()
+        self.ticking.clear()

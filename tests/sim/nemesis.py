@@ -15,6 +15,7 @@ from tests.sim.world import DROP, REJECT
 EPISODES = (
     ("crash", "restart", 5), ("pause", "resume", 2), ("cut", "heal", 3), ("isolate", "rejoin", 2),
     ("etcd_down", "etcd_up", 1), ("etcd_cut", "etcd_heal", 2), ("slow_disk", "fast_disk", 1),
+    ("slow_etcd", "fast_etcd", 2),
 )
 # Targets are named by role and resolved when the fault happens (FoundationDB's
 # nemeses aim at roles too): the leader, a member of the published sync set, a
@@ -30,9 +31,10 @@ class Fault:
     b: str = ""
     mode: str = ""
     ep: int = 0  # the episode: its end acts on the node(s) its start resolved
+    x: float = 0.0  # slow_etcd: seconds per call
 
     def __str__(self) -> str:
-        args = " ".join(x for x in (self.a, self.b, self.mode) if x)
+        args = " ".join(x for x in (self.a, self.b, self.mode, f"{self.x * 1000:.0f} ms" if self.x else "") if x)
         return f"t={self.t:6.3f}s #{self.ep} {self.op} {args}".rstrip()
 
 
@@ -50,7 +52,11 @@ def generate(seed: int, ids: list[str], count: int, start: float, end: float) ->
         b = rng.choice([r for r in ROLES if r != a]) if begin == "cut" else ""
         mode = rng.choice((DROP, REJECT)) if begin in ("cut", "isolate") else ""
         t0 = round(rng.uniform(start, end), 3)
-        out.append(Fault(t0, begin, a, b, mode, ep))
+        x = 0.0
+        if begin == "slow_etcd":
+            a = rng.choice((*ROLES, "all", "all"))
+            x = round(rng.uniform(0.02, 0.4), 3)  # around SUTRA_RETRY_TIMEOUT_MS, both sides of it
+        out.append(Fault(t0, begin, a, b, mode, ep, x))
         if rng.random() < 0.85:
             t1 = round(t0 + rng.uniform(0.05, 2.5), 3)
             if t1 < end:
@@ -82,7 +88,7 @@ class Resolver:
 
 def apply(c: SimCluster, f: Fault, r: Resolver) -> None:
     op = f.op
-    if op in ("restart", "resume", "heal", "rejoin", "etcd_up", "etcd_heal", "fast_disk"):
+    if op in ("restart", "resume", "heal", "rejoin", "etcd_up", "etcd_heal", "fast_disk", "fast_etcd"):
         if f.ep not in r.eps:
             return  # its start was shrunk away
         nodes = r.eps.pop(f.ep)
@@ -100,12 +106,21 @@ def apply(c: SimCluster, f: Fault, r: Resolver) -> None:
             c.store.down = False
         elif op == "etcd_heal":
             c.etcd_cut.discard(nodes[0])
+        elif op == "fast_etcd":
+            for n in nodes:
+                c.etcd_latency.pop(n, None)
         else:
             c.nodes[nodes[0]].slow_disk = False
         return
     if op == "etcd_down":
         c.store.down = True
         r.eps[f.ep] = ()
+        return
+    if op == "slow_etcd":
+        nodes = tuple(c.ids) if f.a == "all" else (r.node(c, f.a),)
+        r.eps[f.ep] = nodes
+        for n in nodes:
+            c.etcd_latency[n] = f.x
         return
     a = r.node(c, f.a)
     r.eps[f.ep] = (a,)

@@ -57,6 +57,8 @@ def run_one(seed: int, rules: Rules, shape: Shape = Shape(), faults: list[Fault]
         c.check.final()
     except Violation as v:
         violation = v
+    finally:
+        c.close()
     violation = c.check.violation or violation
     words = {n: getattr(loop, "last_reason", "") for n, loop in sorted(c.loops.items())}
     return Outcome(seed, list(faults), violation, c.stats, c.check.lost, c.check.exposed_cuts, c.sched.steps, words)
