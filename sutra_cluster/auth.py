@@ -83,7 +83,7 @@ def required_roles(method: str) -> frozenset[str] | None:
 
 
 def plane(method: str) -> str:
-    """"client", "node" or "admin": the plane ``method`` belongs to."""
+    """The plane ``method`` belongs to: "client", "node" or "admin"."""
     if required_roles(method) is None:
         return "client"
     return "node" if method in NODE_PLANE else "admin"

@@ -2,8 +2,9 @@
 
 - ``SUTRA_TLS_CERT`` + ``SUTRA_TLS_KEY``: the node serves TLS; clients verify it.
 - ``SUTRA_TLS_CA`` as well: mutual TLS. Every peer must present a certificate
-  signed by the cluster's CA, so a process without one can neither stream the
-  WAL from a leader, nor feed a replica, nor call Promote (nor anything else).
+  signed by the cluster's CA, so a process without one can call nothing; the
+  role in the certificate (``spiffe://sutra/<role>/<name>``) then decides whether
+  it may stream the WAL or call Promote (see ``sutra_cluster.auth``).
 Nodes connect to each other with their own certificate and trust the CA (or,
 without a CA, their own certificate, as with the guide's self-signed one).
 
