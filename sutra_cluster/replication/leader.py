@@ -22,6 +22,7 @@ from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.replication.commit import ReplicaPosition, SyncCommit
 from sutra_cluster.roles import MAX_TERM, CommitMode, Role
 from sutra_cluster.storage.engine import Engine
+from sutra_cluster.storage.terms import TermHistory
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,30 @@ class Follower:
     @property
     def connected(self) -> bool:
         return self.pos.connected
+
+
+def divergence(terms: TermHistory, leader_last: int, node_id: str, last_lsn: int,
+               last_term: int) -> tuple[str, int | None] | None:
+    """Whether a follower whose log ends at (``last_lsn``, ``last_term``) holds a
+    prefix of this leader's history (``terms``, log ending at ``leader_last``).
+
+    None when it does; else (why, the LSN it must cut its log after, or None when
+    only a snapshot can help: the leader's history does not know that term)."""
+    if last_lsn == 0:
+        return None
+    mine = terms.term_at(last_lsn) if last_lsn <= leader_last else -1
+    if mine == last_term:
+        return None
+    branch = terms.branch_point(last_lsn, last_term)
+    if mine == -1 and branch is not None and branch == last_lsn:
+        # The follower is ahead of this leader in a term both know: it keeps
+        # what this leader has, if this leader's last record is of that term.
+        branch = leader_last if terms.term_at(leader_last) == last_term else None
+    reason = (f"history diverged: follower {node_id} ends at LSN {last_lsn} of term "
+              f"{last_term}; this leader has {'no such LSN' if mine == -1 else f'term {mine} there'}")
+    if mine == 0:
+        reason = f"leader's history does not reach back to LSN {last_lsn}"
+    return reason, branch
 
 
 class LeaderStreams:
@@ -93,22 +118,7 @@ class LeaderStreams:
 
     # ---- streaming -------------------------------------------------------
     def _divergence(self, hello: rpb.Hello) -> tuple[str, int | None] | None:
-        """None when the follower's log is a prefix of ours; else (reason, the
-        LSN to truncate after, or None when only a snapshot can help)."""
-        eng = self.engine
-        if hello.last_lsn == 0:
-            return None
-        mine = eng.terms.term_at(hello.last_lsn) if hello.last_lsn <= eng.wal.last_lsn else -1
-        if mine == hello.last_term:
-            return None
-        branch = eng.terms.branch_point(hello.last_lsn, hello.last_term)
-        if mine == -1 and branch is not None and branch == hello.last_lsn:
-            branch = eng.wal.last_lsn if eng.terms.term_at(eng.wal.last_lsn) == hello.last_term else None
-        reason = (f"history diverged: follower {hello.node_id} ends at LSN {hello.last_lsn} of term "
-                  f"{hello.last_term}; this leader has {'no such LSN' if mine == -1 else f'term {mine} there'}")
-        if mine == 0:
-            reason = f"leader's history does not reach back to LSN {hello.last_lsn}"
-        return reason, branch
+        return divergence(self.engine.terms, self.engine.wal.last_lsn, hello.node_id, hello.last_lsn, hello.last_term)
 
     def _check_hello(self, hello: rpb.Hello, context: grpc.ServicerContext) -> None:
         """A hello's numbers are claims: bound them before anything acts on them."""
