@@ -1,5 +1,10 @@
 """Cosine-similarity vector index over concept embeddings.
 
+Over 450 lines, knowingly: the flat store, the trailing HNSW graph, its
+maintainer thread and the merged search share one publication protocol (row
+counts, watermarks, the phase-fair lock) that is easiest to check in one file.
+Issue 12 (one copy of each vector, a persisted index) will reshape it.
+
 Design (why it looks like this):
 
 * An exact *flat store* keeps every live vector, original and L2-normalised,
