@@ -123,7 +123,7 @@ def test_finds_defect_2_revoke_on_refused_port_in_async_mode() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 10 finding: an empty sync set published at election blocks "
+@pytest.mark.xfail(strict=True, reason="issue 10 finding: an empty published sync set blocks "
                                        "every later election (see docs/HA.md, Simulation)")
 def test_a_leader_after_healing() -> None:
     rules = Rules(mode="sync")

@@ -4,6 +4,7 @@ schedule into a minimal one that still fails the same way."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,7 +43,19 @@ class Outcome:
 
 def run_one(seed: int, rules: Rules, shape: Shape = Shape(), faults: list[Fault] | None = None,
             strict_reads: bool = False) -> Outcome:
-    """Run one schedule. Same (seed, rules, shape, faults): same run, event for event."""
+    """Run one schedule. Same (seed, rules, shape, faults): same run, event for event.
+    The nodes' own log lines are silenced meanwhile: thousands of schedules'
+    worth of them would only cost time (a failure's report says what happened)."""
+    quiet = logging.getLogger("sutra_cluster")  # its children inherit the level
+    was = quiet.level
+    quiet.setLevel(logging.CRITICAL + 1)
+    try:
+        return _run_one(seed, rules, shape, faults, strict_reads)
+    finally:
+        quiet.setLevel(was)
+
+
+def _run_one(seed: int, rules: Rules, shape: Shape, faults: list[Fault] | None, strict_reads: bool) -> Outcome:
     c = SimCluster(seed, rules)
     c.check.strict_reads = strict_reads
     if faults is None:
