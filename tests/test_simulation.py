@@ -102,6 +102,42 @@ def test_random_seeds_for_as_long_as_asked() -> None:
         assert res.failure is None, report(res, rules, SHAPE)
 
 
+def test_the_checker_catches_each_kind_of_violation() -> None:
+    """Each invariant can fail: fed a broken history directly, the checker says so."""
+    from tests.sim.checker import Violation
+    from tests.sim.cluster import SimCluster
+
+    def shard() -> tuple[SimCluster, list[Any]]:
+        c = SimCluster(1, Rules(mode="sync"))
+        return c, [c.nodes[n] for n in c.ids]
+
+    c, (n1, n2, n3) = shard()
+    for t, node, wid, term in ((1.0, n1, 1, 2), (2.0, n2, 2, 3)):
+        c.sched.clock.t = t
+        c.check.on_ack(node, wid, wid, term)
+    c.sched.clock.t = 3.0
+    with pytest.raises(Violation, match="two acknowledgers"):
+        c.check.on_ack(n1, 3, 3, 2)  # n1 again, after n2 began
+    c, (n1, n2, n3) = shard()
+    n3.terms.observe(5)
+    c.check.tick(n3)
+    n3.terms.highest = 4
+    with pytest.raises(Violation, match="terms"):
+        c.check.tick(n3)
+    c, (n1, n2, n3) = shard()
+    n1.log, n2.log = [(2, 0), (2, 7)], [(2, 0), (3, 8)]
+    with pytest.raises(Violation, match="reads"):
+        c.check.on_accept(n1, n2, 2)  # n2's second record is not n1's
+    c, (n1, n2, n3) = shard()
+    c.check.sync_members = ("n3",)
+    with pytest.raises(Violation, match="sync durability"):
+        c.check.on_ack(n2, 4, 3, 3)  # n3 holds nothing at LSN 3
+    c, (n1, n2, n3) = shard()
+    c.check.acked[9] = (2, 3, "n2", 0.0)
+    with pytest.raises(Violation, match="sync durability"):
+        c.check.on_cut(n2, 1, [(3, 9)], "diverged")  # an acknowledged write cut
+
+
 # --------------------------------------------------------------------------- the proof it bites
 
 
