@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from sutra_cluster.failover.port import NodeState
 from sutra_cluster.replication.commit import SyncCommit
+from sutra_cluster.replication.leader import divergence
 from sutra_cluster.roles import CommitMode, Role
 from sutra_cluster.storage.terms import TermHistory
 from tests.sim.streams import Stream
@@ -349,20 +350,14 @@ class SimNode:
             self.c.wire.send(s.down, self.c.nodes[s.follower].on_heartbeat, s, self.durable)
 
     def _divergence(self, h: Hello) -> tuple[int, bool] | None:
-        """LeaderStreams._divergence: None when the follower's log is a prefix of
-        ours, else (the LSN to cut after, False) or (0, True) for a snapshot."""
-        if h.last_lsn == 0:
+        """The real ``divergence`` rule: None when the follower's log is a prefix of
+        ours, else (the LSN to cut after, False) or (0, True) for a snapshot. No
+        checkpoint cuts a simulated WAL, so every branch point is still in it."""
+        d = divergence(self.terms, len(self.log), h.node_id, h.last_lsn, h.last_term)
+        if d is None:
             return None
-        last = len(self.log)
-        mine = self.terms.term_at(h.last_lsn) if h.last_lsn <= last else -1
-        if mine == h.last_term:
-            return None
-        branch = self.terms.branch_point(h.last_lsn, h.last_term)
-        if mine == -1 and branch is not None and branch == h.last_lsn:
-            branch = last if self.terms.term_at(last) == h.last_term else None
-        if branch is not None and branch >= 0:
-            return branch, False
-        return 0, True
+        _, branch = d
+        return (branch, False) if branch is not None and branch >= 0 else (0, True)
 
     def _reject(self, s: Stream, why: str) -> None:
         s.open = False
