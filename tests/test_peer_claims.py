@@ -176,3 +176,5 @@ def test_streams_that_come_and_go_leave_bounded_state(leader: tuple[Engine, Repl
     assert len(m.leader.followers) <= MAX_FOLLOWERS + 1
     assert len(m.leader.commit.replicas) <= MAX_FOLLOWERS + 1
     assert not m.leader.connected()
+    # Hellos that never acknowledged anything hold no WAL back (one kept 50 MB for 5 minutes).
+    assert m.leader.retain_floor() is None

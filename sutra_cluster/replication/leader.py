@@ -45,6 +45,7 @@ class Follower:
     sent: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     stream_id: int = 0
+    acked: bool = False  # acknowledged anything: a replica, not just a hello
 
     @property
     def flushed(self) -> int:
@@ -287,6 +288,7 @@ class LeaderStreams:
                     f.written = min(msg.ack.written_lsn, f.sent)
                     f.applied = min(msg.ack.applied_lsn, f.sent)
                     f.last_seen = time.monotonic()
+                    f.acked = True
                     self.commit.ack(f.pos, min(msg.ack.flushed_lsn, f.sent), f.last_seen)
                     self._acks.notify_all()
         except grpc.RpcError:
@@ -370,7 +372,9 @@ class LeaderStreams:
         """Lowest flushed LSN of replicas connected or seen recently: the WAL they
         still need (the engine bounds this by SUTRA_WAL_KEEP_BYTES)."""
         now = time.monotonic()
-        needed = [f.flushed for f in self.followers.values() if f.connected or now - f.last_seen < RECENTLY_SEEN_S]
+        # A stream that never acknowledged anything (a hello, then gone) keeps no WAL.
+        needed = [f.flushed for f in self.followers.values()
+                  if f.connected or (f.acked and now - f.last_seen < RECENTLY_SEEN_S)]
         return min(needed) if needed else None
 
     # ---- status --------------------------------------------------------------
