@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from sutra_cluster.api import validate as model
 from sutra_cluster.api import wire
 from sutra_cluster.api.limits import Budget, client_of
 from sutra_cluster.api.status import grpc_errors
@@ -16,7 +17,6 @@ from sutra_cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidAr
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc, wal_pb2
 from sutra_cluster.sharding.guard import ShardGuard
-from sutra_cluster.storage import model
 from sutra_cluster.storage.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def __init__(self, engine: Engine, health: Callable[[], tuple[bool, str]] | None = None,
                  waits: Budget | None = None) -> None:
         self.engine = engine
-        self.limits = engine.limits
+        cfg = engine.cfg
+        self.limits = model.Limits(cfg.vector_dimension, cfg.max_batch, cfg.max_message_bytes)
         self.health = health or (lambda: (True, "serving"))
         self.guard = ShardGuard(engine.cfg)
         # Reads that wait for a sequence hold a worker: they share the client

@@ -44,11 +44,11 @@ from typing import Any, TypeVar
 
 import grpc
 
+from sutra_cluster.api import validate as model
 from sutra_cluster.errors import InvalidArgument, ResourceExhausted
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.sharding.links import Channels, ShardLink, ShardUnavailable, retryable
 from sutra_cluster.sharding.shardmap import ShardMap
-from sutra_cluster.storage import model
 from sutra_cluster.storage.state import walk_back
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.roles import Role
 from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.history import HistoryOps
-from sutra_cluster.storage.model import Limits, batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
 from sutra_cluster.storage.tail import WalTail
 from sutra_cluster.storage.terms import TermHistory
@@ -81,7 +81,6 @@ class Engine(HistoryOps):
         self.dir = Path(cfg.storage_path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics = metrics or NodeMetrics()
-        self.limits = Limits(cfg.vector_dimension, cfg.max_batch, cfg.max_message_bytes)
         self.state = GraphState()
         self.vectors = VectorIndex(cfg.vector_dimension, exact_limit=cfg.ann_threshold, index_yield=cfg.index_yield)
         self._lock = threading.RLock()  # guards state, vectors' consistency with applied_lsn

@@ -18,7 +18,7 @@ from sutra_cluster.errors import StorageFailure
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.roles import MAX_TERM
 from sutra_cluster.storage import checkpoint as ckpt
-from sutra_cluster.storage.model import batch_items, logged_body, request_fingerprint
+from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint
 from sutra_cluster.storage.tail import Entry, WalTail
 from sutra_cluster.storage.wal import WalWriteError, WriteAheadLog, wal_files
 from sutra_cluster.storage.wal_format import RT_BATCH, RT_TERM

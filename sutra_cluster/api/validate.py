@@ -1,4 +1,4 @@
-"""Request validation and the limits it enforces.
+"""Request validation and the limits it enforces (the API layer).
 
 Every check here runs before anything is logged, so a rejected request writes
 nothing. Messages name the field and the limit, as operators read them from
@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import crc32c
 import numpy as np
 
-from sutra_cluster.errors import AlreadyExists, InvalidArgument
+from sutra_cluster.errors import InvalidArgument
 from sutra_cluster.pb import storage_pb2, wal_pb2
+from sutra_cluster.storage.batch import batch_items
 
 MAX_ID_BYTES = 256
 # Request ids are kept in memory (Engine.request_ids) and logged with every
@@ -186,10 +186,6 @@ def normalise_embeddings(concepts: Iterable[Any], dim: int, prefix: str = "conce
     return converted
 
 
-def batch_items(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch) -> int:
-    return len(batch.concepts) + len(batch.associations) + len(batch.delete_concept_ids)
-
-
 def check_batch(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch, limits: Limits,
                 size: int | None = None) -> bool:
     """Validate a whole batch; it is accepted entirely or not at all. Returns
@@ -232,33 +228,3 @@ def path_depth(max_depth: int) -> int:
     return max_depth or DEFAULT_PATH_DEPTH
 
 
-# ---- request ids -----------------------------------------------------------
-# A request id names one write: a retry resends the same request and gets the
-# first write's LSN. The engine keeps, with each id, a fingerprint of the request
-# as logged (without the leader's timestamp), so reusing an id for a different
-# payload is refused instead of answered with the old LSN (review M1).
-
-def request_fingerprint(body: bytes) -> int:
-    """crc32c and length of a logged request's bytes: cheap on the write path, and
-    enough to tell a retry from a different write (this is not a security hash)."""
-    return (crc32c.crc32c(body) << 32) | (len(body) & 0xFFFFFFFF)
-
-
-def logged_body(payload: bytes, batch: wal_pb2.WalBatch) -> bytes:
-    """The request bytes inside a logged payload: the leader appends its timestamp
-    (field 15, the highest, so it also ends a plain serialization)."""
-    suffix = wal_pb2.WalBatch(timestamp_us=batch.timestamp_us).SerializeToString()
-    return payload[: -len(suffix)] if suffix and payload.endswith(suffix) else payload
-
-
-def same_request(request_id: str, seen: tuple[int, int] | None, fingerprint: int) -> int | None:
-    """The LSN of the earlier write with this id (None: a new id). Raises
-    AlreadyExists when the id was used for a different payload."""
-    if seen is None:
-        return None
-    if seen[1] != fingerprint:
-        shown = request_id if len(request_id) <= 64 else request_id[:64] + "..."
-        raise AlreadyExists(
-            f"request_id {shown!r} was already used by the write at sequence {seen[0]} with a different payload; "
-            "a retry must resend the same request, a new write needs a new request_id")
-    return seen[0]
