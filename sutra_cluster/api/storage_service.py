@@ -12,11 +12,11 @@ import grpc
 from sutra_cluster.api import validate as model
 from sutra_cluster.api import wire
 from sutra_cluster.api.limits import Budget, client_of
+from sutra_cluster.api.shard_guard import ShardGuard
 from sutra_cluster.api.status import grpc_errors
 from sutra_cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc, wal_pb2
-from sutra_cluster.sharding.guard import ShardGuard
 from sutra_cluster.storage.engine import Engine
 
 log = logging.getLogger(__name__)

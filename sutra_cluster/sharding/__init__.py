@@ -3,7 +3,7 @@
 - ``hashing``: concept id -> shard (jump hash of a 64-bit blake2b of the id).
 - ``shardmap``: the versioned map in etcd (``/<cluster>/shardmap``) or from
   ``SUTRA_SHARD_MAP``.
-- ``guard``: a node's wrong-shard check.
+- (a node's wrong-shard check is ``api.shard_guard``)
 - ``links``: one shard's leader and replicas, followed through etcd.
 - ``core``: cross-shard reads and writes, shared by the router process and
   the Python client.
