@@ -81,6 +81,16 @@ def test_real_rules_hold_for_the_fixed_budget(mode: str) -> None:
         assert res.lost_async == 0
 
 
+@pytest.mark.slow
+def test_five_nodes_with_two_sync_replicas() -> None:
+    """SUTRA_SYNC_REPLICAS=2 of 4 replicas: sets of two, replaced one member at a time."""
+    rules = Rules(mode="sync", nodes=5, sync_replicas=2, name="5 nodes, SUTRA_SYNC_REPLICAS=2")
+    res = search(range(1, BUDGET // 5 + 1), rules, SHAPE, kinds=SAFETY)
+    print(f"\n{report(res, rules, SHAPE)}: {res.acked} writes acknowledged, {res.failovers} promotions")
+    assert res.failure is None, report(res, rules, SHAPE)
+    assert res.acked > 20 * res.runs and res.failovers > res.runs
+
+
 def test_same_seed_same_run() -> None:
     a = run_one(83, Rules(mode="sync"), SHAPE)
     b = run_one(83, Rules(mode="sync"), SHAPE)
