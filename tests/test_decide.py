@@ -176,7 +176,7 @@ def test_leader_sees_key_held_by_another_demotes_even_with_a_good_lease() -> Non
 def test_sync_replica_revokes_a_leader_that_refuses_connections() -> None:
     # Safe in sync mode: the old leader cannot acknowledge without a sync member,
     # and the one elected froze (stopped following it) before the election.
-    s = snap(member("n1"), leader=key("n2", 5), term=5)
+    s = snap(member("n1"), leader=key("n2", 5), term=5, sync=("n1",))
     assert decide(s, me("n1", refused=True), SYNC) == Action(
         REVOKE, f"leader n2 at {addr('n2')} refuses connections: it is gone; revoking its lease (term 5)")
 
@@ -460,22 +460,44 @@ def test_sync_member_is_chosen_even_beyond_max_lag_of_a_non_member() -> None:
 def test_sync_no_live_sync_member_waits_with_the_documented_reason() -> None:
     s = snap(member("n1", 100), member("n2", 50, healthy=False), term=3, sync=("n3", "n2"))
     assert candidate(s, SYNC) == (
-        None, "no member of the sync set ['n2', 'n3'] is alive; waiting (no acknowledged write may be lost)")
+        None, "no member of the sync set ['n2', 'n3'] (nor its leader old) is alive; waiting (no acknowledged write "
+              "may be lost)")
     assert decide(s, me("n1", lsn=100), SYNC) == Action(
-        WAIT, "no leader at term 3: no member of the sync set ['n2', 'n3'] is alive; "
+        WAIT, "no leader at term 3: no member of the sync set ['n2', 'n3'] (nor its leader old) is alive; "
               "waiting (no acknowledged write may be lost)")
 
 
 def test_sync_set_member_that_is_the_old_leader_is_not_eligible() -> None:
     s = snap(member("n1", 100), member("n2", 100, role="leader"), sync=("n2",))
     assert decide(s, me("n1", lsn=100), SYNC).reason == (
-        "no leader at term 3: no member of the sync set ['n2'] is alive; waiting (no acknowledged write may be lost)")
+        "no leader at term 3: no member of the sync set ['n2'] (nor its leader old) is alive; waiting (no "
+        "acknowledged write may be lost)")
 
 
 def test_sync_empty_sync_set_waits() -> None:
     s = snap(member("n1", 100), sync=())
     assert decide(s, me("n1", lsn=100), SYNC) == Action(
-        WAIT, "no leader at term 3: no member of the sync set [] is alive; waiting (no acknowledged write may be lost)")
+        WAIT, "no leader at term 3: no member of the sync set [] (nor its leader old) is alive; waiting (no "
+              "acknowledged write may be lost)")
+
+
+def test_sync_the_leader_that_published_the_set_may_take_over_again() -> None:
+    # The simulator's finding: a leader that published an empty set (no replica had
+    # caught up) and then lost its key holds every acknowledged write; without it
+    # being eligible the shard stayed leaderless for good.
+    s = ClusterSnapshot(leader=None, term=3, members={m.node_id: m for m in (member("n1", 100), member("n2", 90))},
+                        sync=SyncState("n1", 3, ()), revision=1)
+    assert decide(s, me("n1", lsn=100), SYNC) == Action(ACQUIRE, "promoted self: leader key acquired at term 4", term=4)
+    assert decide(s, me("n2", lsn=90), SYNC) == Action(
+        WAIT, "no leader at term 3: n1 (LSN 100) should take over")
+
+
+def test_sync_only_a_sync_member_revokes_a_refusing_leader() -> None:
+    # One node whose own link to the leader is refused must not unseat a leader
+    # that its sync set still reaches (the simulator saw terms 2..6 in a second).
+    s = snap(member("n1"), member("n3"), leader=key("n2", 5), term=5, sync=("n3",))
+    assert decide(s, me("n1", refused=True), SYNC).kind == FOLLOW
+    assert decide(s, me("n3", refused=True), SYNC).kind == REVOKE
 
 
 def test_sync_switchover_target_outside_the_sync_set_is_ignored() -> None:

@@ -781,7 +781,7 @@ def test_sync_dead_leader_and_dead_sync_member_leave_the_shard_waiting(sync_sim:
     for _ in range(5):
         sim.clock.advance(0.1)
         assert sim["n3"].tick() == Action(
-            WAIT, "no leader at term 1: no member of the sync set ['n2'] is alive; "
+            WAIT, "no leader at term 1: no member of the sync set ['n2'] (nor its leader n1) is alive; "
                   "waiting (no acknowledged write may be lost)")
     assert sim.snapshot().leader is None and sim["n3"].m.calls.count("promote_to 2") == 0
 

@@ -74,6 +74,15 @@ class Action:
     release: bool = False  # DEMOTE: the leader key still names this node; release it so others need not wait
 
 
+def _sync_holders(snap: ClusterSnapshot) -> set[str]:
+    """Nodes that hold every acknowledged write in sync mode: the published sync
+    set and the leader that published it (it wrote them). The leader counts too so
+    that a set published empty (no replica caught up) cannot strand the shard
+    once that leader loses its key; Patroni treats the /sync leader the same way."""
+    assert snap.sync is not None
+    return set(snap.sync.members) | {snap.sync.leader}
+
+
 def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str]:
     """Members that may take over, and why the others may not.
 
@@ -83,10 +92,11 @@ def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str
     """
     alive = [m for m in snap.members.values() if m.healthy and m.role != Role.LEADER]
     if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
-        sync = set(snap.sync.members)
+        sync = _sync_holders(snap)
         alive = [m for m in alive if m.node_id in sync]
         if not alive:
-            return [], f"no member of the sync set {sorted(sync)} is alive; waiting (no acknowledged write may be lost)"
+            return [], (f"no member of the sync set {sorted(snap.sync.members)} (nor its leader "
+                        f"{snap.sync.leader}) is alive; waiting (no acknowledged write may be lost)")
     if not alive:
         return [], "no live replica to take over"
     newest = max(m.last_term for m in alive)
@@ -126,7 +136,12 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
     if key is not None:
         if me.role == Role.LEADER:
             return Action(DEMOTE, f"demoted: leader key held by {key.node_id} at term {key.term}")
-        if me.leader_refused and s.fast_revoke:
+        # Only a sync-set member revokes on a refusal: the leader cannot commit
+        # without it, so its refused stream means writes are stuck anyway. One
+        # other node's view (its own link refused) must not unseat a leader the
+        # sync set still reaches.
+        sync_member = (s.commit_mode != CommitMode.SYNC or snap.sync is None or me.node_id in snap.sync.members)
+        if me.leader_refused and s.fast_revoke and sync_member:
             return Action(REVOKE, f"leader {key.node_id} at {key.address} refuses connections: it is gone; "
                                   f"revoking its lease (term {key.term})")
         if me.leader_refused:
@@ -144,7 +159,8 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
     # (whose member key lives on for its TTL) does not hold up the election.
     voters: list[MemberInfo] = list(snap.members.values())
     if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
-        voters = [m for m in voters if m.node_id in snap.sync.members or m.node_id == me.node_id]
+        holders = _sync_holders(snap)
+        voters = [m for m in voters if m.node_id in holders or m.node_id == me.node_id]
     waiting = sorted(m.node_id for m in voters
                      if m.healthy and m.role != Role.LEADER and m.frozen_term != snap.term)
     if waiting:
