@@ -1,5 +1,9 @@
 """Cross-shard reads and writes over a set of shard links.
 
+Near 500 lines, knowingly: every operation's fan-out, merge and read-your-writes
+token handling follow one pattern and read best side by side; issue 15
+(resharding) will split writes from reads when it adds map versions.
+
 Shared by the router process (``sutra_cluster.router``) and the Python client
 (``sutra_cluster.sharding.client``): both take and give the service's protobuf
 messages, so the router is a thin gRPC skin over this.
