@@ -8,8 +8,9 @@ Every frame is checked (length, CRC32C, header/end match) as it is written, and
 the state's digest (the one ``GetDigest`` reports) is computed from the frames,
 so a finished backup is known to be whole and says which state it holds.
 
-A backup goes to a file, or into a folder as ``storage.dat`` plus
-``manifest.json`` (LSN, term, digest, node, time, size, sha256 of the file).
+A backup goes into a folder as ``storage.dat`` plus ``manifest.json`` (LSN,
+term, digest, node, time, size, sha256 of the file), or, for a name ending in
+``.dat``/``.snap``, to one bare snapshot file.
 
 Restore turns a backup into a node's data directory: ``storage.dat`` (fsynced)
 and ``terms.json`` (the term history reset to the snapshot's term and LSN), and
@@ -41,6 +42,8 @@ from sutra_cluster.storage.terms import TermHistory
 from sutra_cluster.storage.wal import wal_files
 
 MANIFEST = "manifest.json"
+# `--out` names ending in these are one bare snapshot file; any other name is a backup folder.
+FILE_SUFFIXES = (".dat", ".snap")
 SNAPSHOT_FILE = ckpt.STORAGE_FILE  # a folder backup's data file has the name a node's data folder uses
 PARTIAL = ".partial"
 # Files of a node's data folder that ``restore --force`` replaces (WAL files come from wal_files()).
@@ -186,13 +189,15 @@ def backup(node: str, out: str | Path, *, timeout: float | None = None, digest: 
            progress: bool = True) -> BackupInfo:
     """Stream a consistent snapshot from ``node`` (host:port) to ``out``.
 
-    ``out`` is a file, or a folder (an existing folder, or a path ending in
-    "/"): the folder then gets storage.dat and manifest.json. The data goes to a
-    ``.partial`` file first and is renamed only once every frame has checked
-    out and the file is fsynced. Raises BackupError."""
+    ``out`` is a folder (made if missing, with or without a trailing "/"),
+    which gets storage.dat and manifest.json, as the handbook says. Only a name
+    ending in ``.dat`` or ``.snap`` (and not an existing folder) is written as
+    one bare snapshot file without a manifest. The data goes to a ``.partial``
+    file first and is renamed only once every frame has checked out and the
+    file is fsynced. Raises BackupError."""
     out_s = str(out)
     out = Path(out)
-    folder = out.is_dir() or out_s.endswith(("/", os.sep))
+    folder = out.is_dir() or out_s.endswith(("/", os.sep)) or out.suffix not in FILE_SUFFIXES
     if folder:
         out.mkdir(parents=True, exist_ok=True)
         if (out / MANIFEST).exists() or (out / SNAPSHOT_FILE).exists():

@@ -75,7 +75,8 @@ def test_backup_during_writes_restores_the_state_at_its_lsn(
                                         rng.random(DIM, dtype=np.float32) + 0.1) for i in range(1000)])
         with WriteLoad(c.leader.address, threads=3) as load:
             wait_for(lambda: load.count() >= 200, 60, "200 batches written before the backup")
-            for node, out in ((c.replicas[0], str(bk_replica) + "/"), (c.leader, str(bk_leader))):
+            # As the handbook writes it: `--out /backup/sutra/now`, no trailing "/", makes a folder.
+            for node, out in ((c.replicas[0], str(bk_replica)), (c.leader, str(bk_leader))):
                 before = load.count()
                 t0 = time.monotonic()
                 r = cli("backup", "--node", node.address, "--out", out)
@@ -91,6 +92,8 @@ def test_backup_during_writes_restores_the_state_at_its_lsn(
         print(f"backup of {name}: {secs:.2f} s wall, {writes} batches acknowledged meanwhile\n{out}{err}")
 
     # The folder backup: manifest, file, and the progress bar on stderr.
+    assert bk_replica.is_dir() and sorted(p.name for p in bk_replica.iterdir()) == ["manifest.json", "storage.dat"]
+    assert bk_leader.is_file(), "a name ending in .snap is one bare snapshot file"
     m = json.loads((bk_replica / "manifest.json").read_text())
     data = (bk_replica / m["file"]).read_bytes()
     assert m["bytes"] == len(data) and m["sha256"] == hashlib.sha256(data).hexdigest()
