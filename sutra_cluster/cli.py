@@ -86,6 +86,8 @@ def _local(args: argparse.Namespace) -> int:
     (root / "settings.json").write_text(json.dumps({"dim": args.dim, "commit_mode": args.commit_mode}))
     etcd = next(p for p in procs if p.role == "etcd")
     seq = None if args.no_sample else local.sample_data(f"127.0.0.1:{etcd.port}", args.dim)
+    if args.prometheus:
+        procs.append(local.start_prometheus(root, procs))
     local.print_table(procs, seq)
     return 0
 
@@ -252,11 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--dim", type=int, default=768, help="VECTOR_DIMENSION")
     lc.add_argument("--port", type=int, default=50051, help="first gRPC port to try")
     lc.add_argument("--no-sample", action="store_true", help="do not write sample data")
+    lc.add_argument("--prometheus", action="store_true",
+                    help="also start Prometheus (on PATH) scraping the nodes with the alert rules; down stops it")
     lc.set_defaults(func=_local)
     bk = sub.add_parser("backup", help="online, consistent backup of a node's state (leader or replica)")
     bk.add_argument("--node", required=True, help="host:port of any node of the shard")
-    bk.add_argument("--out", required=True, help="a new file, or a folder (existing, or ending in /) that gets "
-                    "storage.dat and manifest.json")
+    bk.add_argument("--out", required=True, help="a folder (made if missing) that gets storage.dat and manifest.json; "
+                    "a name ending in .dat or .snap is one bare snapshot file instead")
     bk.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     bk.add_argument("--no-digest", action="store_true", help="skip computing the state digest (saves memory)")
     bk.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -31,6 +31,9 @@ from sutra_cluster.client import Association, Concept, SutraClient
 
 STATE_FILE = "cluster.json"
 SECRET_FILE = "cluster-secret"
+SERVICES = ("etcd", "router", "prometheus")  # every other role in cluster.json is a storage node
+# The repository's deploy/ folder: the alert rules a local Prometheus loads.
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
 @dataclass
@@ -251,6 +254,58 @@ def up(root: Path, dim: int = 768, base_port: int = 50051, nodes: int = 3, commi
     return procs
 
 
+def prometheus_config(procs: list[Proc]) -> dict[str, object]:
+    """deploy/prometheus-local.yml's settings, with the metrics ports ``up`` really
+    chose (they move off 9091-9093 when those are taken)."""
+    targets = [f"127.0.0.1:{p.metrics_port}" for p in procs if p.role not in SERVICES]
+    rules = DEPLOY / "alerts.yml"
+    return {
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s",
+                   "external_labels": {"cluster": "sutra-local"}},
+        "rule_files": [str(rules)] if rules.exists() else [],
+        "scrape_configs": [{"job_name": "sutra", "scrape_timeout": "4s",
+                            "static_configs": [{"targets": targets, "labels": {"shard": "0"}}]}],
+    }
+
+
+def start_prometheus(root: Path, procs: list[Proc], port: int = 9090, timeout: float = 60.0) -> Proc:
+    """Start a Prometheus server (the ``prometheus`` program on PATH) scraping this
+    local cluster's nodes with the alert rules, on 127.0.0.1:``port`` (or a free port
+    when taken); its data goes to ``<root>/prometheus``. Recorded in cluster.json,
+    so ``down`` stops it. Raises RuntimeError when the program is missing or it does
+    not become ready."""
+    import shutil
+    import urllib.request
+
+    exe = shutil.which("prometheus")
+    if exe is None:
+        raise RuntimeError("the prometheus program is not on PATH: `./dev up --prometheus` installs Debian's "
+                           "prometheus package, or install Prometheus yourself")
+    config = root / "prometheus.yml"
+    # JSON is YAML: no YAML library needed at run time.
+    config.write_text(json.dumps(prometheus_config(procs), indent=2) + "\n")
+    port = _pick_port(port)
+    data = root / "prometheus"
+    log = root / "prometheus.log"
+    cmd = [exe, f"--config.file={config}", f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{port}"]
+    with open(log, "ab") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = Proc("prometheus", "prometheus", p.pid, port, 0, str(data), str(log))
+    _save(root, [*procs, proc])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(proc.pid):
+            raise RuntimeError(f"prometheus exited; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1.0) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"prometheus not ready after {timeout:.0f}s; see {log}")
+
+
 def _wait_streaming(addresses: list[str], timeout: float = 30.0) -> None:
     """Wait until every replica streams from the leader."""
     from sutra_cluster.admin import replication_status
@@ -276,7 +331,7 @@ def kill_leader(root: Path) -> tuple[str, str, float]:
     etcd = next(p for p in procs if p.role == "etcd")
     endpoint = f"127.0.0.1:{etcd.port}"
     old = wait_leader(endpoint)
-    victim = next(p for p in procs if p.role not in ("etcd", "router") and f"127.0.0.1:{p.port}" == old)
+    victim = next(p for p in procs if p.role not in SERVICES and f"127.0.0.1:{p.port}" == old)
     dim = int(json.loads((root / "settings.json").read_text())["dim"]) if (root / "settings.json").exists() else 768
     os.kill(victim.pid, signal.SIGKILL)
     t0 = time.monotonic()
@@ -296,8 +351,8 @@ def kill_leader(root: Path) -> tuple[str, str, float]:
 
 def down(root: Path, timeout: float = 30.0) -> int:
     procs = _load(root)
-    # Nodes first (the leader releases its key), etcd last.
-    procs = ([p for p in procs if p.role == "router"] + [p for p in procs if p.role not in ("etcd", "router")]
+    # Prometheus and the router first, then the nodes (the leader releases its key), etcd last.
+    procs = ([p for p in procs if p.role in ("prometheus", "router")] + [p for p in procs if p.role not in SERVICES]
              + [p for p in procs if p.role == "etcd"])
     for p in procs:
         if _alive(p.pid):
@@ -312,17 +367,31 @@ def down(root: Path, timeout: float = 30.0) -> int:
     return len(procs)
 
 
+def tool_path(name: str) -> str:
+    """How to spell the virtual environment's ``name`` tool (grpcurl, sutra-cluster)
+    in a command printed for the user to paste: relative to the current folder
+    when the tool lives under it (``.venv/bin/grpcurl`` from the repository),
+    absolute otherwise. Never bare: these tools are not on PATH."""
+    path = Path(sys.executable).parent / name
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
 def print_table(procs: list[Proc], sequence: int | None) -> None:
     from sutra_cluster.admin import print_status
 
     etcd = next(p for p in procs if p.role == "etcd")
     endpoint = f"127.0.0.1:{etcd.port}"
     leader = wait_leader(endpoint)
-    nodes = [p for p in procs if p.role not in ("etcd", "router")]
+    nodes = [p for p in procs if p.role not in SERVICES]
     router = next((p for p in procs if p.role == "router"), None)
+    prom = next((p for p in procs if p.role == "prometheus"), None)
     print(f"etcd      http://{endpoint}   (data {etcd.data})")
     if router is not None:
         print(f"router    127.0.0.1:{router.port}   (the whole cluster as one StorageService)")
+    if prom is not None:
+        print(f"prometheus http://127.0.0.1:{prom.port}   (scrapes the nodes with deploy/alerts.yml; data {prom.data})")
     print()
     root = Path(etcd.data).parent
     with admin_env(root):
@@ -333,16 +402,21 @@ def print_table(procs: list[Proc], sequence: int | None) -> None:
     entry = f"127.0.0.1:{router.port}" if router is not None else leader
     if sequence is not None:
         print(f"\nSample data written through the leader (sequence {sequence}). Try:")
-    print(f"  grpcurl -plaintext {entry} list")
-    print(f"  grpcurl -plaintext {entry} sutra.storage.StorageService/GetStats")
-    print(f"  grpcurl -plaintext -d '{{\"concept_id\": \"water\"}}' {entry} sutra.storage.StorageService/QueryConcept")
-    print(f"  grpcurl -plaintext -d '{{\"start_id\": \"heat\", \"end_id\": \"water\"}}' {entry} "
+    grpcurl, cli = tool_path("grpcurl"), tool_path("sutra-cluster")
+    print(f"  {grpcurl} -plaintext {entry} list")
+    print(f"  {grpcurl} -plaintext {entry} sutra.storage.StorageService/GetStats")
+    print(f"  {grpcurl} -plaintext -d '{{\"concept_id\": \"water\"}}' {entry} sutra.storage.StorageService/QueryConcept")
+    print(f"  {grpcurl} -plaintext -d '{{\"start_id\": \"heat\", \"end_id\": \"water\"}}' {entry} "
           "sutra.storage.StorageService/FindPath")
     secret = root / SECRET_FILE
-    print(f"  grpcurl -plaintext -H \"sutra-cluster-secret: $(cat {secret})\" {leader} "
+    print(f"  {grpcurl} -plaintext -H \"sutra-cluster-secret: $(cat {secret})\" {leader} "
           "sutra.replication.ReplicationService/GetReplicationStatus   # the leader; needs the cluster secret")
-    print(f"  SUTRA_CLUSTER_SECRET_FILE={secret} .venv/bin/sutra-cluster status --etcd {endpoint}")
-    print("  .venv/bin/sutra-cluster local kill-leader    # watch a failover")
-    targets = ", ".join(f"'127.0.0.1:{p.metrics_port}'" for p in nodes)
-    print(f"Prometheus: scrape_configs: [{{job_name: sutra, static_configs: [{{targets: [{targets}]}}]}}]")
-    print("Stop with: ./dev down   (or: .venv/bin/sutra-cluster local down)")
+    print(f"  SUTRA_CLUSTER_SECRET_FILE={secret} {cli} status --etcd {endpoint}")
+    # The default folder needs no --dir; any other must be named, or the command finds no cluster.
+    where = "" if root == Path(".local-cluster").resolve() else f" --dir {root}"
+    print(f"  {cli} local kill-leader{where}    # watch a failover")
+    if prom is None:
+        targets = ", ".join(f"'127.0.0.1:{p.metrics_port}'" for p in nodes)
+        print(f"Prometheus: scrape_configs: [{{job_name: sutra, static_configs: [{{targets: [{targets}]}}]}}]"
+              "   (or start one with: ./dev up --prometheus)")
+    print(f"Stop with: ./dev down   (or: {cli} local down{where})")
