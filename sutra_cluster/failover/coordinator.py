@@ -63,7 +63,3 @@ class Coordinator(ABC):
 
     def close(self) -> None:
         """Release connections and the member lease."""
-
-
-# The in-memory implementation, for the tests and the HA simulator (failover/memory.py).
-from sutra_cluster.failover.memory import MemoryCoordinator, MemoryStore  # noqa: E402,F401

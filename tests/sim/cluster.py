@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sutra_cluster.config import Config, timing_problems
-from sutra_cluster.failover.coordinator import Coordinator, MemoryCoordinator, MemoryStore
+from sutra_cluster.failover.coordinator import Coordinator
+from sutra_cluster.failover.memory import MemoryCoordinator, MemoryStore
 from sutra_cluster.replication.commit import SyncCommit
 from tests.sim.checker import Checker
 from tests.sim.etcd import EtcdLink, TickThread

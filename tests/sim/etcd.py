@@ -23,9 +23,9 @@ from sutra_cluster.failover.coordinator import (
     CoordinatorUnavailable,
     LeaderKey,
     MemberInfo,
-    MemoryCoordinator,
     SyncState,
 )
+from sutra_cluster.failover.memory import MemoryCoordinator
 
 if TYPE_CHECKING:
     from tests.sim.cluster import SimCluster
