@@ -13,6 +13,7 @@ import inspect
 import re
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,44 @@ def test_example_env_file_is_a_valid_node_configuration(tmp_path: Path) -> None:
     known |= set(re.findall(r'"([A-Z][A-Z0-9_]+)"', (ROOT / "sutra_cluster" / "credentials.py").read_text()))
     commented = re.findall(r"^# ([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE)
     assert not (set(env) | set(commented)) - known, (set(env) | set(commented)) - known
+
+
+def _install_steps() -> list[str]:
+    """The unit header's install commands (`#   ...` lines), trailing comments dropped."""
+    steps = []
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("#   "):
+            steps.append(line[4:].split("  #")[0].strip())
+    return steps
+
+
+def test_install_steps_build_a_wheel_from_the_repository(tmp_path: Path) -> None:
+    """No index serves sutra-cluster: the header installs from a checkout or a wheel built
+    there. Its wheel command runs verbatim in a copy of the checkout's package sources, and
+    the install line's glob and constraints file name what that produces."""
+    steps = _install_steps()
+    assert not any(re.search(r"pip install (-\S+ )*sutra-cluster\b", s) for s in steps), steps
+    build = next(s for s in steps if "pip wheel" in s)
+    install = next(s for s in steps if "/opt/sutra/venv/bin/pip install" in s)
+    checkout = tmp_path / "sutra-cluster"
+    checkout.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, checkout / name)
+    shutil.copytree(ROOT / "sutra_cluster", checkout / "sutra_cluster",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run(["bash", "-c", build], cwd=checkout, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wheel_glob = next(w for w in install.split() if w.endswith(".whl"))
+    wheels = list(checkout.glob(wheel_glob))
+    assert len(wheels) == 1, (wheel_glob, list((checkout / "dist").iterdir()))
+    with zipfile.ZipFile(wheels[0]) as whl:
+        names = whl.namelist()
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        assert "sutra-cluster = " in whl.read(entry_points).decode()
+        assert "sutra_cluster/pb/storage_pb2.py" in names
+    constraints = install.split("-c ", 1)[1].split()[0]
+    assert (ROOT / constraints).is_file(), constraints
+    assert UNIT_EXEC in UNIT.read_text()
+
+
+UNIT_EXEC = "ExecStart=/opt/sutra/venv/bin/sutra-cluster serve"  # the venv the install steps make
