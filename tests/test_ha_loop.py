@@ -168,6 +168,10 @@ class FakeNode:
         assert callable(fence)
         self.fence = fence
 
+    def set_wake(self, wake: object) -> None:
+        assert callable(wake)
+        self.wake = wake
+
     def sync_plan(self, now: float, grace: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return self.leader.commit.plan(now, 0.5, grace)
 

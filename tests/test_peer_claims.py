@@ -5,6 +5,7 @@ in this process (the auth plane itself is tested in test_auth.py)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,40 @@ def test_streams_that_come_and_go_leave_bounded_state(leader: tuple[Engine, Repl
     assert not m.leader.connected()
     # Hellos that never acknowledged anything hold no WAL back (one kept 50 MB for 5 minutes).
     assert m.leader.retain_floor() is None
+
+
+def test_a_replica_that_can_fill_a_short_sync_set_wakes_the_ha_loop(tmp_path: Path) -> None:
+    # Right after an election the sync set may be empty and writes wait for a
+    # replica to catch up: the loop is woken at once instead of a tick later.
+    env = {"STORAGE_PATH": str(tmp_path / "n"), "VECTOR_DIMENSION": "4", "SUTRA_NODE_ID": "n1",
+           "SUTRA_COMMIT_MODE": "sync", "SUTRA_ETCD_ENDPOINTS": "127.0.0.1:9"}
+    cfg = config.load(env)
+    eng = Engine(cfg)
+    m = ReplicationManager(eng, cfg)
+    woken = threading.Event()
+    m.set_wake(woken.set)
+    try:
+        m.start()
+        lsn = m.lead(3)
+        assert m.sync_members() == ()
+
+        def messages() -> Iterator[rpb.FollowerMessage]:
+            yield from _hello(last_lsn=lsn, last_term=3)
+            yield rpb.FollowerMessage(ack=rpb.Ack(written_lsn=lsn, flushed_lsn=lsn - 1, applied_lsn=lsn - 1))
+            assert not woken.wait(0.2), "woken by a replica that lacks an acknowledged write"
+            yield rpb.FollowerMessage(ack=rpb.Ack(written_lsn=lsn, flushed_lsn=lsn, applied_lsn=lsn))
+            woken.wait(5)
+
+        class Active(Context):
+            def is_active(self) -> bool:
+                return not woken.is_set()
+
+        stream = m.leader.stream(messages(), Active())  # type: ignore[arg-type]
+        consumer = threading.Thread(target=lambda: list(stream), daemon=True)
+        consumer.start()
+        assert woken.wait(10), "the HA loop was not woken when the replica caught up"
+        consumer.join(10)
+        assert not consumer.is_alive()
+    finally:
+        m.stop()
+        eng.close()

@@ -104,6 +104,7 @@ class HaLoop:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ha-loop", daemon=True)
         port.set_fence(self.fence)
+        port.set_wake(self.wake)
 
     # ---- fencing ---------------------------------------------------------------
     def fence(self) -> None:

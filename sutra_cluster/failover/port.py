@@ -32,6 +32,10 @@ class NodePort(Protocol):
     def set_fence(self, fence: object) -> None:
         """Install the lease fence, called before every acknowledgement."""
 
+    def set_wake(self, wake: object) -> None:
+        """Install a callback the node calls when the loop should tick now rather
+        than at its next period (a replica became able to join a short sync set)."""
+
     # ---- the sync set (leader, sync mode) ---------------------------------------
     def sync_plan(self, now: float, grace: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(members to keep counting, the set to publish next); see SyncCommit.plan."""

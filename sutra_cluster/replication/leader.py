@@ -9,7 +9,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ class Follower:
     last_seen: float = field(default_factory=time.monotonic)
     stream_id: int = 0
     acked: bool = False  # acknowledged anything: a replica, not just a hello
+    joinable: bool = False  # the HA loop was told it can fill a short sync set
 
     @property
     def flushed(self) -> int:
@@ -96,6 +97,10 @@ class LeaderStreams:
         self.commit = SyncCommit(CommitMode(cfg.commit_mode), cfg.sync_replicas, managed=managed,
                                  fallback=cfg.sync_fallback)
         self.on_stale: list = []  # callbacks(term) when a follower proves this leader stale
+        # Called when a replica outside a short sync set has caught up with every
+        # acknowledged write: the HA loop publishes it now instead of a tick later
+        # (right after an election, writes wait for exactly that).
+        self.on_joinable: Callable[[], None] | None = None
         engine.durable_listeners.append(self._on_durable)
 
     def _on_durable(self, lsn: int) -> None:
@@ -291,6 +296,9 @@ class LeaderStreams:
                     f.acked = True
                     self.commit.ack(f.pos, min(msg.ack.flushed_lsn, f.sent), f.last_seen)
                     self._acks.notify_all()
+                    joinable = self._newly_joinable(f)
+                if joinable and self.on_joinable is not None:
+                    self.on_joinable()
         except grpc.RpcError:
             pass  # the stream ended; the feeding side notices through the context
         finally:
@@ -299,6 +307,16 @@ class LeaderStreams:
                 self._acks.notify_all()
             with self._data:
                 self._data.notify_all()
+
+    def _newly_joinable(self, f: Follower) -> bool:
+        """True once per stream, when ``f`` could fill a short sync set."""
+        c = self.commit
+        if f.joinable or c.members is None or len(c.members) >= c.required or f.node_id in c.members:
+            return False
+        if f.pos.flushed < c.committed:
+            return False
+        f.joinable = True
+        return True
 
     def close(self, grace: float) -> None:
         """End every stream once in-flight writes are done (or ``grace`` passed),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sutra_cluster import tlsutil
+from sutra_cluster import __version__, tlsutil
 from sutra_cluster.config import Config
 from sutra_cluster.errors import FailedPrecondition
 from sutra_cluster.pb import replication_pb2 as rpb
@@ -95,6 +95,7 @@ class ReplicationManager:
             lsn = eng.wal.last_lsn if term is None else eng.begin_term(term)
             self.leader.begin_term(lsn)
             eng.lead(self.cfg.address)
+            eng.metrics.leader_changes.labels("started").inc()
             log.warning("promoted self: leader at term %d from LSN %d", eng.term, lsn)
             return lsn
 
@@ -103,6 +104,7 @@ class ReplicationManager:
         reads are fenced until a leader has checked this node's history."""
         with self._lock:
             if self.engine.step_down(leader_address, fence_reads=REJOINING):
+                self.engine.metrics.leader_changes.labels("stopped").inc()
                 log.warning("stepped down at term %d: %s", self.engine.term, reason)
             self.leader.wake_commits()
 
@@ -180,6 +182,10 @@ class ReplicationManager:
         assert callable(fence)
         self._fence = fence
 
+    def set_wake(self, wake: object) -> None:
+        assert callable(wake)
+        self.leader.on_joinable = wake
+
     def sync_plan(self, now: float, grace: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return self.leader.sync_plan(now, self.cfg.sync_stall_ms / 1000.0, grace)
 
@@ -238,9 +244,9 @@ class LagCollector(Collector):
         size = GaugeMetricFamily("sutra_replication_lag_bytes", "WAL bytes a replica has not yet flushed",
                                  labels=["replica"])
         connected = GaugeMetricFamily("sutra_replicas_connected", "Replicas streaming from this leader")
-        info = GaugeMetricFamily("sutra_node_info", "Always 1; labels name this node, its shard and role",
-                                 labels=["node_id", "shard", "role"])
-        info.add_metric([self.m.cfg.node_id, str(self.m.cfg.shard), self.m.engine.role], 1)
+        info = GaugeMetricFamily("sutra_node_info", "Always 1; labels name this node, its shard, role and version",
+                                 labels=["node_id", "shard", "role", "version"])
+        info.add_metric([self.m.cfg.node_id, str(self.m.cfg.shard), self.m.engine.role, __version__], 1)
         m = self.m
         if m.engine.role == Role.LEADER:
             for f in list(m.leader.followers.values()):

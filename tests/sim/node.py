@@ -202,6 +202,9 @@ class SimNode:
     def set_fence(self, fence: object) -> None:
         self.fence = fence  # type: ignore[assignment]
 
+    def set_wake(self, wake: object) -> None:
+        pass  # the simulator ticks every node on its own schedule
+
     def sync_plan(self, now: float, grace: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return self.sync.plan(now, self.c.stall_s, grace)
 
