@@ -18,6 +18,7 @@ from sutra_cluster.errors import ConfigError
 T = TypeVar("T")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")  # SUTRA_LOG_FORMAT: json is one object a line, for log shippers
 LEADER_TICK_ETCD_CALLS = 6  # the most etcd calls one HA-loop tick of a leader makes, one after another
 
 
@@ -33,6 +34,7 @@ class Config:
     vector_dimension: int = 768  # VECTOR_DIMENSION
     metrics_port: int = 0  # SUTRA_METRICS_PORT (0: no metrics endpoint)
     log_level: str = "info"  # SUTRA_LOG_LEVEL (falls back to RUST_LOG, as the guide sets it)
+    log_format: str = "text"  # SUTRA_LOG_FORMAT text|json
     wal_fsync: bool = True  # SUTRA_WAL_FSYNC on|off
     wal_segment_bytes: int = 64 << 20  # SUTRA_WAL_SEGMENT_BYTES
     ann_threshold: int = 10_000  # SUTRA_ANN_THRESHOLD: exact search up to this many vectors
@@ -210,6 +212,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         vector_dimension=r.integer("VECTOR_DIMENSION", 768, 1, 65_536),
         metrics_port=r.integer("SUTRA_METRICS_PORT", 0, 0, 65535),
         log_level=r.choice("SUTRA_LOG_LEVEL", log_default, LOG_LEVELS),
+        log_format=r.choice("SUTRA_LOG_FORMAT", "text", LOG_FORMATS),
         wal_fsync=r.flag("SUTRA_WAL_FSYNC", True),
         wal_segment_bytes=r.integer("SUTRA_WAL_SEGMENT_BYTES", 64 << 20, 1 << 16, 1 << 34),
         ann_threshold=r.integer("SUTRA_ANN_THRESHOLD", 10_000, 0, 1 << 40),

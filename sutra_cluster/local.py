@@ -245,7 +245,11 @@ def up(root: Path, dim: int = 768, base_port: int = 50051, nodes: int = 3, commi
     rport = _pick_port(base_port - 1)
     while rport in ports:
         rport = _pick_port(0)
-    router = _spawn(root, "router", "router", rport, 0,
+    mports = [p.metrics_port for p in procs]
+    router_metrics = _pick_port(9091 + nodes)
+    while router_metrics in mports:
+        router_metrics = _pick_port(0)
+    router = _spawn(root, "router", "router", rport, router_metrics,
                     {"SUTRA_ETCD_ENDPOINTS": endpoint, "SUTRA_SHARDS": "1", "SUTRA_ROUTER_PORT": str(rport),
                      "VECTOR_DIMENSION": str(dim), "SUTRA_NODE_ID": "router"}, command="router")
     procs.append(router)
@@ -258,13 +262,17 @@ def prometheus_config(procs: list[Proc]) -> dict[str, object]:
     """deploy/prometheus-local.yml's settings, with the metrics ports ``up`` really
     chose (they move off 9091-9093 when those are taken)."""
     targets = [f"127.0.0.1:{p.metrics_port}" for p in procs if p.role not in SERVICES]
+    routers = [f"127.0.0.1:{p.metrics_port}" for p in procs if p.role == "router" and p.metrics_port]
     rules = DEPLOY / "alerts.yml"
+    jobs: list[dict[str, object]] = [{"job_name": "sutra", "scrape_timeout": "4s",
+                                      "static_configs": [{"targets": targets, "labels": {"shard": "0"}}]}]
+    if routers:  # a job of its own: the node alerts count job "sutra" targets
+        jobs.append({"job_name": "sutra-router", "static_configs": [{"targets": routers}]})
     return {
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s",
                    "external_labels": {"cluster": "sutra-local"}},
         "rule_files": [str(rules)] if rules.exists() else [],
-        "scrape_configs": [{"job_name": "sutra", "scrape_timeout": "4s",
-                            "static_configs": [{"targets": targets, "labels": {"shard": "0"}}]}],
+        "scrape_configs": jobs,
     }
 
 
@@ -389,7 +397,8 @@ def print_table(procs: list[Proc], sequence: int | None) -> None:
     prom = next((p for p in procs if p.role == "prometheus"), None)
     print(f"etcd      http://{endpoint}   (data {etcd.data})")
     if router is not None:
-        print(f"router    127.0.0.1:{router.port}   (the whole cluster as one StorageService)")
+        print(f"router    127.0.0.1:{router.port}   (the whole cluster as one StorageService; "
+              f"metrics http://127.0.0.1:{router.metrics_port}/metrics)")
     if prom is not None:
         print(f"prometheus http://127.0.0.1:{prom.port}   (scrapes the nodes with deploy/alerts.yml; data {prom.data})")
     print()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -41,17 +40,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sutra_cluster import auth
+from sutra_cluster import auth, logformat
 from sutra_cluster.api import wire
 from sutra_cluster.api.limits import Budget, StreamLimits
 from sutra_cluster.api.status import grpc_errors
-from sutra_cluster.config import _Reader, parse_etcd_endpoints
+from sutra_cluster.config import LOG_FORMATS, _Reader, parse_etcd_endpoints
 from sutra_cluster.errors import ConfigError, InvalidArgument
+from sutra_cluster.metrics import RouterMetrics
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
 from sutra_cluster.server import wait_for_signal
 from sutra_cluster.sharding import shardmap
 from sutra_cluster.sharding.core import ShardSet
+from sutra_cluster.sharding.links import ShardUnavailable
 from sutra_cluster.sharding.shardmap import ShardMap
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class RouterConfig:
     max_message_bytes: int = 64 << 20
     grpc_workers: int = 64
     log_level: str = "info"
+    log_format: str = "text"  # SUTRA_LOG_FORMAT text|json
+    metrics_port: int = 0  # SUTRA_METRICS_PORT (0: no metrics endpoint)
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -111,6 +114,8 @@ def load_config(env: Mapping[str, str] | None = None) -> RouterConfig:
         max_path_visits=r.integer("SUTRA_MAX_PATH_VISITS", 100_000, 1, 1 << 32),
         max_path_ms=r.integer("SUTRA_MAX_PATH_MS", 2_000, 1, 600_000),
         log_level=r.choice("SUTRA_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        log_format=r.choice("SUTRA_LOG_FORMAT", "text", LOG_FORMATS),
+        metrics_port=r.integer("SUTRA_METRICS_PORT", 0, 0, 65535),
         tls_cert=env.get("SUTRA_TLS_CERT", "").strip(), tls_key=env.get("SUTRA_TLS_KEY", "").strip(),
         tls_ca=env.get("SUTRA_TLS_CA", "").strip(),
     )
@@ -123,6 +128,8 @@ def load_config(env: Mapping[str, str] | None = None) -> RouterConfig:
             r.errors.append(f"SUTRA_SHARD_MAP: {exc}")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         r.errors.append("SUTRA_TLS_CERT/SUTRA_TLS_KEY: set both or neither")
+    if cfg.metrics_port and cfg.metrics_port == cfg.port:
+        r.errors.append(f"SUTRA_METRICS_PORT={cfg.metrics_port}: the router's gRPC port is the same port; pick another")
     if cfg.tls_ca and not cfg.tls_cert:
         r.errors.append("SUTRA_TLS_CA: set SUTRA_TLS_CERT and SUTRA_TLS_KEY too; a CA alone would serve plaintext")
     if r.errors:
@@ -259,6 +266,41 @@ class RouterServicer(storage_pb2_grpc.StorageServiceServicer):
         return self.set.digest({0: request.sequence} if request.sequence else {})
 
 
+class _MeteredShardSet(ShardSet):
+    """The ShardSet, with the router's per-shard errors and fan-out latency
+    counted where every shard call and every fan-out passes (_write, _read,
+    _parallel)."""
+
+    def __init__(self, metrics: RouterMetrics, smap: ShardMap, **kwargs: Any) -> None:
+        super().__init__(smap, **kwargs)
+        self.metrics = metrics
+
+    def _count(self, shard: int, exc: BaseException) -> None:
+        code = exc.code().name if isinstance(exc, grpc.RpcError) else "UNAVAILABLE"  # type: ignore[attr-defined]
+        self.metrics.shard_errors.labels(str(shard), code).inc()
+
+    def _write(self, shard: int, method: str, request: Any) -> Any:
+        try:
+            return super()._write(shard, method, request)
+        except (grpc.RpcError, ShardUnavailable) as exc:
+            self._count(shard, exc)
+            raise
+
+    def _read(self, shard: int, method: str, request: Any, pref: int) -> Any:
+        try:
+            return super()._read(shard, method, request, pref)
+        except (grpc.RpcError, ShardUnavailable) as exc:
+            self._count(shard, exc)
+            raise
+
+    def _parallel(self, shards: Any, fn: Any, allow_partial: bool = False, hint: str = "") -> Any:
+        t0 = time.perf_counter()
+        try:
+            return super()._parallel(shards, fn, allow_partial, hint)
+        finally:
+            self.metrics.fanout.observe(time.perf_counter() - t0)
+
+
 class Router:
     """A running router. ``start`` binds the port; ``stop`` is graceful and idempotent."""
 
@@ -266,6 +308,7 @@ class Router:
         self.cfg = cfg
         self.started = time.monotonic()
         self._server_creds, self._channel_creds = _credentials(cfg)
+        self.metrics = RouterMetrics()
         self.set = self._make_set(resolve_map(cfg))
         self.health = health.HealthServicer()
         hard = min(2 * cfg.max_message_bytes, (1 << 31) - 1)
@@ -277,7 +320,9 @@ class Router:
             options=[("grpc.max_receive_message_length", hard), ("grpc.max_send_message_length", hard),
                      ("grpc.so_reuseport", 0)],
             # The router serves only the client plane; the interceptor refuses any other method.
-            interceptors=[auth.AuthInterceptor(auth.Policy(mtls=bool(cfg.tls_ca and cfg.tls_cert))), streams],
+            # Outermost, the request metrics: they count refused calls too.
+            interceptors=[self.metrics.interceptor(), auth.AuthInterceptor(auth.Policy(mtls=bool(cfg.tls_ca and cfg.tls_cert))),
+                          streams],
         )
         wire.add_storage_service(RouterServicer(self), self.server)  # malformed bytes: INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -290,11 +335,12 @@ class Router:
 
     def _make_set(self, smap: ShardMap) -> ShardSet:
         c = self.cfg
-        return ShardSet(smap, etcd_endpoints=c.etcd_endpoints, cluster=c.cluster_name, timeout=c.timeout_ms / 1000,
-                        write_deadline=c.write_deadline_ms / 1000, read_deadline=c.read_deadline_ms / 1000,
-                        credentials=self._channel_creds, dimension=c.dimension, max_batch=c.max_batch,
-                        max_message_bytes=c.max_message_bytes, max_path_visits=c.max_path_visits,
-                        max_path_ms=c.max_path_ms)
+        return _MeteredShardSet(self.metrics, smap, etcd_endpoints=c.etcd_endpoints, cluster=c.cluster_name,
+                                timeout=c.timeout_ms / 1000, write_deadline=c.write_deadline_ms / 1000,
+                                read_deadline=c.read_deadline_ms / 1000, credentials=self._channel_creds,
+                                dimension=c.dimension, max_batch=c.max_batch,
+                                max_message_bytes=c.max_message_bytes, max_path_visits=c.max_path_visits,
+                                max_path_ms=c.max_path_ms)
 
     def uptime(self) -> int:
         return int(time.monotonic() - self.started)
@@ -305,6 +351,12 @@ class Router:
                  else self.server.add_insecure_port(bind))
         if bound == 0:
             raise OSError(f"cannot listen on {bind}")
+        if self.cfg.metrics_port:
+            try:
+                self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
+            except OSError as exc:
+                raise OSError(f"SUTRA_METRICS_PORT={self.cfg.metrics_port}: cannot listen on "
+                              f"{self.cfg.host}:{self.cfg.metrics_port}: {exc.strerror or exc}") from exc
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(STORAGE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -339,17 +391,23 @@ class Router:
         self.set.close()
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [router] %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+class _RouterContext(logging.Filter):
+    """Names the process in JSON log lines, as the text format's "[router]" does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.process_name = "router"
+        return True
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr in SUTRA_LOG_FORMAT (text, or json: sutra_cluster/logformat.py)."""
+    logformat.install(log_format, level, "%(asctime)s %(levelname)s [router] %(name)s: %(message)s",
+                      ("process_name",), _RouterContext())
 
 
 def serve(cfg: RouterConfig) -> int:
     """Run a router until SIGTERM or SIGINT; returns the exit status."""
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     router = Router(cfg)
     router.start()
     wait_for_signal()

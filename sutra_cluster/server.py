@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from concurrent import futures
 from typing import Any
@@ -14,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sutra_cluster import auth, tlsutil
+from sutra_cluster import auth, logformat, tlsutil
 from sutra_cluster.api import limits
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.api.storage_service import add_to_server as add_storage_service
@@ -50,15 +49,11 @@ class _NodeContext(logging.Filter):
 
 
 def setup_logging(cfg: Config) -> _NodeContext:
+    """Log to stderr in SUTRA_LOG_FORMAT (text, or json for log shippers: sutra_cluster/logformat.py)."""
     ctx = _NodeContext(cfg)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ctx)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(node)s shard=%(shard)s term=%(term)s] %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(cfg.log_level.upper())
+    logformat.install(cfg.log_format, cfg.log_level,
+                      "%(asctime)s %(levelname)s [%(node)s shard=%(shard)s term=%(term)s] %(name)s: %(message)s",
+                      ("node", "shard", "term"), ctx)
     return ctx
 
 

@@ -453,7 +453,9 @@ def test_compose_services_elect_stream_and_fail_over(tmp_path: Path) -> None:
         def scraped() -> bool:
             up = {s["metric"]["instance"]: s["value"][1] for s in prom.query('up{job="sutra"}')}
             lag = prom.query('sutra_replication_lag_seconds{job="sutra"}')
-            return up == {a: "1" for a in metrics_addr.values()} and len(lag) >= 2
+            router = prom.query('up{job="sutra-router"}')  # the router's own metrics
+            return (up == {a: "1" for a in metrics_addr.values()} and len(lag) >= 2
+                    and [s["value"][1] for s in router] == ["1"])
 
         wait_for(scraped, 30, "Prometheus scraping every node", interval=0.5)
 

@@ -64,6 +64,7 @@ def test_address_is_reachable_even_when_listening_on_every_interface() -> None:
     ("SUTRA_NODE_ROLE", "primary", "SUTRA_NODE_ROLE='primary': must be one of leader|replica"),
     ("SUTRA_COMMIT_MODE", "quorum", "SUTRA_COMMIT_MODE='quorum': must be one of async|sync"),
     ("SUTRA_LOG_LEVEL", "loud", "SUTRA_LOG_LEVEL='loud': must be one of debug|info|warning|error"),
+    ("SUTRA_LOG_FORMAT", "xml", "SUTRA_LOG_FORMAT='xml': must be one of text|json"),
     ("SUTRA_WAL_FSYNC", "maybe", "SUTRA_WAL_FSYNC='maybe': must be on|off"),
     ("SUTRA_REPLICAS", "a:1,b", "SUTRA_REPLICAS='a:1,b': 'b' is not host:port"),
     ("SUTRA_REPLICAS", "a:0", "SUTRA_REPLICAS='a:0': 'a:0' is not host:port"),
@@ -243,3 +244,20 @@ def test_stream_bounds_default_from_the_workers_and_leave_two_free() -> None:
     assert problems({"SUTRA_MAX_STREAMS": "40"}) == [
         "SUTRA_MAX_STREAMS + SUTRA_MAX_NODE_STREAMS (40 + 8) must be <= SUTRA_GRPC_WORKERS - 2 (30), "
         "or long calls could take every worker"]
+
+
+def test_log_format_defaults_to_text_and_takes_json() -> None:
+    assert load({}).log_format == "text"
+    assert load({"SUTRA_LOG_FORMAT": " JSON "}).log_format == "json"
+
+
+def test_the_router_reads_the_same_log_format_and_a_metrics_port() -> None:
+    from sutra_cluster import router
+
+    base = {"SUTRA_SHARD_MAP": "", "SUTRA_ETCD_ENDPOINTS": "127.0.0.1:2379"}
+    cfg = router.load_config({**base, "SUTRA_LOG_FORMAT": "json", "SUTRA_METRICS_PORT": "9094"})
+    assert (cfg.log_format, cfg.metrics_port) == ("json", 9094)
+    with pytest.raises(ConfigError, match="SUTRA_LOG_FORMAT='yaml': must be one of text|json"):
+        router.load_config({**base, "SUTRA_LOG_FORMAT": "yaml"})
+    with pytest.raises(ConfigError, match="SUTRA_METRICS_PORT=50051: the router's gRPC port is the same port"):
+        router.load_config({**base, "SUTRA_ROUTER_PORT": "50051", "SUTRA_METRICS_PORT": "50051"})

@@ -57,13 +57,15 @@ def test_local_up_kill_leader_down(tmp_path: Path) -> None:
         prom = next(p for p in procs if p["role"] == "prometheus")
         assert f"http://127.0.0.1:{prom['port']}" in out
         nodes = {f"127.0.0.1:{p['metrics_port']}" for p in procs if p["role"] in ("leader", "replica")}
+        router_metrics = next(f"127.0.0.1:{p['metrics_port']}" for p in procs if p["role"] == "router")
 
         def targets_up() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{prom['port']}/api/v1/targets", timeout=5) as r:
                 active = json.load(r)["data"]["activeTargets"]
-            return {t["labels"]["instance"] for t in active if t["health"] == "up"} == nodes
+            up = {(t["labels"]["job"], t["labels"]["instance"]) for t in active if t["health"] == "up"}
+            return up == {("sutra", n) for n in nodes} | {("sutra-router", router_metrics)}
 
-        wait_for(targets_up, 60, "prometheus scraping the three nodes")
+        wait_for(targets_up, 60, "prometheus scraping the three nodes and the router")
         with urllib.request.urlopen(f"http://127.0.0.1:{prom['port']}/api/v1/rules", timeout=5) as r:
             rules = [rule["name"] for g in json.load(r)["data"]["groups"] for rule in g["rules"]]
         assert "SutraNodeDown" in rules, rules
