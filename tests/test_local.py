@@ -105,3 +105,17 @@ def test_local_up_kill_leader_down(tmp_path: Path) -> None:
                     os.kill(p["pid"], signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def test_handbook_from_zero_commands_name_the_tools_where_dev_installs_them() -> None:
+    """docs/HA.md's "From zero" block runs from the repository as written: no bare
+    grpcurl or sutra-cluster (they are in .venv/bin, not on PATH), and Prometheus
+    comes from `./dev up --prometheus`, which `./dev down` stops."""
+    text = (ROOT / "docs" / "HA.md").read_text()
+    start = text.index("## From zero to a monitored, backed-up cluster")
+    block = text[text.index("```bash\n", start) + 8:text.index("```", text.index("```bash\n", start) + 8)]
+    commands = [line for line in block.replace("\\\n", " ").splitlines() if line and not line.startswith(" ")]
+    assert commands[0].startswith("./dev up --prometheus") and commands[-1].startswith("./dev down"), commands
+    for cmd in commands:
+        program = next(w for w in cmd.split() if "=" not in w)  # past VAR=value prefixes
+        assert program.startswith(("./dev", ".venv/bin/")), f"not runnable as written from the repository: {cmd}"
