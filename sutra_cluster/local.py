@@ -407,7 +407,8 @@ def print_table(procs: list[Proc], sequence: int | None) -> None:
         print_status([f"127.0.0.1:{p.port}" for p in nodes])
     print(f"\n{'NODE':<10} {'PID':>7} {'GRPC':<18} {'PROMETHEUS METRICS':<34} DATA")
     for p in nodes:
-        print(f"{p.name:<10} {p.pid:>7} 127.0.0.1:{p.port:<8} http://127.0.0.1:{p.metrics_port}/metrics  {p.data}")
+        grpc_at, metrics_at = f"127.0.0.1:{p.port}", f"http://127.0.0.1:{p.metrics_port}/metrics"
+        print(f"{p.name:<10} {p.pid:>7} {grpc_at:<18} {metrics_at:<34} {p.data}")
     entry = f"127.0.0.1:{router.port}" if router is not None else leader
     if sequence is not None:
         print(f"\nSample data written through the leader (sequence {sequence}). Try:")
