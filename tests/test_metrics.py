@@ -166,7 +166,9 @@ def test_router_metrics_and_json_logs(tmp_path: Path) -> None:
         with router.client(timeout=10) as rc:
             for cid in c.ids_on(0, 2) + c.ids_on(1, 2):
                 rc.learn_concept(cid, f"text of {cid}", vec(rng))
-            assert len(rc.vector_search(vec(rng), k=3)) == 3
+            # (No read-your-writes token here: wait until the shards' reconcilers showed the writes.)
+            query = vec(rng)
+            wait_for(lambda: len(rc.vector_search(query, k=3)) == 3, 30, "the four concepts to be searchable")
             c.shards[1][0].kill()
             with pytest.raises(grpc.RpcError) as failed:
                 rc.vector_search(vec(rng), k=3)

@@ -46,6 +46,8 @@ class FollowerLoop:
         self.state = "connecting"
         self.leader_id = ""
         self.leader_last = 0
+        # The leader's commit LSN as last reported (sync mode: what this replica may show).
+        self.leader_commit = 0
         self.caught_up_at = time.monotonic()
         self.last_error = ""
         self._stop = threading.Event()
@@ -168,6 +170,7 @@ class FollowerLoop:
             self.state = "streaming"
         elif kind == "heartbeat":
             self.leader_last = msg.heartbeat.last_lsn
+            self.leader_commit = max(self.leader_commit, msg.heartbeat.commit_lsn)
             self.state = "streaming"  # connected and accepted: an idle stream is still a stream
         elif kind == "diverged":
             self._rewind(msg, stub)

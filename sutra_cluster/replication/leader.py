@@ -30,6 +30,7 @@ HEARTBEAT_S = 0.1
 MAX_MESSAGE_BYTES = 4 << 20
 RECENTLY_SEEN_S = 300.0
 MAX_FOLLOWERS = 64  # remembered streams, connected or recently gone
+COMMIT_NEWS_S = 0.01  # under load, a moved commit LSN reaches replicas at most this often
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Follower:
     stream_id: int = 0
     acked: bool = False  # acknowledged anything: a replica, not just a hello
     joinable: bool = False  # the HA loop was told it can fill a short sync set
+    commit_sent: int = 0  # the commit LSN this replica was last told (it limits what it shows)
 
     @property
     def flushed(self) -> int:
@@ -253,6 +255,8 @@ class LeaderStreams:
                 disk = None
             if entries:
                 f.state = "streaming" if disk is None else "catchup"
+                # (In sync mode a replica shows only what the leader committed, so
+                # a commit that advanced is sent at once, at most every COMMIT_NEWS_S.)
                 msg = rpb.LeaderMessage(**head, records=rpb.Records(entries=[
                     rpb.WalEntry(lsn=e.lsn, term=e.term, rtype=e.rtype, payload=e.payload) for e in entries]))
                 # Set before the message leaves: its acknowledgement may come back
@@ -261,10 +265,11 @@ class LeaderStreams:
                     pos = f.sent = entries[-1].lsn
                 yield msg
                 last_send = time.monotonic()
-                if last_send - last_hb >= HEARTBEAT_S:
-                    # Under load too: the replica learns the leader's LSN from heartbeats
-                    # only, and its own lag (metrics, status) would otherwise read 0.
-                    yield self._heartbeat(head)
+                if last_send - last_hb >= HEARTBEAT_S or (
+                        last_send - last_hb >= COMMIT_NEWS_S and self._commit_news(f)):
+                    # Under load too: the replica learns the leader's LSN (and, in sync
+                    # mode, what it may show) from heartbeats only.
+                    yield self._heartbeat(head, f)
                     last_hb = last_send = time.monotonic()
                 continue
             # Nothing left to send: the replica has everything that is durable here
@@ -272,16 +277,22 @@ class LeaderStreams:
             f.state = "streaming"
             with self._data:
                 self._data.wait_for(functools.partial(self._more_to_send, f, pos), HEARTBEAT_S / 2)
-            if time.monotonic() - last_send >= HEARTBEAT_S:
-                yield self._heartbeat(head)
+            if time.monotonic() - last_send >= HEARTBEAT_S or self._commit_news(f):
+                yield self._heartbeat(head, f)
                 last_hb = last_send = time.monotonic()
 
-    def _heartbeat(self, head: dict) -> rpb.LeaderMessage:
+    def _heartbeat(self, head: dict, f: Follower) -> rpb.LeaderMessage:
+        commit = self.commit_lsn()
+        f.commit_sent = max(f.commit_sent, commit)
         return rpb.LeaderMessage(**head, heartbeat=rpb.Heartbeat(
-            last_lsn=self.engine.wal.durable_lsn, commit_lsn=self.commit_lsn(), timestamp_us=time.time_ns() // 1000))
+            last_lsn=self.engine.wal.durable_lsn, commit_lsn=commit, timestamp_us=time.time_ns() // 1000))
+
+    def _commit_news(self, f: Follower) -> bool:
+        """In sync mode: the commit LSN moved past what ``f`` was last told."""
+        return self.commit.mode == CommitMode.SYNC and self.commit_lsn() > f.commit_sent
 
     def _more_to_send(self, f: Follower, sent: int) -> bool:
-        return self.engine.wal.durable_lsn > sent or not f.connected
+        return self.engine.wal.durable_lsn > sent or not f.connected or self._commit_news(f)
 
     def _read_acks(self, requests: Iterator[rpb.FollowerMessage], f: Follower) -> None:
         try:
@@ -297,6 +308,9 @@ class LeaderStreams:
                     self.commit.ack(f.pos, min(msg.ack.flushed_lsn, f.sent), f.last_seen)
                     self._acks.notify_all()
                     joinable = self._newly_joinable(f)
+                if self.commit.mode == CommitMode.SYNC:
+                    with self._data:  # the commit may have moved: feeders tell their replicas
+                        self._data.notify_all()
                 if joinable and self.on_joinable is not None:
                     self.on_joinable()
         except grpc.RpcError:

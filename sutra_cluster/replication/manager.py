@@ -48,6 +48,9 @@ class ReplicationManager:
         self._lock = threading.RLock()
         # Set by the HA loop in managed mode: raises when the lease may have expired.
         self._fence: Callable[[], None] | None = None
+        # Sync mode, as a replica: the highest commit LSN a leader reported (kept
+        # while no stream runs, e.g. during an election).
+        self._replica_commit = 0
         engine.attach(self)
 
     def start(self) -> None:
@@ -68,9 +71,17 @@ class ReplicationManager:
             fence()
 
     def visible_limit(self) -> int | None:
-        if self.mode == CommitMode.SYNC and self.engine.role == Role.LEADER:
+        """In sync mode, reads see only committed records: on the leader its commit
+        LSN, on a replica the leader's commit LSN as last reported (so a replica
+        never shows a record a failover could cut). Async mode shows what is durable."""
+        if self.mode != CommitMode.SYNC:
+            return None
+        if self.engine.role == Role.LEADER:
             return self.leader.commit_lsn()
-        return None
+        f = self.follower
+        if f is not None:
+            self._replica_commit = max(self._replica_commit, f.leader_commit)
+        return self._replica_commit
 
     def retain_floor(self, backup_lsn: int) -> int:
         floor = backup_lsn
