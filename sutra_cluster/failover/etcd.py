@@ -238,14 +238,14 @@ class EtcdCoordinator(Coordinator):
 
 
 def etcd_answers(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when an etcd server answers a status call at ``host:port`` (tools
-    waiting for a local etcd to start use this, not the client library)."""
+    """True when an etcd server at ``host:port`` answers a status call and has a
+    raft leader, so it can serve writes (tools waiting for a local etcd to start
+    use this, not the client library)."""
     try:
         c = pyetcd.client(host, port, timeout=timeout)
         try:
-            c.status()
+            return c.status().leader is not None
         finally:
             c.close()
-        return True
     except Exception:  # not up yet: refused, timed out, or still electing
         return False
