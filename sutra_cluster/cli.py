@@ -51,7 +51,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _router(args: argparse.Namespace) -> int:
-    from sutra_cluster import router
+    from sutra_cluster.sharding import router
 
     env = dict(os.environ)
     if args.port:
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cluster", default=os.environ.get("SUTRA_CLUSTER_NAME", "sutra"))
     sw.add_argument("--shard", type=int, default=0)
     sw.set_defaults(func=_switchover)
-    ro = sub.add_parser("router", help="serve a sharded cluster as one StorageService (see sutra_cluster/router.py)")
+    ro = sub.add_parser("router", help="serve a sharded cluster as one StorageService (see sutra_cluster/sharding/router.py)")
     ro.add_argument("--port", type=int, default=0, help="port (default SUTRA_ROUTER_PORT, else STORAGE_PORT, else 50051)")
     ro.add_argument("--shards", type=int, default=0,
                     help="shard count to publish in etcd when it has no shard map yet (default SUTRA_SHARDS)")

@@ -4,16 +4,12 @@ health), the metrics endpoint and graceful shutdown on SIGTERM."""
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from concurrent import futures
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
-from sutra_cluster import auth, logformat, tlsutil
+from sutra_cluster import auth, logformat, process, tlsutil
 from sutra_cluster.api import limits
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.api.storage_service import add_to_server as add_storage_service
@@ -76,26 +72,19 @@ class Node:
         self.cfg = cfg
         self.metrics = NodeMetrics()
         self.engine = Engine(cfg, self.metrics)
-        self.health = health.HealthServicer()
         # Streams and waiting reads are bounded so they never hold every worker.
         self.client_budget, self.node_budget = limits.node_budgets(cfg)
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="grpc"),
-            options=grpc_options(cfg),
+        self.server, self.health = process.grpc_server(
+            cfg.grpc_workers, grpc_options(cfg),
             # Authentication first: a refused caller never takes a stream slot.
-            interceptors=[*auth.server_interceptors(cfg), limits.StreamLimits(self.client_budget, self.node_budget)],
+            [*auth.server_interceptors(cfg), limits.StreamLimits(self.client_budget, self.node_budget)],
         )
         self.replication = ReplicationManager(self.engine, cfg)
         self.metrics.registry.register(LagCollector(self.replication))
         add_storage_service(StorageServicer(self.engine, health=self._health, waits=self.client_budget), self.server)
         replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
             ReplicationServicer(self.replication), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (STORAGE_SERVICE, REPLICATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            self.server,
-        )
+        process.enable_reflection(self.server, (STORAGE_SERVICE, REPLICATION_SERVICE))
         self._stopped = threading.Event()
         self.ha: HaLoop | None = None
         if cfg.etcd_endpoints:
@@ -173,20 +162,6 @@ def serve(cfg: Config) -> int:
     node = Node(cfg)
     ctx.engine = node.engine
     node.start()
-    wait_for_signal()
+    process.wait_for_signal()
     node.stop()
     return 0
-
-
-def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT (the process's graceful stop)."""
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not done.wait(1.0):
-        pass

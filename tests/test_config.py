@@ -252,7 +252,7 @@ def test_log_format_defaults_to_text_and_takes_json() -> None:
 
 
 def test_the_router_reads_the_same_log_format_and_a_metrics_port() -> None:
-    from sutra_cluster import router
+    from sutra_cluster.sharding import router
 
     base = {"SUTRA_SHARD_MAP": "", "SUTRA_ETCD_ENDPOINTS": "127.0.0.1:2379"}
     cfg = router.load_config({**base, "SUTRA_LOG_FORMAT": "json", "SUTRA_METRICS_PORT": "9094"})

@@ -8,4 +8,5 @@
 - ``core``: cross-shard reads and writes, shared by the router process and
   the Python client.
 - ``client``: ``ShardedClient``, the routing Python client.
+- ``router``: the router process, serving the whole cluster as one StorageService.
 """

@@ -4,7 +4,7 @@ Near 500 lines, knowingly: every operation's fan-out, merge and read-your-writes
 token handling follow one pattern and read best side by side; issue 15
 (resharding) will split writes from reads when it adds map versions.
 
-Shared by the router process (``sutra_cluster.router``) and the Python client
+Shared by the router process (``sutra_cluster.sharding.router``) and the Python client
 (``sutra_cluster.sharding.client``): both take and give the service's protobuf
 messages, so the router is a thin gRPC skin over this.
 

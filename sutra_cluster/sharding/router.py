@@ -32,15 +32,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
-from sutra_cluster import auth, logformat
+from sutra_cluster import auth, logformat, process
 from sutra_cluster.api import wire
 from sutra_cluster.api.limits import Budget, StreamLimits
 from sutra_cluster.api.status import grpc_errors
@@ -49,7 +47,6 @@ from sutra_cluster.errors import ConfigError, InvalidArgument
 from sutra_cluster.metrics import RouterMetrics
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
-from sutra_cluster.server import wait_for_signal
 from sutra_cluster.sharding import shardmap
 from sutra_cluster.sharding.core import ShardSet
 from sutra_cluster.sharding.links import ShardUnavailable
@@ -310,26 +307,21 @@ class Router:
         self._server_creds, self._channel_creds = _credentials(cfg)
         self.metrics = RouterMetrics()
         self.set = self._make_set(resolve_map(cfg))
-        self.health = health.HealthServicer()
         hard = min(2 * cfg.max_message_bytes, (1 << 31) - 1)
         # Streams hold a worker each: bounded, so health checks and unary calls always find one.
         streams = StreamLimits(Budget("streams", cfg.max_streams, "SUTRA_MAX_STREAMS", cfg.max_streams_per_client,
                                       "SUTRA_MAX_STREAMS_PER_CLIENT"))
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="grpc"),
-            options=[("grpc.max_receive_message_length", hard), ("grpc.max_send_message_length", hard),
-                     ("grpc.so_reuseport", 0)],
+        self.server, self.health = process.grpc_server(
+            cfg.grpc_workers,
+            [("grpc.max_receive_message_length", hard), ("grpc.max_send_message_length", hard),
+             ("grpc.so_reuseport", 0)],
             # The router serves only the client plane; the interceptor refuses any other method.
             # Outermost, the request metrics: they count refused calls too.
-            interceptors=[self.metrics.interceptor(), auth.AuthInterceptor(auth.Policy(mtls=bool(cfg.tls_ca and cfg.tls_cert))),
-                          streams],
+            [self.metrics.interceptor(), auth.AuthInterceptor(auth.Policy(mtls=bool(cfg.tls_ca and cfg.tls_cert))),
+             streams],
         )
         wire.add_storage_service(RouterServicer(self), self.server)  # malformed bytes: INVALID_ARGUMENT
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (STORAGE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
+        process.enable_reflection(self.server, (STORAGE_SERVICE,))
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -347,10 +339,7 @@ class Router:
 
     def start(self) -> None:
         bind = f"{self.cfg.host}:{self.cfg.port}"
-        bound = (self.server.add_secure_port(bind, self._server_creds) if self._server_creds
-                 else self.server.add_insecure_port(bind))
-        if bound == 0:
-            raise OSError(f"cannot listen on {bind}")
+        process.bind(self.server, bind, self._server_creds)
         if self.cfg.metrics_port:
             try:
                 self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
@@ -410,6 +399,6 @@ def serve(cfg: RouterConfig) -> int:
     setup_logging(cfg.log_level, cfg.log_format)
     router = Router(cfg)
     router.start()
-    wait_for_signal()
+    process.wait_for_signal()
     router.stop()
     return 0

@@ -1,0 +1,55 @@
+"""What a node process and a router process share: the gRPC server with health
+and reflection, binding its port, and waiting for SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def grpc_server(workers: int, options: Sequence[tuple[str, Any]],
+                interceptors: Sequence[grpc.ServerInterceptor]) -> tuple[grpc.Server, health.HealthServicer]:
+    """A threaded gRPC server with the standard health service registered."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+                         options=list(options), interceptors=list(interceptors))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer
+
+
+def enable_reflection(server: grpc.Server, services: Sequence[str]) -> None:
+    """Server reflection for ``services`` plus health and reflection itself (grpcurl needs it)."""
+    reflection.enable_server_reflection((*services, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+
+
+def bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | None) -> None:
+    """Listen on ``address`` (TLS when ``creds``); raises OSError naming it when the port is taken."""
+    bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot listen on {address}")
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT (the process's graceful stop)."""
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not done.wait(1.0):
+        pass
