@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from sutra_cluster.errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,22 @@ def enable_reflection(server: grpc.Server, services: Sequence[str]) -> None:
     reflection.enable_server_reflection((*services, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
 
 
-def bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | None) -> None:
-    """Listen on ``address`` (TLS when ``creds``); raises OSError naming it when the port is taken."""
+def bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | None, setting: str) -> None:
+    """Listen on ``address`` (TLS when ``creds``); raises StartupError naming
+    ``setting`` (e.g. ``STORAGE_PORT=50051``) when the port is taken."""
     bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if bound == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise StartupError(f"{setting}: cannot listen on {address}")
+
+
+def serve_metrics(serve: Callable[[int, str], None], port: int, host: str) -> None:
+    """Start the Prometheus endpoint (``serve(port, host)``) before anything else
+    serves, so a taken port stops the start in one line naming the setting."""
+    try:
+        serve(port, host)
+    except OSError as exc:
+        raise StartupError(f"SUTRA_METRICS_PORT={port}: cannot listen on {host}:{port}: "
+                           f"{exc.strerror or exc}") from exc
 
 
 def wait_for_signal() -> None:

@@ -13,13 +13,15 @@ from enum import Enum
 
 import grpc
 
+from sutra_cluster import errors
+
 REASON_KEY = "sutra-reason"
 
-NOT_LEADER = "not-leader"  # a write reached a replica
-NO_LEADER = "no-leader"  # the node knows no leader yet
-NOT_VISIBLE = "not-visible"  # a read's sequence was not visible in time
-WRONG_SHARD = "wrong-shard"  # the concept belongs to another shard
-STALE_LEADER = "stale-leader"  # a replica has seen a newer term than this leader's
+NOT_LEADER = errors.NotLeader.reason  # a write reached a replica
+NO_LEADER = errors.NoLeader.reason  # the node knows no leader yet
+NOT_VISIBLE = errors.NotVisible.reason  # a read's sequence was not visible in time
+WRONG_SHARD = errors.WrongShard.reason  # the concept belongs to another shard
+STALE_LEADER = "stale-leader"  # a replica has seen a newer term than this leader's (the stream says so itself)
 
 
 class Retry(Enum):

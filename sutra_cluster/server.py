@@ -14,7 +14,6 @@ from sutra_cluster.api import limits
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.api.storage_service import add_to_server as add_storage_service
 from sutra_cluster.config import Config
-from sutra_cluster.errors import StartupError
 from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
 from sutra_cluster.failover.loop import HaLoop
 from sutra_cluster.metrics import NodeMetrics
@@ -118,17 +117,11 @@ class Node:
     def start(self) -> None:
         bind = f"{self.cfg.host}:{self.cfg.port}"
         creds = tlsutil.server_credentials(self.cfg)
-        bound = self.server.add_secure_port(bind, creds) if creds else self.server.add_insecure_port(bind)
-        if bound == 0:
-            raise StartupError(f"STORAGE_PORT={self.cfg.port}: cannot listen on {bind}")
+        process.bind(self.server, bind, creds, f"STORAGE_PORT={self.cfg.port}")
         if self.cfg.metrics_port:
             # Before anything serves: a busy metrics port used to crash a node
             # that was already leading (review M6).
-            try:
-                self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
-            except OSError as exc:
-                raise StartupError(f"SUTRA_METRICS_PORT={self.cfg.metrics_port}: cannot listen on "
-                                   f"{self.cfg.host}:{self.cfg.metrics_port}: {exc.strerror or exc}") from exc
+            process.serve_metrics(self.metrics.serve, self.cfg.metrics_port, self.cfg.host)
         # Roles (and a joining node's read fence) are set before the port opens.
         self.replication.start()
         self.server.start()

@@ -96,6 +96,16 @@ def _abort(context: Any, exc: ResourceExhausted) -> None:
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
 
+def _take(budget: Budget, context: Any) -> str:
+    """A slot of ``budget`` for the caller, or the call is refused RESOURCE_EXHAUSTED."""
+    client = client_of(context)
+    try:
+        budget.acquire(client)
+    except ResourceExhausted as exc:
+        _abort(context, exc)
+    return client
+
+
 def _wrap(handler: grpc.RpcMethodHandler, budget: Budget) -> grpc.RpcMethodHandler:
     """The same handler, holding a slot of ``budget`` while the call runs."""
     kw = {"request_deserializer": handler.request_deserializer,
@@ -104,11 +114,7 @@ def _wrap(handler: grpc.RpcMethodHandler, budget: Budget) -> grpc.RpcMethodHandl
         inner_gen: Callable[..., Iterator[Any]] = handler.stream_stream or handler.unary_stream
 
         def streaming(request: Any, context: Any) -> Iterator[Any]:
-            client = client_of(context)
-            try:
-                budget.acquire(client)
-            except ResourceExhausted as exc:
-                _abort(context, exc)
+            client = _take(budget, context)
             try:
                 yield from inner_gen(request, context)
             finally:
@@ -120,11 +126,7 @@ def _wrap(handler: grpc.RpcMethodHandler, budget: Budget) -> grpc.RpcMethodHandl
     inner = handler.stream_unary
 
     def unary_answer(request_iterator: Any, context: Any) -> Any:
-        client = client_of(context)
-        try:
-            budget.acquire(client)
-        except ResourceExhausted as exc:
-            _abort(context, exc)
+        client = _take(budget, context)
         try:
             return inner(request_iterator, context)
         finally:

@@ -22,6 +22,12 @@ MEMBERS = "members/"
 SWITCHOVER = "switchover"
 
 
+def _encode(value: object) -> str:
+    """json.dumps(asdict(value), sort_keys=True) without asdict's deep copy:
+    members publish every tick (a third of the HA simulator's time went there)."""
+    return json.dumps({f.name: getattr(value, f.name) for f in fields(value)}, sort_keys=True)  # type: ignore[arg-type]
+
+
 def cluster_prefix(cluster: str) -> str:
     return f"/{cluster}/"
 
@@ -42,9 +48,7 @@ class LeaderKey:
     lease: int = 0
 
     def encode(self) -> str:
-        # Same text as json.dumps(asdict(self), sort_keys=True), without asdict's
-        # deep copy: members publish every tick (a third of the HA simulator's time).
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, sort_keys=True)
+        return _encode(self)
 
     @staticmethod
     def decode(raw: str | bytes) -> LeaderKey:
@@ -68,9 +72,7 @@ class MemberInfo:
     preferred: bool = False
 
     def encode(self) -> str:
-        # Same text as json.dumps(asdict(self), sort_keys=True), without asdict's
-        # deep copy: members publish every tick (a third of the HA simulator's time).
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, sort_keys=True)
+        return _encode(self)
 
     @staticmethod
     def decode(raw: str | bytes) -> MemberInfo:

@@ -93,6 +93,11 @@ class SyncCommit:
     def disconnect(self, pos: ReplicaPosition) -> None:
         pos.connected = False
 
+    def forget(self, node_id: str, pos: ReplicaPosition) -> None:
+        """Drop a gone replica's position (unless a newer stream replaced it)."""
+        if self.replicas.get(node_id) is pos:
+            del self.replicas[node_id]
+
     def connected(self) -> dict[str, int]:
         return {n: p.flushed for n, p in self.replicas.items() if p.connected}
 

@@ -218,8 +218,7 @@ class LeaderStreams:
         for f in gone:
             if now - f.last_seen >= RECENTLY_SEEN_S or len(self.followers) > MAX_FOLLOWERS:
                 del self.followers[f.node_id]
-                if self.commit.replicas.get(f.node_id) is f.pos:
-                    del self.commit.replicas[f.node_id]
+                self.commit.forget(f.node_id, f.pos)
 
     def _feed(self, f: Follower, term: int, head: dict, context: grpc.ServicerContext) -> Iterator[rpb.LeaderMessage]:
         eng = self.engine
@@ -397,15 +396,6 @@ class LeaderStreams:
         with self._acks:
             self.commit.count_all(members)
             self._acks.notify_all()
-
-    def wait_flushed(self, node_id: str, lsn: int, timeout: float) -> bool:
-        """Wait until ``node_id`` streams and has flushed ``lsn`` (a handover)."""
-        def done() -> bool:
-            f = self.followers.get(node_id)
-            return f is not None and f.connected and f.flushed >= lsn
-
-        with self._acks:
-            return self._acks.wait_for(done, timeout)
 
     def retain_floor(self) -> int | None:
         """Lowest flushed LSN of replicas connected or seen recently: the WAL they

@@ -339,13 +339,9 @@ class Router:
 
     def start(self) -> None:
         bind = f"{self.cfg.host}:{self.cfg.port}"
-        process.bind(self.server, bind, self._server_creds)
+        process.bind(self.server, bind, self._server_creds, f"SUTRA_ROUTER_PORT={self.cfg.port}")
         if self.cfg.metrics_port:
-            try:
-                self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
-            except OSError as exc:
-                raise OSError(f"SUTRA_METRICS_PORT={self.cfg.metrics_port}: cannot listen on "
-                              f"{self.cfg.host}:{self.cfg.metrics_port}: {exc.strerror or exc}") from exc
+            process.serve_metrics(self.metrics.serve, self.cfg.metrics_port, self.cfg.host)
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(STORAGE_SERVICE, health_pb2.HealthCheckResponse.SERVING)

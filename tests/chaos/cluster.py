@@ -488,29 +488,34 @@ class WriteLoad:
         try:
             i = 0
             while not self.stop_event.is_set():
-                cid = f"{prefix}-{i}"
-                rid = f"rid-{cid}"
-                cc.begin()
-                t = time.monotonic()
-                try:
-                    lsn = cc.learn_concept(cid, content_of(cid), vector(i), request_id=rid)
-                except (grpc.RpcError, TimeoutError) as exc:
-                    # Not acknowledged (it may still be applied: the checker only counts acknowledgements).
-                    code = exc.code().name if isinstance(exc, grpc.RpcError) else "TIMEOUT"  # type: ignore[attr-defined]
-                    self.ledger.fail(rid, cid, code, t)
-                else:
-                    sent, address, _ = cc.trace[-1]
-                    if len(cc.trace) > 1:
-                        with self._lock:
-                            self.traces[rid] = [(round(x - self.cluster.t0, 3), self.cluster.name_of(a), o)
-                                                for x, a, o in cc.trace]
-                    self.ledger.ack(rid, cid, lsn, self.cluster.name_of(address), sent, len(cc.trace))
+                t = self._write(cc, prefix, i)
                 i += 1
                 self.stop_event.wait(max(0.0, t + self.interval - time.monotonic()))
         except Exception as exc:  # noqa: BLE001 - a bug in the load itself: reported by WriteLoad.stop
             self.errors.append(f"{prefix}: {exc!r}")
         finally:
             cc.close()
+
+    def _write(self, cc: RecordingClusterClient, prefix: str, i: int) -> float:
+        """One write, recorded in the ledger; returns when it was sent."""
+        cid = f"{prefix}-{i}"
+        rid = f"rid-{cid}"
+        cc.begin()
+        t = time.monotonic()
+        try:
+            lsn = cc.learn_concept(cid, content_of(cid), vector(i), request_id=rid)
+        except (grpc.RpcError, TimeoutError) as exc:
+            # Not acknowledged (it may still be applied: the checker only counts acknowledgements).
+            code = exc.code().name if isinstance(exc, grpc.RpcError) else "TIMEOUT"  # type: ignore[attr-defined]
+            self.ledger.fail(rid, cid, code, t)
+        else:
+            sent, address, _ = cc.trace[-1]
+            if len(cc.trace) > 1:
+                with self._lock:
+                    self.traces[rid] = [(round(x - self.cluster.t0, 3), self.cluster.name_of(a), o)
+                                        for x, a, o in cc.trace]
+            self.ledger.ack(rid, cid, lsn, self.cluster.name_of(address), sent, len(cc.trace))
+        return t
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -72,35 +72,21 @@ class BatchLoad(WriteLoad):
         self.batch = batch
         super().__init__(cluster, ledger, **kw)  # type: ignore[arg-type]
 
-    def _run(self, prefix: str) -> None:
+    def _write(self, cc: RecordingClusterClient, prefix: str, i: int) -> float:
+        cids = tuple(f"{prefix}-{i}-{j}" for j in range(self.batch))
+        rid = f"rid-{prefix}-{i}"
+        cc.begin()
+        t = time.monotonic()
         try:
-            cc = RecordingClusterClient([self.cluster.etcd.endpoint], timeout=self.timeout,
-                                        failover_deadline=self.failover_deadline)
-        except Exception as exc:  # noqa: BLE001 - reported by WriteLoad.stop
-            self.errors.append(f"{prefix}: client: {exc!r}")
-            return
-        try:
-            i = 0
-            while not self.stop_event.is_set():
-                cids = tuple(f"{prefix}-{i}-{j}" for j in range(self.batch))
-                rid = f"rid-{prefix}-{i}"
-                cc.begin()
-                t = time.monotonic()
-                try:
-                    lsn = cc.learn_batch([Concept(c, big_content(c), vector(i + j)) for j, c in enumerate(cids)],
-                                         request_id=rid)
-                except (grpc.RpcError, TimeoutError) as exc:
-                    code = exc.code().name if isinstance(exc, grpc.RpcError) else "TIMEOUT"  # type: ignore[attr-defined]
-                    self.ledger.fail(rid, cids[0], code, t)
-                else:
-                    sent, address, _ = cc.trace[-1]
-                    self.ledger.ack(rid, cids[0], lsn, self.cluster.name_of(address), sent, len(cc.trace), cids=cids)
-                i += 1
-                self.stop_event.wait(max(0.0, t + self.interval - time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - a bug in the load itself: reported by WriteLoad.stop
-            self.errors.append(f"{prefix}: {exc!r}")
-        finally:
-            cc.close()
+            lsn = cc.learn_batch([Concept(c, big_content(c), vector(i + j)) for j, c in enumerate(cids)],
+                                 request_id=rid)
+        except (grpc.RpcError, TimeoutError) as exc:
+            code = exc.code().name if isinstance(exc, grpc.RpcError) else "TIMEOUT"  # type: ignore[attr-defined]
+            self.ledger.fail(rid, cids[0], code, t)
+        else:
+            sent, address, _ = cc.trace[-1]
+            self.ledger.ack(rid, cids[0], lsn, self.cluster.name_of(address), sent, len(cc.trace), cids=cids)
+        return t
 
 
 class KillOnSync:
