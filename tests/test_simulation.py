@@ -99,6 +99,7 @@ def test_same_seed_same_run() -> None:
     assert (a.events, a.faults) != (c.events, c.faults)
 
 
+@pytest.mark.timeout(600 + int(float(os.environ.get("SUTRA_SIM_SECONDS", "0"))))
 def test_random_seeds_for_as_long_as_asked() -> None:
     """SUTRA_SIM_SECONDS=N: random seeds, both modes, for N seconds (a few
     schedules when unset, so this path is always exercised)."""
