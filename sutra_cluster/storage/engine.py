@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -563,8 +563,26 @@ class Engine(HistoryOps):
         with lock:
             return self.state.find_path(start, end, depth, bound)
 
-    def search(self, query: np.ndarray, k: int, ef_search: int = 0) -> tuple[list[tuple[str, float]], bool]:
-        return self.vectors.search(query, k, ef_search)
+    def search(
+        self, query: np.ndarray, k: int, ef_search: int = 0, *,
+        where: Mapping[str, Collection[str]] | None = None, score_threshold: float | None = None,
+    ) -> tuple[list[tuple[str, float]], bool]:
+        """Top-k ``[(concept_id, cosine)]`` and whether the answer is exact.
+
+        ``where`` keeps only concepts whose attributes match: for every key the
+        concept's value is one of the listed values (ANDed across keys; a str
+        value counts as one value; an empty list matches nothing; None or {}
+        means no filter). The answer is the top-k *among matching concepts*,
+        not a filtered global top-k. ``score_threshold`` drops hits below that
+        cosine. Raises ValueError for a bad query vector.
+        """
+        if not where:
+            return self.vectors.search(query, k, ef_search, score_threshold=score_threshold)
+        with self._lock:
+            allowed = self.state.matching(where)
+        hits, exact = self.vectors.search(query, k, ef_search, allowed=allowed, score_threshold=score_threshold)
+        with self._lock:  # a concept re-attributed meanwhile must not slip through
+            return [h for h in hits if self.state.matches(h[0], where)], exact
 
     def digest(self, sequence: int = 0) -> tuple[int, str, int, int]:
         """(applied LSN, sha256 hex, concepts, edges) of the state, consistent."""

@@ -12,7 +12,7 @@ import hashlib
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -51,6 +51,8 @@ class GraphState:
         self.out: dict[str, dict[EdgeKey, float]] = {}
         self.inc: dict[str, dict[EdgeKey, float]] = {}
         self.edges = 0
+        # Attribute inverted index for filtered search: key -> value -> ids.
+        self.by_attr: dict[str, dict[str, set[str]]] = {}
 
     # ---- mutation -------------------------------------------------------
     def apply_batch(self, batch: wal_pb2.WalBatch, vec: ApplyResult) -> None:
@@ -62,7 +64,12 @@ class GraphState:
             # Each protobuf field read copies: read every one once.
             cid, emb, attrs = c.concept_id, c.embedding_f32, c.attributes
             old = concepts.get(cid)
-            concepts[cid] = Concept(c.content, c.strength, c.confidence, dict(attrs) if attrs else {}, emb,
+            new_attrs = dict(attrs) if attrs else {}
+            if old is not None and old.attributes:
+                self._unindex_attrs(cid, old.attributes)
+            if new_attrs:
+                self._index_attrs(cid, new_attrs)
+            concepts[cid] = Concept(c.content, c.strength, c.confidence, new_attrs, emb,
                                     old.created_us if old is not None else ts, ts)
             if emb:
                 upserts[cid] = emb
@@ -82,8 +89,26 @@ class GraphState:
         outs[(dst, atype)] = conf
         self.inc.setdefault(dst, {})[(src, atype)] = conf
 
+    def _index_attrs(self, cid: str, attrs: dict[str, str]) -> None:
+        for key, value in attrs.items():
+            self.by_attr.setdefault(key, {}).setdefault(value, set()).add(cid)
+
+    def _unindex_attrs(self, cid: str, attrs: dict[str, str]) -> None:
+        for key, value in attrs.items():
+            values = self.by_attr.get(key)
+            ids = values.get(value) if values is not None else None
+            if ids is None:
+                continue
+            ids.discard(cid)
+            if not ids:
+                del values[value]  # type: ignore[union-attr]
+                if not values:
+                    del self.by_attr[key]
+
     def delete_concept(self, cid: str, vec: ApplyResult) -> None:
         old = self.concepts.pop(cid, None)
+        if old is not None and old.attributes:
+            self._unindex_attrs(cid, old.attributes)
         if old is not None and old.embedding:
             vec.upserts.pop(cid, None)
             vec.removes.add(cid)
@@ -103,8 +128,14 @@ class GraphState:
 
     def load_chunk(self, chunk: wal_pb2.SnapshotChunk, vec: ApplyResult) -> None:
         for c in chunk.concepts:
+            old = self.concepts.get(c.concept_id)
+            if old is not None and old.attributes:
+                self._unindex_attrs(c.concept_id, old.attributes)
+            attrs = dict(c.attributes)
+            if attrs:
+                self._index_attrs(c.concept_id, attrs)
             self.concepts[c.concept_id] = Concept(
-                c.content, c.strength, c.confidence, dict(c.attributes), c.embedding_f32,
+                c.content, c.strength, c.confidence, attrs, c.embedding_f32,
                 c.created_at_us, c.updated_at_us,
             )
             if c.embedding_f32:
@@ -116,6 +147,39 @@ class GraphState:
         self.__init__()  # type: ignore[misc]
 
     # ---- reads ----------------------------------------------------------
+    def matching(self, where: Mapping[str, Collection[str]]) -> set[str]:
+        """Ids of concepts whose attributes satisfy ``where``: for every key,
+        the concept's value is one of the listed values (a str counts as one
+        value). An empty value list matches nothing; an empty ``where`` is
+        the caller's to treat as "no filter" (this returns every concept)."""
+        if not where:
+            return set(self.concepts)
+        groups = []
+        for key, values in where.items():
+            index = self.by_attr.get(key, {})
+            wanted = (values,) if isinstance(values, str) else values
+            sets = [index[v] for v in wanted if v in index]
+            groups.append(sets)
+        groups.sort(key=lambda sets: sum(len(x) for x in sets))
+        first = groups[0]
+        found: set[str] = set().union(*first) if first else set()
+        for sets in groups[1:]:
+            if not found:
+                break
+            found = {cid for cid in found if any(cid in x for x in sets)}
+        return found
+
+    def matches(self, cid: str, where: Mapping[str, Collection[str]]) -> bool:
+        """Whether concept ``cid`` exists and satisfies ``where`` (as ``matching``)."""
+        c = self.concepts.get(cid)
+        if c is None:
+            return False
+        for key, values in where.items():
+            value = c.attributes.get(key)
+            if value is None or (value != values if isinstance(values, str) else value not in values):
+                return False
+        return True
+
     def neighbors(self, cid: str, outgoing: bool, incoming: bool) -> list[tuple[str, int, float, bool]]:
         """(other id, type, confidence, is_outgoing) sorted by id, type, direction."""
         found = []

@@ -36,7 +36,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -58,6 +58,10 @@ _REBUILD_FRACTION = 0.2  # rebuild the HNSW past this tombstone share
 _TIE_SLACK = 64  # extra equal-score rows kept so ties break by key, not row
 _FETCH_SLACK = 16  # extra HNSW hits requested beyond the tombstone estimate
 _BUILD_BATCH = 1024  # private (re)builds block no one; batch only for stop checks
+# A filter this narrow or narrower is searched exactly over its own rows:
+# 4096 x 768-d rows is a ~12 MB gather + matmul, a few ms, and always exact.
+_FILTER_EXACT_ROWS = 4096
+_FILTER_MAX_WIDEN = 32  # the filtered beam grows with 1/selectivity up to this factor
 
 
 class _RWLock:
@@ -173,6 +177,22 @@ def _ranked(cands: list[tuple[str, float]], k: int) -> list[tuple[str, float]]:
     return [(key, min(1.0, max(-1.0, sim))) for key, sim in cands[:k]]
 
 
+def _rows_candidates(chunks: list[np.ndarray], keys: list[str], rows: np.ndarray, qn: np.ndarray,
+                     k: int, dim: int) -> list[tuple[str, float]]:
+    """Exact top-k (plus boundary ties) over the given ascending rows."""
+    if len(rows) == 0:
+        return []
+    scores = _gather(chunks, rows, dim) @ qn
+    if k < len(rows):
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        top = np.flatnonzero(scores >= kth)
+        if len(top) > k + _TIE_SLACK:
+            top = np.argpartition(-scores, k - 1)[:k]
+    else:
+        top = np.arange(len(rows))
+    return [(keys[int(rows[i])], float(scores[i])) for i in top]
+
+
 class VectorIndex:
     """Cosine top-k over concept embeddings keyed by concept id.
 
@@ -196,6 +216,7 @@ class VectorIndex:
         search_threads: int = 1,
         index_threads: int = 1,
         index_yield: float = 1.0,
+        filter_exact_limit: int = _FILTER_EXACT_ROWS,
     ) -> None:
         """Create an empty index.
 
@@ -211,11 +232,14 @@ class VectorIndex:
         ``index_yield`` times as long as each step took (1.0: at most half a
         core), so writes and replication keep the CPU; search stays correct
         meanwhile by scanning the unindexed tail exactly. 0 disables it.
+        ``filter_exact_limit``: a filtered search allowing at most this many
+        vectors scans them exactly instead of walking the graph.
         """
         if dim <= 0 or exact_limit < 0 or hnsw_m <= 0 or index_batch <= 0:
             raise ValueError("dim, hnsw_m and index_batch must be positive, exact_limit >= 0")
         self.dim = dim
         self.exact_limit = exact_limit
+        self.filter_exact_limit = max(0, filter_exact_limit)
         self._m = hnsw_m
         self._ef_construction = ef_construction
         self._default_ef = max(1, default_ef_search)
@@ -381,20 +405,38 @@ class VectorIndex:
             self._maybe_compact_locked()
             self._cv.notify_all()  # may have made a rebuild due
 
-    def search(self, query: np.ndarray, k: int, ef_search: int = 0) -> tuple[list[tuple[str, float]], bool]:
+    def search(
+        self, query: np.ndarray, k: int, ef_search: int = 0, *,
+        allowed: Collection[str] | None = None, score_threshold: float | None = None,
+    ) -> tuple[list[tuple[str, float]], bool]:
         """Top-k ``[(key, cosine)]`` sorted by similarity desc then key asc.
 
         Returns ``(results, exact)``.  ``ef_search`` can only raise the HNSW
-        beam above ``max(k, default_ef_search)``.  Raises ValueError for a
-        query of the wrong shape, non-finite or zero.
+        beam above ``max(k, default_ef_search)``.  ``allowed`` restricts the
+        answer to those keys (unknown keys are ignored): the top-k *among
+        them*, not a post-filtered global top-k.  ``score_threshold`` drops
+        hits below that cosine.  Raises ValueError for a query of the wrong
+        shape, non-finite or zero.
         """
+        qn = self._normalised_query(query)
+        if allowed is not None:
+            hits, exact = self._search_filtered(qn, k, ef_search, allowed)
+        else:
+            hits, exact = self._search_all(qn, k, ef_search)
+        if score_threshold is not None:
+            hits = [h for h in hits if h[1] >= score_threshold]
+        return hits, exact
+
+    def _normalised_query(self, query: np.ndarray) -> np.ndarray:
         q = np.asarray(query, dtype=np.float64).reshape(-1)
         if q.shape != (self.dim,):
             raise ValueError(f"query must have shape ({self.dim},), got {np.shape(query)}")
         norm = float(np.linalg.norm(q)) if np.isfinite(q).all() else math.nan
         if not norm > 0:
             raise ValueError("query must be finite and non-zero")
-        qn = (q / norm).astype(np.float32)
+        return (q / norm).astype(np.float32)
+
+    def _search_all(self, qn: np.ndarray, k: int, ef_search: int) -> tuple[list[tuple[str, float]], bool]:
         with self._lock:
             ann = self._ann
             use_ann = ann is not None and ann.count > 0 and self._live > self.exact_limit
@@ -411,6 +453,40 @@ class VectorIndex:
             assert ann is not None
             cands.extend(self._ann_candidates(ann, *view, qn, k, ef_search))
         return _ranked(cands, k), not use_ann
+
+    def _search_filtered(
+        self, qn: np.ndarray, k: int, ef_search: int, allowed: Collection[str],
+    ) -> tuple[list[tuple[str, float]], bool]:
+        """Top-k among ``allowed``: an exact scan of just those rows when they
+        are few (or there is no graph), else the graph with a bitmap selector
+        over the covered rows plus an exact scan of the allowed uncovered tail;
+        if the graph finds fewer than it should, exact over the covered rows too."""
+        with self._lock:
+            row_of = self._row_of
+            rows = np.fromiter((row_of.get(key, -1) for key in allowed), dtype=np.int64, count=len(allowed))
+            rows = np.unique(rows[rows >= 0])
+            chunks, keys = self._norm, self._keys
+            ann = self._ann
+            use_ann = (ann is not None and ann.count > 0 and self._live > self.exact_limit
+                       and len(rows) > self.filter_exact_limit)
+            split = len(rows)
+            if use_ann:
+                assert ann is not None
+                start = int(np.searchsorted(self._seq[: self._n], ann.watermark))
+                split = int(np.searchsorted(rows, start))
+                count, labels_seq = ann.count, ann.labels_seq
+                labels = np.searchsorted(labels_seq[:count], self._seq[rows[:split]])
+        if k <= 0 or len(rows) == 0:
+            return [], not use_ann
+        if not use_ann:
+            return _ranked(_rows_candidates(chunks, keys, rows, qn, k, self.dim), k), True
+        assert ann is not None
+        cands = _rows_candidates(chunks, keys, rows[split:], qn, k, self.dim)
+        graph = self._ann_filtered(ann, count, labels, labels_seq, qn, k, ef_search)
+        if len(graph) < min(k, split):  # the beam ran dry inside the filter: be exact
+            graph = _rows_candidates(chunks, keys, rows[:split], qn, k, self.dim)
+        cands.extend(graph)
+        return _ranked(cands, k), False
 
     def _snapshot_locked(self, start: int) -> tuple[list[np.ndarray], list[str], int, int, np.ndarray]:
         """What an exact scan of rows ``[start, n)`` needs, readable unlocked:
@@ -467,6 +543,36 @@ class VectorIndex:
                 fetch = min(count, 2 * fetch)
         finally:
             faiss.omp_set_num_threads(saved_threads)
+
+    def _ann_filtered(
+        self, ann: _Ann, count: int, labels: np.ndarray, labels_seq: np.ndarray,
+        qn: np.ndarray, k: int, ef_search: int,
+    ) -> list[tuple[str, float]]:
+        """Live top-k among graph ``labels`` (all ``< count``, alive when
+        chosen): HNSW with a bitmap selector, the beam widened by how
+        selective the filter is (a narrow filter leaves few members per hop)."""
+        bits = np.zeros(count, dtype=bool)
+        bits[labels] = True
+        packed = np.packbits(bits, bitorder="little")
+        sel = faiss.IDSelectorBitmap(count, faiss.swig_ptr(packed))
+        widen = min(_FILTER_MAX_WIDEN, count / max(1, len(labels)))
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        params.sel = sel
+        base = max(ef_search, k + _FETCH_SLACK, self._default_ef)
+        params.efSearch = int(min(count, max(base, base * widen)))
+        fetch = min(len(labels), k + _FETCH_SLACK)
+        saved_threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self._search_threads)
+        try:
+            with ann.rw.read():
+                sims, found = ann.index.search(qn[None, :], fetch, params=params)
+        finally:
+            faiss.omp_set_num_threads(saved_threads)
+        ok = (found[0] >= 0) & (found[0] < count)
+        seqs = labels_seq[found[0][ok]]
+        with self._lock:
+            rows = self._rows_for_seqs_locked(seqs)
+            return [(self._keys[r], float(sc)) for r, sc in zip(rows, sims[0][ok]) if r >= 0]
 
     def get(self, key: str) -> np.ndarray | None:
         """A copy of the original (un-normalised) vector, or None."""
