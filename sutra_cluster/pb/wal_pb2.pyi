@@ -8,18 +8,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalBatch(_message.Message):
-    __slots__ = ("concepts", "associations", "delete_concept_ids", "request_id", "timestamp_us")
+    __slots__ = ("concepts", "associations", "delete_concept_ids", "request_id", "txn_id", "timestamp_us", "drop_concept_ids")
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     ASSOCIATIONS_FIELD_NUMBER: _ClassVar[int]
     DELETE_CONCEPT_IDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
+    DROP_CONCEPT_IDS_FIELD_NUMBER: _ClassVar[int]
     concepts: _containers.RepeatedCompositeFieldContainer[_storage_pb2.LearnConceptRequest]
     associations: _containers.RepeatedCompositeFieldContainer[_storage_pb2.LearnAssociationRequest]
     delete_concept_ids: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
+    txn_id: str
     timestamp_us: int
-    def __init__(self, concepts: _Optional[_Iterable[_Union[_storage_pb2.LearnConceptRequest, _Mapping]]] = ..., associations: _Optional[_Iterable[_Union[_storage_pb2.LearnAssociationRequest, _Mapping]]] = ..., delete_concept_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., timestamp_us: _Optional[int] = ...) -> None: ...
+    drop_concept_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, concepts: _Optional[_Iterable[_Union[_storage_pb2.LearnConceptRequest, _Mapping]]] = ..., associations: _Optional[_Iterable[_Union[_storage_pb2.LearnAssociationRequest, _Mapping]]] = ..., delete_concept_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., txn_id: _Optional[str] = ..., timestamp_us: _Optional[int] = ..., drop_concept_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WalPrepare(_message.Message):
+    __slots__ = ("txn_id", "batch", "shards", "prepared_at_us")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_AT_US_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    batch: WalBatch
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    prepared_at_us: int
+    def __init__(self, txn_id: _Optional[str] = ..., batch: _Optional[_Union[WalBatch, _Mapping]] = ..., shards: _Optional[_Iterable[int]] = ..., prepared_at_us: _Optional[int] = ...) -> None: ...
+
+class WalTxnAbort(_message.Message):
+    __slots__ = ("txn_id", "reason")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    reason: str
+    def __init__(self, txn_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ConceptState(_message.Message):
     __slots__ = ("concept_id", "content", "strength", "confidence", "attributes", "embedding_f32", "created_at_us", "updated_at_us")

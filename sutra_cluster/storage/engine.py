@@ -35,6 +35,7 @@ from sutra_cluster.roles import Role
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.history import HistoryOps
+from sutra_cluster.storage.prepared import PreparedTxns, TxnOps
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
 from sutra_cluster.storage.tail import WalTail
 from sutra_cluster.storage.terms import TermHistory
@@ -72,7 +73,7 @@ class Leadership:
 
 
 
-class Engine(HistoryOps):
+class Engine(HistoryOps, TxnOps):
     """One node's storage. Thread-safe; every public method may be called from
     any gRPC worker thread."""
 
@@ -97,6 +98,7 @@ class Engine(HistoryOps):
         # Recent client request ids -> LSN, so a write retried across a failover applies once.
         self.request_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()  # id -> (LSN, request fingerprint)
         self.terms = TermHistory(self.dir)
+        self.txns = PreparedTxns()  # cross-shard parts prepared here and not yet decided
         self.durable_listeners: list[Callable[[int], None]] = []
         self.applied_lsn = 0
         self.checkpoint_lsn = 0
@@ -130,6 +132,8 @@ class Engine(HistoryOps):
                 f"{self.dir}: the WAL starts at LSN {self.wal.first_lsn} but the checkpoint is at "
                 f"{self.checkpoint_lsn}; records {self.checkpoint_lsn + 1}..{self.wal.first_lsn - 1} are missing"
             )
+        if self.wal.first_lsn <= self.checkpoint_lsn:  # a prepare before the checkpoint is not in storage.dat
+            self.txns.rebuild(self.wal.records(0), self.checkpoint_lsn)
         replayed = self._replay()
         log.info(
             "node %s recovered in %.2fs: checkpoint LSN %d, %d WAL records replayed, last LSN %d, term %d",
@@ -280,8 +284,11 @@ class Engine(HistoryOps):
                 b = wal_pb2.WalBatch.FromString(r.payload)
                 entries.append((r.lsn, b, batch_items(b)))
                 self._remember(b.request_id, r.lsn, request_fingerprint(logged_body(r.payload, b)))
+                if b.txn_id:
+                    self.txns.observe(r.rtype, r.payload, r.lsn, b)
             else:
                 entries.append((r.lsn, None, 0))
+                self.txns.observe(r.rtype, r.payload, r.lsn)
             if r.term > self.terms.last_term:
                 self.terms.begin(r.term, r.lsn)
         self._apply_entries(entries)
@@ -414,6 +421,7 @@ class Engine(HistoryOps):
         items = batch_items(batch)
         with self._append_lock:
             self.check_writable()
+            self.txns.check(batch)  # a concept held by a prepared cross-shard part: TxnLocked
             # The leadership this write is logged under: it is acknowledged only
             # if the engine still holds this very term when the commit is done.
             lead = self._leadership
@@ -487,6 +495,8 @@ class Engine(HistoryOps):
             self.backup_lsn, self.checkpoint_lsn = previous, lsn
             self._since_checkpoint = 0
             floor = previous if self._hooks is None else self._hooks.retain_floor(previous)
+            if self.txns.oldest_lsn():  # keep the segment of an undecided prepare
+                floor = min(floor, self.txns.oldest_lsn() - 1)
             freed = self.wal.drop_segments_through(floor)
             self._fault_step("segments-dropped")
             self.flushes += 1

@@ -24,6 +24,7 @@ from sutra_cluster.storage.wal import WalWriteError, WriteAheadLog, wal_files
 from sutra_cluster.storage.wal_format import RT_BATCH, RT_TERM
 
 if TYPE_CHECKING:
+    from sutra_cluster.storage.prepared import PreparedTxns
     from sutra_cluster.storage.state import GraphState
     from sutra_cluster.storage.terms import TermHistory
     from sutra_cluster.storage.vectors import VectorIndex
@@ -45,6 +46,7 @@ class HistoryOps:
     checkpoint_lsn: int
     backup_lsn: int
     request_ids: OrderedDict[str, tuple[int, int]]
+    txns: PreparedTxns
     _unapplied: deque[tuple[int, wal_pb2.WalBatch | None, int]]
     _append_lock: threading.Lock
     _ckpt_lock: threading.Lock
@@ -84,6 +86,7 @@ class HistoryOps:
                 n = batch_items(batch) if batch is not None else 0
                 if batch is not None:
                     self._remember(batch.request_id, lsn, request_fingerprint(logged_body(payload, batch)))
+                self.txns.observe(rtype, payload, lsn, batch)  # prepared cross-shard parts (storage/prepared.py)
                 self._unapplied.append((lsn, batch, n))
                 appended.append((lsn, batch, n))
                 self.pending_items += n
@@ -139,6 +142,7 @@ class HistoryOps:
             self._unapplied.clear()
             self.pending_items = 0
             self.recent.clear()
+            self.txns.clear()
             self._load_snapshot_file(self.dir / ckpt.STORAGE_FILE)
             self.terms.reset(max(1, header.term), header.lsn)
             self.wal = self._open_wal(header.lsn)
@@ -183,6 +187,7 @@ class HistoryOps:
             self.pending_items = 0
             self.recent.clear()
             self.request_ids.clear()
+            self.txns.clear()
             self.applied_lsn = 0
             self.checkpoint_lsn, _ = self._load_checkpoint()
             self._replay()

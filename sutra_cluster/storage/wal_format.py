@@ -28,7 +28,9 @@ __all__ = [
     "RECORD_HEADER",
     "RECORD_HEADER_SIZE",
     "RT_BATCH",
+    "RT_PREPARE",
     "RT_TERM",
+    "RT_TXN_ABORT",
     "SEALED_DIR",
     "SEGMENT_HEADER",
     "SEGMENT_HEADER_SIZE",
@@ -97,11 +99,18 @@ class RecordType(IntEnum):
     BATCH = 1
     #: payload: empty; the first record a leader writes in a new term
     TERM = 2
+    #: payload: a ``sutra.wal.WalPrepare``: one shard's part of a cross-shard
+    #: transaction, durable but not applied (its commit is an RT_BATCH with txn_id)
+    PREPARE = 3
+    #: payload: a ``sutra.wal.WalTxnAbort``: the prepared part is dropped
+    TXN_ABORT = 4
 
 
 # Plain ints: they travel in protobuf fields and through pickling unchanged.
 RT_BATCH = RecordType.BATCH.value
 RT_TERM = RecordType.TERM.value
+RT_PREPARE = RecordType.PREPARE.value
+RT_TXN_ABORT = RecordType.TXN_ABORT.value
 
 
 # ---------------------------------------------------------------------------
