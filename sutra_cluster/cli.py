@@ -112,18 +112,27 @@ def _follow(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    from sutra_cluster import admin
+def _ops(name: str):  # type: ignore[no-untyped-def]
+    """The handler ``name`` of ops/commands.py (imported when the command runs)."""
+    def run(args: argparse.Namespace) -> int:
+        from sutra_cluster.ops import commands
 
-    nodes = _addresses(args.nodes or "")
-    etcd = _addresses(args.etcd or os.environ.get("SUTRA_ETCD_ENDPOINTS", ""))
-    if not nodes and etcd:
-        nodes, _ = admin.etcd_members(etcd, args.cluster, args.shard)
-    if not nodes:
-        print("sutra-cluster status: give --nodes host:port,... or --etcd host:port", file=sys.stderr)
-        return 2
-    print(f"shard {args.shard}")
-    return admin.print_status(nodes)
+        return int(getattr(commands, name)(args))
+
+    return run
+
+
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    """-o/--output and --json for a read command (as patronictl -f, etcdctl -w)."""
+    parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table",
+                        help="output format (default table)")
+    parser.add_argument("--json", action="store_true", help="same as -o json")
+
+
+def _etcd_flags(parser: argparse.ArgumentParser, shard_help: str) -> None:
+    parser.add_argument("--etcd", help="etcd host:port,... (default SUTRA_ETCD_ENDPOINTS)")
+    parser.add_argument("--cluster", default=os.environ.get("SUTRA_CLUSTER_NAME", "sutra"))
+    parser.add_argument("--shard", type=int, default=None, help=shard_help)
 
 
 def _switchover(args: argparse.Namespace) -> int:
@@ -211,7 +220,10 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sutra_cluster import __version__
+
     p = argparse.ArgumentParser(prog="sutra-cluster", description="Sutra Cluster storage nodes and tools")
+    p.add_argument("--version", action="version", version=f"sutra-cluster {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run one node, configured from the environment")
     s.set_defaults(func=_serve)
@@ -224,12 +236,32 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--node", required=True)
     fo.add_argument("--leader", required=True)
     fo.set_defaults(func=_follow)
-    st = sub.add_parser("status", help="shard, node, role, term, LSNs and lag as a table")
-    st.add_argument("--nodes", help="host:port,... of the nodes to ask")
-    st.add_argument("--etcd", help="etcd host:port,... (default SUTRA_ETCD_ENDPOINTS): find the nodes there")
-    st.add_argument("--cluster", default=os.environ.get("SUTRA_CLUSTER_NAME", "sutra"))
-    st.add_argument("--shard", type=int, default=0)
-    st.set_defaults(func=_status)
+    st = sub.add_parser("status", help="every shard's members: role, state, term, LSNs, lag, version; down members too",
+                        description="Exit codes: 0 every shard has a leader and every member answers; 1 a member "
+                        "is down or unreachable, or a shard has no leader; 2 usage; 3 etcd unreachable.")
+    st.add_argument("--nodes", help="host:port,... of the nodes to ask (no etcd)")
+    _etcd_flags(st, "only this shard (default all)")
+    _output_flags(st)
+    st.add_argument("-w", "--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2) until Ctrl-C")
+    st.add_argument("--count", type=int, default=None, help="with --watch: stop after this many refreshes")
+    st.set_defaults(func=_ops("status"))
+    hi = sub.add_parser("history", help="when and why leadership changed, per shard (etcd clusters)")
+    _etcd_flags(hi, "only this shard (default all)")
+    hi.add_argument("--limit", type=int, default=0, help="only the last N changes")
+    _output_flags(hi)
+    hi.set_defaults(func=_ops("history"))
+    pa = sub.add_parser("pause", help="maintenance mode: no automatic failover or sync-set change until resume")
+    _etcd_flags(pa, "only this shard (default every shard)")
+    pa.add_argument("--reason", help="shown by status")
+    pa.set_defaults(func=_ops("pause"))
+    re_ = sub.add_parser("resume", help="end maintenance mode: automatic failover again")
+    _etcd_flags(re_, "only this shard (default every shard)")
+    re_.set_defaults(func=_ops("resume"))
+    fg = sub.add_parser("forget", help="drop a removed member's registration, so status stops listing it as down")
+    fg.add_argument("node", help="node id (SUTRA_NODE_ID)")
+    _etcd_flags(fg, "its shard (default 0)")
+    fg.set_defaults(func=_ops("forget"), shard=0)
     sw = sub.add_parser("switchover", help="hand leadership to a caught-up replica (etcd clusters)")
     sw.add_argument("--to", help="node id of the new leader (default: the most caught-up replica)")
     sw.add_argument("--etcd", help="etcd host:port,... (default SUTRA_ETCD_ENDPOINTS)")

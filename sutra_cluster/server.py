@@ -9,12 +9,13 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from sutra_cluster import auth, logformat, process, tlsutil
+from sutra_cluster import __version__, auth, logformat, process, tlsutil
 from sutra_cluster.api import limits
 from sutra_cluster.api.storage_service import StorageServicer
 from sutra_cluster.api.storage_service import add_to_server as add_storage_service
 from sutra_cluster.config import Config
 from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+from sutra_cluster.failover.journal import Journal
 from sutra_cluster.failover.loop import HaLoop
 from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2
@@ -91,7 +92,8 @@ class Node:
                 cfg.etcd_endpoints, shard_prefix(cfg.cluster_name, cfg.shard), cfg.node_id,
                 ttl=cfg.lease_ttl_s, timeout=cfg.retry_timeout_ms / 1000.0, security=cfg.etcd,
             )
-            self.ha = HaLoop(self.replication, coord, cfg)
+            journal = Journal(coord, cfg.cluster_name, cfg.shard, cfg.node_id, cfg.address, __version__)
+            self.ha = HaLoop(self.replication, coord, cfg, journal=journal)
 
     def _health(self) -> tuple[bool, str]:
         """(process serving RPCs, a one-line status) for the guide's HealthCheck."""

@@ -132,7 +132,10 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
         if not me.healthy:
             return Action(DEMOTE, f"demoted: storage failure on this node; giving up the leader key at term {key.term}",
                           release=True)
-        return _lead_on(snap, me, s, key.term)
+        action = _lead_on(snap, me, s, key.term)
+        if snap.paused and action.kind == RENEW and not action.target:
+            return Action(RENEW, f"{action.reason} (maintenance mode: the sync set is not changed)")
+        return action
     if key is not None:
         if me.role == Role.LEADER:
             return Action(DEMOTE, f"demoted: leader key held by {key.node_id} at term {key.term}")
@@ -141,7 +144,9 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
         # other node's view (its own link refused) must not unseat a leader the
         # sync set still reaches.
         sync_member = (s.commit_mode != CommitMode.SYNC or snap.sync is None or me.node_id in snap.sync.members)
-        if me.leader_refused and s.fast_revoke and sync_member:
+        # Maintenance mode: no automatic action against the leader; its lease still
+        # ends its key if it is really gone (and then nobody takes it, see below).
+        if me.leader_refused and s.fast_revoke and sync_member and not snap.paused:
             return Action(REVOKE, f"leader {key.node_id} at {key.address} refuses connections: it is gone; "
                                   f"revoking its lease (term {key.term})")
         if me.leader_refused:
@@ -171,6 +176,10 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
     if best is None:
         return Action(WAIT, f"no leader at term {snap.term}: {why}")
     new_term = max(snap.term, me.term) + 1
+    if snap.paused:
+        # Patroni's pause: the shard stays without a leader until `sutra-cluster resume`.
+        return Action(WAIT, f"no leader at term {snap.term}: maintenance mode (paused), no automatic failover; "
+                            f"{best.node_id} (LSN {best.flushed_lsn}) would take over")
     if best.node_id == me.node_id:
         return Action(ACQUIRE, f"promoted self: leader key acquired at term {new_term}", term=new_term)
     return Action(WAIT, f"no leader at term {snap.term}: {best.node_id} (LSN {best.flushed_lsn}) should take over")

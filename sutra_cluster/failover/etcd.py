@@ -193,6 +193,21 @@ class EtcdCoordinator(Coordinator):
         value, _ = self._call(lambda: self.client.get(key))
         return None if value is None else value.decode()
 
+    def put(self, key: str, value: str) -> None:
+        """Put ``value`` at ``key`` (absolute), without a lease."""
+        self._call(lambda: self.client.put(key, value))
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; True when it existed."""
+        return bool(self._call(lambda: self.client.delete(key)))
+
+    def read_prefix(self, prefix: str) -> dict[str, str]:
+        """Every key under ``prefix`` (absolute) with its value, in one read."""
+        def read() -> dict[str, str]:
+            return {meta.key.decode(): value.decode() for value, meta in self.client.get_prefix(prefix)}
+
+        return self._call(read)
+
     def create(self, key: str, value: str) -> tuple[bool, str]:
         """Put ``value`` unless ``key`` exists; returns (created, the value stored now)."""
         def txn() -> tuple[bool, str]:

@@ -6,6 +6,13 @@
     /<cluster>/shards/<shard>/sync               SyncState: the sync set (Patroni's /sync)
     /<cluster>/shards/<shard>/members/<node id>  MemberInfo, bound to the member's own lease
     /<cluster>/shards/<shard>/switchover         a requested switchover target (node id)
+    /<cluster>/shards/<shard>/pause              Pause: maintenance mode, no automatic failover (sutra-cluster pause)
+    /<cluster>/history/<shard>                   the last HISTORY_KEEP leadership changes (JSON list of HistoryEntry)
+    /<cluster>/registry/<shard>/<node id>        Registration: a member's address, version and last-seen time,
+                                                 without a lease, so a dead member is still listed (as down)
+
+The history and registry live outside the shard prefix on purpose: every HA
+tick reads the whole shard prefix, and neither is needed for a decision.
 
 Every module that reads or writes these keys takes the names from here.
 """
@@ -20,6 +27,8 @@ TERM = "term"
 SYNC = "sync"
 MEMBERS = "members/"
 SWITCHOVER = "switchover"
+PAUSE = "pause"
+HISTORY_KEEP = 50  # leadership changes kept per shard (the oldest drop off)
 
 
 def _encode(value: object) -> str:
@@ -38,6 +47,86 @@ def shard_prefix(cluster: str, shard: int) -> str:
 
 def map_key(cluster: str) -> str:
     return f"/{cluster}/shardmap"
+
+
+def history_key(cluster: str, shard: int) -> str:
+    return f"/{cluster}/history/{shard}"
+
+
+def registry_prefix(cluster: str, shard: int | None = None) -> str:
+    return f"/{cluster}/registry/" + ("" if shard is None else f"{shard}/")
+
+
+def registry_key(cluster: str, shard: int, node_id: str) -> str:
+    return f"{registry_prefix(cluster, shard)}{node_id}"
+
+
+def _known(cls: type, d: dict[str, object]) -> dict[str, object]:
+    """Only the fields ``cls`` knows: a value written by a newer release (one more
+    field) must still decode during a rolling upgrade."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Maintenance mode for a shard (Patroni's pause): while the key exists no node
+    takes a free leader key and a leader does not change the sync set."""
+
+    since: float  # Unix time
+    by: str = ""  # who paused (user@host), for the status line
+    reason: str = ""
+
+    def encode(self) -> str:
+        return _encode(self)
+
+    @staticmethod
+    def decode(raw: str | bytes) -> Pause:
+        return Pause(**_known(Pause, json.loads(raw)))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One leadership change, as the node that made it saw it."""
+
+    time: float  # Unix time
+    event: str  # acquire | release | demote | abandon
+    node_id: str
+    term: int
+    lsn: int
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @staticmethod
+    def decode_list(raw: str | bytes | None) -> list[HistoryEntry]:
+        if not raw:
+            return []
+        return [HistoryEntry(**_known(HistoryEntry, d)) for d in json.loads(raw)]  # type: ignore[arg-type]
+
+    @staticmethod
+    def encode_list(entries: list[HistoryEntry]) -> str:
+        return json.dumps([e.as_dict() for e in entries[-HISTORY_KEEP:]], sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A member as last seen by itself (no lease: it outlives the process)."""
+
+    node_id: str
+    address: str
+    version: str
+    last_seen: float  # Unix time of the last refresh
+    role: str = ""
+    term: int = 0
+
+    def encode(self) -> str:
+        return _encode(self)
+
+    @staticmethod
+    def decode(raw: str | bytes) -> Registration:
+        return Registration(**_known(Registration, json.loads(raw)))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -106,6 +195,11 @@ class ClusterSnapshot:
     sync: SyncState | None = None
     switchover_to: str = ""
     revision: int = 0
+    pause: Pause | None = None  # maintenance mode (no automatic failover)
+
+    @property
+    def paused(self) -> bool:
+        return self.pause is not None
 
 
 def parse_snapshot(prefix: str, kv: dict[str, str], revision: int) -> ClusterSnapshot:
@@ -120,4 +214,16 @@ def parse_snapshot(prefix: str, kv: dict[str, str], revision: int) -> ClusterSna
     return ClusterSnapshot(
         leader=leader, term=int(kv.get(prefix + TERM, "0")), members=members, sync=sync,
         switchover_to=kv.get(prefix + SWITCHOVER, ""), revision=revision,
+        pause=parse_pause(kv.get(prefix + PAUSE)),
     )
+
+
+def parse_pause(raw: str | None) -> Pause | None:
+    if raw is None:
+        return None
+    try:
+        return Pause.decode(raw)
+    except (ValueError, TypeError):
+        # Any value pauses: an operator's hand-written `etcdctl put .../pause x`
+        # must not be ignored by the very loop it means to stop.
+        return Pause(since=0.0, reason=raw[:200])

@@ -44,6 +44,7 @@ from sutra_cluster.failover.decide import (
     decide_unreachable,
     first_sync_set,
 )
+from sutra_cluster.failover.journal import Journal
 from sutra_cluster.failover.port import NodePort, NodeState
 from sutra_cluster.roles import CommitMode, Role
 
@@ -75,8 +76,11 @@ class _Handover:
 class HaLoop:
     def __init__(self, port: NodePort, coord: Coordinator, cfg: Config, *,
                  clock: Callable[[], float] = time.monotonic,
-                 probe: Callable[[str], bool] = port_refuses) -> None:
+                 probe: Callable[[str], bool] = port_refuses, journal: Journal | None = None) -> None:
+        """``journal`` (optional) records leadership changes and this member's
+        registration in etcd for operators; it never delays a tick."""
         self.node = port
+        self.journal = journal
         self.coord = coord
         self.cfg = cfg
         self.clock = clock
@@ -97,6 +101,7 @@ class HaLoop:
         self.last_reason = ""
         self.last_action: Action | None = None
         self.handover: _Handover | None = None
+        self._seen_leader: LeaderKey | None = None  # the last leader key seen: named in the next acquire's history
         # Sync-set members chosen at election, not yet streaming: kept for a grace period.
         self._sync_grace: dict[str, int] = {}
         self._sync_grace_until = 0.0
@@ -190,7 +195,16 @@ class HaLoop:
         except CoordinatorUnavailable as exc:
             log.warning("etcd unreachable while applying %r: %s", action.kind, exc)
         self.last_action = action
+        if snap.leader is not None:
+            self._seen_leader = snap.leader
+        if self.journal is not None:
+            self.journal.seen(st.role, st.term)
         return action
+
+    def _note(self, event: str, term: int, reason: str) -> None:
+        """One leadership change into the shard's history (off this thread)."""
+        if self.journal is not None:
+            self.journal.leadership(event, term, self.node.last_lsn(), reason)
 
     def _log(self, action: Action) -> None:
         # The sentence changes with lag on every tick; log kinds at INFO, sentences at DEBUG.
@@ -206,6 +220,8 @@ class HaLoop:
         if kind == DEMOTE:
             key = self.key
             self._demote(action.reason)
+            if key is not None:
+                self._note("demote", key.term, action.reason)
             if action.release and key is not None and snap is not None and snap.leader == key:
                 self.coord.release(key)  # still ours: hand it on now, nobody waits out the lease
             return
@@ -216,11 +232,13 @@ class HaLoop:
         elif kind == HANDOVER:
             self.node.pause_writes("switchover to " + action.target)
             self.handover = _Handover(action.target, self.clock())
+            self._note("handover", self.key.term if self.key is not None else 0, action.reason)
             self._renew(snap)
         elif kind == RELEASE:
             self._release_to(action.target, snap)
         elif kind == ABANDON:
             log.error("%s", action.reason)
+            self._note("abandon", self.key.term if self.key is not None else 0, action.reason)
             self._end_handover()
             self.coord.clear_switchover()
             self._renew(snap)
@@ -256,7 +274,8 @@ class HaLoop:
         assert self.key is not None
         if snap.switchover_to == self.cfg.node_id:
             self.coord.clear_switchover()
-        if self.settings.commit_mode == CommitMode.SYNC:
+        # Maintenance mode: the sync set stays as it is (sutra-cluster pause).
+        if self.settings.commit_mode == CommitMode.SYNC and not snap.paused:
             self._maintain_sync_set(snap)
 
     def _maintain_sync_set(self, snap: ClusterSnapshot) -> None:
@@ -299,11 +318,24 @@ class HaLoop:
                 self._sync_grace_until = self.clock() + 2 * self.cfg.lease_ttl_s
                 if self.coord.set_sync(stored, SyncState(self.cfg.node_id, action.term, initial)):
                     self.node.sync_count(initial)
+            self._note("acquire", action.term, self._acquire_reason(action, snap))
         except Exception:
             log.exception("promotion to term %d failed; releasing the leader key", action.term)
             self.coord.revoke(stored)
             self._demote(f"promotion to term {action.term} failed")
             raise
+
+    def _acquire_reason(self, action: Action, snap: ClusterSnapshot) -> str:
+        prev = self._seen_leader
+        if snap.switchover_to == self.cfg.node_id:
+            why = "switchover requested to this node"
+        elif prev is None:
+            why = "no leader key"
+        elif prev.node_id == self.cfg.node_id:
+            why = f"this node's own key from term {prev.term} was gone"
+        else:
+            why = f"{prev.node_id} (term {prev.term}) no longer held the leader key (released, or its lease expired)"
+        return f"{action.reason}; {why}"
 
     def _demote(self, reason: str) -> None:
         self.key = None
@@ -327,6 +359,7 @@ class HaLoop:
                 self.node.sync_adopt((target,))
         self._demote(f"switchover to {target}")
         self.coord.release(key)
+        self._note("release", key.term, f"switchover: released the leader key at term {key.term} to {target}")
         member = snap.members.get(target)
         if member is not None:
             self.node.follow(member.address, 0)
@@ -344,6 +377,9 @@ class HaLoop:
             try:
                 self.coord.release(key)
                 log.info("released the leader key at term %d", key.term)
+                self._note("release", key.term, f"stopping: released the leader key at term {key.term}")
             except CoordinatorUnavailable as exc:
                 log.warning("could not release the leader key (%s); it expires with its lease", exc)
+        if self.journal is not None:
+            self.journal.close()
         self.coord.close()

@@ -1,0 +1,264 @@
+"""``sutra-cluster status``, ``history``, ``pause``, ``resume`` and ``forget``.
+
+Exit codes of ``status`` (documented in docs/HA.md, "Command line"):
+
+- 0: every shard has a leader and every member answers;
+- 1: degraded: a member is down or unreachable, or a shard has no leader;
+- 2: usage: no etcd endpoints nor ``--nodes``, or a bad flag value;
+- 3: etcd could not be read.
+
+The other commands exit 0 on success, 1 on failure, 2 on usage, 3 when etcd
+cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from sutra_cluster.failover.coordinator import CoordinatorUnavailable
+from sutra_cluster.failover.keys import (
+    HistoryEntry,
+    Pause,
+    Registration,
+    cluster_prefix,
+    registry_key,
+    shard_prefix,
+)
+from sutra_cluster.ops import output
+from sutra_cluster.ops.view import ClusterView, from_etcd, from_nodes
+
+OK, DEGRADED, USAGE, ETCD_DOWN = 0, 1, 2, 3
+WATCH_MIN_S, WATCH_MAX_S = 0.2, 3600.0
+
+
+def addresses(raw: str | None) -> list[str]:
+    return [a.strip() for a in (raw or "").split(",") if a.strip()]
+
+
+def etcd_endpoints(args: argparse.Namespace) -> list[str]:
+    return addresses(getattr(args, "etcd", None) or os.environ.get("SUTRA_ETCD_ENDPOINTS", ""))
+
+
+def fmt_of(args: argparse.Namespace) -> str:
+    return "json" if getattr(args, "json", False) else (getattr(args, "output", None) or "table")
+
+
+def _err(cmd: str, msg: str) -> None:
+    print(f"sutra-cluster {cmd}: {msg}", file=sys.stderr)
+
+
+def _utc(t: float | None) -> str:
+    if not t:
+        return "-"
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _coord(endpoints: Sequence[str], cluster: str):  # type: ignore[no-untyped-def]
+    from sutra_cluster.failover.etcd import EtcdCoordinator
+
+    return EtcdCoordinator(list(endpoints), cluster_prefix(cluster), "admin", timeout=2.0)
+
+
+# ---- status -----------------------------------------------------------------------
+def render_status(view: ClusterView) -> str:
+    heads = ["SHARD", "NODE", "ADDRESS", "ROLE", "STATE", "TERM", "LAST LSN", "FLUSHED", "APPLIED", "LAG B",
+             "LAG MS", "SYNC", "VERSION", "LAST SEEN"]
+    rows = []
+    for s in view.shards:
+        for m in s.members:
+            seen = "now" if m.up else output.ago(m.last_seen_s)
+            rows.append([s.shard, m.node, m.address, m.role, m.state or m.error.split(":")[0] or None, m.term,
+                         m.last_lsn, m.flushed_lsn, m.applied_lsn, m.lag_bytes, m.lag_ms, "yes" if m.sync else "",
+                         m.version or None, seen])
+    members = sum(len(s.members) for s in view.shards)
+    down = sum(1 for s in view.shards for m in s.members if not m.up)
+    title = (f"cluster {view.cluster or '(--nodes)'} at {_utc(view.time)}: {len(view.shards)} shard(s), "
+             f"{members - down} of {members} members up")
+    lines = [title, output.table(heads, rows, right=("TERM", "LAST LSN", "FLUSHED", "APPLIED", "LAG B", "LAG MS"))]
+    for s in view.shards:
+        if s.paused:
+            lines.append(f"shard {s.shard}: MAINTENANCE MODE since {_utc(s.paused_since)}"
+                         + (f" by {s.paused_by}" if s.paused_by else "")
+                         + (f" ({s.paused_reason})" if s.paused_reason else "")
+                         + ": no automatic failover (sutra-cluster resume ends it)")
+    lines += [f"! {p}" for p in view.problems()]
+    return "\n".join(lines)
+
+
+def _read_view(args: argparse.Namespace) -> ClusterView:
+    nodes = addresses(args.nodes)
+    if nodes:
+        return from_nodes(nodes)
+    shards = [args.shard] if args.shard is not None else []
+    return from_etcd(etcd_endpoints(args), args.cluster, shards)
+
+
+def status(args: argparse.Namespace) -> int:
+    fmt = fmt_of(args)
+    if not addresses(args.nodes) and not etcd_endpoints(args):
+        _err("status", "give --etcd host:port,... (or set SUTRA_ETCD_ENDPOINTS), or --nodes host:port,...")
+        return USAGE
+    if args.watch is not None and not WATCH_MIN_S <= args.watch <= WATCH_MAX_S:
+        _err("status", f"--watch {args.watch}: the refresh interval must be {WATCH_MIN_S}..{WATCH_MAX_S:.0f} seconds")
+        return USAGE
+    if args.watch is None:
+        return _status_once(args, fmt)
+    clear = fmt == "table" and sys.stdout.isatty()
+    code = OK
+    n = 0
+    try:
+        while args.count is None or n < args.count:
+            t0 = time.monotonic()
+            if clear:
+                sys.stdout.write("\033[H\033[2J")
+            code = _status_once(args, fmt)
+            if fmt == "table":
+                print(f"(every {args.watch:g} s; Ctrl-C to stop)", flush=True)
+            n += 1
+            if args.count is not None and n >= args.count:
+                break
+            time.sleep(max(0.0, args.watch - (time.monotonic() - t0)))
+    except KeyboardInterrupt:
+        return OK  # the operator stopped watching: not a failure
+    return code
+
+
+def _status_once(args: argparse.Namespace, fmt: str) -> int:
+    try:
+        view = _read_view(args)
+    except CoordinatorUnavailable as exc:
+        _err("status", str(exc))
+        if fmt != "table":
+            output.dump({"cluster": args.cluster, "time": time.time(), "error": str(exc)}, fmt)
+        return ETCD_DOWN
+    if fmt == "table":
+        print(render_status(view), flush=True)
+    else:
+        output.dump(view.as_dict(), fmt)
+    return DEGRADED if view.problems() else OK
+
+
+# ---- history ----------------------------------------------------------------------
+def read_history(endpoints: Sequence[str], cluster: str, shard: int | None) -> list[tuple[int, HistoryEntry]]:
+    coord = _coord(endpoints, cluster)
+    try:
+        kv = coord.read_prefix(f"/{cluster}/history/")
+    finally:
+        coord.close()
+    out: list[tuple[int, HistoryEntry]] = []
+    for k, v in kv.items():
+        n = k.rsplit("/", 1)[-1]
+        if not n.isdigit() or (shard is not None and int(n) != shard):
+            continue
+        out += [(int(n), e) for e in HistoryEntry.decode_list(v)]
+    return sorted(out, key=lambda se: (se[1].time, se[0]))
+
+
+def history(args: argparse.Namespace) -> int:
+    endpoints = etcd_endpoints(args)
+    if not endpoints:
+        _err("history", "give --etcd host:port,... (or set SUTRA_ETCD_ENDPOINTS)")
+        return USAGE
+    try:
+        entries = read_history(endpoints, args.cluster, args.shard)
+    except CoordinatorUnavailable as exc:
+        _err("history", str(exc))
+        return ETCD_DOWN
+    if args.limit:
+        entries = entries[-args.limit:]
+    fmt = fmt_of(args)
+    if fmt != "table":
+        output.dump([{"shard": s, "time_utc": _utc(e.time), **e.as_dict()} for s, e in entries], fmt)
+        return OK
+    if not entries:
+        print("no leadership changes recorded" + (f" for shard {args.shard}" if args.shard is not None else ""))
+        return OK
+    print(output.table(["TIME (UTC)", "SHARD", "EVENT", "NODE", "TERM", "LSN", "REASON"],
+                       [[_utc(e.time), s, e.event, e.node_id, e.term, e.lsn, e.reason] for s, e in entries],
+                       right=("TERM", "LSN")))
+    return OK
+
+
+# ---- pause / resume / forget ------------------------------------------------------------
+def _shards(coord, cluster: str, shard: int | None) -> list[int]:  # type: ignore[no-untyped-def]
+    if shard is not None:
+        return [shard]
+    from sutra_cluster.ops.view import read_etcd
+
+    return [s.shard for s in read_etcd(coord.read_prefix(cluster_prefix(cluster)), cluster, time.time())]
+
+
+def pause(args: argparse.Namespace) -> int:
+    """Maintenance mode: write the pause key of each shard (every HA loop reads it each tick)."""
+    return _maintenance(args, on=True)
+
+
+def resume(args: argparse.Namespace) -> int:
+    return _maintenance(args, on=False)
+
+
+def _maintenance(args: argparse.Namespace, on: bool) -> int:
+    cmd = "pause" if on else "resume"
+    endpoints = etcd_endpoints(args)
+    if not endpoints:
+        _err(cmd, "give --etcd host:port,... (or set SUTRA_ETCD_ENDPOINTS)")
+        return USAGE
+    coord = _coord(endpoints, args.cluster)
+    try:
+        shards = _shards(coord, args.cluster, args.shard)
+        if not shards:
+            _err(cmd, f"no shards of cluster {args.cluster!r} in etcd; give --shard N")
+            return 1
+        by = f"{getpass.getuser()}@{socket.gethostname()}"
+        for n in shards:
+            key = shard_prefix(args.cluster, n) + "pause"
+            if on:
+                coord.put(key, Pause(time.time(), by, args.reason or "").encode())
+            else:
+                coord.delete(key)
+    except CoordinatorUnavailable as exc:
+        _err(cmd, str(exc))
+        return ETCD_DOWN
+    finally:
+        coord.close()
+    which = ", ".join(str(n) for n in shards)
+    if on:
+        print(f"maintenance mode on for shard(s) {which}: no automatic failover and no sync-set change until "
+              f"`sutra-cluster resume`; a leader that dies stays down until then")
+    else:
+        print(f"maintenance mode off for shard(s) {which}: automatic failover is back")
+    return OK
+
+
+def forget(args: argparse.Namespace) -> int:
+    """Drop a decommissioned member's registration (it then no longer shows as down)."""
+    endpoints = etcd_endpoints(args)
+    if not endpoints:
+        _err("forget", "give --etcd host:port,... (or set SUTRA_ETCD_ENDPOINTS)")
+        return USAGE
+    coord = _coord(endpoints, args.cluster)
+    try:
+        if coord.get(shard_prefix(args.cluster, args.shard) + "members/" + args.node) is not None:
+            _err("forget", f"{args.node} is a live member of shard {args.shard}; stop it first")
+            return 1
+        raw = coord.get(registry_key(args.cluster, args.shard, args.node))
+        if raw is None:
+            _err("forget", f"{args.node} is not registered in shard {args.shard}")
+            return 1
+        coord.delete(registry_key(args.cluster, args.shard, args.node))
+    except CoordinatorUnavailable as exc:
+        _err("forget", str(exc))
+        return ETCD_DOWN
+    finally:
+        coord.close()
+    reg = Registration.decode(raw)
+    print(f"forgot {args.node} ({reg.address}, last seen {_utc(reg.last_seen)}) in shard {args.shard}")
+    return OK
+
