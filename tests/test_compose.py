@@ -219,6 +219,8 @@ class LocalCompose:
         self.base = base
         self.services: dict[str, Service] = {}
         for i, (name, svc) in enumerate(spec["services"].items()):
+            if svc.get("profiles"):  # as `docker compose up` without --profile: not started (grafana)
+                continue
             self.services[name] = Service(name, svc, ADDRESS.format(FIRST_ADDRESS + i), base / name)
         self.image_env = self._dockerfile_env()
 
