@@ -66,6 +66,16 @@ def follow(node: str, leader: str, timeout: float = 10.0) -> rpb.FollowResponse:
         ch.close()
 
 
+def reinit(node: str, timeout: float = 600.0) -> rpb.ReinitResponse:
+    """Rebuild the replica at ``node`` from its leader's snapshot (the node refuses
+    if it leads); returns once the snapshot is installed. Raises grpc.RpcError."""
+    ch, stub = _stub(node)
+    try:
+        return stub.Reinit(rpb.ReinitRequest(), timeout=timeout)
+    finally:
+        ch.close()
+
+
 def status_rows(addresses: Sequence[str]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for addr in addresses:

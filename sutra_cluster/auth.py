@@ -10,7 +10,7 @@ Every gRPC method belongs to one plane:
   changes nothing, but it names the sync-set members and every replica's
   address, which is what an impersonation attack needs first; PostgreSQL keeps
   the same columns of ``pg_stat_replication`` from unprivileged roles.
-- **admin plane**: ``Promote`` and ``Follow`` (role admin), and any method this
+- **admin plane**: ``Promote``, ``Follow`` and ``Reinit`` (role admin), and any method this
   module does not know: a new RPC is closed until someone classifies it.
 
 The caller's identity comes from one of three modes, fixed at start:
@@ -64,6 +64,7 @@ NODE_PLANE: dict[str, frozenset[str]] = {
 ADMIN_PLANE: dict[str, frozenset[str]] = {
     _REPLICATION + "Promote": frozenset({ADMIN}),
     _REPLICATION + "Follow": frozenset({ADMIN}),
+    _REPLICATION + "Reinit": frozenset({ADMIN}),
 }
 CLIENT_SERVICES = (
     "/sutra.storage.StorageService/",
@@ -179,7 +180,7 @@ class Policy:
         if self.mode == "secret":
             return f"node/admin calls need the cluster secret in the '{SECRET_HEADER}' metadata"
         return ("PROTECTED MODE: neither SUTRA_CLUSTER_SECRET nor SUTRA_TLS_CA is set, so replication and admin "
-                "calls (StreamWal, GetSnapshot, Promote, Follow, GetReplicationStatus) are refused from anything "
+                "calls (StreamWal, GetSnapshot, Promote, Follow, Reinit, GetReplicationStatus) are refused from anything "
                 "but loopback; set SUTRA_CLUSTER_SECRET (or mutual TLS) on every node to replicate across hosts")
 
     def identify(self, metadata: Sequence[tuple[str, Any]], peer: str,

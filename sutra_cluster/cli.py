@@ -262,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("node", help="node id (SUTRA_NODE_ID)")
     _etcd_flags(fg, "its shard (default 0)")
     fg.set_defaults(func=_ops("forget"), shard=0)
+    ri = sub.add_parser("reinit", help="rebuild a replica from its leader's snapshot (refuses the leader)",
+                        description="The node sets its WAL and storage files aside (in replaced-<time>/ of its "
+                        "data folder), installs a full snapshot from its leader and streams again.")
+    ri.add_argument("node", help="node id (found through etcd) or host:port")
+    _etcd_flags(ri, "its shard (default: search every shard)")
+    ri.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    ri.add_argument("--force", action="store_true", help="also rebuild a member of the sync set")
+    ri.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the snapshot (default 600)")
+    ri.set_defaults(func=_ops("reinit"))
     sw = sub.add_parser("switchover", help="hand leadership to a caught-up replica (etcd clusters)")
     sw.add_argument("--to", help="node id of the new leader (default: the most caught-up replica)")
     sw.add_argument("--etcd", help="etcd host:port,... (default SUTRA_ETCD_ENDPOINTS)")

@@ -262,3 +262,72 @@ def forget(args: argparse.Namespace) -> int:
     print(f"forgot {args.node} ({reg.address}, last seen {_utc(reg.last_seen)}) in shard {args.shard}")
     return OK
 
+
+# ---- reinit -----------------------------------------------------------------------------
+def _find_member(args: argparse.Namespace) -> tuple[str, str, int | None, str]:
+    """(node id, address, shard, why it must not be reinitialised or '') for NODE
+    (a node id looked up in etcd, or host:port)."""
+    from sutra_cluster.admin import replication_status
+
+    if ":" in args.node:
+        st = replication_status(args.node, timeout=5.0)
+        why = f"{st.node_id} at {args.node} is the leader (term {st.term})" if st.role == "leader" else ""
+        return st.node_id, args.node, None, why
+    endpoints = etcd_endpoints(args)
+    if not endpoints:
+        raise LookupError(f"{args.node}: give --etcd host:port (or SUTRA_ETCD_ENDPOINTS) to find it, or host:port")
+    view = from_etcd(endpoints, args.cluster, [args.shard] if args.shard is not None else [])
+    for s in view.shards:
+        for m in s.members:
+            if m.node != args.node:
+                continue
+            if not m.up:
+                raise LookupError(f"{args.node} is {m.role} in shard {s.shard}: start it first (reinit runs on the node)")
+            if s.leader == m.node or m.role == "leader":
+                return m.node, m.address, s.shard, f"{m.node} is the leader of shard {s.shard} (term {s.term})"
+            if m.node in s.sync_set and not args.force:
+                return m.node, m.address, s.shard, (
+                    f"{m.node} is in shard {s.shard}'s sync set {s.sync_set}: it holds acknowledged writes the "
+                    "shard may need if the leader fails during the rebuild; wait until the leader replaces it, "
+                    "or give --force")
+            return m.node, m.address, s.shard, ""
+    raise LookupError(f"{args.node} is not a member of cluster {args.cluster!r}"
+                      + (f" shard {args.shard}" if args.shard is not None else ""))
+
+
+def reinit(args: argparse.Namespace) -> int:
+    """Rebuild a replica from its leader (patronictl reinit): refuses the leader."""
+    import grpc
+
+    from sutra_cluster.admin import reinit as rpc_reinit
+
+    try:
+        node, address, shard, why = _find_member(args)
+    except LookupError as exc:
+        _err("reinit", str(exc).strip("'\""))
+        return 1
+    except CoordinatorUnavailable as exc:
+        _err("reinit", str(exc))
+        return ETCD_DOWN
+    if why:
+        _err("reinit", f"refused: {why}")
+        return 1
+    where = f"{node} ({address}" + (f", shard {shard})" if shard is not None else ")")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            _err("reinit", f"this replaces every file of {where} with its leader's copy; add --yes to confirm")
+            return USAGE
+        if input(f"Rebuild {where} from its leader? Its current files are set aside. [y/N] ").strip().lower() != "y":
+            print("not confirmed; nothing done")
+            return 1
+    try:
+        from sutra_cluster.ops.progress import spinner
+
+        with spinner(f"rebuilding {node} from its leader's snapshot"):
+            resp = rpc_reinit(address, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        _err("reinit", f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+        return 1
+    print(f"reinit done: {node} rebuilt from {resp.leader_address}: snapshot at LSN {resp.lsn} (term {resp.term}), "
+          f"{resp.bytes} bytes in {resp.seconds:.2f} s; streaming again (old files in its replaced-* folder)")
+    return OK

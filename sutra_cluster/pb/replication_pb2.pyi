@@ -193,3 +193,21 @@ class FollowResponse(_message.Message):
     TERM_FIELD_NUMBER: _ClassVar[int]
     term: int
     def __init__(self, term: _Optional[int] = ...) -> None: ...
+
+class ReinitRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReinitResponse(_message.Message):
+    __slots__ = ("lsn", "term", "bytes", "seconds", "leader_address")
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    lsn: int
+    term: int
+    bytes: int
+    seconds: float
+    leader_address: str
+    def __init__(self, lsn: _Optional[int] = ..., term: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., leader_address: _Optional[str] = ...) -> None: ...

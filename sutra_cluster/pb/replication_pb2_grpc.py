@@ -59,6 +59,11 @@ class ReplicationServiceStub:
                 request_serializer=sutra__cluster_dot_pb_dot_replication__pb2.FollowRequest.SerializeToString,
                 response_deserializer=sutra__cluster_dot_pb_dot_replication__pb2.FollowResponse.FromString,
                 _registered_method=True)
+        self.Reinit = channel.unary_unary(
+                '/sutra.replication.ReplicationService/Reinit',
+                request_serializer=sutra__cluster_dot_pb_dot_replication__pb2.ReinitRequest.SerializeToString,
+                response_deserializer=sutra__cluster_dot_pb_dot_replication__pb2.ReinitResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServiceServicer:
@@ -98,6 +103,15 @@ class ReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reinit(self, request, context):
+        """Rebuild this replica from its leader's snapshot (`sutra-cluster reinit`):
+        the old WAL and storage files are set aside, a full snapshot is installed,
+        then streaming resumes. Refused on a leader. Admin plane.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +139,11 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
                     servicer.Follow,
                     request_deserializer=sutra__cluster_dot_pb_dot_replication__pb2.FollowRequest.FromString,
                     response_serializer=sutra__cluster_dot_pb_dot_replication__pb2.FollowResponse.SerializeToString,
+            ),
+            'Reinit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reinit,
+                    request_deserializer=sutra__cluster_dot_pb_dot_replication__pb2.ReinitRequest.FromString,
+                    response_serializer=sutra__cluster_dot_pb_dot_replication__pb2.ReinitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +281,33 @@ class ReplicationService:
             '/sutra.replication.ReplicationService/Follow',
             sutra__cluster_dot_pb_dot_replication__pb2.FollowRequest.SerializeToString,
             sutra__cluster_dot_pb_dot_replication__pb2.FollowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reinit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sutra.replication.ReplicationService/Reinit',
+            sutra__cluster_dot_pb_dot_replication__pb2.ReinitRequest.SerializeToString,
+            sutra__cluster_dot_pb_dot_replication__pb2.ReinitResponse.FromString,
             options,
             channel_credentials,
             insecure,

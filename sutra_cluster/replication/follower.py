@@ -35,8 +35,15 @@ class FollowerLoop:
     """Follows one leader address until stopped; reconnects with backoff."""
 
     def __init__(self, engine: Engine, cfg: Config, leader_address: str,
-                 channel_factory=None, expected_term: int = 0) -> None:  # type: ignore[no-untyped-def]
+                 channel_factory=None, expected_term: int = 0, reinit: bool = False) -> None:  # type: ignore[no-untyped-def]
+        """``reinit``: first replace this node's state with the leader's snapshot
+        (``sutra-cluster reinit``), then stream; ``reinit_done`` is set once that
+        ended, with ``reinit_result`` (lsn, term, bytes, seconds) or ``reinit_error``."""
         self.engine = engine
+        self.reinit = reinit
+        self.reinit_done = threading.Event()
+        self.reinit_result: tuple[int, int, int, float] | None = None
+        self.reinit_error = ""
         self.cfg = cfg
         self.leader_address = leader_address
         # Managed mode: the term etcd's leader key names. A stream claiming a higher
@@ -73,6 +80,8 @@ class FollowerLoop:
         self.state = "stopped"
 
     def _run(self) -> None:
+        if self.reinit:
+            self._reinit()
         backoff = 0.05
         while not self._stop.is_set():
             try:
@@ -101,6 +110,27 @@ class FollowerLoop:
                 backoff = 1.0
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 1.0)
+
+    def _reinit(self) -> None:
+        """Rebuild from the leader's snapshot before streaming. A failure leaves the
+        old state in place (nothing is replaced before the whole snapshot is
+        received, fsynced and validated) and streaming goes on as before."""
+        channel = self.channel_factory(self.leader_address)
+        t0 = time.monotonic()
+        try:
+            got = self._bootstrap(replication_pb2_grpc.ReplicationServiceStub(channel))
+            if got is None:
+                self.reinit_error = "stopped before the snapshot was installed (the node's leader changed?)"
+            else:
+                self.reinit_result = (got[0], self.engine.terms.last_term, got[1], time.monotonic() - t0)
+        except grpc.RpcError as exc:
+            self.reinit_error = f"snapshot from {self.leader_address}: {exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+        except Exception as exc:  # reported to the caller; the node keeps its old state and streams on
+            log.exception("reinit from %s failed", self.leader_address)
+            self.reinit_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            channel.close()
+            self.reinit_done.set()
 
     def _ack(self) -> rpb.FollowerMessage:
         eng = self.engine
@@ -194,7 +224,8 @@ class FollowerLoop:
             log.warning("cannot cut the log back (%s); bootstrapping from a snapshot", exc)
             self._bootstrap(stub)
 
-    def _bootstrap(self, stub) -> None:  # type: ignore[no-untyped-def]
+    def _bootstrap(self, stub) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]
+        """Install the leader's snapshot; returns (its LSN, bytes received), or None when stopped first."""
         eng = self.engine
         self.state = "snapshot"
         tmp = eng.dir / INCOMING
@@ -203,7 +234,7 @@ class FollowerLoop:
         with open(tmp, "wb", buffering=1 << 20) as f:
             for block in stub.GetSnapshot(rpb.SnapshotRequest(node_id=self.cfg.node_id)):
                 if self._stop.is_set():
-                    return
+                    return None
                 f.write(block.data)
                 size += len(block.data)
                 if time.monotonic() - shown >= 2.0:  # progress for long bootstraps
@@ -217,6 +248,7 @@ class FollowerLoop:
                 pass  # validate every frame before the old state is thrown away
         lsn = eng.install_snapshot(tmp)
         log.info("bootstrapped from a %d-byte snapshot at LSN %d in %.2fs", size, lsn, time.monotonic() - t0)
+        return lsn, size
 
     def lag(self) -> tuple[int, float]:
         """(records, seconds) this replica is behind what the leader last reported."""

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from sutra_cluster import __version__, tlsutil
 from sutra_cluster.config import Config
-from sutra_cluster.errors import FailedPrecondition
+from sutra_cluster.errors import DeadlineExceeded, FailedPrecondition
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.replication.follower import FollowerLoop
 from sutra_cluster.replication.leader import LeaderStreams
@@ -161,6 +161,33 @@ class ReplicationManager:
                 raise FailedPrecondition(f"term {eng.term} is the largest allowed; this node cannot start a new one")
             lsn = self.lead(eng.term + 1)
             return eng.term, lsn
+
+    def reinit(self, timeout: float) -> rpb.ReinitResponse:
+        """The Reinit RPC: rebuild this replica from its leader's snapshot, then
+        stream again. Refused on a leader and on a node that knows no leader.
+        Waits up to ``timeout`` for the snapshot to be installed."""
+        with self._lock:
+            eng = self.engine
+            if eng.role == Role.LEADER:
+                raise FailedPrecondition(f"{self.cfg.node_id} is the leader (term {eng.term}); reinit rebuilds a "
+                                         "replica from its leader (run `sutra-cluster switchover` first)")
+            f = self.follower
+            address = f.leader_address if f is not None else eng.leader_address
+            if not address:
+                raise FailedPrecondition(f"{self.cfg.node_id} follows no leader yet; nothing to copy from")
+            term = f.expected_term if f is not None else 0
+            self._stop_following()
+            log.warning("reinit: rebuilding from a snapshot of %s; the old files are set aside", address)
+            new = FollowerLoop(eng, self.cfg, address, tlsutil.channel_factory(self.cfg), expected_term=term,
+                               reinit=True)
+            self.follower = new.start()
+        if not new.reinit_done.wait(timeout):
+            raise DeadlineExceeded(f"reinit of {self.cfg.node_id}: the snapshot from {address} was not installed within "
+                              f"{timeout:.0f} s; it goes on in the background (see the node's log)")
+        if new.reinit_result is None:
+            raise FailedPrecondition(f"reinit of {self.cfg.node_id} failed, its old state is kept: {new.reinit_error}")
+        lsn, term_, size, secs = new.reinit_result
+        return rpb.ReinitResponse(lsn=lsn, term=term_, bytes=size, seconds=secs, leader_address=address)
 
     def follow_request(self, address: str) -> None:
         """The Follow RPC (manual clusters only)."""

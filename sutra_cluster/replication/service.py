@@ -53,6 +53,12 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
         return rpb.PromoteResponse(term=term, lsn=lsn)
 
     @grpc_errors
+    def Reinit(self, request: rpb.ReinitRequest, context: grpc.ServicerContext) -> rpb.ReinitResponse:
+        left = context.time_remaining()
+        # Answer a little before the caller's deadline, so it hears why (no deadline: 10 minutes).
+        return self.m.reinit(timeout=600.0 if left is None else max(0.1, left - 0.5))
+
+    @grpc_errors
     def Follow(self, request: rpb.FollowRequest, context: grpc.ServicerContext) -> rpb.FollowResponse:
         self.m.follow_request(request.leader_address)
         return rpb.FollowResponse(term=self.m.engine.term)
