@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from sutra_cluster.backup import Progress
-from sutra_cluster.client import Association, Concept, SutraClient
+from sutra_cluster.client import Association, BulkLoadResult, Concept, SutraClient
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.tlsutil import peer_credentials
 
@@ -56,7 +56,7 @@ def _batches(path: Path, size: int, progress: Progress) -> Iterator[pb.LearnBatc
         yield SutraClient.batch_request(concepts, assocs)
 
 
-def load(address: str, path: str, batch: int = 500, show_progress: bool = True) -> pb.LearnStreamResponse:
+def load(address: str, path: str, batch: int = 500, show_progress: bool = True) -> BulkLoadResult:
     """Stream the file to the node (or router) at ``address``; returns the
     stream's answer (last sequence, counts). Raises ValueError on a bad line
     (nothing after it is sent) and grpc.RpcError on a refused batch."""

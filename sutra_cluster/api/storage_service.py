@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
+from sutra_cluster.api import reads, wire
 from sutra_cluster.api import validate as model
-from sutra_cluster.api import wire
 from sutra_cluster.api.limits import Budget, client_of
 from sutra_cluster.api.shard_guard import ShardGuard
 from sutra_cluster.api.status import grpc_errors
@@ -232,11 +232,59 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         query = model.vector_from_request("query_vector", request.query_vector, request.query_f32, self.limits.dimension)
         if query is None:
             raise InvalidArgument(f"query_vector is empty, VECTOR_DIMENSION is {self.limits.dimension}")
+        where = reads.check_filter(request.filter)
+        threshold = reads.check_score_threshold(request)
         self._wait(request.sequence, context)
-        hits, exact = self.engine.search(query, request.k, request.ef_search)
-        return pb.VectorSearchResponse(
-            results=[pb.SearchResult(concept_id=cid, similarity=s) for cid, s in hits], exact=exact
-        )
+        # The filter is applied inside the engine's search, so the k answered
+        # are the k best among the matching concepts (not a filtered top k).
+        if where or threshold is not None:
+            hits, exact = self.engine.search(query, request.k, request.ef_search, where=where or None,
+                                             score_threshold=threshold)
+        else:
+            hits, exact = self.engine.search(query, request.k, request.ef_search)
+        results = [pb.SearchResult(concept_id=cid, similarity=s) for cid, s in hits]
+        f = request.with_fields
+        if f.content or f.attributes or f.embedding:
+            concepts = self.engine.state.concepts
+            for r in results:  # in process: no QueryConcept per hit
+                r.concept.CopyFrom(reads.concept_message(r.concept_id, concepts.get(r.concept_id), content=f.content,
+                                                         attributes=f.attributes, embedding=f.embedding))
+        return pb.VectorSearchResponse(results=results, exact=exact)
+
+    def _concepts(self) -> list[tuple[str, Any]]:
+        """A consistent copy of the visible concepts: the state lock keeps a
+        batch's apply whole, and concept records are immutable, so the scan
+        itself runs without holding up applies."""
+        with self.engine._lock:
+            return list(self.engine.state.concepts.items())
+
+    @grpc_errors
+    def GetConcepts(self, request: pb.GetConceptsRequest, context: grpc.ServicerContext) -> pb.GetConceptsResponse:
+        reads.check_ids(request.concept_ids, self.limits.max_batch)
+        for cid in request.concept_ids:
+            self.guard.check(cid)
+        self._wait(request.sequence, context)
+        return pb.GetConceptsResponse(concepts=reads.get_many(
+            self.engine.state.concepts, request.concept_ids, request.include_embedding, self.limits.max_message_bytes))
+
+    @grpc_errors
+    def ScrollConcepts(self, request: pb.ScrollConceptsRequest,
+                       context: grpc.ServicerContext) -> pb.ScrollConceptsResponse:
+        reads.check_after_id(request.after_id)
+        limit = reads.scroll_limit(request.limit)
+        where = reads.check_filter(request.filter)
+        self._wait(request.sequence, context)
+        page, cursor = reads.scroll(self._concepts(), request.after_id, limit, where, request.include_embedding,
+                                    self.limits.max_message_bytes)
+        return pb.ScrollConceptsResponse(concepts=page, next_after_id=cursor)
+
+    @grpc_errors
+    def CountConcepts(self, request: pb.CountConceptsRequest, context: grpc.ServicerContext) -> pb.CountConceptsResponse:
+        where = reads.check_filter(request.filter)
+        self._wait(request.sequence, context)
+        if not where:
+            return pb.CountConceptsResponse(count=len(self.engine.state.concepts))
+        return pb.CountConceptsResponse(count=reads.count((c for _, c in self._concepts()), where))
 
     # ---- operations ------------------------------------------------------
     @grpc_errors

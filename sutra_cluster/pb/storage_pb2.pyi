@@ -284,7 +284,7 @@ class FindPathResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., path: _Optional[_Iterable[str]] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VectorSearchRequest(_message.Message):
-    __slots__ = ("query_vector", "k", "ef_search", "query_f32", "sequence", "shard_sequences", "read_preference", "allow_partial")
+    __slots__ = ("query_vector", "k", "ef_search", "query_f32", "sequence", "shard_sequences", "read_preference", "allow_partial", "filter", "score_threshold", "with_fields")
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +293,9 @@ class VectorSearchRequest(_message.Message):
     SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    WITH_FIELDS_FIELD_NUMBER: _ClassVar[int]
     query_vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
     ef_search: int
@@ -301,15 +304,38 @@ class VectorSearchRequest(_message.Message):
     shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
     read_preference: ReadPreference
     allow_partial: bool
-    def __init__(self, query_vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., ef_search: _Optional[int] = ..., query_f32: _Optional[bytes] = ..., sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    filter: _containers.RepeatedCompositeFieldContainer[AttributeFilter]
+    score_threshold: float
+    with_fields: ConceptFields
+    def __init__(self, query_vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., ef_search: _Optional[int] = ..., query_f32: _Optional[bytes] = ..., sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ..., filter: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ..., score_threshold: _Optional[float] = ..., with_fields: _Optional[_Union[ConceptFields, _Mapping]] = ...) -> None: ...
+
+class AttributeFilter(_message.Message):
+    __slots__ = ("key", "values")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConceptFields(_message.Message):
+    __slots__ = ("content", "attributes", "embedding")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    content: bool
+    attributes: bool
+    embedding: bool
+    def __init__(self, content: _Optional[bool] = ..., attributes: _Optional[bool] = ..., embedding: _Optional[bool] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("concept_id", "similarity")
+    __slots__ = ("concept_id", "similarity", "concept")
     CONCEPT_ID_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_FIELD_NUMBER: _ClassVar[int]
     concept_id: str
     similarity: float
-    def __init__(self, concept_id: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+    concept: QueryConceptResponse
+    def __init__(self, concept_id: _Optional[str] = ..., similarity: _Optional[float] = ..., concept: _Optional[_Union[QueryConceptResponse, _Mapping]] = ...) -> None: ...
 
 class VectorSearchResponse(_message.Message):
     __slots__ = ("results", "exact", "missing_shards")
@@ -430,3 +456,79 @@ class GetDigestResponse(_message.Message):
     concepts: int
     edges: int
     def __init__(self, lsn: _Optional[int] = ..., digest: _Optional[str] = ..., concepts: _Optional[int] = ..., edges: _Optional[int] = ...) -> None: ...
+
+class GetConceptsRequest(_message.Message):
+    __slots__ = ("concept_ids", "sequence", "include_embedding", "shard_sequences", "read_preference", "allow_partial")
+    CONCEPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    concept_ids: _containers.RepeatedScalarFieldContainer[str]
+    sequence: int
+    include_embedding: bool
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    read_preference: ReadPreference
+    allow_partial: bool
+    def __init__(self, concept_ids: _Optional[_Iterable[str]] = ..., sequence: _Optional[int] = ..., include_embedding: _Optional[bool] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+
+class GetConceptsResponse(_message.Message):
+    __slots__ = ("concepts", "missing_shards")
+    CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    concepts: _containers.RepeatedCompositeFieldContainer[QueryConceptResponse]
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, concepts: _Optional[_Iterable[_Union[QueryConceptResponse, _Mapping]]] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ScrollConceptsRequest(_message.Message):
+    __slots__ = ("after_id", "limit", "filter", "include_embedding", "sequence", "shard_sequences", "read_preference", "allow_partial")
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    after_id: str
+    limit: int
+    filter: _containers.RepeatedCompositeFieldContainer[AttributeFilter]
+    include_embedding: bool
+    sequence: int
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    read_preference: ReadPreference
+    allow_partial: bool
+    def __init__(self, after_id: _Optional[str] = ..., limit: _Optional[int] = ..., filter: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ..., include_embedding: _Optional[bool] = ..., sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+
+class ScrollConceptsResponse(_message.Message):
+    __slots__ = ("concepts", "next_after_id", "missing_shards")
+    CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    concepts: _containers.RepeatedCompositeFieldContainer[QueryConceptResponse]
+    next_after_id: str
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, concepts: _Optional[_Iterable[_Union[QueryConceptResponse, _Mapping]]] = ..., next_after_id: _Optional[str] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CountConceptsRequest(_message.Message):
+    __slots__ = ("filter", "sequence", "shard_sequences", "read_preference", "allow_partial")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    READ_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    filter: _containers.RepeatedCompositeFieldContainer[AttributeFilter]
+    sequence: int
+    shard_sequences: _containers.RepeatedCompositeFieldContainer[ShardSequence]
+    read_preference: ReadPreference
+    allow_partial: bool
+    def __init__(self, filter: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ..., sequence: _Optional[int] = ..., shard_sequences: _Optional[_Iterable[_Union[ShardSequence, _Mapping]]] = ..., read_preference: _Optional[_Union[ReadPreference, str]] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+
+class CountConceptsResponse(_message.Message):
+    __slots__ = ("count", "missing_shards")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, count: _Optional[int] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -104,6 +104,21 @@ class StorageServiceStub:
                 request_serializer=sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchRequest.SerializeToString,
                 response_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchResponse.FromString,
                 _registered_method=True)
+        self.GetConcepts = channel.unary_unary(
+                '/sutra.storage.StorageService/GetConcepts',
+                request_serializer=sutra__cluster_dot_pb_dot_storage__pb2.GetConceptsRequest.SerializeToString,
+                response_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.GetConceptsResponse.FromString,
+                _registered_method=True)
+        self.ScrollConcepts = channel.unary_unary(
+                '/sutra.storage.StorageService/ScrollConcepts',
+                request_serializer=sutra__cluster_dot_pb_dot_storage__pb2.ScrollConceptsRequest.SerializeToString,
+                response_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.ScrollConceptsResponse.FromString,
+                _registered_method=True)
+        self.CountConcepts = channel.unary_unary(
+                '/sutra.storage.StorageService/CountConcepts',
+                request_serializer=sutra__cluster_dot_pb_dot_storage__pb2.CountConceptsRequest.SerializeToString,
+                response_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.CountConceptsResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
@@ -200,6 +215,27 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConcepts(self, request, context):
+        """Reads by ids and by scan. Like QueryConcept they honour `sequence` /
+        `shard_sequences` and `read_preference`, and a node behind a read fence
+        refuses them UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScrollConcepts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountConcepts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,6 +308,21 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.GetNeighborsBatch,
                     request_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchRequest.FromString,
                     response_serializer=sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchResponse.SerializeToString,
+            ),
+            'GetConcepts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConcepts,
+                    request_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.GetConceptsRequest.FromString,
+                    response_serializer=sutra__cluster_dot_pb_dot_storage__pb2.GetConceptsResponse.SerializeToString,
+            ),
+            'ScrollConcepts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScrollConcepts,
+                    request_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.ScrollConceptsRequest.FromString,
+                    response_serializer=sutra__cluster_dot_pb_dot_storage__pb2.ScrollConceptsResponse.SerializeToString,
+            ),
+            'CountConcepts': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountConcepts,
+                    request_deserializer=sutra__cluster_dot_pb_dot_storage__pb2.CountConceptsRequest.FromString,
+                    response_serializer=sutra__cluster_dot_pb_dot_storage__pb2.CountConceptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -652,6 +703,87 @@ class StorageService:
             '/sutra.storage.StorageService/GetNeighborsBatch',
             sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchRequest.SerializeToString,
             sutra__cluster_dot_pb_dot_storage__pb2.GetNeighborsBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConcepts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sutra.storage.StorageService/GetConcepts',
+            sutra__cluster_dot_pb_dot_storage__pb2.GetConceptsRequest.SerializeToString,
+            sutra__cluster_dot_pb_dot_storage__pb2.GetConceptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScrollConcepts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sutra.storage.StorageService/ScrollConcepts',
+            sutra__cluster_dot_pb_dot_storage__pb2.ScrollConceptsRequest.SerializeToString,
+            sutra__cluster_dot_pb_dot_storage__pb2.ScrollConceptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountConcepts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sutra.storage.StorageService/CountConcepts',
+            sutra__cluster_dot_pb_dot_storage__pb2.CountConceptsRequest.SerializeToString,
+            sutra__cluster_dot_pb_dot_storage__pb2.CountConceptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

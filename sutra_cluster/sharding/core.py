@@ -48,10 +48,12 @@ from typing import Any, TypeVar
 
 import grpc
 
+from sutra_cluster.api import reads
 from sutra_cluster.api import validate as model
 from sutra_cluster.errors import InvalidArgument, ResourceExhausted
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.sharding.links import Channels, ShardLink, ShardUnavailable, retryable
+from sutra_cluster.sharding.reshard_follow import keep_owned, search_owned
 from sutra_cluster.sharding.shardmap import ShardMap
 from sutra_cluster.storage.state import walk_back
 
@@ -96,8 +98,11 @@ class ShardSet:
                  timeout: float = 10.0, write_deadline: float = 15.0, read_deadline: float = 15.0,
                  credentials: grpc.ChannelCredentials | None = None, dimension: int = 0,
                  max_batch: int = 10_000, max_message_bytes: int = 64 << 20, workers: int = 32,
-                 max_path_visits: int = 100_000, max_path_ms: int = 2_000) -> None:
+                 max_path_visits: int = 100_000, max_path_ms: int = 2_000, txn: Any = None) -> None:
         self.map = smap
+        # The router's TxnCoordinator (txn/coordinator.py): cross-shard writes commit
+        # on every shard or none. None (clients, static maps): atomic per shard only.
+        self.txn = txn
         self.channels = Channels(credentials)
         self.links = [
             ShardLink(s, self.channels, etcd_endpoints=etcd_endpoints, cluster=cluster,
@@ -226,7 +231,11 @@ class ShardSet:
         if req.purge_foreign:
             raise InvalidArgument("purge_foreign is for the shards' own use; a router deletes everywhere by itself")
         s = self.owner(req.concept_id)
+        client_id = bool(req.request_id)
         req.request_id = self._request_id(req.request_id)
+        if self.txn is not None and self.shards > 1:
+            seqs = self.txn.delete_concept(self, req, client_id)
+            return pb.DeleteConceptResponse(sequence=seqs[s], shard_sequences=_seqs(seqs))
         seq = self._write(s, "DeleteConcept", req).sequence
         seqs = self._purge(req.concept_id, req.request_id, s)
         seqs[s] = seq
@@ -270,8 +279,14 @@ class ShardSet:
         dim = self._dimension()
         if dim:  # 0: a node too old to report it; the shards still check their own parts
             model.check_batch(req, model.Limits(dim, self.max_batch, self.max_message_bytes))
+        client_id = bool(req.request_id)
         req.request_id = self._request_id(req.request_id)
         parts = self.split_batch(req)
+        if self.txn is not None and self.txn.spans(self, req, parts):
+            seqs = self.txn.learn_batch(self, req, parts, client_id)
+            return pb.LearnBatchResponse(
+                sequence=0, concepts=len(req.concepts), associations=len(req.associations),
+                deletes=len(req.delete_concept_ids), shard_sequences=_seqs(seqs))
         done, _ = self._parallel(sorted(parts), lambda s: int(self._write(s, "LearnBatch", parts[s]).sequence),
                                  hint=WRITE_HINT)
         seqs = dict(done)
@@ -307,7 +322,7 @@ class ShardSet:
             # only edges from its concepts to X.
             d = req.direction if s == home else pb.INCOMING
             r = pb.GetNeighborsRequest(concept_id=req.concept_id, direction=d, sequence=tok.get(s, 0))
-            return self._read(s, "GetNeighbors", r, req.read_preference)
+            return keep_owned(self.map, s, req.concept_id, self._read(s, "GetNeighbors", r, req.read_preference))
 
         got, missing = self._parallel(range(self.shards), ask, req.allow_partial, READ_HINT)
         found = [(n.concept_id, n.assoc_type, n.confidence, n.outgoing) for r in got.values() for n in r.neighbors]
@@ -338,10 +353,11 @@ class ShardSet:
             got: list[tuple[int, pb.GetNeighborsResponse]] = []
             for lo in range(0, len(idx), BFS_BATCH):
                 chunk = idx[lo:lo + BFS_BATCH]
+                # While the map is mixed (a reshard), edges come with their direction to be kept by owner.
                 r = pb.GetNeighborsBatchRequest(concept_ids=[ids[i] for i in chunk], direction=direction,  # type: ignore[arg-type]
-                                                sequence=tok.get(s, 0), ids_only=ids_only)
+                                                sequence=tok.get(s, 0), ids_only=ids_only and not self.map.mixed)
                 resp = self._read(s, "GetNeighborsBatch", r, pref)
-                got.extend(zip(chunk, resp.results))
+                got.extend((i, keep_owned(self.map, s, ids[i], x)) for i, x in zip(chunk, resp.results))
             return got
 
         got, missing = self._parallel(sorted(plan), ask, allow_partial, READ_HINT)
@@ -439,18 +455,30 @@ class ShardSet:
     def vector_search(self, req: pb.VectorSearchRequest) -> pb.VectorSearchResponse:
         model.check_k(req.k)
         model.check_ef_search(req.ef_search)
+        reads.check_filter(req.filter)  # refused here, before any shard is asked
+        reads.check_score_threshold(req)
         tok = self._fanout_seqs(req)
 
         def ask(s: int) -> pb.VectorSearchResponse:
+            # Each shard filters (and thresholds) inside its own search, so its
+            # top k are the top k of its matches; the merge below keeps k.
             r = pb.VectorSearchRequest(query_vector=req.query_vector, query_f32=req.query_f32, k=req.k,
-                                       ef_search=req.ef_search, sequence=tok.get(s, 0))
-            return self._read(s, "VectorSearch", r, req.read_preference)
+                                       ef_search=req.ef_search, sequence=tok.get(s, 0), filter=req.filter,
+                                       with_fields=req.with_fields)
+            if req.HasField("score_threshold"):
+                r.score_threshold = req.score_threshold
+
+            def search(k: int) -> pb.VectorSearchResponse:
+                r.k = k
+                return self._read(s, "VectorSearch", r, req.read_preference)
+
+            return search_owned(self.map, s, req.k, search)  # a plain search unless the map is mixed
 
         got, missing = self._parallel(range(self.shards), ask, req.allow_partial, READ_HINT)
-        hits = [(x.concept_id, x.similarity) for r in got.values() for x in r.results]
-        hits.sort(key=lambda h: (-h[1], h[0]))  # the single node's order
+        hits = [x for r in got.values() for x in r.results]
+        hits.sort(key=lambda h: (-h.similarity, h.concept_id))  # the single node's order
         return pb.VectorSearchResponse(
-            results=[pb.SearchResult(concept_id=c, similarity=v) for c, v in hits[: req.k]],
+            results=hits[: req.k],
             exact=all(r.exact for r in got.values()), missing_shards=missing,
         )
 
