@@ -53,7 +53,6 @@ from sutra_cluster.api import validate as model
 from sutra_cluster.errors import InvalidArgument, ResourceExhausted
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.sharding.links import Channels, ShardLink, ShardUnavailable, retryable
-from sutra_cluster.sharding.reshard_follow import keep_owned, search_owned
 from sutra_cluster.sharding.shardmap import ShardMap
 from sutra_cluster.storage.state import walk_back
 
@@ -98,11 +97,8 @@ class ShardSet:
                  timeout: float = 10.0, write_deadline: float = 15.0, read_deadline: float = 15.0,
                  credentials: grpc.ChannelCredentials | None = None, dimension: int = 0,
                  max_batch: int = 10_000, max_message_bytes: int = 64 << 20, workers: int = 32,
-                 max_path_visits: int = 100_000, max_path_ms: int = 2_000, txn: Any = None) -> None:
+                 max_path_visits: int = 100_000, max_path_ms: int = 2_000) -> None:
         self.map = smap
-        # The router's TxnCoordinator (txn/coordinator.py): cross-shard writes commit
-        # on every shard or none. None (clients, static maps): atomic per shard only.
-        self.txn = txn
         self.channels = Channels(credentials)
         self.links = [
             ShardLink(s, self.channels, etcd_endpoints=etcd_endpoints, cluster=cluster,
@@ -231,11 +227,7 @@ class ShardSet:
         if req.purge_foreign:
             raise InvalidArgument("purge_foreign is for the shards' own use; a router deletes everywhere by itself")
         s = self.owner(req.concept_id)
-        client_id = bool(req.request_id)
         req.request_id = self._request_id(req.request_id)
-        if self.txn is not None and self.shards > 1:
-            seqs = self.txn.delete_concept(self, req, client_id)
-            return pb.DeleteConceptResponse(sequence=seqs[s], shard_sequences=_seqs(seqs))
         seq = self._write(s, "DeleteConcept", req).sequence
         seqs = self._purge(req.concept_id, req.request_id, s)
         seqs[s] = seq
@@ -279,14 +271,8 @@ class ShardSet:
         dim = self._dimension()
         if dim:  # 0: a node too old to report it; the shards still check their own parts
             model.check_batch(req, model.Limits(dim, self.max_batch, self.max_message_bytes))
-        client_id = bool(req.request_id)
         req.request_id = self._request_id(req.request_id)
         parts = self.split_batch(req)
-        if self.txn is not None and self.txn.spans(self, req, parts):
-            seqs = self.txn.learn_batch(self, req, parts, client_id)
-            return pb.LearnBatchResponse(
-                sequence=0, concepts=len(req.concepts), associations=len(req.associations),
-                deletes=len(req.delete_concept_ids), shard_sequences=_seqs(seqs))
         done, _ = self._parallel(sorted(parts), lambda s: int(self._write(s, "LearnBatch", parts[s]).sequence),
                                  hint=WRITE_HINT)
         seqs = dict(done)
@@ -322,7 +308,7 @@ class ShardSet:
             # only edges from its concepts to X.
             d = req.direction if s == home else pb.INCOMING
             r = pb.GetNeighborsRequest(concept_id=req.concept_id, direction=d, sequence=tok.get(s, 0))
-            return keep_owned(self.map, s, req.concept_id, self._read(s, "GetNeighbors", r, req.read_preference))
+            return self._read(s, "GetNeighbors", r, req.read_preference)
 
         got, missing = self._parallel(range(self.shards), ask, req.allow_partial, READ_HINT)
         found = [(n.concept_id, n.assoc_type, n.confidence, n.outgoing) for r in got.values() for n in r.neighbors]
@@ -353,11 +339,10 @@ class ShardSet:
             got: list[tuple[int, pb.GetNeighborsResponse]] = []
             for lo in range(0, len(idx), BFS_BATCH):
                 chunk = idx[lo:lo + BFS_BATCH]
-                # While the map is mixed (a reshard), edges come with their direction to be kept by owner.
                 r = pb.GetNeighborsBatchRequest(concept_ids=[ids[i] for i in chunk], direction=direction,  # type: ignore[arg-type]
-                                                sequence=tok.get(s, 0), ids_only=ids_only and not self.map.mixed)
+                                                sequence=tok.get(s, 0), ids_only=ids_only)
                 resp = self._read(s, "GetNeighborsBatch", r, pref)
-                got.extend((i, keep_owned(self.map, s, ids[i], x)) for i, x in zip(chunk, resp.results))
+                got.extend(zip(chunk, resp.results))
             return got
 
         got, missing = self._parallel(sorted(plan), ask, allow_partial, READ_HINT)
@@ -467,12 +452,7 @@ class ShardSet:
                                        with_fields=req.with_fields)
             if req.HasField("score_threshold"):
                 r.score_threshold = req.score_threshold
-
-            def search(k: int) -> pb.VectorSearchResponse:
-                r.k = k
-                return self._read(s, "VectorSearch", r, req.read_preference)
-
-            return search_owned(self.map, s, req.k, search)  # a plain search unless the map is mixed
+            return self._read(s, "VectorSearch", r, req.read_preference)
 
         got, missing = self._parallel(range(self.shards), ask, req.allow_partial, READ_HINT)
         hits = [x for r in got.values() for x in r.results]
