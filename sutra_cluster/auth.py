@@ -68,6 +68,9 @@ ADMIN_PLANE: dict[str, frozenset[str]] = {
 }
 CLIENT_SERVICES = (
     "/sutra.storage.StorageService/",
+    # Cross-shard writes (proto/txn.proto): routers call it with client credentials,
+    # and it gives no power LearnBatch on the same leader does not.
+    "/sutra.txn.TxnService/",
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",

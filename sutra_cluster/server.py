@@ -18,10 +18,13 @@ from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
 from sutra_cluster.failover.journal import Journal
 from sutra_cluster.failover.loop import HaLoop
 from sutra_cluster.metrics import NodeMetrics
-from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2
+from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2, txn_pb2_grpc
 from sutra_cluster.replication.manager import LagCollector, ReplicationManager
 from sutra_cluster.replication.service import ReplicationServicer
 from sutra_cluster.storage.engine import Engine
+from sutra_cluster.txn import recovery as txn_recovery
+from sutra_cluster.txn.decision import DecisionStore
+from sutra_cluster.txn.service import TxnServicer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ class Node:
         add_storage_service(StorageServicer(self.engine, health=self._health, waits=self.client_budget), self.server)
         replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
             ReplicationServicer(self.replication), self.server)
+        txn_pb2_grpc.add_TxnServiceServicer_to_server(TxnServicer(self.engine), self.server)  # cross-shard writes
+        self.txn_resolver: txn_recovery.Resolver | None = None
         process.enable_reflection(self.server, (STORAGE_SERVICE, REPLICATION_SERVICE))
         self._stopped = threading.Event()
         self.ha: HaLoop | None = None
@@ -94,6 +99,10 @@ class Node:
             )
             journal = Journal(coord, cfg.cluster_name, cfg.shard, cfg.node_id, cfg.address, __version__)
             self.ha = HaLoop(self.replication, coord, cfg, journal=journal)
+            # In-doubt cross-shard parts are finished here from their decision in etcd.
+            self.txn_resolver = txn_recovery.Resolver(
+                self.engine, DecisionStore(cfg.etcd_endpoints, cfg.cluster_name, cfg.node_id, security=cfg.etcd),
+                txn_recovery.timeout_ms() / 1000.0)
 
     def _health(self) -> tuple[bool, str]:
         """(process serving RPCs, a one-line status) for the guide's HealthCheck."""
@@ -129,6 +138,8 @@ class Node:
         self.server.start()
         if self.ha is not None:
             self.ha.start()
+        if self.txn_resolver is not None:
+            self.txn_resolver.start()
         threading.Thread(target=self._watch_health, name="health", daemon=True).start()
         log.info("node %s serving on %s as %s (metrics port %s)", self.cfg.node_id, bind, self.engine.role,
                  self.cfg.metrics_port or "off")
@@ -145,6 +156,8 @@ class Node:
         self.replication.leader.close(grace)
         stopped.wait()
         self.replication.stop()
+        if self.txn_resolver is not None:
+            self.txn_resolver.stop()
         self.engine.close()
 
     def wait(self) -> None:

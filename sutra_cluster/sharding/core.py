@@ -97,8 +97,11 @@ class ShardSet:
                  timeout: float = 10.0, write_deadline: float = 15.0, read_deadline: float = 15.0,
                  credentials: grpc.ChannelCredentials | None = None, dimension: int = 0,
                  max_batch: int = 10_000, max_message_bytes: int = 64 << 20, workers: int = 32,
-                 max_path_visits: int = 100_000, max_path_ms: int = 2_000) -> None:
+                 max_path_visits: int = 100_000, max_path_ms: int = 2_000, txn: Any = None) -> None:
         self.map = smap
+        # The router's TxnCoordinator (txn/coordinator.py): cross-shard writes commit
+        # on every shard or none. None (clients, static maps): atomic per shard only.
+        self.txn = txn
         self.channels = Channels(credentials)
         self.links = [
             ShardLink(s, self.channels, etcd_endpoints=etcd_endpoints, cluster=cluster,
@@ -227,7 +230,11 @@ class ShardSet:
         if req.purge_foreign:
             raise InvalidArgument("purge_foreign is for the shards' own use; a router deletes everywhere by itself")
         s = self.owner(req.concept_id)
+        client_id = bool(req.request_id)
         req.request_id = self._request_id(req.request_id)
+        if self.txn is not None and self.shards > 1:
+            seqs = self.txn.delete_concept(self, req, client_id)
+            return pb.DeleteConceptResponse(sequence=seqs[s], shard_sequences=_seqs(seqs))
         seq = self._write(s, "DeleteConcept", req).sequence
         seqs = self._purge(req.concept_id, req.request_id, s)
         seqs[s] = seq
@@ -271,8 +278,14 @@ class ShardSet:
         dim = self._dimension()
         if dim:  # 0: a node too old to report it; the shards still check their own parts
             model.check_batch(req, model.Limits(dim, self.max_batch, self.max_message_bytes))
+        client_id = bool(req.request_id)
         req.request_id = self._request_id(req.request_id)
         parts = self.split_batch(req)
+        if self.txn is not None and self.txn.spans(self, req, parts):
+            seqs = self.txn.learn_batch(self, req, parts, client_id)
+            return pb.LearnBatchResponse(
+                sequence=0, concepts=len(req.concepts), associations=len(req.associations),
+                deletes=len(req.delete_concept_ids), shard_sequences=_seqs(seqs))
         done, _ = self._parallel(sorted(parts), lambda s: int(self._write(s, "LearnBatch", parts[s]).sequence),
                                  hint=WRITE_HINT)
         seqs = dict(done)

@@ -65,6 +65,11 @@ class Channels:
                     self._stubs[address] = got
         return got[1]
 
+    def channel(self, address: str) -> grpc.Channel:
+        """The shared channel to ``address`` (for services other than StorageService)."""
+        self.stub(address)
+        return self._stubs[address][0]
+
     def close(self) -> None:
         with self._lock:
             for ch, _ in self._stubs.values():
@@ -162,13 +167,15 @@ class ShardLink:
 
     # ---- calls -----------------------------------------------------------
     def call(self, method: str, request: Any, *, write: bool, replica: bool = False,
-             deadline_s: float | None = None) -> Any:
+             deadline_s: float | None = None, service: Any = None) -> Any:
         """Send ``request`` to the leader (or, for a read with ``replica``, to a
-        replica first), following leader changes until the deadline."""
+        replica first), following leader changes until the deadline. ``service``:
+        a stub class of another service on the same port (default StorageService)."""
+        stub = self.channels.stub if service is None else (lambda a: service(self.channels.channel(a)))
         if replica and not write:
             for addr in self.replicas():
                 try:
-                    return getattr(self.channels.stub(addr), method)(request, timeout=self.timeout)
+                    return getattr(stub(addr), method)(request, timeout=self.timeout)
                 except grpc.RpcError as exc:
                     # A replica that is down, or too far behind to show the
                     # read's sequence in time: try the next one, then the leader.
@@ -186,7 +193,7 @@ class ShardLink:
                 raise
             try:
                 remaining = max(0.05, deadline - time.monotonic())
-                return getattr(self.channels.stub(addr), method)(request, timeout=min(self.timeout, remaining))
+                return getattr(stub(addr), method)(request, timeout=min(self.timeout, remaining))
             except grpc.RpcError as exc:
                 if not retryable(exc, write):
                     raise

@@ -51,6 +51,7 @@ from sutra_cluster.sharding import concept_reads, shardmap
 from sutra_cluster.sharding.core import ShardSet
 from sutra_cluster.sharding.links import ShardUnavailable
 from sutra_cluster.sharding.shardmap import ShardMap
+from sutra_cluster.txn import coordinator as txn_coordinator
 
 log = logging.getLogger(__name__)
 STORAGE_SERVICE = pb.DESCRIPTOR.services_by_name["StorageService"].full_name
@@ -318,6 +319,8 @@ class Router:
         self.started = time.monotonic()
         self._server_creds, self._channel_creds = _credentials(cfg)
         self.metrics = RouterMetrics()
+        # Cross-shard writes commit on all shards or none (with etcd; SUTRA_ROUTER_ATOMIC=off opts out).
+        self.txn = txn_coordinator.for_router(cfg.etcd_endpoints, cfg.cluster_name, cfg.router_id)
         self.set = self._make_set(resolve_map(cfg))
         hard = min(2 * cfg.max_message_bytes, (1 << 31) - 1)
         # Streams hold a worker each: bounded, so health checks and unary calls always find one.
@@ -344,7 +347,7 @@ class Router:
                                 read_deadline=c.read_deadline_ms / 1000, credentials=self._channel_creds,
                                 dimension=c.dimension, max_batch=c.max_batch,
                                 max_message_bytes=c.max_message_bytes, max_path_visits=c.max_path_visits,
-                                max_path_ms=c.max_path_ms)
+                                max_path_ms=c.max_path_ms, txn=self.txn)
 
     def uptime(self) -> int:
         return int(time.monotonic() - self.started)
@@ -386,6 +389,8 @@ class Router:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.set.close()
+        if self.txn is not None:
+            self.txn.close()
 
 
 class _RouterContext(logging.Filter):

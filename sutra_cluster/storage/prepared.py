@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from sutra_cluster.errors import FailedPrecondition, NotFound, Unavailable
 from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint
 from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog
 from sutra_cluster.storage.wal_format import RT_BATCH, RT_PREPARE, RT_TXN_ABORT
 
@@ -192,10 +193,11 @@ class TxnOps:
     _append_lock: threading.Lock
     _unapplied: deque[tuple[int, wal_pb2.WalBatch | None, int]]
     _leadership: Leadership | None
+    pending_items: int
 
     if TYPE_CHECKING:
         def check_writable(self) -> None: ...
-        def submit(self, batch: wal_pb2.WalBatch, raw: bytes | None = None) -> int: ...
+        def _remember(self, request_id: str, lsn: int, fingerprint: int) -> None: ...
         def _commit(self, lsn: int, lead: Leadership) -> None: ...
         def _on_write_failure(self, exc: WalWriteError) -> None: ...
 
@@ -220,6 +222,10 @@ class TxnOps:
                 if done is not None and done[0]:
                     raise FailedPrecondition(f"transaction {prep.txn_id} is already committed here at sequence "
                                              f"{done[1]}")
+                admit = getattr(self, "admit", None)  # the shard guard's fence (resharding), if installed
+                if admit is not None:
+                    # Concepts and edge sources only: a delete may be the purge of another shard's concept.
+                    admit(wal_pb2.WalBatch(concepts=prep.batch.concepts, associations=prep.batch.associations))
                 holder = self.txns.holder(prep.batch, prep.txn_id)
                 if holder is not None:
                     raise TxnConflict(f"transaction {prep.txn_id}: a concept it writes is locked by the prepared "
@@ -249,24 +255,35 @@ class TxnOps:
                                          f"here at sequence {done[1]}")
             return done[1]
         if commit:
+            # The commit record is the part as an ordinary batch (with txn_id), so
+            # replay and replicas apply it like any batch. It is logged here, not
+            # through submit: the part was checked and locked when prepared, and
+            # those locks kept every other write off its concepts since.
             b = wal_pb2.WalBatch()
             b.CopyFrom(got.batch)
             b.txn_id = txn_id
-            lsn = self.submit(b)  # the ordinary write path: durable, replicated, then applied
-            self.txns.resolve(txn_id, True, lsn)
-            return lsn
-        payload = wal_pb2.WalTxnAbort(txn_id=txn_id, reason=reason[:200]).SerializeToString()
+            b.timestamp_us = time.time_ns() // 1000
+            rtype, payload, items = RT_BATCH, b.SerializeToString(), batch_items(b)
+        else:
+            b, items = None, 0
+            rtype, payload = RT_TXN_ABORT, wal_pb2.WalTxnAbort(txn_id=txn_id, reason=reason[:200]).SerializeToString()
         with self._append_lock:
             self.check_writable()
             lead = self._leadership
             assert lead is not None
             if txn_id not in self.txns.open:  # decided meanwhile (a concurrent decide)
                 done = self.txns.decided.get(txn_id)
-                if done is not None and done[0]:
-                    raise FailedPrecondition(f"transaction {txn_id} is already committed here at sequence {done[1]}")
-                return done[1] if done is not None else 0
-            lsn = self._log(RT_TXN_ABORT, payload, lead.term)
-            self.txns.resolve(txn_id, False, lsn)
+                if done is None or done[0] != commit:
+                    raise FailedPrecondition(f"transaction {txn_id} was decided otherwise meanwhile ({done})")
+                lsn = done[1]
+            else:
+                lsn = self.wal.append(rtype, payload, lead.term)
+                self.recent.append(lsn, lead.term, rtype, payload)
+                self._unapplied.append((lsn, b, items))
+                if b is not None:
+                    self._remember(b.request_id, lsn, request_fingerprint(logged_body(payload, b)))
+                    self.pending_items += items
+                self.txns.resolve(txn_id, commit, lsn)
         self._durable_and_committed(lsn, lead)
         return lsn
 
