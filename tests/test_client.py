@@ -310,3 +310,34 @@ def test_tls_and_mutual_tls_options(tmp_path: Path, node_factory: Callable[..., 
     with SutraClient(n.address, retry_deadline=0, timeout=5) as plain:
         with pytest.raises(Unavailable):
             plain.stats()
+
+
+def test_async_client_same_api_on_one_node(node: NodeProcess) -> None:
+    import asyncio
+
+    from sutra_cluster.client import AsyncSutraClient
+
+    async def run() -> None:
+        async with AsyncSutraClient(f"sutra://{node.address}?timeout=10") as c:
+            seq = await c.learn_batch([Concept(f"as-{i}", "async", unit(500 + i), attributes={"a": str(i % 2)})
+                                       for i in range(6)], [Association("as-0", "as-1")])
+            got = await c.get("as-0", sequence=seq, include_embedding=True)
+            assert got is not None and got.embedding is not None and got.embedding.dtype == np.float32
+            assert await c.get_neighbors("as-1", "incoming") == ["as-0"]
+            assert await c.find_path("as-0", "as-1") == ["as-0", "as-1"]
+            hits = await c.vector_search(unit(501), k=2, filter={"a": "1"}, with_fields=["content"])
+            assert hits[0].concept_id == "as-1" and hits[0].concept and hits[0].concept.content == "async"
+            assert await c.count(filter={"a": "0"}) == 3
+            page = await c.scroll(after_id="as-", limit=4, filter={"a": ["0", "1"]})
+            assert [x.concept_id for x in page.concepts] == ["as-0", "as-1", "as-2", "as-3"]
+            assert page.next_after_id == "as-3"
+            assert [x.concept_id async for x in c.iterate(filter={"a": "1"}, page_size=2)] == ["as-1", "as-3", "as-5"]
+            assert [g.concept_id if g else None for g in await c.get_concepts(["as-5", "nope"])] == ["as-5", None]
+            assert (await c.stats()).role == "leader" and (await c.health()).healthy
+            with pytest.raises(InvalidArgument) as bad:
+                await c.scroll(limit=5000)
+            assert "limit is 5000, the limit is 1000" in bad.value.details()
+            gather = await asyncio.gather(*(c.vector_search(unit(500 + i), k=1) for i in range(6)))
+            assert [g[0].concept_id for g in gather] == [f"as-{i}" for i in range(6)]
+
+    asyncio.run(run())
