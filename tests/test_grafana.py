@@ -114,6 +114,13 @@ def test_dashboard_structure_and_datasource() -> None:
             assert t["expr"].strip(), f"{where} {t['refId']}: empty expr"
         g = p["gridPos"]
         assert g["w"] > 0 and g["h"] > 0 and 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{where}: gridPos {g}"
+    # No two panels (rows included) cover the same grid cell.
+    cells: dict[tuple[int, int], int] = {}
+    for p in d["panels"]:
+        g = p["gridPos"]
+        for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])):
+            assert cell not in cells, f"panels {cells[cell]} and {p['id']} overlap at {cell}"
+            cells[cell] = p["id"]
     for v in d["templating"]["list"]:
         if v["type"] == "query":
             assert v["datasource"]["uid"] == uid, f"variable {v['name']}: datasource {v['datasource']}"
@@ -228,6 +235,22 @@ def test_every_panel_returns_data_from_a_live_cluster(tmp_path: Path) -> None:
                 except AssertionError:
                     raise AssertionError("panels without data:\n" + "\n".join(last)) from None
             assert load.count() > 0 and not load.errors(), load.errors()
+
+            # The leadership and replication panels say what is true of this cluster.
+            expr = dict(queries)
+            lead = next(n for n in nodes if n.address == leader)
+            others = sorted(n.name for n in nodes if n is not lead)
+
+            def answer(title: str) -> list[tuple[dict[str, str], str]]:
+                return [(s["metric"], s["value"][1]) for s in prom.query(expr[title])]
+
+            assert answer("Leaders per shard A") == [({"shard": "0"}, "1")]
+            assert [(m["shard"], m["node_id"]) for m, _ in answer("Leader of each shard A")] == [("0", lead.name)]
+            assert answer("Replicas connected A") == [({"shard": "0", "node_id": lead.name}, "2")]
+            assert sorted(m["replica"] for m, _ in answer("Replication lag (seconds) A")) == others
+            assert sorted(m["node_id"] for m, _ in answer("Term per node A")) == sorted(n.name for n in nodes)
+            started = {m["node_id"]: float(v) for m, v in answer("Leader changes A") if m["change"] == "started"}
+            assert set(started) == {n.name for n in nodes}, started
             print(f"{len(queries)} panel queries answered with data")
     finally:
         if router is not None:
