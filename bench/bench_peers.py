@@ -1,0 +1,413 @@
+"""Sutra's write path beside PostgreSQL, Redis, etcd and the disk, in one run.
+
+    ./dev bench-peers                       # installs PostgreSQL and Redis when missing, then runs this
+    .venv/bin/python bench/bench_peers.py [--rounds 3] [--batches 12] [--singles 300] [--systems ...]
+    .venv/bin/python bench/bench_peers.py --before /path/to/older/checkout   # also runs that checkout's nodes
+    .venv/bin/python bench/bench_peers.py --profile sutra-1 --rounds 1      # py-spy profile into bench/profiles/
+
+Every system writes the same 3,288-byte records (id, ~200 B content, 768-d
+float32) durably: batches of --batch-size (1,000) and then --singles sequential
+single writes, from one Python client thread, on a fresh instance per round
+for Sutra (peers: one instance, new keys each round). Reported: medians of
+--rounds, records/s. Also 32 client threads of single writes against one Sutra
+node and against a bare grpcio server that answers 8 bytes (same request
+bytes, same worker count), measured in the same run: the ceiling of a sync
+Python gRPC server here. How the peers' binaries are found: bench/peers.py.
+
+Sutra topologies: 1 node; leader + 1 replica, sync (PostgreSQL's topology);
+leader + 2 replicas, sync with SUTRA_SYNC_REPLICAS=1; each with HNSW off
+(SUTRA_ANN_THRESHOLD above the data) and at the default threshold (10,000), where
+the batched phase's 12,000 records start HNSW indexing and the single writes
+run while it catches up. Prints a table with ratios and writes JSON under
+bench/results/. All processes are ended and the data removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import peers  # noqa: E402  (bench/ is on sys.path: this script's folder)
+
+from sutra_cluster.pb import storage_pb2 as pb  # noqa: E402
+from tests import cluster as tc  # noqa: E402
+from tests import helpers  # noqa: E402
+from tests.helpers import NodeProcess  # noqa: E402
+
+DIM = 768
+SERVICE = "/sutra.storage.StorageService/"
+OPTS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+TOPOLOGIES = {  # key: (replicas, label)
+    "1": (0, "Sutra, 1 node"),
+    "2": (1, "Sutra, leader + 1 sync replica"),
+    "3": (2, "Sutra, leader + 2 replicas, SUTRA_SYNC_REPLICAS=1"),
+}
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def make_records(n: int, prefix: str, rng: np.random.Generator) -> list[peers.Record]:
+    vecs = rng.standard_normal((n, DIM), dtype=np.float32).astype("<f4")
+    pad = "lorem ipsum dolor sit amet " * 8  # 216 characters
+    return [peers.Record(f"{prefix}-{i:07d}", f"{i} {pad}"[:200], vecs[i].tobytes()) for i in range(n)]
+
+
+# ---- Sutra ------------------------------------------------------------------
+class Sutra:
+    """A Sutra topology as real processes (tests/cluster.py), optionally from
+    another checkout (``checkout``: its nodes run that tree's code)."""
+
+    def __init__(self, base: Path, topo: str, hnsw: bool, checkout: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.base = base
+        self.replicas, label = TOPOLOGIES[topo]
+        self.key = f"sutra-{topo}-{'hnsw' if hnsw else 'flat'}" + ("-before" if checkout else "")
+        self.name = f"{label}, HNSW {'default' if hnsw else 'off'}" + (" (before)" if checkout else "")
+        self.checkout = checkout
+        self.env = {"VECTOR_DIMENSION": str(DIM), "SUTRA_LOG_LEVEL": "warning", **(env or {})}
+        if not hnsw:
+            self.env["SUTRA_ANN_THRESHOLD"] = str(1 << 40)
+        self.stack = contextlib.ExitStack()
+        self.pids: list[int] = []
+        self.address = ""
+
+    def start(self) -> None:
+        old = helpers.ROOT
+        helpers.ROOT = self.checkout or old  # NodeProcess.start runs `python -m sutra_cluster` there
+        try:
+            if self.replicas == 0:
+                node = NodeProcess(self.base / "n", env=self.env)
+                self.stack.callback(node.stop)
+                node.start()
+                nodes: list[NodeProcess] = [node]
+            else:
+                env = {**self.env, "SUTRA_SYNC_REPLICAS": "1"}
+                c = self.stack.enter_context(tc.running_cluster(self.base, self.replicas, "sync", env=env))
+                tc.wait_streaming(c.leader, [r.name for r in c.replicas])
+                nodes = list(c.nodes)
+        finally:
+            helpers.ROOT = old
+        self.address = nodes[0].address
+        self.pids = [n.proc.pid for n in nodes if n.proc is not None]
+        self.channel = grpc.insecure_channel(self.address, options=OPTS)
+        self.stack.callback(self.channel.close)
+        self.channel.unary_unary(SERVICE + "LearnConcept")(single_request(warm_record()), timeout=60)  # connect
+
+    def stop(self) -> None:
+        self.stack.close()
+
+    def cpu(self) -> list[float]:
+        return [cpu_seconds(p) for p in self.pids]
+
+    def batched(self, recs: Sequence[peers.Record], size: int) -> float:
+        reqs = []
+        for c in peers.chunks(recs, size):
+            req = pb.LearnBatchRequest()
+            for r in c:
+                req.concepts.add(concept_id=r.rid, content=r.content, embedding_f32=r.vector)
+            reqs.append(req.SerializeToString())
+        call = self.channel.unary_unary(SERVICE + "LearnBatch")
+        t0 = time.perf_counter()
+        for q in reqs:
+            call(q, timeout=120)
+        return time.perf_counter() - t0
+
+    def single(self, recs: Sequence[peers.Record]) -> float:
+        reqs = [single_request(r) for r in recs]
+        call = self.channel.unary_unary(SERVICE + "LearnConcept")
+        t0 = time.perf_counter()
+        for q in reqs:
+            call(q, timeout=60)
+        return time.perf_counter() - t0
+
+
+def single_request(r: peers.Record) -> bytes:
+    return pb.LearnConceptRequest(concept_id=r.rid, content=r.content, embedding_f32=r.vector).SerializeToString()
+
+
+def concurrent(address: str, method: str, reqs: Sequence[bytes], threads: int) -> float:
+    """Calls/s for ``reqs`` spread over ``threads`` client threads, each with its own channel."""
+    chans = [grpc.insecure_channel(address, options=OPTS) for _ in range(threads)]
+    try:
+        calls = [ch.unary_unary(method) for ch in chans]
+        for c in calls:
+            c(reqs[0] if method.startswith("/bench") else single_request(warm_record()), timeout=60)
+        barrier = threading.Barrier(threads + 1)
+        errors: list[BaseException] = []
+
+        def work(k: int) -> None:
+            barrier.wait()
+            try:
+                for q in reqs[k::threads]:
+                    calls[k](q, timeout=60)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        for t in ts:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in ts:
+            t.join()
+        wall = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
+        return len(reqs) / wall
+    finally:
+        for ch in chans:
+            ch.close()
+
+
+def warm_record() -> peers.Record:
+    return make_records(1, f"warm-{time.monotonic_ns()}", np.random.default_rng())[0]
+
+
+# ---- profiles ---------------------------------------------------------------
+class Profiler:
+    """py-spy attached to one process for the length of a phase; the summary
+    (top functions by own and by inclusive samples) goes to bench/profiles/."""
+
+    def __init__(self, pid: int, out: Path, title: str) -> None:
+        self.raw = out.with_suffix(".raw")
+        self.out, self.title = out, title
+        exe = Path(sys.executable).parent / "py-spy"
+        self.proc = subprocess.Popen([str(exe), "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o",
+                                      str(self.raw), "--nonblocking"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # py-spy attaches
+
+    def finish(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+        summarise(self.raw, self.out, self.title)
+        self.raw.unlink(missing_ok=True)
+
+
+def summarise(raw: Path, out: Path, title: str, top: int = 40) -> None:
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(n)
+        total += count
+        frames = [f.split(":")[0] + ")" if ":" in f else f for f in stack.split(";")]
+        frames = [f.replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "") for f in frames]
+        own[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+    lines = [f"# {title}", f"# py-spy record, 250 Hz, on-CPU samples only: {total} samples", "",
+             "## own samples (where the CPU is)", "| % | function (file) |", "|---:|---|"]
+    lines += [f"| {100 * c / max(1, total):5.1f} | {f} |" for f, c in own.most_common(top)]
+    lines += ["", "## inclusive samples (what it is spent under)", "| % | function (file) |", "|---:|---|"]
+    lines += [f"| {100 * c / max(1, total):5.1f} | {f} |" for f, c in incl.most_common(top)]
+    out.write_text("\n".join(lines) + "\n")
+
+
+# ---- the run ------------------------------------------------------------------
+def measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Record], size: int,
+            prof: Callable[[str], Profiler | None]) -> dict[str, float]:
+    row: dict[str, float] = {}
+    cpu0 = sys_.cpu() if hasattr(sys_, "cpu") else None
+    p = prof("batched")
+    row["batched"] = len(recs) / sys_.batched(recs, size)
+    if p:
+        p.finish()
+    cpu1 = sys_.cpu() if cpu0 is not None else None
+    p = prof("single")
+    row["single"] = len(singles) / sys_.single(singles)
+    if p:
+        p.finish()
+    if cpu0 is not None and cpu1 is not None:
+        cpu2 = sys_.cpu()
+        row["leader_cpu_us_per_batched_record"] = (cpu1[0] - cpu0[0]) / len(recs) * 1e6
+        row["all_nodes_cpu_us_per_batched_record"] = (sum(cpu1) - sum(cpu0)) / len(recs) * 1e6
+        row["leader_cpu_us_per_single_write"] = (cpu2[0] - cpu1[0]) / len(singles) * 1e6
+        row["all_nodes_cpu_us_per_single_write"] = (sum(cpu2) - sum(cpu1)) / len(singles) * 1e6
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=12, help="batches per round (12 x 1,000 passes the HNSW threshold)")
+    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--singles", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=32, help="client threads of the concurrent single writes")
+    ap.add_argument("--concurrent-writes", type=int, default=1600)
+    ap.add_argument("--systems", default="disk,pg,redis,etcd,sutra,concurrent",
+                    help="comma list of disk, pg, redis, etcd, sutra, concurrent")
+    ap.add_argument("--topologies", default="1,2,3", help="Sutra topologies: 1 node, 2 leader+1, 3 leader+2")
+    ap.add_argument("--before", default="", help="another checkout: its Sutra nodes run too, labelled (before)")
+    ap.add_argument("--profile", default="", help="profile these Sutra keys' leaders (sutra-1-flat,...) in bench/profiles/")
+    ap.add_argument("--node-env", default="", help="extra settings for every Sutra node: K=V,K=V")
+    ap.add_argument("--pg-bin", default="", help="folder of initdb/pg_ctl (default: see bench/peers.py)")
+    ap.add_argument("--tmp", default=None, help="folder for all data (default: the system's temp folder)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "peers.json"))
+    ap.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--echo-workers", type=int, default=32, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.echo_server:
+        peers.serve_echo(args.echo_server, args.echo_workers)
+        return 0
+    chosen = set(args.systems.split(","))
+    node_env = dict(kv.split("=", 1) for kv in args.node_env.split(",") if kv)
+    load0 = os.getloadavg()[0]
+    base = Path(tempfile.mkdtemp(prefix="bench-peers-", dir=args.tmp))
+    n = args.batches * args.batch_size
+    rng = np.random.default_rng(7)
+    peer_list: list[Any] = []
+    if "disk" in chosen:
+        peer_list.append(peers.Disk(base))
+    if "pg" in chosen:
+        peer_list.append(peers.Postgres(base, peers.pg_bindir(args.pg_bin)))
+    if "redis" in chosen:
+        peer_list.append(peers.Redis(base))
+    if "etcd" in chosen:
+        peer_list.append(peers.Etcd(base))
+    checkouts: list[Path | None] = [None] + ([Path(args.before).resolve()] if args.before else [])
+    sutra_keys = [(t, h, co) for co in checkouts for t in args.topologies.split(",") for h in (False, True)] \
+        if "sutra" in chosen else []
+    runs: dict[str, list[dict[str, float]]] = {}
+    names: dict[str, str] = {}
+    conc: dict[str, list[float]] = {}
+    echo = peers.EchoServer(32) if "concurrent" in chosen else None
+    profiles = ROOT / "bench" / "profiles"
+    started: list[Any] = []
+    try:
+        for p in peer_list:
+            p.start()
+            started.append(p)
+        if echo is not None:
+            echo.start()
+        for rnd in range(args.rounds):
+            recs = make_records(n + args.singles, f"r{rnd}", rng)
+            batch, singles = recs[:n], recs[n:]
+            for p in peer_list:
+                key = type(p).__name__.lower()
+                names[key] = p.name
+                runs.setdefault(key, []).append(measure(p, batch, singles, args.batch_size, lambda _: None))
+                print(f"round {rnd + 1}: {p.name}: {runs[key][-1]}", flush=True)
+            for topo, hnsw, co in sutra_keys:
+                s = Sutra(base / f"s{rnd}-{topo}-{int(hnsw)}-{int(co is not None)}", topo, hnsw, co, node_env)
+                names[s.key] = s.name
+                try:
+                    s.start()
+
+                    def prof(phase: str, s: Sutra = s) -> Profiler | None:
+                        if s.key not in args.profile.split(","):
+                            return None
+                        profiles.mkdir(exist_ok=True)
+                        return Profiler(s.pids[0], profiles / f"{s.key}-{phase}.txt",
+                                        f"{s.name}: leader process, {phase} writes ({args.batch_size}/batch)")
+
+                    runs.setdefault(s.key, []).append(measure(s, batch, singles, args.batch_size, prof))
+                finally:
+                    s.stop()
+                print(f"round {rnd + 1}: {s.name}: {runs[s.key][-1]}", flush=True)
+            if echo is not None:
+                creqs = [single_request(r) for r in make_records(args.concurrent_writes, f"c{rnd}", rng)]
+                conc.setdefault("echo", []).append(concurrent(echo.address, peers.ECHO_METHOD, creqs, args.threads))
+                for co in checkouts:
+                    s = Sutra(base / f"c{rnd}-{int(co is not None)}", "1", False, co, node_env)
+                    try:
+                        s.start()
+                        conc.setdefault(s.key, []).append(concurrent(s.address, SERVICE + "LearnConcept", creqs,
+                                                                     args.threads))
+                    finally:
+                        s.stop()
+                print(f"round {rnd + 1}: concurrent: { {k: v[-1] for k, v in conc.items()} }", flush=True)
+    finally:
+        for p in started:
+            p.stop()
+        if echo is not None:
+            echo.stop()
+    import shutil
+
+    shutil.rmtree(base, ignore_errors=True)
+    result = report(runs, names, conc, args, load0)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc: dict[str, list[float]],
+           args: argparse.Namespace, load0: float) -> dict[str, Any]:
+    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
+    cmed = {k: statistics.median(v) for k, v in conc.items()}
+    pg = med.get("postgres")
+    print(f"\n{args.batches * args.batch_size:,} records in batches of {args.batch_size:,}, then {args.singles} "
+          f"sequential single writes; records/s, medians of {args.rounds}\n")
+    print("| system | batched | single write | batched vs PostgreSQL | single vs PostgreSQL |"
+          " leader CPU µs/record batched / single |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for k, m in med.items():
+        vs = (f"{m['batched'] / pg['batched']:.2f}× | {m['single'] / pg['single']:.2f}×") if pg else "– | –"
+        cpu = (f"{m['leader_cpu_us_per_batched_record']:.0f} / {m['leader_cpu_us_per_single_write']:.0f}"
+               if "leader_cpu_us_per_single_write" in m else "")
+        print(f"| {names[k]} | {m['batched']:,.0f} | {m['single']:,.0f} | {vs} | {cpu} |")
+    goals: list[tuple[str, float | None, str]] = []
+
+    def ratio(a: str, am: str, b: str, bm: str) -> float | None:
+        return med[a][am] / med[b][bm] if a in med and b in med else None
+
+    for suffix in ("", "-before"):
+        tag = " (before)" if suffix else ""
+        goals += [
+            (f"single writes, leader + 1 sync replica vs PostgreSQL{tag}",
+             ratio(f"sutra-2-flat{suffix}", "single", "postgres", "single"), "≥ 1.0"),
+            (f"batched, leader + 1 sync replica vs PostgreSQL{tag}",
+             ratio(f"sutra-2-flat{suffix}", "batched", "postgres", "batched"), "≥ 2.5"),
+            (f"concurrent single writes ({args.threads} threads), 1 node vs bare grpcio{tag}",
+             cmed[f"sutra-1-flat{suffix}"] / cmed["echo"] if f"sutra-1-flat{suffix}" in cmed and "echo" in cmed
+             else None, "≥ 0.6"),
+            (f"batched, 1 node vs the disk's limit{tag}", ratio(f"sutra-1-flat{suffix}", "batched", "disk", "batched"),
+             "≥ 0.3"),
+            (f"batched, leader + 2 replicas vs 1 node{tag}",
+             ratio(f"sutra-3-flat{suffix}", "batched", f"sutra-1-flat{suffix}", "batched"), "≥ 0.6"),
+            (f"single writes, leader + 2 replicas, HNSW indexing vs off{tag}",
+             ratio(f"sutra-3-hnsw{suffix}", "single", f"sutra-3-flat{suffix}", "single"), "≥ 0.8"),
+        ]
+    print("\n| measure | ratio | goal |\n|---|---:|---|")
+    for what, v, goal in goals:
+        if v is not None:
+            print(f"| {what} | {v:.2f} | {goal} |")
+    if cmed:
+        print("\nconcurrent single writes/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in cmed.items()))
+    return {"medians": med, "runs": runs, "names": names, "concurrent": cmed, "concurrent_runs": conc,
+            "ratios": {w: v for w, v, _ in goals if v is not None},
+            "args": {k: v for k, v in vars(args).items() if not k.startswith("echo")},
+            "machine": {"cpus": os.cpu_count(), "load_before": load0, "load_after": os.getloadavg()[0],
+                        "python": platform.python_version()}}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
