@@ -59,6 +59,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         n.stop(timeout=10)
 
 
+@pytest.mark.slow  # a real node
 def test_writes_and_reads_return_dataclasses_with_numpy_embeddings(node: NodeProcess) -> None:
     with SutraClient(f"sutra://{node.address}") as c:
         seq = c.learn_concept("dc-a", "alpha", unit(1), attributes={"lang": "en"}, strength=2.0, confidence=0.5)
@@ -102,6 +103,7 @@ def test_writes_and_reads_return_dataclasses_with_numpy_embeddings(node: NodePro
         assert f.success and f.checkpoint_lsn >= loaded.sequence
 
 
+@pytest.mark.slow  # a real node
 def test_multi_get_scroll_iterate_and_count(node: NodeProcess) -> None:
     ids = [f"sc-{i:03d}" for i in range(57)]
     with SutraClient(node.address) as c:
@@ -132,6 +134,7 @@ def test_multi_get_scroll_iterate_and_count(node: NodeProcess) -> None:
         assert c.count() == c.stats().concepts
 
 
+@pytest.mark.slow  # a real node
 def test_filtered_search_and_score_threshold(node: NodeProcess) -> None:
     with SutraClient(node.address) as c:
         seq = c.learn_batch([Concept(f"fs-{i}", "f", unit(300 + i), attributes={"group": "g" + str(i % 5)})
@@ -147,6 +150,7 @@ def test_filtered_search_and_score_threshold(node: NodeProcess) -> None:
         assert c.vector_search(q, k=5, filter={"group": "g9"}) == []
 
 
+@pytest.mark.slow  # a real node
 def test_typed_errors_name_the_field_and_the_limit(node: NodeProcess) -> None:
     with SutraClient(node.address, retry_deadline=0) as c:
         with pytest.raises(InvalidArgument) as bad:
@@ -283,6 +287,7 @@ class _Aborted(Exception):
         self.code, self.details = code, details
 
 
+@pytest.mark.slow  # a real node
 def test_tls_and_mutual_tls_options(tmp_path: Path, node_factory: Callable[..., NodeProcess]) -> None:
     from tests.test_tls import make_ca, make_cert
 
@@ -312,6 +317,7 @@ def test_tls_and_mutual_tls_options(tmp_path: Path, node_factory: Callable[..., 
             plain.stats()
 
 
+@pytest.mark.slow  # a real node
 def test_async_client_same_api_on_one_node(node: NodeProcess) -> None:
     import asyncio
 

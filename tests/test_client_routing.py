@@ -7,6 +7,7 @@ and through the routing client."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,5 +167,34 @@ def test_async_client_through_router_and_routing(cluster: ShardedCluster,
                 assert await c.get("async-1") is None
             results = await asyncio.gather(*(ac.vector_search(q, k=5) for q in queries[:20]))
             assert all(len(r) == 5 for r in results)
+
+    asyncio.run(run())
+
+
+def test_one_shard_leader_through_etcd(cluster: ShardedCluster,
+                                       dataset: tuple[list[str], np.ndarray, np.ndarray]) -> None:
+    """``?shard=N`` (ClusterClient): that shard's leader, followed through etcd;
+    another shard's concept is refused as WrongShard, typed."""
+    from sutra_cluster.client import ClusterClient, WrongShard
+
+    ids, vecs, _ = dataset
+    mine = next(i for i in ids if cluster.owner(i) == 1)
+    other = next(i for i in ids if cluster.owner(i) == 0)
+    with SutraClient(f"sutra+etcd://{cluster.etcd.endpoint}/{cluster.name}?shard=1") as c, \
+            ClusterClient([cluster.etcd.endpoint], cluster=cluster.name, shard=1) as old:
+        assert c.find_leader(time.monotonic() + 10) == cluster.leader_address(1)
+        for cl in (c, old):
+            got = cl.get_concepts([mine])
+            assert got[0] is not None and got[0].concept_id == mine
+            assert cl.count() == sum(1 for i in ids if cluster.owner(i) == 1)
+            with pytest.raises(WrongShard) as wrong:
+                cl.learn_concept(other, "elsewhere", vecs[0])
+            assert "shard 0" in wrong.value.details()
+
+    async def run() -> None:
+        async with AsyncSutraClient(etcd=[cluster.etcd.endpoint], cluster=cluster.name, shard=1) as ac:
+            seq = await ac.learn_concept(mine, "rewritten", vecs[1])
+            got = await ac.get(mine, sequence=seq)
+            assert got is not None and got.content == "rewritten"
 
     asyncio.run(run())

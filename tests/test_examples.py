@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import ROOT, NodeProcess
 
+pytestmark = pytest.mark.slow  # a real node, the examples and pdoc as processes
+
 EXAMPLES = ROOT / "examples"
 
 
