@@ -137,6 +137,7 @@ def switchover(endpoints: Sequence[str], cluster: str, shard: int, target: str =
     import time
 
     from sutra_cluster.failover.etcd import EtcdCoordinator, shard_prefix
+    from sutra_cluster.ops.waiting import wait_until
 
     coord = EtcdCoordinator(list(endpoints), shard_prefix(cluster, shard), "admin", timeout=2.0)
     try:
@@ -152,12 +153,16 @@ def switchover(endpoints: Sequence[str], cluster: str, shard: int, target: str =
             raise RuntimeError(f"{target} is not a live member of shard {shard}")
         t0 = time.monotonic()
         coord.request_switchover(target)
-        while time.monotonic() - t0 < timeout:
+
+        def target_leads() -> bool:
             cur = coord.snapshot().leader
-            if cur is not None and cur.node_id == target:
-                return target, time.monotonic() - t0
-            time.sleep(0.01)
-        coord.clear_switchover()
-        raise RuntimeError(f"switchover to {target} did not finish within {timeout:.0f} s")
+            return cur is not None and cur.node_id == target
+
+        try:
+            wait_until(target_leads, timeout, f"switchover to {target}")
+        except TimeoutError as exc:
+            coord.clear_switchover()
+            raise RuntimeError(f"{exc}; the request was withdrawn") from None
+        return target, time.monotonic() - t0
     finally:
         coord.close()

@@ -24,15 +24,15 @@ import hashlib
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
 import grpc
 
+from sutra_cluster.ops.progress import Progress  # noqa: F401 - also bulkload's import path
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.pb import replication_pb2_grpc
 from sutra_cluster.storage import checkpoint as ckpt
@@ -73,39 +73,6 @@ class BackupInfo:
     edges: int
     vector_dimension: int
     seconds: float = 0.0
-
-
-class Progress:
-    """A one-line progress bar on stderr; plain lines every few seconds when
-    stderr is not a terminal (cron logs), nothing when disabled."""
-
-    def __init__(self, label: str, total: int, enabled: bool = True, out: TextIO | None = None) -> None:
-        self.label, self.total, self.enabled = label, max(0, total), enabled
-        self.out = out or sys.stderr
-        self.tty = self.out.isatty()
-        self.t0 = self.last = time.monotonic()
-        self.done = 0
-        self.nbytes = 0
-
-    def update(self, done: int, nbytes: int) -> None:
-        self.done, self.nbytes = done, nbytes
-        now = time.monotonic()
-        if self.enabled and now - self.last >= (0.2 if self.tty else 5.0):
-            self.last = now
-            self._draw(end="\r" if self.tty else "\n")
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.done = max(self.done, self.total)
-            self._draw(end="\n")
-
-    def _draw(self, end: str) -> None:
-        secs = max(1e-6, time.monotonic() - self.t0)
-        frac = min(1.0, self.done / self.total) if self.total else 1.0
-        bar = "#" * int(frac * 30)
-        mb = self.nbytes / 1e6
-        self.out.write(f"{self.label} [{bar:<30}] {frac * 100:5.1f}% {mb:9.1f} MB {mb / secs:7.1f} MB/s{end}")
-        self.out.flush()
 
 
 def _fsync_file(f: BinaryIO) -> None:

@@ -21,9 +21,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from sutra_cluster.client import Association, Concept, SutraClient
 STATE_FILE = "cluster.json"
 SECRET_FILE = "cluster-secret"
 SERVICES = ("etcd", "router", "prometheus")  # every other role in cluster.json is a storage node
+T = TypeVar("T")
 # The repository's deploy/ folder: the alert rules a local Prometheus loads.
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -97,6 +99,13 @@ def _pick_port(preferred: int) -> int:
 
 def _alive(pid: int) -> bool:
     try:
+        # A child this process started and that has exited stays a zombie (kill 0
+        # succeeds on it) until reaped: reap it, so a wait sees the exit at once.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child (started by an earlier `local up`)
+        pass
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -137,18 +146,23 @@ def _spawn(root: Path, name: str, role: str, port: int, metrics_port: int, env: 
 
 
 def _wait_healthy(proc: Proc, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if not _alive(proc.pid):
             raise RuntimeError(f"{proc.name} exited; see {proc.log}")
-        try:
-            with SutraClient(f"127.0.0.1:{proc.port}", timeout=1.0) as c:
-                if c.health().healthy:
-                    return
-        except Exception:  # not listening yet
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} not healthy after {timeout:.0f}s; see {proc.log}")
+        with SutraClient(f"127.0.0.1:{proc.port}", timeout=1.0) as c:
+            return bool(c.health().healthy)
+
+    _until(healthy, timeout, f"{proc.name} healthy (see {proc.log})")
+
+
+def _until(cond: Callable[[], T], timeout: float, what: str) -> T:
+    """ops.waiting's one policy; a timeout is this module's RuntimeError (the CLI prints it)."""
+    from sutra_cluster.ops.waiting import wait_until
+
+    try:
+        return wait_until(cond, timeout, what)
+    except TimeoutError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def sample_data(address: str, dim: int) -> int:
@@ -188,29 +202,18 @@ def _spawn_etcd(root: Path, client_port: int, peer_port: int) -> Proc:
 def _wait_etcd(proc: Proc, timeout: float = 30.0) -> None:
     from sutra_cluster.failover.etcd import etcd_answers
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if not _alive(proc.pid):
             raise RuntimeError(f"etcd exited; see {proc.log}")
-        if etcd_answers("127.0.0.1", proc.port):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"etcd not answering after {timeout:.0f}s; see {proc.log}")
+        return etcd_answers("127.0.0.1", proc.port)
+
+    _until(answers, timeout, f"etcd answering (see {proc.log})")
 
 
 def wait_leader(etcd: str, timeout: float = 30.0) -> str:
     from sutra_cluster.admin import etcd_members
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, leader = etcd_members([etcd], "sutra", 0)
-            if leader:
-                return leader
-        except Exception:  # etcd or nodes still starting
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"no leader elected within {timeout:.0f}s")
+    return _until(lambda: etcd_members([etcd], "sutra", 0)[1], timeout, "a leader elected")
 
 
 def up(root: Path, dim: int = 768, base_port: int = 50051, nodes: int = 3, commit_mode: str = "sync") -> list[Proc]:
@@ -300,34 +303,28 @@ def start_prometheus(root: Path, procs: list[Proc], port: int = 9090, timeout: f
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     proc = Proc("prometheus", "prometheus", p.pid, port, 0, str(data), str(log))
     _save(root, [*procs, proc])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if not _alive(proc.pid):
             raise RuntimeError(f"prometheus exited; see {log}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1.0) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:  # not listening yet
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"prometheus not ready after {timeout:.0f}s; see {log}")
+                return r.status == 200
+        except OSError:  # not listening yet (urllib's errors are OSErrors, not all ConnectionErrors)
+            return False
+
+    _until(ready, timeout, f"prometheus ready (see {log})")
+    return proc
 
 
 def _wait_streaming(addresses: list[str], timeout: float = 30.0) -> None:
     """Wait until every replica streams from the leader."""
     from sutra_cluster.admin import replication_status
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            states = [replication_status(a, 1.0) for a in addresses]
-            if all(s.role == "leader" or s.follow_state == "streaming" for s in states):
-                return
-        except Exception:  # a node still starting
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"replicas not streaming after {timeout:.0f}s")
+    def streaming() -> bool:
+        states = [replication_status(a, 1.0) for a in addresses]
+        return all(s.role == "leader" or s.follow_state == "streaming" for s in states)
+
+    _until(streaming, timeout, "every replica streaming")
 
 
 def kill_leader(root: Path) -> tuple[str, str, float]:
@@ -357,6 +354,10 @@ def kill_leader(root: Path) -> tuple[str, str, float]:
     return old, new, rto
 
 
+def _gone(pid: int) -> Callable[[], bool]:
+    return lambda: not _alive(pid)
+
+
 def down(root: Path, timeout: float = 30.0) -> int:
     procs = _load(root)
     # Prometheus and the router first, then the nodes (the leader releases its key), etcd last.
@@ -367,9 +368,9 @@ def down(root: Path, timeout: float = 30.0) -> int:
             os.kill(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for p in procs:
-        while _alive(p.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(p.pid):
+        try:
+            _until(_gone(p.pid), max(0.0, deadline - time.monotonic()), f"{p.name} to exit")
+        except RuntimeError:  # it ignored SIGTERM for the whole budget
             os.kill(p.pid, signal.SIGKILL)
     (root / STATE_FILE).unlink(missing_ok=True)
     return len(procs)
