@@ -347,3 +347,38 @@ def test_async_client_same_api_on_one_node(node: NodeProcess) -> None:
             assert [g[0].concept_id for g in gather] == [f"as-{i}" for i in range(6)]
 
     asyncio.run(run())
+
+
+def test_concept_scan_pages_end_exactly_and_skip_what_changed() -> None:
+    """ConceptScan (the node's scroll): a last page that is exactly full says
+    there is no more; ids deleted or re-attributed since the sort are skipped;
+    the byte bound ends a page early with a cursor that goes on from there."""
+    import threading
+    import types
+
+    from sutra_cluster.storage.state import Concept as Stored
+    from sutra_cluster.storage.state import GraphState
+
+    st = GraphState()
+    for i in range(10):
+        cid, attrs = f"k{i}", {"p": "even" if i % 2 == 0 else "odd"}
+        st.concepts[cid] = Stored("x" * 100, 1.0, 1.0, attrs, b"", 0, 0)
+        st.by_attr.setdefault("p", {}).setdefault(attrs["p"], set()).add(cid)
+    eng = types.SimpleNamespace(applied_lsn=1, _lock=threading.RLock(), state=st)
+    scan = reads.ConceptScan(eng)
+
+    def ids(after: str, limit: int, where: reads.Where, max_bytes: int = 1 << 20) -> tuple[list[str], str]:
+        page, cursor = scan.page(after, limit, where, False, max_bytes)
+        return [m.concept_id for m in page], cursor
+
+    assert ids("", 5, {}) == ([f"k{i}" for i in range(5)], "k4")
+    assert ids("k4", 5, {}) == ([f"k{i}" for i in range(5, 10)], "")
+    evens = {"p": frozenset({"even"})}
+    assert ids("", 5, evens) == (["k0", "k2", "k4", "k6", "k8"], "")
+    assert scan.count(evens) == 5 and scan.count({}) == 10
+    del st.concepts["k1"]  # deleted after the ids were sorted (same applied LSN: no re-sort)
+    st.concepts["k2"] = st.concepts["k2"]._replace(attributes={"p": "odd"})  # re-attributed
+    assert ids("", 3, {}) == (["k0", "k2", "k3"], "k3")
+    assert ids("", 3, evens)[0] == ["k0", "k4", "k6"]
+    one = reads.concept_message("k0", st.concepts["k0"]).ByteSize() + 8
+    assert ids("", 5, {}, max_bytes=2 * one) == (["k0", "k2"], "k2")

@@ -15,13 +15,15 @@ field and the limit before any work is done:
 Answers are bounded too: a GetConcepts answer larger than
 SUTRA_MAX_MESSAGE_BYTES is refused RESOURCE_EXHAUSTED (ask for fewer ids, or
 without embeddings), and a scroll page ends early at that size (its cursor
-says where to go on).
+says where to go on). Scroll and count are ``ConceptScan``'s.
 """
 
 from __future__ import annotations
 
-import heapq
+import bisect
+import itertools
 import math
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -134,32 +136,65 @@ def get_many(concepts: Mapping[str, Concept], ids: Iterable[str], include_embedd
     return out
 
 
-def scroll(snapshot: Iterable[tuple[str, Concept]], after_id: str, limit: int, where: Where,
-           include_embedding: bool, max_bytes: int) -> tuple[list[pb.QueryConceptResponse], str]:
-    """One page: the ``limit`` smallest ids above ``after_id`` that match
-    ``where``, and the cursor for the next page ('' when there is none).
+class ConceptScan:
+    """Scroll and count over one engine's visible concepts.
 
-    One pass over the snapshot keeps a heap of ``limit + 1`` ids, so a page
-    costs O(n log limit) and needs no sorted index."""
-    cands = ((cid, c) for cid, c in snapshot if cid > after_id and (not where or matches(c.attributes, where)))
-    page = heapq.nsmallest(limit + 1, cands, key=lambda item: item[0])
-    more = len(page) > limit
-    page = page[:limit]
-    out: list[pb.QueryConceptResponse] = []
-    size = 0
-    for cid, c in page:
-        m = concept_message(cid, c, embedding=include_embedding)
-        size += m.ByteSize() + 8
-        if out and size > max_bytes:  # end the page early; the cursor goes on from here
-            return out, out[-1].concept_id
-        out.append(m)
-    return out, (out[-1].concept_id if more and out else "")
+    Unfiltered pages walk a sorted copy of the ids from ``after_id`` on
+    (bisect, then ``limit`` steps), rebuilt only when the applied LSN has moved
+    since it was sorted, so paging through a quiet node costs O(limit) a page.
+    Filtered pages and counts take the matching ids from the engine's attribute
+    index (``GraphState.matching``, under the state lock, so a batch's apply is
+    seen whole) and sort only those above the cursor. A concept deleted or
+    re-attributed after the ids were taken is skipped; one written after may
+    or may not be seen (as in any paging over live data)."""
 
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._lsn = -1
+        self._ids: list[str] = []
 
-def count(snapshot: Iterable[Concept], where: Where) -> int:
-    if not where:
-        return sum(1 for _ in snapshot)
-    return sum(1 for c in snapshot if matches(c.attributes, where))
+    def _sorted_ids(self) -> list[str]:
+        eng = self.engine
+        with self._lock:
+            if eng.applied_lsn != self._lsn:
+                with eng._lock:  # the state lock: applies are whole batches
+                    lsn, keys = eng.applied_lsn, list(eng.state.concepts)
+                keys.sort()
+                self._lsn, self._ids = lsn, keys
+            return self._ids
+
+    def count(self, where: Where) -> int:
+        eng = self.engine
+        with eng._lock:
+            return len(eng.state.concepts) if not where else len(eng.state.matching(where))
+
+    def page(self, after_id: str, limit: int, where: Where, include_embedding: bool,
+             max_bytes: int) -> tuple[list[pb.QueryConceptResponse], str]:
+        """The first ``limit`` concepts above ``after_id`` (matching ``where``), and
+        the cursor for the next page ('' when there is none). A page also ends
+        once its answer would pass ``max_bytes``."""
+        concepts = self.engine.state.concepts
+        if where:
+            with self.engine._lock:
+                ids: Iterable[str] = sorted(c for c in self.engine.state.matching(where) if c > after_id)
+        else:
+            order = self._sorted_ids()
+            ids = itertools.islice(order, bisect.bisect_right(order, after_id), None)
+        out: list[pb.QueryConceptResponse] = []
+        size = 0
+        for cid in ids:
+            c = concepts.get(cid)
+            if c is None or (where and not matches(c.attributes, where)):
+                continue  # deleted or changed since the ids were taken
+            if len(out) == limit:
+                return out, out[-1].concept_id  # there is at least one more
+            m = concept_message(cid, c, embedding=include_embedding)
+            size += m.ByteSize() + 8
+            if out and size > max_bytes:  # end the page early; the cursor goes on from here
+                return out, out[-1].concept_id
+            out.append(m)
+        return out, ""
 
 
 def where_of(request: Any) -> Where:

@@ -45,6 +45,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self.limits = model.Limits(cfg.vector_dimension, cfg.max_batch, cfg.max_message_bytes)
         self.health = health or (lambda: (True, "serving"))
         self.guard = ShardGuard(engine.cfg)
+        self.scan = reads.ConceptScan(engine)  # ScrollConcepts/CountConcepts
         # Reads that wait for a sequence hold a worker: they share the client
         # budget with streams (see sutra_cluster/api/limits.py).
         self.waits = waits
@@ -251,13 +252,6 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                                                          attributes=f.attributes, embedding=f.embedding))
         return pb.VectorSearchResponse(results=results, exact=exact)
 
-    def _concepts(self) -> list[tuple[str, Any]]:
-        """A consistent copy of the visible concepts: the state lock keeps a
-        batch's apply whole, and concept records are immutable, so the scan
-        itself runs without holding up applies."""
-        with self.engine._lock:
-            return list(self.engine.state.concepts.items())
-
     @grpc_errors
     def GetConcepts(self, request: pb.GetConceptsRequest, context: grpc.ServicerContext) -> pb.GetConceptsResponse:
         reads.check_ids(request.concept_ids, self.limits.max_batch)
@@ -274,17 +268,15 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         limit = reads.scroll_limit(request.limit)
         where = reads.check_filter(request.filter)
         self._wait(request.sequence, context)
-        page, cursor = reads.scroll(self._concepts(), request.after_id, limit, where, request.include_embedding,
-                                    self.limits.max_message_bytes)
+        page, cursor = self.scan.page(request.after_id, limit, where, request.include_embedding,
+                                      self.limits.max_message_bytes)
         return pb.ScrollConceptsResponse(concepts=page, next_after_id=cursor)
 
     @grpc_errors
     def CountConcepts(self, request: pb.CountConceptsRequest, context: grpc.ServicerContext) -> pb.CountConceptsResponse:
         where = reads.check_filter(request.filter)
         self._wait(request.sequence, context)
-        if not where:
-            return pb.CountConceptsResponse(count=len(self.engine.state.concepts))
-        return pb.CountConceptsResponse(count=reads.count((c for _, c in self._concepts()), where))
+        return pb.CountConceptsResponse(count=self.scan.count(where))
 
     # ---- operations ------------------------------------------------------
     @grpc_errors
