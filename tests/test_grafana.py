@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +180,11 @@ def _exposed(text: str) -> set[str]:
 @pytest.mark.slow
 def test_every_panel_returns_data_from_a_live_cluster(tmp_path: Path) -> None:
     queries = targets(dashboard())
-    etcd = EtcdProcess(tmp_path / "etcd")
     nodes: list[Node] = []
-    router: RouterProcess | None = None
-    try:
+    # Every process is ended at the end, pass or fail, even if ending another one fails.
+    with ExitStack() as stack:
+        etcd = EtcdProcess(tmp_path / "etcd")
+        stack.callback(etcd.stop)
         etcd.start()
         shardmap.publish([etcd.endpoint], "sutra", ShardMap(shards=1))
         ports = free_ports(6)
@@ -192,6 +194,7 @@ def test_every_panel_returns_data_from_a_live_cluster(tmp_path: Path) -> None:
             nodes.append(Node(f"n{i}", tmp_path / f"n{i}", {**common, "SUTRA_NODE_ROLE": "leader" if i == 0 else "replica"},
                               ports[i], ports[3 + i], tmp_path / f"n{i}.log"))
         for n in nodes:
+            stack.callback(n.stop, timeout=10)
             n.start(wait=False)
         for n in nodes:
             n.wait_ready(60)
@@ -199,6 +202,7 @@ def test_every_panel_returns_data_from_a_live_cluster(tmp_path: Path) -> None:
         router_metrics = free_port()
         router = RouterProcess("router", {"SUTRA_ETCD_ENDPOINTS": etcd.endpoint, "VECTOR_DIMENSION": str(DIM),
                                           "SUTRA_METRICS_PORT": str(router_metrics)}, tmp_path / "router.log")
+        stack.callback(router.stop)
         router.start()
         wait_for(lambda: len([r for r in admin.replication_status(leader).replicas if r.state == "streaming"]) == 2,
                  30, "both replicas streaming")
@@ -264,9 +268,3 @@ def test_every_panel_returns_data_from_a_live_cluster(tmp_path: Path) -> None:
             started = {m["node_id"]: float(v) for m, v in answer("Leader changes A") if m["change"] == "started"}
             assert set(started) == {n.name for n in nodes}, started
             print(f"{len(queries)} panel queries answered with data")
-    finally:
-        if router is not None:
-            router.stop()
-        for n in nodes:
-            n.stop(timeout=10)
-        etcd.stop()
