@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--days", type=int, default=0, help="validity (default 3650 for the CA, 730 otherwise)")
     ce.add_argument("--overwrite", action="store_true", help="create-ca: replace an existing CA")
     ce.set_defaults(func=_certs)
+    from sutra_cluster.sharding import reshard  # reshard [run|status|abort] --to S (sharding/reshard.py)
+
+    reshard.add_parser(sub)
     return p
 
 

@@ -21,6 +21,7 @@ from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2, txn_pb2_grpc
 from sutra_cluster.replication.manager import LagCollector, ReplicationManager
 from sutra_cluster.replication.service import ReplicationServicer
+from sutra_cluster.sharding import reshard_node
 from sutra_cluster.storage.engine import Engine
 from sutra_cluster.txn import recovery as txn_recovery
 from sutra_cluster.txn.decision import DecisionStore
@@ -84,7 +85,9 @@ class Node:
         )
         self.replication = ReplicationManager(self.engine, cfg)
         self.metrics.registry.register(LagCollector(self.replication))
-        add_storage_service(StorageServicer(self.engine, health=self._health, waits=self.client_budget), self.server)
+        storage = StorageServicer(self.engine, health=self._health, waits=self.client_budget)
+        add_storage_service(storage, self.server)
+        reshard_node.add_to_server(self.engine, storage.guard, self.server)  # also installs the guard's write fence
         replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
             ReplicationServicer(self.replication), self.server)
         txn_pb2_grpc.add_TxnServiceServicer_to_server(TxnServicer(self.engine), self.server)  # cross-shard writes

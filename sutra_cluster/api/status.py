@@ -47,12 +47,14 @@ def grpc_errors(fn: F) -> F:
             return fn(self, request, context)
         except errors.SutraError as exc:
             if exc.reason:
-                context.set_trailing_metadata(((retry.REASON_KEY, exc.reason),))
+                context.set_trailing_metadata(((retry.REASON_KEY, exc.reason), *getattr(exc, "trailers", ())))
             context.abort(code_for(exc), str(exc))
         except grpc.RpcError as exc:
             why = retry.reason(exc)  # a shard's reason travels through the router unchanged
             if why:
-                context.set_trailing_metadata(((retry.REASON_KEY, why),))
+                version = retry.map_version(exc)  # and the map version a reshard refusal names
+                extra = ((retry.MAP_VERSION_KEY, str(version)),) if version else ()
+                context.set_trailing_metadata(((retry.REASON_KEY, why), *extra))
             context.abort(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
         except Exception as exc:  # a bug: answer INTERNAL, keep the traceback in the log
             log.exception("%s failed", fn.__name__)

@@ -53,6 +53,7 @@ from sutra_cluster.api import validate as model
 from sutra_cluster.errors import InvalidArgument, ResourceExhausted
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.sharding.links import Channels, ShardLink, ShardUnavailable, retryable
+from sutra_cluster.sharding.reshard_follow import keep_owned, search_owned
 from sutra_cluster.sharding.shardmap import ShardMap
 from sutra_cluster.storage.state import walk_back
 
@@ -321,7 +322,7 @@ class ShardSet:
             # only edges from its concepts to X.
             d = req.direction if s == home else pb.INCOMING
             r = pb.GetNeighborsRequest(concept_id=req.concept_id, direction=d, sequence=tok.get(s, 0))
-            return self._read(s, "GetNeighbors", r, req.read_preference)
+            return keep_owned(self.map, s, req.concept_id, self._read(s, "GetNeighbors", r, req.read_preference))
 
         got, missing = self._parallel(range(self.shards), ask, req.allow_partial, READ_HINT)
         found = [(n.concept_id, n.assoc_type, n.confidence, n.outgoing) for r in got.values() for n in r.neighbors]
@@ -352,10 +353,11 @@ class ShardSet:
             got: list[tuple[int, pb.GetNeighborsResponse]] = []
             for lo in range(0, len(idx), BFS_BATCH):
                 chunk = idx[lo:lo + BFS_BATCH]
+                # While the map is mixed (a reshard), edges come with their direction to be kept by owner.
                 r = pb.GetNeighborsBatchRequest(concept_ids=[ids[i] for i in chunk], direction=direction,  # type: ignore[arg-type]
-                                                sequence=tok.get(s, 0), ids_only=ids_only)
+                                                sequence=tok.get(s, 0), ids_only=ids_only and not self.map.mixed)
                 resp = self._read(s, "GetNeighborsBatch", r, pref)
-                got.extend(zip(chunk, resp.results))
+                got.extend((i, keep_owned(self.map, s, ids[i], x)) for i, x in zip(chunk, resp.results))
             return got
 
         got, missing = self._parallel(sorted(plan), ask, allow_partial, READ_HINT)
@@ -465,7 +467,12 @@ class ShardSet:
                                        with_fields=req.with_fields)
             if req.HasField("score_threshold"):
                 r.score_threshold = req.score_threshold
-            return self._read(s, "VectorSearch", r, req.read_preference)
+
+            def search(k: int) -> pb.VectorSearchResponse:
+                r.k = k
+                return self._read(s, "VectorSearch", r, req.read_preference)
+
+            return search_owned(self.map, s, req.k, search)  # a plain search unless the map is mixed
 
         got, missing = self._parallel(range(self.shards), ask, req.allow_partial, READ_HINT)
         hits = [x for r in got.values() for x in r.results]

@@ -15,7 +15,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -40,8 +40,10 @@ class ShardUnavailable(Unavailable):
 class Channels:
     """One channel per address, shared by every shard link of a router or client."""
 
-    def __init__(self, credentials: grpc.ChannelCredentials | None = None, max_message_bytes: int = 128 << 20) -> None:
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None, max_message_bytes: int = 128 << 20,
+                 wrap: Callable[[grpc.Channel], grpc.Channel] | None = None) -> None:
         self.credentials = credentials
+        self.wrap = wrap  # e.g. auth.with_identity, for admin tools' calls (the reshard driver)
         self.options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -61,6 +63,8 @@ class Channels:
                 if got is None:
                     ch = (grpc.secure_channel(address, self.credentials, options=self.options) if self.credentials
                           else grpc.insecure_channel(address, options=self.options))
+                    if self.wrap is not None:
+                        ch = self.wrap(ch)
                     got = (ch, storage_pb2_grpc.StorageServiceStub(ch))
                     self._stubs[address] = got
         return got[1]

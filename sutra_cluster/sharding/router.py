@@ -50,12 +50,12 @@ from sutra_cluster.pb import storage_pb2_grpc
 from sutra_cluster.sharding import concept_reads, shardmap
 from sutra_cluster.sharding.core import ShardSet
 from sutra_cluster.sharding.links import ShardUnavailable
+from sutra_cluster.sharding.reshard_follow import FollowingSet, MapFollower
 from sutra_cluster.sharding.shardmap import ShardMap
 from sutra_cluster.txn import coordinator as txn_coordinator
 
 log = logging.getLogger(__name__)
 STORAGE_SERVICE = pb.DESCRIPTOR.services_by_name["StorageService"].full_name
-MAP_POLL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -151,9 +151,9 @@ def resolve_map(cfg: RouterConfig) -> ShardMap:
         stored = shardmap.publish(cfg.etcd_endpoints, cfg.cluster_name, wanted)
         log.info("shard map version %d with %d shards is in etcd", stored.version, stored.shards)
     for name, want in (("SUTRA_SHARDS", cfg.shards), ("SUTRA_SHARD_MAP", static.shards if static else 0)):
-        if want and want != stored.shards:
-            raise ConfigError(f"{name} says {want} shards, the map in etcd (version {stored.version}) has "
-                              f"{stored.shards}; resharding is not supported")
+        if want and want != stored.shards:  # a reshard changed it since: etcd's map is the truth
+            log.warning("%s says %d shards, the map in etcd (version %d) has %d: routing by etcd's map", name, want,
+                        stored.version, stored.shards)
     return stored
 
 
@@ -173,7 +173,7 @@ class RouterServicer(storage_pb2_grpc.StorageServiceServicer):
 
     @property
     def set(self) -> ShardSet:
-        return self.router.set
+        return self.router.routed  # type: ignore[return-value]  # follows map changes (sharding/reshard_follow.py)
 
     # ---- writes ----------------------------------------------------------
     @grpc_errors
@@ -321,7 +321,10 @@ class Router:
         self.metrics = RouterMetrics()
         # Cross-shard writes commit on all shards or none (with etcd; SUTRA_ROUTER_ATOMIC=off opts out).
         self.txn = txn_coordinator.for_router(cfg.etcd_endpoints, cfg.cluster_name, cfg.router_id)
-        self.set = self._make_set(resolve_map(cfg))
+        # The newest shard map's ShardSet; operations re-route after a reshard's refusals.
+        self.follower = MapFollower(resolve_map(cfg), self._make_set, etcd_endpoints=cfg.etcd_endpoints,
+                                    cluster=cfg.cluster_name, deadline_s=cfg.write_deadline_ms / 1000)
+        self.routed = FollowingSet(self.follower)
         hard = min(2 * cfg.max_message_bytes, (1 << 31) - 1)
         # Streams hold a worker each: bounded, so health checks and unary calls always find one.
         streams = StreamLimits(Budget("streams", cfg.max_streams, "SUTRA_MAX_STREAMS", cfg.max_streams_per_client,
@@ -338,7 +341,10 @@ class Router:
         wire.add_storage_service(RouterServicer(self), self.server)  # malformed bytes: INVALID_ARGUMENT
         process.enable_reflection(self.server, (STORAGE_SERVICE,))
         self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
+
+    @property
+    def set(self) -> ShardSet:
+        return self.follower.set  # type: ignore[no-any-return]
 
     def _make_set(self, smap: ShardMap) -> ShardSet:
         c = self.cfg
@@ -360,27 +366,8 @@ class Router:
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(STORAGE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        if self.cfg.etcd_endpoints:
-            self._poller = threading.Thread(target=self._watch_map, name="shardmap", daemon=True)
-            self._poller.start()
         log.info("router %s serving on %s: %d shard(s), map version %d (%s)", self.cfg.router_id, bind,
                  self.set.shards, self.set.map.version, "etcd" if self.cfg.etcd_endpoints else "static map")
-
-    def _watch_map(self) -> None:
-        """Adopt a newer map from etcd (a later resharding publishes one)."""
-        reader = shardmap.MapReader(self.cfg.etcd_endpoints, self.cfg.cluster_name)
-        while not self._stop.wait(MAP_POLL_S):
-            try:
-                smap = reader.read()
-            except Exception as exc:  # noqa: BLE001 - etcd down or a bad map: keep routing by the map we have
-                log.debug("shard map not refreshed: %s", exc)
-                continue
-            if smap is not None and smap.version > self.set.map.version:
-                log.warning("shard map version %d -> %d (%d -> %d shards)", self.set.map.version, smap.version,
-                            self.set.shards, smap.shards)
-                old, self.set = self.set, self._make_set(smap)
-                threading.Timer(30.0, old.close).start()  # calls in flight finish on the old map
-        reader.close()
 
     def stop(self, grace: float = 5.0) -> None:
         if self._stop.is_set():
@@ -388,7 +375,7 @@ class Router:
         self._stop.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        self.set.close()
+        self.follower.close()
         if self.txn is not None:
             self.txn.close()
 

@@ -12,15 +12,25 @@ same JSON, or the short form ``0=host:port,host:port;1=host:port,...`` (shard
 count = number of shards listed, version 1), and ``members`` is then the whole
 truth: the leader is whichever member says so.
 
-``version`` exists so that a later change of the shard count can be made
-safely (a new map is published with a higher version, compared-and-swapped);
-resharding itself is not implemented.
+``version`` orders maps: every change is a new map with a higher version,
+compared-and-swapped (``replace``), and every router, client and node follows
+the highest version it has seen. A reshard (``sharding/reshard.py``) adds
+three optional fields while it runs:
+
+- ``next_shards``: the shard count being moved to. Keys whose owner differs
+  between ``shards`` and ``next_shards`` are *moving*: still served by their
+  old shard, copied to their new one, invisible there to routers' reads.
+- ``frozen``: cutover; writes to moving keys are refused (retryably) on their
+  old shard until the map switches.
+- ``leftovers``: after the switch, until the old shards have dropped what
+  moved away: routers keep reading each shard only for the keys it owns.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sutra_cluster.errors import ConfigError
@@ -28,6 +38,7 @@ from sutra_cluster.failover.keys import cluster_prefix, map_key  # noqa: F401 - 
 from sutra_cluster.sharding.hashing import HASH_NAME, shard_for
 
 MAX_SHARDS = 4096
+log = logging.getLogger(__name__)
 
 
 
@@ -38,9 +49,16 @@ class ShardMap:
     version: int = 1
     hash: str = HASH_NAME
     members: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    next_shards: int = 0  # a reshard to this count is under way (0: none)
+    frozen: bool = False  # the reshard's cutover: moving keys take no writes
+    leftovers: bool = False  # old shards may still hold keys that moved away
 
     def __post_init__(self) -> None:
         problems = []
+        if self.next_shards and not 1 <= self.next_shards <= MAX_SHARDS:
+            problems.append(f"next_shards is {self.next_shards}, it must be 1..{MAX_SHARDS}")
+        if self.frozen and not self.next_shards:
+            problems.append("frozen is set without next_shards")
         if not 1 <= self.shards <= MAX_SHARDS:
             problems.append(f"shards is {self.shards}, it must be 1..{MAX_SHARDS}")
         if self.version < 1:
@@ -59,11 +77,39 @@ class ShardMap:
     def members_of(self, shard: int) -> tuple[str, ...]:
         return tuple(self.members.get(shard, ()))
 
+    def next_owner(self, concept_id: str) -> int:
+        """The owner once the reshard under way is done (the owner when none is)."""
+        return shard_for(concept_id, self.next_shards or self.shards)
+
+    def moving(self, concept_id: str) -> bool:
+        return bool(self.next_shards) and self.owner(concept_id) != self.next_owner(concept_id)
+
+    @property
+    def mixed(self) -> bool:
+        """Some shard may hold keys it does not own (copies being made, or leftovers):
+        fan-out reads keep from each shard only what it owns."""
+        return bool(self.next_shards) or self.leftovers
+
+    def evolve(self, **changes: object) -> ShardMap:
+        """This map with ``changes`` and the next version."""
+        d = {"shards": self.shards, "hash": self.hash, "members": self.members, "next_shards": self.next_shards,
+             "frozen": self.frozen, "leftovers": self.leftovers}
+        d.update(changes)
+        return ShardMap(version=self.version + 1, **d)  # type: ignore[arg-type]
+
     def to_json(self) -> str:
-        return json.dumps({
+        d: dict[str, object] = {
             "version": self.version, "shards": self.shards, "hash": self.hash,
             "members": {str(s): list(m) for s, m in sorted(self.members.items())},
-        }, sort_keys=True)
+        }
+        # Only when set, so a map without a reshard reads as before.
+        if self.next_shards:
+            d["next_shards"] = self.next_shards
+        if self.frozen:
+            d["frozen"] = True
+        if self.leftovers:
+            d["leftovers"] = True
+        return json.dumps(d, sort_keys=True)
 
     @staticmethod
     def from_json(raw: str | bytes) -> ShardMap:
@@ -71,7 +117,9 @@ class ShardMap:
             d = json.loads(raw)
             members = {int(s): tuple(str(a) for a in addrs) for s, addrs in (d.get("members") or {}).items()}
             return ShardMap(shards=int(d["shards"]), version=int(d.get("version", 1)),
-                            hash=str(d.get("hash", HASH_NAME)), members=members)
+                            hash=str(d.get("hash", HASH_NAME)), members=members,
+                            next_shards=int(d.get("next_shards", 0)), frozen=bool(d.get("frozen", False)),
+                            leftovers=bool(d.get("leftovers", False)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"invalid shard map {raw!r}: {type(exc).__name__}: {exc}") from exc
 
@@ -129,7 +177,27 @@ class MapReader:
         value = self._coord.get(self.key)
         return None if value is None else ShardMap.from_json(value)
 
-    def close(self) -> None:
+    def watch(self, on_map: Callable[[ShardMap], object]) -> object | None:
+        """Call ``on_map`` with every new map stored (a bad value is logged and
+        skipped); returns the watch handle, or None when etcd could not be
+        reached (callers poll ``read`` as well, so a lost watch only slows them)."""
+        def got(value: str | None) -> None:
+            if value is None:
+                return
+            try:
+                on_map(ShardMap.from_json(value))
+            except ConfigError as exc:
+                log.warning("ignoring a shard map from etcd: %s", exc)
+
+        try:
+            return self._coord.watch(self.key, got)
+        except Exception as exc:  # noqa: BLE001 - CoordinatorUnavailable or the library's own errors
+            log.warning("no watch on %s (%s); polling it instead", self.key, exc)
+            return None
+
+    def close(self, handle: object | None = None) -> None:
+        if handle is not None:
+            self._coord.cancel_watch(handle)
         self._coord.close()
 
 
@@ -160,7 +228,7 @@ def publish(endpoints: Sequence[str], cluster: str, smap: ShardMap, timeout: flo
 def replace(endpoints: Sequence[str], cluster: str, smap: ShardMap, expected_version: int,
             timeout: float = 2.0) -> bool:
     """Compare-and-swap the map: only if the stored one has ``expected_version``
-    and ``smap.version`` is higher. The hook a future resharding builds on."""
+    and ``smap.version`` is higher. Every step of a reshard goes through here."""
     if smap.version <= expected_version:
         raise ConfigError(f"a new shard map needs a version above {expected_version}, got {smap.version}")
     coord = _etcd(endpoints, cluster, timeout)

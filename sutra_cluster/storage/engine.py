@@ -113,6 +113,9 @@ class Engine(HistoryOps, TxnOps):
         self._ckpt_thread: threading.Thread | None = None
         self.write_failure: str | None = None
         self.write_pause: str | None = None  # e.g. a switchover in progress
+        # Called with every batch under the append lock, just before it is logged
+        # (the shard guard installs it: resharding's fence, api/shard_guard.py).
+        self.admit: Callable[[wal_pb2.WalBatch], None] | None = None
         self._read_fence: str | None = None  # reads refused (a rejoining node's history is unchecked)
         self._hooks: ReplicationHooks | None = None
         self._recover()
@@ -422,6 +425,8 @@ class Engine(HistoryOps, TxnOps):
         with self._append_lock:
             self.check_writable()
             self.txns.check(batch)  # a concept held by a prepared cross-shard part: TxnLocked
+            if self.admit is not None:
+                self.admit(batch)  # a key frozen for a reshard's cutover, or no longer this shard's
             # The leadership this write is logged under: it is acknowledged only
             # if the engine still holds this very term when the commit is done.
             lead = self._leadership

@@ -81,6 +81,8 @@ class GraphState:
             self.add_edge(a.source_id, a.target_id, a.assoc_type, a.confidence)
         for cid in batch.delete_concept_ids:
             self.delete_concept(cid, vec)
+        for cid in batch.drop_concept_ids:
+            self.drop_concept(cid, vec)
 
     def add_edge(self, src: str, dst: str, atype: int, conf: float) -> None:
         outs = self.out.setdefault(src, {})
@@ -104,6 +106,16 @@ class GraphState:
                 del values[value]  # type: ignore[union-attr]
                 if not values:
                     del self.by_attr[key]
+
+    def drop_concept(self, cid: str, vec: ApplyResult) -> None:
+        """Resharding's cleanup (WalBatch.drop_concept_ids): remove the concept and
+        its outgoing edges, which moved with it, but keep edges into it: they are
+        stored here because their sources live here."""
+        inc = self.inc.pop(cid, None)
+        self.delete_concept(cid, vec)
+        for (src, atype), conf in (inc or {}).items():
+            if src != cid:  # a self-loop is an outgoing edge: it goes
+                self.add_edge(src, cid, atype, conf)  # out[src] kept it; this restores inc[cid]
 
     def delete_concept(self, cid: str, vec: ApplyResult) -> None:
         old = self.concepts.pop(cid, None)

@@ -134,8 +134,7 @@ class TxnCoordinator:
 
         def commit(s: int) -> int:
             nonlocal first
-            r = txn_pb2.DecideTxnRequest(txn_id=txn, commit=True, reply_when_logged=True)
-            lsn = int(self._call(ss, s, "DecideTxn", r).sequence)
+            lsn = int(self._call(ss, s, "DecideTxn", txn_pb2.DecideTxnRequest(txn_id=txn, commit=True)).sequence)
             if first:
                 first = False
                 self._die("exit-after-first-commit")
