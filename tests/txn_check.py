@@ -31,9 +31,15 @@ class XBatch:
         )
 
 
-def _stub(address: str) -> tuple[grpc.Channel, storage_pb2_grpc.StorageServiceStub]:
-    ch = grpc.insecure_channel(address)
-    return ch, storage_pb2_grpc.StorageServiceStub(ch)
+_CHANNELS: dict[str, grpc.Channel] = {}
+
+
+def _channel(address: str) -> grpc.Channel:
+    """One channel per address for the whole test session (a checker reads thousands of items)."""
+    ch = _CHANNELS.get(address)
+    if ch is None:
+        ch = _CHANNELS[address] = grpc.insecure_channel(address)
+    return ch
 
 
 def items_on(address: str, concepts: Iterable[str], edges: Iterable[tuple[str, str]],
@@ -41,20 +47,17 @@ def items_on(address: str, concepts: Iterable[str], edges: Iterable[tuple[str, s
     """(items present, items asked) on one node: its own concepts and its edges,
     read once ``sequence`` is visible there. A node answers only for the ids its
     shard owns; callers pass those."""
-    ch, stub = _stub(address)
-    try:
-        present = asked = 0
-        for cid in concepts:
-            asked += 1
-            present += bool(stub.QueryConcept(pb.QueryConceptRequest(concept_id=cid, sequence=sequence), timeout=10).found)
-        for s, t in edges:
-            asked += 1
-            r = stub.GetNeighbors(pb.GetNeighborsRequest(concept_id=s, direction=pb.OUTGOING, sequence=sequence),
-                                  timeout=10)
-            present += t in r.neighbor_ids
-        return present, asked
-    finally:
-        ch.close()
+    stub = storage_pb2_grpc.StorageServiceStub(_channel(address))
+    present = asked = 0
+    for cid in concepts:
+        asked += 1
+        present += bool(stub.QueryConcept(pb.QueryConceptRequest(concept_id=cid, sequence=sequence), timeout=10).found)
+    for s, t in edges:
+        asked += 1
+        r = stub.GetNeighbors(pb.GetNeighborsRequest(concept_id=s, direction=pb.OUTGOING, sequence=sequence),
+                              timeout=10)
+        present += t in r.neighbor_ids
+    return present, asked
 
 
 def state_of(c: ShardedCluster, b: XBatch, nodes: str = "all", token: dict[int, int] | None = None) -> str:
@@ -80,15 +83,18 @@ def state_of(c: ShardedCluster, b: XBatch, nodes: str = "all", token: dict[int, 
     return "partial: " + ", ".join(per)
 
 
-def settle(c: ShardedCluster, b: XBatch, timeout: float = 60.0) -> str:
+def settle(c: ShardedCluster, b: XBatch, timeout: float = 60.0, resolved: bool = False) -> str:
     """Wait until the batch is whole or absent on every node (replicas catch up,
-    in-doubt parts get resolved), and return which; fails on a lasting partial."""
+    in-doubt parts get resolved), and return which; fails on a lasting partial.
+    ``resolved``: the caller saw no node with an undecided part already."""
     seen: list[str] = []
 
     def done() -> str | None:
         st = state_of(c, b)
         seen[:] = [st]
-        return st if st in ("whole", "absent") and not any(open_txns(n.address) for n in c.nodes) else None
+        if st not in ("whole", "absent"):
+            return None
+        return st if resolved or not any(open_txns(n.address) for n in c.nodes) else None
 
     try:
         got = wait_for(done, timeout, f"batch {b.request_id} to be whole or absent on every node", interval=0.1)
@@ -99,11 +105,14 @@ def settle(c: ShardedCluster, b: XBatch, timeout: float = 60.0) -> str:
 
 
 def open_txns(address: str) -> list[txn_pb2.OpenTxn]:
-    ch = grpc.insecure_channel(address)
-    try:
-        return list(txn_pb2_grpc.TxnServiceStub(ch).ListTxns(txn_pb2.ListTxnsRequest(), timeout=10).open)
-    finally:
-        ch.close()
+    stub = txn_pb2_grpc.TxnServiceStub(_channel(address))
+    return list(stub.ListTxns(txn_pb2.ListTxnsRequest(), timeout=10).open)
+
+
+def wait_resolved(c: ShardedCluster, timeout: float = 60.0) -> None:
+    """Until no node holds an undecided part."""
+    wait_for(lambda: not any(open_txns(n.address) for n in c.nodes), timeout,
+             "every node to have resolved its prepared parts", interval=0.1)
 
 
 def token(resp: object) -> dict[int, int]:

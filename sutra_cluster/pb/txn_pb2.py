@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sutra_cluster.pb import storage_pb2 as sutra__cluster_dot_pb_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asutra_cluster/pb/txn.proto\x12\tsutra.txn\x1a\x1esutra_cluster/pb/storage.proto\"c\n\x11PrepareTxnRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12.\n\x04part\x18\x02 \x01(\x0b\x32 .sutra.storage.LearnBatchRequest\x12\x0e\n\x06shards\x18\x03 \x03(\r\"&\n\x12PrepareTxnResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"2\n\x10\x44\x65\x63ideTxnRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\"%\n\x11\x44\x65\x63ideTxnResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x11\n\x0fListTxnsRequest\"g\n\x07OpenTxn\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x18\n\x10prepare_sequence\x18\x02 \x01(\x04\x12\x0e\n\x06shards\x18\x03 \x03(\r\x12\x13\n\x0b\x61ge_seconds\x18\x04 \x01(\x01\x12\r\n\x05items\x18\x05 \x01(\r\"4\n\x10ListTxnsResponse\x12 \n\x04open\x18\x01 \x03(\x0b\x32\x12.sutra.txn.OpenTxn2\xe4\x01\n\nTxnService\x12I\n\nPrepareTxn\x12\x1c.sutra.txn.PrepareTxnRequest\x1a\x1d.sutra.txn.PrepareTxnResponse\x12\x46\n\tDecideTxn\x12\x1b.sutra.txn.DecideTxnRequest\x1a\x1c.sutra.txn.DecideTxnResponse\x12\x43\n\x08ListTxns\x12\x1a.sutra.txn.ListTxnsRequest\x1a\x1b.sutra.txn.ListTxnsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asutra_cluster/pb/txn.proto\x12\tsutra.txn\x1a\x1esutra_cluster/pb/storage.proto\"c\n\x11PrepareTxnRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12.\n\x04part\x18\x02 \x01(\x0b\x32 .sutra.storage.LearnBatchRequest\x12\x0e\n\x06shards\x18\x03 \x03(\r\"&\n\x12PrepareTxnResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"M\n\x10\x44\x65\x63ideTxnRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x19\n\x11reply_when_logged\x18\x03 \x01(\x08\"%\n\x11\x44\x65\x63ideTxnResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x11\n\x0fListTxnsRequest\"g\n\x07OpenTxn\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x18\n\x10prepare_sequence\x18\x02 \x01(\x04\x12\x0e\n\x06shards\x18\x03 \x03(\r\x12\x13\n\x0b\x61ge_seconds\x18\x04 \x01(\x01\x12\r\n\x05items\x18\x05 \x01(\r\"4\n\x10ListTxnsResponse\x12 \n\x04open\x18\x01 \x03(\x0b\x32\x12.sutra.txn.OpenTxn2\xe4\x01\n\nTxnService\x12I\n\nPrepareTxn\x12\x1c.sutra.txn.PrepareTxnRequest\x1a\x1d.sutra.txn.PrepareTxnResponse\x12\x46\n\tDecideTxn\x12\x1b.sutra.txn.DecideTxnRequest\x1a\x1c.sutra.txn.DecideTxnResponse\x12\x43\n\x08ListTxns\x12\x1a.sutra.txn.ListTxnsRequest\x1a\x1b.sutra.txn.ListTxnsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREPARETXNRESPONSE']._serialized_start=174
   _globals['_PREPARETXNRESPONSE']._serialized_end=212
   _globals['_DECIDETXNREQUEST']._serialized_start=214
-  _globals['_DECIDETXNREQUEST']._serialized_end=264
-  _globals['_DECIDETXNRESPONSE']._serialized_start=266
-  _globals['_DECIDETXNRESPONSE']._serialized_end=303
-  _globals['_LISTTXNSREQUEST']._serialized_start=305
-  _globals['_LISTTXNSREQUEST']._serialized_end=322
-  _globals['_OPENTXN']._serialized_start=324
-  _globals['_OPENTXN']._serialized_end=427
-  _globals['_LISTTXNSRESPONSE']._serialized_start=429
-  _globals['_LISTTXNSRESPONSE']._serialized_end=481
-  _globals['_TXNSERVICE']._serialized_start=484
-  _globals['_TXNSERVICE']._serialized_end=712
+  _globals['_DECIDETXNREQUEST']._serialized_end=291
+  _globals['_DECIDETXNRESPONSE']._serialized_start=293
+  _globals['_DECIDETXNRESPONSE']._serialized_end=330
+  _globals['_LISTTXNSREQUEST']._serialized_start=332
+  _globals['_LISTTXNSREQUEST']._serialized_end=349
+  _globals['_OPENTXN']._serialized_start=351
+  _globals['_OPENTXN']._serialized_end=454
+  _globals['_LISTTXNSRESPONSE']._serialized_start=456
+  _globals['_LISTTXNSRESPONSE']._serialized_end=508
+  _globals['_TXNSERVICE']._serialized_start=511
+  _globals['_TXNSERVICE']._serialized_end=739
 # @@protoc_insertion_point(module_scope)

@@ -24,12 +24,14 @@ class PrepareTxnResponse(_message.Message):
     def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
 class DecideTxnRequest(_message.Message):
-    __slots__ = ("txn_id", "commit")
+    __slots__ = ("txn_id", "commit", "reply_when_logged")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    REPLY_WHEN_LOGGED_FIELD_NUMBER: _ClassVar[int]
     txn_id: str
     commit: bool
-    def __init__(self, txn_id: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
+    reply_when_logged: bool
+    def __init__(self, txn_id: _Optional[str] = ..., commit: _Optional[bool] = ..., reply_when_logged: _Optional[bool] = ...) -> None: ...
 
 class DecideTxnResponse(_message.Message):
     __slots__ = ("sequence",)

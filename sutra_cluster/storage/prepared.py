@@ -236,10 +236,10 @@ class TxnOps:
         self._durable_and_committed(lsn, lead)
         return lsn
 
-    def decide_txn(self, txn_id: str, commit: bool, reason: str = "") -> int:
+    def decide_txn(self, txn_id: str, commit: bool, reason: str = "", wait: bool = True) -> int:
         """Commit (apply) or abort (drop) a prepared part; returns the LSN of the
-        commit or abort record once committed. The caller made the decision
-        durable first. A repeated decide answers with the first outcome's LSN;
+        commit or abort record once committed (a commit without ``wait``: once
+        logged). The caller made the decision durable first. A repeated decide answers with the first outcome's LSN;
         the opposite outcome for a decided transaction raises FailedPrecondition,
         and a commit of a transaction this node never prepared raises NotFound."""
         self.check_writable()
@@ -284,6 +284,8 @@ class TxnOps:
                     self._remember(b.request_id, lsn, request_fingerprint(logged_body(payload, b)))
                     self.pending_items += items
                 self.txns.resolve(txn_id, commit, lsn)
+        if commit and not wait:
+            return lsn
         self._durable_and_committed(lsn, lead)
         return lsn
 

@@ -134,7 +134,8 @@ class TxnCoordinator:
 
         def commit(s: int) -> int:
             nonlocal first
-            lsn = int(self._call(ss, s, "DecideTxn", txn_pb2.DecideTxnRequest(txn_id=txn, commit=True)).sequence)
+            r = txn_pb2.DecideTxnRequest(txn_id=txn, commit=True, reply_when_logged=True)
+            lsn = int(self._call(ss, s, "DecideTxn", r).sequence)
             if first:
                 first = False
                 self._die("exit-after-first-commit")

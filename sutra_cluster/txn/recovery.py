@@ -1,11 +1,12 @@
 """A node's resolver: finishes the parts prepared here whose coordinator went
 quiet, from the durable decision, without any client retry.
 
-Every RESOLVE_INTERVAL_S, on a leader only, each part prepared longer than
-SUTRA_TXN_TIMEOUT_MS ago is resolved: the decision key in etcd is read, and
-when there is none an abort is *created* there first (presumed abort, made
-durable, so a router that wakes up later cannot commit it); then the part is
-committed or aborted as the stored decision says. A replica holds the same
+Every RESOLVE_INTERVAL_S, on a leader only, each part prepared more than
+PROBE_S ago has its decision key in etcd read; a decision found is applied (a
+router died after deciding, or a commit record was lost in a crash). When there
+is none and the part is older than SUTRA_TXN_TIMEOUT_MS, an abort is *created*
+there first (presumed abort, made durable, so a router that wakes up later
+cannot commit it), then applied as the stored decision says. A replica holds the same
 parts (they are WAL records) and resolves them the moment it leads.
 """
 
@@ -26,6 +27,7 @@ from sutra_cluster.txn.decision import DecisionStore
 log = logging.getLogger(__name__)
 
 RESOLVE_INTERVAL_S = 0.25
+PROBE_S = 0.5  # a part in doubt this long is looked up (a decision may be waiting); aborted only after the timeout
 DEFAULT_TIMEOUT_MS = 5000
 
 
@@ -75,10 +77,14 @@ class Resolver:
         now = time.monotonic()
         done = []
         for p in eng.txns.snapshot():
-            if now - p.since < self.timeout_s:
+            if now - p.since < PROBE_S:
                 continue
             try:
-                d = self.store.get(p.txn_id) or self.store.decide(p.txn_id, False, p.shards)
+                d = self.store.get(p.txn_id)
+                if d is None:
+                    if now - p.since < self.timeout_s:
+                        continue  # the coordinator may still decide
+                    d = self.store.decide(p.txn_id, False, p.shards)
                 lsn = eng.decide_txn(p.txn_id, d.commit, f"resolved by {eng.cfg.node_id} after "
                                      f"{now - p.since:.1f} s in doubt")
             except (CoordinatorUnavailable, SutraError) as exc:

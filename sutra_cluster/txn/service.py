@@ -56,7 +56,8 @@ class TxnServicer(txn_pb2_grpc.TxnServiceServicer):
     @grpc_errors
     def DecideTxn(self, request: txn_pb2.DecideTxnRequest, context: grpc.ServicerContext) -> txn_pb2.DecideTxnResponse:
         check_txn_id(request.txn_id)
-        lsn = self.engine.decide_txn(request.txn_id, request.commit, "decided by the coordinator")
+        lsn = self.engine.decide_txn(request.txn_id, request.commit, "decided by the coordinator",
+                                     wait=not request.reply_when_logged)
         return txn_pb2.DecideTxnResponse(sequence=lsn)
 
     @grpc_errors
