@@ -382,3 +382,32 @@ def test_concept_scan_pages_end_exactly_and_skip_what_changed() -> None:
     assert ids("", 3, evens)[0] == ["k0", "k4", "k6"]
     one = reads.concept_message("k0", st.concepts["k0"]).ByteSize() + 8
     assert ids("", 5, {}, max_bytes=2 * one) == (["k0", "k2"], "k2")
+
+
+@pytest.mark.slow  # a real node and grpcurl
+def test_new_reads_from_grpcurl(node: NodeProcess) -> None:
+    """The documented grpcurl lines for the new reads (docs/API.md) work as printed."""
+    import json
+    import subprocess
+
+    from tests.helpers import tool
+
+    with SutraClient(node.address) as c:
+        seq = c.learn_batch([Concept(f"gc-{i}", "grpcurl", unit(700 + i), attributes={"lang": "en" if i else "de"})
+                             for i in range(3)])
+        c.digest(seq)
+
+    def call(method: str, body: dict[str, object]) -> dict[str, object]:
+        p = subprocess.run([tool("grpcurl"), "-plaintext", "-d", json.dumps(body), node.address,
+                            f"sutra.storage.StorageService/{method}"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)  # type: ignore[no-any-return]
+
+    assert call("CountConcepts", {"filter": [{"key": "lang", "values": ["en"]}]})["count"] == "2"
+    got = call("GetConcepts", {"concept_ids": ["gc-0", "gc-9"]})["concepts"]
+    assert got[0]["found"] and got[0]["attributes"] == {"lang": "de"} and "found" not in got[1]  # type: ignore[index]
+    page = call("ScrollConcepts", {"after_id": "gc-", "limit": 2, "filter": [{"key": "lang", "values": ["en", "de"]}]})
+    assert [x["concept_id"] for x in page["concepts"]] == ["gc-0", "gc-1"] and page["next_after_id"] == "gc-1"  # type: ignore[index,union-attr]
+    hits = call("VectorSearch", {"query_vector": [float(x) for x in unit(701)], "k": 1,
+                                 "filter": [{"key": "lang", "values": ["en"]}], "with_fields": {"content": True}})
+    assert hits["results"][0]["concept_id"] == "gc-1" and hits["results"][0]["concept"]["content"] == "grpcurl"  # type: ignore[index,call-overload]

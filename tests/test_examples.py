@@ -3,6 +3,7 @@ API reference generates from the client's docstrings (scripts/api_docs.sh)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,7 +63,8 @@ def test_async_client(node: NodeProcess) -> None:
 
 
 def test_api_reference_generates(tmp_path: Path) -> None:
-    p = subprocess.run(["bash", str(ROOT / "scripts" / "api_docs.sh"), str(tmp_path)], cwd=ROOT,
+    env = {**os.environ, "PYTHON": sys.executable}  # the interpreter running the tests, as gen_proto.sh's PYTHON
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "api_docs.sh"), str(tmp_path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     page = (tmp_path / "sutra_cluster" / "client.html").read_text()
