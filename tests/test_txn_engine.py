@@ -110,3 +110,15 @@ def test_in_doubt_part_survives_restart_and_checkpoint(node: list, tmp_path: Pat
     assert eng.get_concept("a") is not None
     eng = _restart(node, tmp_path / "n")
     assert not eng.txns.open and eng.get_concept("a") is not None
+
+
+def test_cutting_a_divergent_tail_keeps_a_part_prepared_before_the_checkpoint(node: list, tmp_path: Path) -> None:
+    eng: Engine = node[0][0]
+    eng.prepare_txn(_prep("t1", "a"))
+    eng.submit(_plain("p"))
+    ckpt_lsn = eng.checkpoint(drain=True)
+    eng.submit(_plain("q"))  # the "divergent" tail
+    assert eng.rewind_to(ckpt_lsn, tmp_path / "cut.wal") == 1
+    assert [t.txn_id for t in eng.txns.snapshot()] == ["t1"]
+    with pytest.raises(TxnLocked):
+        eng.submit(_plain("a"))

@@ -190,6 +190,8 @@ class HistoryOps:
             self.txns.clear()
             self.applied_lsn = 0
             self.checkpoint_lsn, _ = self._load_checkpoint()
+            if self.wal.first_lsn <= self.checkpoint_lsn:  # prepared parts logged before the checkpoint
+                self.txns.rebuild(self.wal.records(0), self.checkpoint_lsn)
             self._replay()
             self._applied.notify_all()
         if cut:
