@@ -79,6 +79,7 @@ def test_writes_and_reads_return_dataclasses_with_numpy_embeddings(node: NodePro
         out = c.neighbors("dc-a", "outgoing")
         assert [(n.concept_id, n.assoc_type, n.outgoing) for n in out] == [("dc-b", 1, True)]
         assert c.find_path("dc-a", "dc-c") == ["dc-a", "dc-b", "dc-c"]
+        assert c.get_neighbors_batch(["dc-b", "dc-a", "dc-missing"]) == [["dc-a", "dc-c"], ["dc-b"], []]
         assert c.find_path("dc-c", "dc-missing") is None
 
         hits = c.vector_search(unit(2), k=2, with_fields=("content", "attributes", "embedding"))
@@ -331,6 +332,7 @@ def test_async_client_same_api_on_one_node(node: NodeProcess) -> None:
             assert got is not None and got.embedding is not None and got.embedding.dtype == np.float32
             assert await c.get_neighbors("as-1", "incoming") == ["as-0"]
             assert await c.find_path("as-0", "as-1") == ["as-0", "as-1"]
+            assert await c.get_neighbors_batch(["as-1", "as-0"], "outgoing") == [[], ["as-1"]]
             hits = await c.vector_search(unit(501), k=2, filter={"a": "1"}, with_fields=["content"])
             assert hits[0].concept_id == "as-1" and hits[0].concept and hits[0].concept.content == "async"
             assert await c.count(filter={"a": "0"}) == 3
@@ -345,6 +347,9 @@ def test_async_client_same_api_on_one_node(node: NodeProcess) -> None:
             assert "limit is 5000, the limit is 1000" in bad.value.details()
             gather = await asyncio.gather(*(c.vector_search(unit(500 + i), k=1) for i in range(6)))
             assert [g[0].concept_id for g in gather] == [f"as-{i}" for i in range(6)]
+            loaded = await c.bulk_load(batches_of((Concept(f"as-bulk{i}", "b", unit(600 + i)) for i in range(5)), 2))
+            assert (loaded.batches, loaded.concepts) == (3, 5)
+            assert await c.get("as-bulk4", sequence=loaded.sequence) is not None
 
     asyncio.run(run())
 
@@ -393,7 +398,7 @@ def test_new_reads_from_grpcurl(node: NodeProcess) -> None:
     from tests.helpers import tool
 
     with SutraClient(node.address) as c:
-        seq = c.learn_batch([Concept(f"gc-{i}", "grpcurl", unit(700 + i), attributes={"lang": "en" if i else "de"})
+        seq = c.learn_batch([Concept(f"gc-{i}", "grpcurl", unit(700 + i), attributes={"gclang": "en" if i else "de"})
                              for i in range(3)])
         c.digest(seq)
 
@@ -403,11 +408,11 @@ def test_new_reads_from_grpcurl(node: NodeProcess) -> None:
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout)  # type: ignore[no-any-return]
 
-    assert call("CountConcepts", {"filter": [{"key": "lang", "values": ["en"]}]})["count"] == "2"
+    assert call("CountConcepts", {"filter": [{"key": "gclang", "values": ["en"]}]})["count"] == "2"
     got = call("GetConcepts", {"concept_ids": ["gc-0", "gc-9"]})["concepts"]
-    assert got[0]["found"] and got[0]["attributes"] == {"lang": "de"} and "found" not in got[1]  # type: ignore[index]
-    page = call("ScrollConcepts", {"after_id": "gc-", "limit": 2, "filter": [{"key": "lang", "values": ["en", "de"]}]})
+    assert got[0]["found"] and got[0]["attributes"] == {"gclang": "de"} and "found" not in got[1]  # type: ignore[index]
+    page = call("ScrollConcepts", {"after_id": "gc-", "limit": 2, "filter": [{"key": "gclang", "values": ["en", "de"]}]})
     assert [x["concept_id"] for x in page["concepts"]] == ["gc-0", "gc-1"] and page["next_after_id"] == "gc-1"  # type: ignore[index,union-attr]
     hits = call("VectorSearch", {"query_vector": [float(x) for x in unit(701)], "k": 1,
-                                 "filter": [{"key": "lang", "values": ["en"]}], "with_fields": {"content": True}})
+                                 "filter": [{"key": "gclang", "values": ["en"]}], "with_fields": {"content": True}})
     assert hits["results"][0]["concept_id"] == "gc-1" and hits["results"][0]["concept"]["content"] == "grpcurl"  # type: ignore[index,call-overload]

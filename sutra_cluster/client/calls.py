@@ -167,6 +167,12 @@ class Calls:
         return Call("GetNeighbors", req, lambda r: [Neighbor(n.concept_id, n.assoc_type, n.confidence, n.outgoing)
                                                     for n in r.neighbors])
 
+    def _neighbors_batch(self, concept_ids: Iterable[str], direction: int | str, sequence: int,
+                         token: Mapping[int, int] | None, read_preference: str | None, allow_partial: bool) -> Call:
+        req = self._read(pb.GetNeighborsBatchRequest(concept_ids=list(concept_ids), direction=direction_of(direction),  # type: ignore[arg-type]
+                                                     ids_only=True), sequence, token, read_preference, allow_partial)
+        return Call("GetNeighborsBatch", req, lambda r: [list(x.neighbor_ids) for x in r.results])
+
     def _find_path(self, start_id: str, end_id: str, max_depth: int, sequence: int, token: Mapping[int, int] | None,
                    read_preference: str | None, allow_partial: bool) -> Call:
         req = self._read(pb.FindPathRequest(start_id=start_id, end_id=end_id, max_depth=max_depth),

@@ -307,6 +307,14 @@ class SutraClient(Calls):
         return self._run(self._neighbors(concept_id, direction, sequence, token, read_preference,  # type: ignore[no-any-return]
                                          allow_partial, ids=False))
 
+    def get_neighbors_batch(self, concept_ids: Iterable[str], direction: int | str = pb.BOTH, sequence: int = 0, *,
+                            token: Token | None = None, read_preference: str | None = None,
+                            allow_partial: bool = False) -> list[list[str]]:
+        """The neighbour ids of many concepts in one call, in the order asked
+        (at most SUTRA_MAX_BATCH ids)."""
+        return self._run(self._neighbors_batch(concept_ids, direction, sequence, token, read_preference,  # type: ignore[no-any-return]
+                                                allow_partial))
+
     def find_path(self, start_id: str, end_id: str, max_depth: int = 0, sequence: int = 0, *,
                   token: Token | None = None, read_preference: str | None = None,
                   allow_partial: bool = False) -> list[str] | None:
