@@ -6,4 +6,5 @@
 - ``limits``: per-client and node-plane stream budgets.
 - ``wire``: raw request bytes kept beside the parsed message.
 - ``shard_guard``: a node's wrong-shard check.
+- ``reads``: attribute filters, multi-get, scroll and count (checks and the node's scans).
 """

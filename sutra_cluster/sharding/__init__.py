@@ -7,6 +7,7 @@
 - ``links``: one shard's leader and replicas, followed through etcd.
 - ``core``: cross-shard reads and writes, shared by the router process and
   the Python client.
-- ``client``: ``ShardedClient``, the routing Python client.
+- ``concept_reads``: multi-get, scroll and count across shards.
+- ``client``: ``ShardedClient``, the earlier name of the routing ``sutra_cluster.client.SutraClient``.
 - ``router``: the router process, serving the whole cluster as one StorageService.
 """
