@@ -75,6 +75,12 @@ def test_status_every_shard_dead_member_down_and_watch(tmp_path: Path) -> None:
         assert sum(1 for ln in lines[2:] if __version__ in ln) == 4
         one = cli("status", "--etcd", c.etcd.endpoint, "--shard", "1", "--json")
         assert [s["shard"] for s in json.loads(one.stdout)["shards"]] == [1]
+        # Without etcd: the listed nodes, named and versioned by themselves.
+        direct = cli("status", "--nodes", ",".join(n.address for n in c.shards[0]), "-o", "json")
+        assert direct.returncode == 0, direct.stderr
+        rows = json.loads(direct.stdout)["shards"][0]["members"]
+        assert sorted(m["node"] for m in rows) == sorted(n.name for n in c.shards[0])
+        assert {m["version"] for m in rows} == {__version__}
 
         # SIGKILL a replica of shard 1: its row stays, as down (once its member lease ends), exit 1.
         victim = next(n for n in c.shards[1] if n.name != doc["shards"][1]["leader"])

@@ -14,6 +14,7 @@ cannot be reached.
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import os
 import socket
@@ -33,6 +34,7 @@ from sutra_cluster.failover.keys import (
 )
 from sutra_cluster.ops import output
 from sutra_cluster.ops.view import ClusterView, from_etcd, from_nodes
+from sutra_cluster.ops.waiting import call
 
 OK, DEGRADED, USAGE, ETCD_DOWN = 0, 1, 2, 3
 WATCH_MIN_S, WATCH_MAX_S = 0.2, 3600.0
@@ -149,7 +151,7 @@ def _status_once(args: argparse.Namespace, fmt: str) -> int:
 def read_history(endpoints: Sequence[str], cluster: str, shard: int | None) -> list[tuple[int, HistoryEntry]]:
     coord = _coord(endpoints, cluster)
     try:
-        kv = coord.read_prefix(f"/{cluster}/history/")
+        kv = call(lambda: coord.read_prefix(f"/{cluster}/history/"))
     finally:
         coord.close()
     out: list[tuple[int, HistoryEntry]] = []
@@ -192,7 +194,8 @@ def _shards(coord, cluster: str, shard: int | None) -> list[int]:  # type: ignor
         return [shard]
     from sutra_cluster.ops.view import read_etcd
 
-    return [s.shard for s in read_etcd(coord.read_prefix(cluster_prefix(cluster)), cluster, time.time())]
+    kv = call(lambda: coord.read_prefix(cluster_prefix(cluster)))
+    return [s.shard for s in read_etcd(kv, cluster, time.time())]
 
 
 def pause(args: argparse.Namespace) -> int:
@@ -219,10 +222,11 @@ def _maintenance(args: argparse.Namespace, on: bool) -> int:
         by = f"{getpass.getuser()}@{socket.gethostname()}"
         for n in shards:
             key = shard_prefix(args.cluster, n) + "pause"
+            # Both idempotent: retried through a slow or failed etcd connection.
             if on:
-                coord.put(key, Pause(time.time(), by, args.reason or "").encode())
+                call(functools.partial(coord.put, key, Pause(time.time(), by, args.reason or "").encode()))
             else:
-                coord.delete(key)
+                call(functools.partial(coord.delete, key))
     except CoordinatorUnavailable as exc:
         _err(cmd, str(exc))
         return ETCD_DOWN
@@ -245,14 +249,14 @@ def forget(args: argparse.Namespace) -> int:
         return USAGE
     coord = _coord(endpoints, args.cluster)
     try:
-        if coord.get(shard_prefix(args.cluster, args.shard) + "members/" + args.node) is not None:
+        if call(lambda: coord.get(shard_prefix(args.cluster, args.shard) + "members/" + args.node)) is not None:
             _err("forget", f"{args.node} is a live member of shard {args.shard}; stop it first")
             return 1
-        raw = coord.get(registry_key(args.cluster, args.shard, args.node))
+        raw = call(lambda: coord.get(registry_key(args.cluster, args.shard, args.node)))
         if raw is None:
             _err("forget", f"{args.node} is not registered in shard {args.shard}")
             return 1
-        coord.delete(registry_key(args.cluster, args.shard, args.node))
+        call(lambda: coord.delete(registry_key(args.cluster, args.shard, args.node)))
     except CoordinatorUnavailable as exc:
         _err("forget", str(exc))
         return ETCD_DOWN

@@ -173,6 +173,7 @@ def ask_nodes(members: Sequence[Member], rpc_timeout: float = 2.0) -> None:
         m.role, m.term, m.last_lsn = st.role, st.term, st.last_lsn
         m.flushed_lsn, m.applied_lsn = st.durable_lsn, st.applied_lsn
         m.state = "running" if st.role == "leader" else (st.follow_state or "")
+        m.version = st.version or m.version  # the node's own word; an older node sends none
         r = lag.get(m.node)
         if r is not None:
             m.lag_bytes = r.lag_bytes if r.HasField("lag_bytes") else None
@@ -183,14 +184,15 @@ def ask_nodes(members: Sequence[Member], rpc_timeout: float = 2.0) -> None:
 
 
 def from_etcd(endpoints: Sequence[str], cluster: str, shards: Sequence[int] = (), rpc_timeout: float = 2.0,
-              etcd_timeout: float = 2.0) -> ClusterView:
+              etcd_timeout: float = 2.0, etcd_retry_s: float = 5.0) -> ClusterView:
     """The whole cluster (or ``shards``). Raises CoordinatorUnavailable when etcd
-    cannot be read."""
+    cannot be read within ``etcd_retry_s`` (ops/waiting.py's policy)."""
     from sutra_cluster.failover.etcd import EtcdCoordinator
+    from sutra_cluster.ops.waiting import call
 
     coord = EtcdCoordinator(list(endpoints), cluster_prefix(cluster), "status", timeout=etcd_timeout)
     try:
-        kv = coord.read_prefix(cluster_prefix(cluster))
+        kv = call(lambda: coord.read_prefix(cluster_prefix(cluster)), etcd_retry_s)
     finally:
         coord.close()
     now = time.time()

@@ -41,13 +41,14 @@ def retryable(exc: BaseException) -> bool:
     return False
 
 
-def policy(timeout: float) -> Retrying:
-    """The tenacity policy: backoff with jitter, stop at ``timeout`` seconds."""
+def policy(timeout: float, reraise: bool = False) -> Retrying:
+    """The tenacity policy: backoff with jitter, stop at ``timeout`` seconds
+    (``reraise``: then raise the last error itself, not tenacity's RetryError)."""
     # wait_exponential + wait_random rather than wait_exponential_jitter: the same
     # curve, and its arguments mean the same in every tenacity the project allows.
     return Retrying(stop=stop_after_delay(timeout),
                     wait=wait_exponential(multiplier=FIRST_S, max=MAX_S) + wait_random(0, FIRST_S),
-                    retry=retry_if_exception(retryable), reraise=False)
+                    retry=retry_if_exception(retryable), reraise=reraise)
 
 
 def wait_until(cond: Callable[[], T], timeout: float, what: str) -> T:
@@ -66,6 +67,14 @@ def wait_until(cond: Callable[[], T], timeout: float, what: str) -> T:
         why = "" if last is None or isinstance(last, NotYet) else f" (last: {_describe(last)})"
         raise TimeoutError(f"{what}: not within {timeout:g} s{why}") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def call(fn: Callable[[], T], timeout: float = 5.0) -> T:
+    """``fn()``, retried through retryable errors (the same policy) for up to
+    ``timeout`` seconds; then the last error is raised as it was. For the CLI's
+    idempotent etcd reads and writes, so one slow or failed connection to etcd
+    is not an operator-visible failure."""
+    return policy(timeout, reraise=True)(fn)
 
 
 def _describe(exc: BaseException) -> str:

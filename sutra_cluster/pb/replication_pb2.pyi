@@ -143,7 +143,7 @@ class ReplicaStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., written_lsn: _Optional[int] = ..., flushed_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., lag_ms: _Optional[float] = ..., sync: _Optional[bool] = ..., last_seen_seconds_ago: _Optional[float] = ...) -> None: ...
 
 class ReplicationStatus(_message.Message):
-    __slots__ = ("node_id", "role", "term", "last_lsn", "durable_lsn", "applied_lsn", "commit_lsn", "commit_mode", "leader_address", "replicas", "follow_state")
+    __slots__ = ("node_id", "role", "term", "last_lsn", "durable_lsn", "applied_lsn", "commit_lsn", "commit_mode", "leader_address", "replicas", "follow_state", "version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class ReplicationStatus(_message.Message):
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_STATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     term: int
@@ -166,7 +167,8 @@ class ReplicationStatus(_message.Message):
     leader_address: str
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     follow_state: str
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., commit_lsn: _Optional[int] = ..., commit_mode: _Optional[str] = ..., leader_address: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., follow_state: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., last_lsn: _Optional[int] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., commit_lsn: _Optional[int] = ..., commit_mode: _Optional[str] = ..., leader_address: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., follow_state: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
     __slots__ = ("min_lsn",)

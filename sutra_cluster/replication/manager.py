@@ -258,7 +258,7 @@ class ReplicationManager:
         out = rpb.ReplicationStatus(
             node_id=self.cfg.node_id, role=eng.role, term=eng.term, last_lsn=eng.wal.last_lsn,
             durable_lsn=eng.wal.durable_lsn, applied_lsn=eng.applied_lsn, commit_mode=self.mode,
-            leader_address=eng.leader_address,
+            leader_address=eng.leader_address, version=__version__,
         )
         if eng.role == Role.LEADER:
             out.commit_lsn = self.leader.commit_lsn()
