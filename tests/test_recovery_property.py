@@ -95,7 +95,11 @@ def test_recovery_equals_model(ops: list[tuple], crash_at: int, torn: bytes) -> 
         try:
             got = {cid: (c.content, c.embedding or None) for cid, c in recovered.state.concepts.items()}
             want = {cid: (text, vector(seed) if seed is not None else None) for cid, (text, seed) in model.items()}
-            assert got == want
+            assert {cid: text for cid, (text, _) in got.items()} == {cid: text for cid, (text, _) in want.items()}
+            for cid, (_, vec) in want.items():  # one normalised copy is kept: originals come back within rounding
+                assert (got[cid][1] is None) == (vec is None), cid
+                if vec is not None:
+                    np.testing.assert_allclose(np.frombuffer(got[cid][1], "<f4"), np.frombuffer(vec, "<f4"), rtol=1e-6)
             got_edges = {(s, d, t) for s, outs in recovered.state.out.items() for (d, t) in outs}
             assert got_edges == set(edges)
             assert recovered.state.edges == len(edges)

@@ -184,10 +184,12 @@ def test_items_is_a_snapshot_and_compaction_keeps_data() -> None:
     for round_ in range(3):
         index.upsert(keys[:3000], data[:3000] * (round_ + 2))
     index.remove(keys[4000:])
-    assert dict((k, v.tolist()) for k, v in snapshot) == {k: v.tolist() for k, v in zip(keys, data)}
+    got = dict(snapshot)  # one stored copy (normalised, plus its norm): originals to within rounding
+    assert sorted(got) == keys
+    np.testing.assert_allclose(np.array([got[k] for k in keys]), data, rtol=1e-6, atol=1e-6)
     assert len(index) == 4000 and index.stats()["rows"] == 5000  # compacted each round
-    np.testing.assert_array_equal(index.get(keys[10]), data[10] * 4)
-    np.testing.assert_array_equal(index.get(keys[3500]), data[3500])
+    np.testing.assert_allclose(index.get(keys[10]), data[10] * 4, rtol=1e-6)
+    np.testing.assert_allclose(index.get(keys[3500]), data[3500], rtol=1e-6)
     assert index.get(keys[4500]) is None
     got, _ = index.search(data[3500], 1)
     assert got[0][0] == keys[3500]
@@ -410,3 +412,39 @@ def test_filtered_recall_at_10_one_percent_filter(clustered_20k) -> None:
     print(f"\nfiltered recall@10 (1% filter, 20K clustered 768-d): graph {results[0]:.4f}, "
           f"exact scan {results[10**9]:.4f}")
     assert results[0] >= 0.95 and results[10**9] == 1.0
+
+
+# ------------------------------------------------------------ one copy of each vector
+
+
+def test_graph_rows_have_one_copy_and_read_back_through_compaction_and_rebuild() -> None:
+    data, queries = _clustered_with_queries(seed=31, n=12_000, nq=10, dim=16)
+    keys = _keys(len(data))
+    index = VectorIndex(16, exact_limit=100, background=False)
+    index.upsert(keys[:10_000], data[:10_000])
+    index.build_pending()
+    index.upsert(keys[10_000:], data[10_000:])  # a tail the graph does not cover yet
+    stats = index.stats()
+    # Covered chunks are freed: the graph's storage is their only copy (plus the
+    # tail's chunks, 4096 rows each).
+    assert stats["vector_bytes"] <= (12_000 + 2 * 4096) * 16 * 4
+    assert stats["index_bytes"] > 0 and stats["metadata_bytes"] > 0
+    for i in (0, 4095, 4096, 9_999, 10_000, 11_999):
+        np.testing.assert_allclose(index.get(keys[i]), data[i], rtol=1e-6)
+    index.remove(keys[:9_000:3])  # 3000 dead: the flat store compacts around the graph rows
+    assert index.stats()["rows"] == 9_000
+    live = [i for i in range(12_000) if not (i < 9_000 and i % 3 == 0)]
+    for i in (1, 4097, 9_999, 11_999):
+        np.testing.assert_allclose(index.get(keys[i]), data[i], rtol=1e-6)
+    index.exact_limit = 10**9  # the exact path reads covered rows from the graph
+    for q in queries:
+        got, exact = index.search(q, 5)
+        assert exact and [k for k, _ in got] == [k for k, _ in _brute_force([keys[i] for i in live], data[live], q, 5)]
+    index.exact_limit = 100
+    assert index.build_pending() == 9_000  # a rebuild, reading the old graph's vectors
+    assert index.stats()["hnsw_dead"] == 0 and index.stats()["pending"] == 0
+    assert dict(index.items()).keys() == {keys[i] for i in live}
+    for i in (1, 4097, 11_999):
+        np.testing.assert_allclose(index.get(keys[i]), data[i], rtol=1e-6)
+        got, exact = index.search(data[i], 1)
+        assert not exact and got[0][0] == keys[i]

@@ -388,7 +388,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("concepts", "edges", "written", "dropped", "pending", "reconciliations", "uptime_seconds", "vectors", "last_lsn", "durable_lsn", "applied_lsn", "checkpoint_lsn", "role", "term", "node_id", "wal_bytes", "flushes", "leader", "shard", "shards", "shard_count", "missing_shards", "shard_map_version", "vector_dimension")
+    __slots__ = ("concepts", "edges", "written", "dropped", "pending", "reconciliations", "uptime_seconds", "vectors", "last_lsn", "durable_lsn", "applied_lsn", "checkpoint_lsn", "role", "term", "node_id", "wal_bytes", "flushes", "leader", "shard", "shards", "shard_count", "missing_shards", "shard_map_version", "vector_dimension", "vector_memory_bytes", "index_memory_bytes", "metadata_memory_bytes", "vector_index_ready", "vector_index_source")
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
@@ -413,6 +413,11 @@ class GetStatsResponse(_message.Message):
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SHARD_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_READY_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_SOURCE_FIELD_NUMBER: _ClassVar[int]
     concepts: int
     edges: int
     written: int
@@ -437,7 +442,12 @@ class GetStatsResponse(_message.Message):
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
     shard_map_version: int
     vector_dimension: int
-    def __init__(self, concepts: _Optional[int] = ..., edges: _Optional[int] = ..., written: _Optional[int] = ..., dropped: _Optional[int] = ..., pending: _Optional[int] = ..., reconciliations: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., vectors: _Optional[int] = ..., last_lsn: _Optional[int] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., checkpoint_lsn: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., node_id: _Optional[str] = ..., wal_bytes: _Optional[int] = ..., flushes: _Optional[int] = ..., leader: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[GetStatsResponse, _Mapping]]] = ..., shard_count: _Optional[int] = ..., missing_shards: _Optional[_Iterable[int]] = ..., shard_map_version: _Optional[int] = ..., vector_dimension: _Optional[int] = ...) -> None: ...
+    vector_memory_bytes: int
+    index_memory_bytes: int
+    metadata_memory_bytes: int
+    vector_index_ready: bool
+    vector_index_source: str
+    def __init__(self, concepts: _Optional[int] = ..., edges: _Optional[int] = ..., written: _Optional[int] = ..., dropped: _Optional[int] = ..., pending: _Optional[int] = ..., reconciliations: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., vectors: _Optional[int] = ..., last_lsn: _Optional[int] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., checkpoint_lsn: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., node_id: _Optional[str] = ..., wal_bytes: _Optional[int] = ..., flushes: _Optional[int] = ..., leader: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[GetStatsResponse, _Mapping]]] = ..., shard_count: _Optional[int] = ..., missing_shards: _Optional[_Iterable[int]] = ..., shard_map_version: _Optional[int] = ..., vector_dimension: _Optional[int] = ..., vector_memory_bytes: _Optional[int] = ..., index_memory_bytes: _Optional[int] = ..., metadata_memory_bytes: _Optional[int] = ..., vector_index_ready: _Optional[bool] = ..., vector_index_source: _Optional[str] = ...) -> None: ...
 
 class GetDigestRequest(_message.Message):
     __slots__ = ("sequence",)

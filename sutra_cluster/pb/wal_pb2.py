@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sutra_cluster.pb import storage_pb2 as sutra__cluster_dot_pb_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asutra_cluster/pb/wal.proto\x12\tsutra.wal\x1a\x1esutra_cluster/pb/storage.proto\"\xee\x01\n\x08WalBatch\x12\x34\n\x08\x63oncepts\x18\x01 \x03(\x0b\x32\".sutra.storage.LearnConceptRequest\x12<\n\x0c\x61ssociations\x18\x02 \x03(\x0b\x32&.sutra.storage.LearnAssociationRequest\x12\x1a\n\x12\x64\x65lete_concept_ids\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06txn_id\x18\x0e \x01(\t\x12\x14\n\x0ctimestamp_us\x18\x0f \x01(\x03\x12\x18\n\x10\x64rop_concept_ids\x18\x10 \x03(\t\"h\n\nWalPrepare\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\"\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x13.sutra.wal.WalBatch\x12\x0e\n\x06shards\x18\x03 \x03(\r\x12\x16\n\x0eprepared_at_us\x18\x04 \x01(\x03\"-\n\x0bWalTxnAbort\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8e\x02\n\x0c\x43onceptState\x12\x12\n\nconcept_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x10\n\x08strength\x18\x03 \x01(\x02\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12;\n\nattributes\x18\x05 \x03(\x0b\x32\'.sutra.wal.ConceptState.AttributesEntry\x12\x15\n\rembedding_f32\x18\x06 \x01(\x0c\x12\x15\n\rcreated_at_us\x18\x07 \x01(\x03\x12\x15\n\rupdated_at_us\x18\x08 \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\tEdgeState\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x11\n\ttarget_id\x18\x02 \x01(\t\x12\x12\n\nassoc_type\x18\x03 \x01(\r\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"_\n\rSnapshotChunk\x12)\n\x08\x63oncepts\x18\x01 \x03(\x0b\x32\x17.sutra.wal.ConceptState\x12#\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x14.sutra.wal.EdgeState\"\x8e\x01\n\x0eSnapshotHeader\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x10\n\x08\x63oncepts\x18\x03 \x01(\x04\x12\r\n\x05\x65\x64ges\x18\x04 \x01(\x04\x12\x18\n\x10vector_dimension\x18\x05 \x01(\r\x12\x15\n\rcreated_at_us\x18\x06 \x01(\x03\x12\x0f\n\x07node_id\x18\x07 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asutra_cluster/pb/wal.proto\x12\tsutra.wal\x1a\x1esutra_cluster/pb/storage.proto\"\xee\x01\n\x08WalBatch\x12\x34\n\x08\x63oncepts\x18\x01 \x03(\x0b\x32\".sutra.storage.LearnConceptRequest\x12<\n\x0c\x61ssociations\x18\x02 \x03(\x0b\x32&.sutra.storage.LearnAssociationRequest\x12\x1a\n\x12\x64\x65lete_concept_ids\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06txn_id\x18\x0e \x01(\t\x12\x14\n\x0ctimestamp_us\x18\x0f \x01(\x03\x12\x18\n\x10\x64rop_concept_ids\x18\x10 \x03(\t\"h\n\nWalPrepare\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\"\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x13.sutra.wal.WalBatch\x12\x0e\n\x06shards\x18\x03 \x03(\r\x12\x16\n\x0eprepared_at_us\x18\x04 \x01(\x03\"-\n\x0bWalTxnAbort\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa6\x02\n\x0c\x43onceptState\x12\x12\n\nconcept_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x10\n\x08strength\x18\x03 \x01(\x02\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12;\n\nattributes\x18\x05 \x03(\x0b\x32\'.sutra.wal.ConceptState.AttributesEntry\x12\x15\n\rembedding_f32\x18\x06 \x01(\x0c\x12\x15\n\rcreated_at_us\x18\x07 \x01(\x03\x12\x15\n\rupdated_at_us\x18\x08 \x01(\x03\x12\x16\n\x0e\x65mbedding_norm\x18\t \x01(\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\tEdgeState\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x11\n\ttarget_id\x18\x02 \x01(\t\x12\x12\n\nassoc_type\x18\x03 \x01(\r\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"_\n\rSnapshotChunk\x12)\n\x08\x63oncepts\x18\x01 \x03(\x0b\x32\x17.sutra.wal.ConceptState\x12#\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x14.sutra.wal.EdgeState\"\x8e\x01\n\x0eSnapshotHeader\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x10\n\x08\x63oncepts\x18\x03 \x01(\x04\x12\r\n\x05\x65\x64ges\x18\x04 \x01(\x04\x12\x18\n\x10vector_dimension\x18\x05 \x01(\r\x12\x15\n\rcreated_at_us\x18\x06 \x01(\x03\x12\x0f\n\x07node_id\x18\x07 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,13 +41,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WALTXNABORT']._serialized_start=420
   _globals['_WALTXNABORT']._serialized_end=465
   _globals['_CONCEPTSTATE']._serialized_start=468
-  _globals['_CONCEPTSTATE']._serialized_end=738
-  _globals['_CONCEPTSTATE_ATTRIBUTESENTRY']._serialized_start=689
-  _globals['_CONCEPTSTATE_ATTRIBUTESENTRY']._serialized_end=738
-  _globals['_EDGESTATE']._serialized_start=740
-  _globals['_EDGESTATE']._serialized_end=829
-  _globals['_SNAPSHOTCHUNK']._serialized_start=831
-  _globals['_SNAPSHOTCHUNK']._serialized_end=926
-  _globals['_SNAPSHOTHEADER']._serialized_start=929
-  _globals['_SNAPSHOTHEADER']._serialized_end=1071
+  _globals['_CONCEPTSTATE']._serialized_end=762
+  _globals['_CONCEPTSTATE_ATTRIBUTESENTRY']._serialized_start=713
+  _globals['_CONCEPTSTATE_ATTRIBUTESENTRY']._serialized_end=762
+  _globals['_EDGESTATE']._serialized_start=764
+  _globals['_EDGESTATE']._serialized_end=853
+  _globals['_SNAPSHOTCHUNK']._serialized_start=855
+  _globals['_SNAPSHOTCHUNK']._serialized_end=950
+  _globals['_SNAPSHOTHEADER']._serialized_start=953
+  _globals['_SNAPSHOTHEADER']._serialized_end=1095
 # @@protoc_insertion_point(module_scope)

@@ -46,7 +46,7 @@ class WalTxnAbort(_message.Message):
     def __init__(self, txn_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ConceptState(_message.Message):
-    __slots__ = ("concept_id", "content", "strength", "confidence", "attributes", "embedding_f32", "created_at_us", "updated_at_us")
+    __slots__ = ("concept_id", "content", "strength", "confidence", "attributes", "embedding_f32", "created_at_us", "updated_at_us", "embedding_norm")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class ConceptState(_message.Message):
     EMBEDDING_F32_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_US_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_US_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_NORM_FIELD_NUMBER: _ClassVar[int]
     concept_id: str
     content: str
     strength: float
@@ -70,7 +71,8 @@ class ConceptState(_message.Message):
     embedding_f32: bytes
     created_at_us: int
     updated_at_us: int
-    def __init__(self, concept_id: _Optional[str] = ..., content: _Optional[str] = ..., strength: _Optional[float] = ..., confidence: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., embedding_f32: _Optional[bytes] = ..., created_at_us: _Optional[int] = ..., updated_at_us: _Optional[int] = ...) -> None: ...
+    embedding_norm: float
+    def __init__(self, concept_id: _Optional[str] = ..., content: _Optional[str] = ..., strength: _Optional[float] = ..., confidence: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., embedding_f32: _Optional[bytes] = ..., created_at_us: _Optional[int] = ..., updated_at_us: _Optional[int] = ..., embedding_norm: _Optional[float] = ...) -> None: ...
 
 class EdgeState(_message.Message):
     __slots__ = ("source_id", "target_id", "assoc_type", "confidence")

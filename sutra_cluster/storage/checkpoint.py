@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import crc32c
+import numpy as np
 
-from sutra_cluster.errors import Unavailable
+from sutra_cluster.errors import StorageFailure, Unavailable
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage.fsio import fsync_dir as fsync_dir  # kept importable from here
 from sutra_cluster.storage.fsio import replace_durably, write_file_synced
@@ -54,24 +55,63 @@ def _frame(kind: int, payload: bytes) -> bytes:
     return FRAME.pack(len(payload), crc32c.crc32c(payload), kind) + payload
 
 
+VectorBatches = Iterable[tuple[list[str], np.ndarray, np.ndarray]]
+
+
 def encode_snapshot(
     header: wal_pb2.SnapshotHeader,
     concepts: dict[str, Concept],
     edges: list[tuple[str, str, int, float]],
+    vectors: VectorBatches | None = None,
 ) -> Iterator[bytes]:
-    """Yield the snapshot as byte blocks: file header, header frame, chunks, end frame."""
+    """Yield the snapshot as byte blocks: file header, header frame, chunks, end frame.
+
+    ``vectors``: the concepts' vectors in stored form, ``(keys, normalised rows,
+    norms)`` batches captured with ``concepts`` (VectorIndex.stored_batches);
+    those concepts are written first, each with ``embedding_norm``. Without it,
+    each concept's ``embedding`` (its original) is written. Raises
+    StorageFailure when the batches and the concepts disagree (a checkpoint
+    must never drop a vector silently).
+    """
     yield FILE_HEADER.pack(MAGIC, VERSION, 0)
     yield _frame(KIND_HEADER, header.SerializeToString())
     chunk = wal_pb2.SnapshotChunk()
+    with_vector = 0
+    for keys, rows, norms in vectors or ():
+        for key, row, norm in zip(keys, rows, norms):
+            c = concepts.get(key)
+            if c is None or not c.vector:
+                raise StorageFailure(f"snapshot: the vector index holds {key!r}, the captured state has no vector "
+                                     "for it; checkpoint not written")
+            with_vector += 1
+            chunk.concepts.add(
+                concept_id=key, content=c.content, strength=c.strength, confidence=c.confidence,
+                attributes=c.attributes, embedding_f32=row.astype("<f4").tobytes(), embedding_norm=float(norm),
+                created_at_us=c.created_us, updated_at_us=c.updated_us,
+            )
+            if len(chunk.concepts) >= CHUNK_CONCEPTS:
+                yield _frame(KIND_CHUNK, chunk.SerializeToString())
+                chunk = wal_pb2.SnapshotChunk()
     for cid, c in concepts.items():
+        if vectors is not None:
+            if c.vector:
+                continue
+            emb = b""
+        else:
+            emb = c.embedding
         chunk.concepts.add(
             concept_id=cid, content=c.content, strength=c.strength, confidence=c.confidence,
-            attributes=c.attributes, embedding_f32=c.embedding,
+            attributes=c.attributes, embedding_f32=emb,
             created_at_us=c.created_us, updated_at_us=c.updated_us,
         )
         if len(chunk.concepts) >= CHUNK_CONCEPTS:
             yield _frame(KIND_CHUNK, chunk.SerializeToString())
             chunk = wal_pb2.SnapshotChunk()
+    if vectors is not None:
+        expected = sum(1 for c in concepts.values() if c.vector)
+        if with_vector != expected:
+            raise StorageFailure(f"snapshot: {expected} captured concepts have a vector, the vector index gave "
+                                 f"{with_vector}; checkpoint not written")
     for i in range(0, len(edges), CHUNK_EDGES):
         for s, d, t, conf in edges[i : i + CHUNK_EDGES]:
             chunk.edges.add(source_id=s, target_id=d, assoc_type=t, confidence=conf)

@@ -32,6 +32,7 @@ from sutra_cluster.errors import NoLeader, NotLeader, NotVisible, StorageFailure
 from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.roles import Role
+from sutra_cluster.storage import annfile
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.history import HistoryOps
@@ -39,6 +40,7 @@ from sutra_cluster.storage.prepared import PreparedTxns, TxnOps
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
 from sutra_cluster.storage.tail import WalTail
 from sutra_cluster.storage.terms import TermHistory
+from sutra_cluster.storage.vecstats import VectorCollector, vector_stats
 from sutra_cluster.storage.vectors import VectorIndex
 from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog
 from sutra_cluster.storage.wal_format import RT_BATCH
@@ -84,6 +86,8 @@ class Engine(HistoryOps, TxnOps):
         self.metrics = metrics or NodeMetrics()
         self.state = GraphState()
         self.vectors = VectorIndex(cfg.vector_dimension, exact_limit=cfg.ann_threshold, index_yield=cfg.index_yield)
+        self.state.store = self.vectors  # concepts read their one vector copy there
+        self.graph_source = "none"  # where the HNSW graph came from at start (GetStats)
         self._lock = threading.RLock()  # guards state, vectors' consistency with applied_lsn
         self._applied = threading.Condition(self._lock)
         self._append_lock = threading.Lock()
@@ -120,6 +124,7 @@ class Engine(HistoryOps, TxnOps):
         self._hooks: ReplicationHooks | None = None
         self._recover()
         self.metrics.add_gauges(self._gauges)
+        self.metrics.registry.register(VectorCollector(self.vectors))
         self._reconciler = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
         self._reconciler.start()
 
@@ -231,6 +236,10 @@ class Engine(HistoryOps, TxnOps):
         self._read_fence = None
 
     def _load_checkpoint(self) -> tuple[int, int]:
+        with self.vectors.held():  # the maintainer must not build what a stored graph will give
+            return self._load_checkpoint_files()
+
+    def _load_checkpoint_files(self) -> tuple[int, int]:
         errors = []
         for name in (ckpt.STORAGE_FILE, ckpt.BACKUP_FILE):
             path = self.dir / name
@@ -246,6 +255,9 @@ class Engine(HistoryOps, TxnOps):
                 continue
             if errors:  # storage.dat is damaged and the backup loaded: keep the backup the backup
                 ckpt.set_aside_damaged(self.dir)
+            else:  # the graph stored with storage.dat, when it matches: no rebuild
+                self.graph_source = annfile.adopt_stored_graph(self.dir, loaded[0], self.cfg.vector_dimension,
+                                                               self.vectors)
             return loaded
         if errors:
             if not (self.dir / ckpt.BACKUP_FILE).exists() and len(errors) == 1:
@@ -270,8 +282,8 @@ class Engine(HistoryOps, TxnOps):
         for chunk in dec:
             vec = ApplyResult({}, set())
             self.state.load_chunk(chunk, vec)
-            for keys, mat in iter_vectors(vec.upserts, dim):
-                self.vectors.upsert(keys, mat)
+            for keys, mat, norms in iter_vectors(vec.upserts, dim):
+                self.vectors.upsert(keys, mat, norms)
 
     def _on_fsync(self, seconds: float) -> None:
         self.metrics.fsync_latency.observe(seconds)
@@ -307,8 +319,8 @@ class Engine(HistoryOps, TxnOps):
                 items += n
             if vec.removes:
                 self.vectors.remove(vec.removes)
-            for keys, mat in iter_vectors(vec.upserts, self.cfg.vector_dimension):
-                self.vectors.upsert(keys, mat)
+            for keys, mat, norms in iter_vectors(vec.upserts, self.cfg.vector_dimension):
+                self.vectors.upsert(keys, mat, norms)
             self.applied_lsn = entries[-1][0]
             self._since_checkpoint += items
             self._applied.notify_all()
@@ -491,11 +503,13 @@ class Engine(HistoryOps, TxnOps):
         with self._ckpt_lock:
             if drain:
                 self.reconcile_once()
-            header, blocks = self.snapshot_blocks()
+            graph: list[annfile.GraphCapture | None] = []
+            header, blocks = self.snapshot_blocks(graph)
             lsn = header.lsn
             self.wal.rotate()
             self._fault_step("wal-rotated")
             size = ckpt.write_checkpoint(self.dir, blocks, self.cfg.wal_fsync, self._fault_step)
+            annfile.persist_graph(self.dir, graph[0], lsn, self.cfg.vector_dimension, self.cfg.wal_fsync)
             previous = self.checkpoint_lsn
             self.backup_lsn, self.checkpoint_lsn = previous, lsn
             self._since_checkpoint = 0
@@ -518,18 +532,24 @@ class Engine(HistoryOps, TxnOps):
             log.warning("fault injection: checkpoint paused at step %s for %s ms", step, ms)
             time.sleep(int(ms or "0") / 1000.0)
 
-    def snapshot_blocks(self) -> tuple[wal_pb2.SnapshotHeader, Iterator[bytes]]:
-        """A consistent snapshot of the applied state, for a replica or a backup."""
+    def snapshot_blocks(
+        self, graph_out: list[annfile.GraphCapture | None] | None = None,
+    ) -> tuple[wal_pb2.SnapshotHeader, Iterator[bytes]]:
+        """A consistent snapshot of the applied state, for a replica or a backup.
+        With ``graph_out``, the HNSW graph captured with it is appended there."""
         with self._lock:
             lsn = self.applied_lsn
             concepts, edges = self.state.capture()
+            vectors = self.vectors.stored_batches(ckpt.CHUNK_CONCEPTS)  # captured with the state, read later
+            if graph_out is not None:
+                graph_out.append(self.vectors.capture_graph())
             term = self.terms.term_at(lsn) or self.term
         header = wal_pb2.SnapshotHeader(
             lsn=lsn, term=term, concepts=len(concepts), edges=len(edges),
             vector_dimension=self.cfg.vector_dimension, created_at_us=time.time_ns() // 1000,
             node_id=self.cfg.node_id,
         )
-        return header, ckpt.encode_snapshot(header, concepts, edges)
+        return header, ckpt.encode_snapshot(header, concepts, edges, vectors)
 
     # ---- reads -----------------------------------------------------------
     def wait_visible(self, sequence: int, timeout_s: float | None = None) -> None:
@@ -550,6 +570,12 @@ class Engine(HistoryOps, TxnOps):
 
     def get_concept(self, cid: str) -> Concept | None:
         return self.state.concepts.get(cid)
+
+    def embedding(self, cid: str) -> bytes:
+        """A concept's original vector as little-endian float32 (within float
+        rounding: one normalised copy and its norm are kept), b"" when none."""
+        vec = self.vectors.get(cid)
+        return b"" if vec is None else vec.astype("<f4").tobytes()
 
     def neighbors(self, cid: str, outgoing: bool = True, incoming: bool = True) -> list[tuple[str, int, float, bool]]:
         with self._lock:
@@ -614,6 +640,7 @@ class Engine(HistoryOps, TxnOps):
             "applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "role": self.role,
             "term": self.term, "node_id": self.cfg.node_id, "wal_bytes": self.wal.total_bytes(),
             "flushes": self.flushes, "leader": self.leader_address, "shard": self.cfg.shard,
+            **vector_stats(self.vectors, self.graph_source),
         }
 
     def _gauges(self) -> dict[str, tuple[str, float]]:

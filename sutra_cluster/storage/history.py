@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from sutra_cluster.errors import StorageFailure
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.roles import MAX_TERM
+from sutra_cluster.storage import annfile
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint
 from sutra_cluster.storage.tail import Entry, WalTail
@@ -134,7 +135,10 @@ class HistoryOps:
             with open(path, "rb") as f:
                 header = ckpt.SnapshotDecoder(f, str(path)).header
             self.wal.close()
-            aside = self._set_aside([*wal_files(self.dir), self.dir / ckpt.STORAGE_FILE, self.dir / ckpt.BACKUP_FILE])
+            # The old graph goes too: it is for the old state (the new one is built
+            # in the background; GetStats' vector_index_ready says when it is).
+            aside = self._set_aside([*wal_files(self.dir), self.dir / ckpt.STORAGE_FILE, self.dir / ckpt.BACKUP_FILE,
+                                     self.dir / annfile.GRAPH_FILE])
             os.replace(path, self.dir / ckpt.STORAGE_FILE)
             ckpt.fsync_dir(self.dir)
             self.state.clear()

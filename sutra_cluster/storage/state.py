@@ -3,7 +3,10 @@ nodes hold the same data.
 
 Not thread-safe by itself: the engine holds its state lock around every call.
 Concept records are immutable once built, so a shallow copy of the dict is a
-consistent snapshot for checkpoints.
+consistent snapshot for checkpoints. A concept holds no vector floats: the
+vector index keeps the one copy (normalised, with its norm; vecform.py) and a
+concept keeps a VectorRef, the vector's fingerprint (for the digest) and where
+to read it.
 """
 
 from __future__ import annotations
@@ -14,14 +17,34 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
 
 from sutra_cluster.errors import ResourceExhausted
 from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.vecform import fingerprint, normalise
+
+if TYPE_CHECKING:
+    from sutra_cluster.storage.vectors import VectorIndex
 
 EdgeKey = tuple[str, int]  # (other concept id, assoc_type)
+
+
+class VectorRef:
+    """A concept's vector without its floats: the fingerprint of its stored
+    form (what the digest covers) and the index that holds it."""
+
+    __slots__ = ("key", "fingerprint", "store")
+
+    def __init__(self, key: str, fp: int, store: VectorIndex | None) -> None:
+        self.key, self.fingerprint, self.store = key, fp, store
+
+    def original_bytes(self) -> bytes:
+        """The original vector as little-endian float32 (within float rounding;
+        the index's current vector for this key), b"" when there is none."""
+        vec = self.store.get(self.key) if self.store is not None else None
+        return b"" if vec is None else vec.astype("<f4").tobytes()
 
 
 class Concept(NamedTuple):
@@ -31,22 +54,46 @@ class Concept(NamedTuple):
     strength: float
     confidence: float
     attributes: dict[str, str]
-    embedding: bytes  # little-endian float32, empty when the concept has none
+    # VectorRef, or None/b"" when the concept has none (raw bytes: a test's
+    # hand-made concept, encoded as the original vector).
+    vector: VectorRef | bytes | None
     created_us: int
     updated_us: int
+
+    @property
+    def embedding(self) -> bytes:
+        """The original vector, little-endian float32, b"" when none (read from
+        the vector index: within float rounding of what was written)."""
+        v = self.vector
+        if isinstance(v, VectorRef):
+            return v.original_bytes()
+        return v or b""
+
+
+# One stored vector: (normalised float32 row, original length, fingerprint).
+Stored = tuple[np.ndarray, float, int]
+
+
+def stored_forms(raws: list[bytes]) -> list[Stored]:
+    """The stored form of original float32 vectors, in one vectorised pass."""
+    if not raws:
+        return []
+    normed, lengths = normalise(np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(raws), -1))
+    return [(row, float(n), fingerprint(row.tobytes(), float(n))) for row, n in zip(normed, lengths)]
 
 
 @dataclass
 class ApplyResult:
     """What one apply changed in the vector index, in order-independent form:
-    the last operation per key wins."""
+    the last operation per key wins. Upserts are in stored form (row, norm)."""
 
-    upserts: dict[str, bytes]
+    upserts: dict[str, tuple[np.ndarray, float]]
     removes: set[str]
 
 
 class GraphState:
-    def __init__(self) -> None:
+    def __init__(self, store: VectorIndex | None = None) -> None:
+        self.store = store  # where concepts' VectorRefs read their vectors
         self.concepts: dict[str, Concept] = {}
         self.out: dict[str, dict[EdgeKey, float]] = {}
         self.inc: dict[str, dict[EdgeKey, float]] = {}
@@ -60,21 +107,26 @@ class GraphState:
         ts = batch.timestamp_us
         concepts = self.concepts
         upserts, removes = vec.upserts, vec.removes
-        for c in batch.concepts:
-            # Each protobuf field read copies: read every one once.
-            cid, emb, attrs = c.concept_id, c.embedding_f32, c.attributes
+        # Each protobuf field read copies: read every one once.
+        items = [(c, c.concept_id, c.embedding_f32) for c in batch.concepts]
+        forms = iter(stored_forms([emb for _, _, emb in items if emb]))
+        for c, cid, emb in items:
+            attrs = c.attributes
             old = concepts.get(cid)
             new_attrs = dict(attrs) if attrs else {}
             if old is not None and old.attributes:
                 self._unindex_attrs(cid, old.attributes)
             if new_attrs:
                 self._index_attrs(cid, new_attrs)
-            concepts[cid] = Concept(c.content, c.strength, c.confidence, new_attrs, emb,
-                                    old.created_us if old is not None else ts, ts)
+            ref = None
             if emb:
-                upserts[cid] = emb
+                row, norm, fp = next(forms)
+                ref = VectorRef(cid, fp, self.store)
+                upserts[cid] = (row, norm)
                 removes.discard(cid)
-            elif old is not None and old.embedding:
+            concepts[cid] = Concept(c.content, c.strength, c.confidence, new_attrs, ref,
+                                    old.created_us if old is not None else ts, ts)
+            if not emb and old is not None and old.vector:
                 upserts.pop(cid, None)
                 removes.add(cid)
         for a in batch.associations:
@@ -121,7 +173,7 @@ class GraphState:
         old = self.concepts.pop(cid, None)
         if old is not None and old.attributes:
             self._unindex_attrs(cid, old.attributes)
-        if old is not None and old.embedding:
+        if old is not None and old.vector:
             vec.upserts.pop(cid, None)
             vec.removes.add(cid)
         for (dst, atype) in self.out.pop(cid, {}):
@@ -139,6 +191,11 @@ class GraphState:
                     del self.out[src]
 
     def load_chunk(self, chunk: wal_pb2.SnapshotChunk, vec: ApplyResult) -> None:
+        """Add a snapshot frame's concepts (vectors into ``vec.upserts``) and edges.
+        A vector with ``embedding_norm`` is taken in its stored form bit for bit;
+        without, it is an original (older files) and is normalised here."""
+        originals = iter(stored_forms([c.embedding_f32 for c in chunk.concepts
+                                       if c.embedding_f32 and not c.embedding_norm > 0]))
         for c in chunk.concepts:
             old = self.concepts.get(c.concept_id)
             if old is not None and old.attributes:
@@ -146,17 +203,23 @@ class GraphState:
             attrs = dict(c.attributes)
             if attrs:
                 self._index_attrs(c.concept_id, attrs)
+            emb, ref = c.embedding_f32, None
+            if emb:
+                norm = c.embedding_norm
+                if norm > 0:
+                    row, fp = np.frombuffer(emb, dtype="<f4"), fingerprint(emb, norm)
+                else:
+                    row, norm, fp = next(originals)
+                ref = VectorRef(c.concept_id, fp, self.store)
+                vec.upserts[c.concept_id] = (row, norm)
             self.concepts[c.concept_id] = Concept(
-                c.content, c.strength, c.confidence, attrs, c.embedding_f32,
-                c.created_at_us, c.updated_at_us,
+                c.content, c.strength, c.confidence, attrs, ref, c.created_at_us, c.updated_at_us,
             )
-            if c.embedding_f32:
-                vec.upserts[c.concept_id] = c.embedding_f32
         for e in chunk.edges:
             self.add_edge(e.source_id, e.target_id, e.assoc_type, e.confidence)
 
     def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(self.store)  # type: ignore[misc]
 
     # ---- reads ----------------------------------------------------------
     def matching(self, where: Mapping[str, Collection[str]]) -> set[str]:
@@ -255,7 +318,11 @@ class GraphState:
             h.update(pack(c.strength, c.confidence, c.created_us, c.updated_us))
             for k in sorted(c.attributes):
                 h.update(k.encode() + b"\1" + c.attributes[k].encode() + b"\2")
-            h.update(len(c.embedding).to_bytes(4, "little") + c.embedding)
+            v = c.vector
+            if isinstance(v, VectorRef):  # the stored form's fingerprint: same bits on every node
+                h.update(b"v" + v.fingerprint.to_bytes(8, "little"))
+            else:
+                h.update(len(v or b"").to_bytes(4, "little") + (v or b""))
         h.update(b"edges")
         for src in sorted(self.out):
             for (dst, t), conf in sorted(self.out[src].items()):
@@ -295,9 +362,12 @@ def walk_back(parent: dict[str, str], start: str, end: str) -> list[str]:
     return path[::-1]
 
 
-def iter_vectors(upserts: dict[str, bytes], dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Group upserts into (keys, (n, dim) float32 matrix) for one index call."""
+def iter_vectors(upserts: dict[str, tuple[np.ndarray, float]],
+                 dim: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Group stored-form upserts into (keys, (n, dim) normalised float32 matrix,
+    norms) for one ``VectorIndex.upsert(keys, matrix, norms)`` call."""
     if upserts:
         keys = list(upserts)
-        mat = np.frombuffer(b"".join(upserts.values()), dtype="<f4").reshape(len(keys), dim)
-        yield keys, mat
+        rows = [r for r, _ in upserts.values()]
+        mat = np.stack(rows).reshape(len(keys), dim) if rows else np.empty((0, dim), np.float32)
+        yield keys, mat, np.fromiter((n for _, n in upserts.values()), dtype=np.float64, count=len(keys))

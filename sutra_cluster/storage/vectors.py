@@ -1,31 +1,31 @@
 """Cosine-similarity vector index over concept embeddings.
 
-Over 450 lines, knowingly: the flat store, the trailing HNSW graph, its
-maintainer thread and the merged search share one publication protocol (row
-counts, watermarks, the phase-fair lock) that is easiest to check in one file.
-Issue 12 (one copy of each vector, a persisted index) will reshape it.
-
 Design (why it looks like this):
 
-* An exact *flat store* keeps every live vector, original and L2-normalised,
-  in fixed-size row chunks.  Appending is a memcpy, so reconciler writes never
-  wait on graph construction.  Rows are append-only, ordered by a sequence
-  number; updates and removals tombstone the old row and the store compacts
-  (order kept) past 25 % tombstones.  Rows below the published count are never
-  rewritten, so searches and checkpoints read snapshots outside the lock.
+* One copy of each vector, L2-normalised on write (the norm kept beside it so
+  the original comes back to within float rounding).  New vectors land in a
+  *flat store* of fixed-size row chunks: appending is a memcpy, so reconciler
+  writes never wait on graph construction.  Rows are append-only, ordered by
+  a sequence number; updates and removals tombstone the old row and the store
+  compacts (order kept) past 25 % tombstones.  Rows below the published count
+  are never rewritten, so searches and checkpoints read snapshots outside the
+  lock (flatstore.View).
 * An *HNSW* graph (faiss ``IndexHNSWFlat``, inner product on normalised
-  vectors) trails the flat store: a maintainer thread inserts rows at or past
-  the graph's sequence *watermark* in small batches, so slow graph insertion
-  is never on a request path.  HNSW cannot delete: dead entries are filtered
-  at search time (over-fetch) and past 20 % dead the graph is rebuilt off to
-  the side and swapped in.
+  vectors, ann.py) trails the flat store: a maintainer thread inserts rows at
+  or past the graph's sequence *watermark* in small batches, so slow graph
+  insertion is never on a request path.  Once the graph holds a chunk's rows
+  the chunk is freed: the graph's storage is then their only copy.  HNSW
+  cannot delete: dead entries are filtered at search time (over-fetch) and
+  past 20 % dead the graph is rebuilt off to the side and swapped in.
 * ``search`` is exact up to ``exact_limit`` vectors or while no graph exists;
   beyond, it merges HNSW hits for the covered prefix with an exact scan of the
   uncovered tail, so a fresh vector is findable at once, whatever the lag.
+  A filtered search (``allowed``) scans few allowed rows exactly, else walks
+  the graph with a bitmap selector (filtered.py).
 
 Thread-safety: all public methods may be called from any thread.  One lock
 guards the flat store; the graph has its own reader/writer lock because faiss
-forbids searching an index while ``add`` runs on it.
+forbids searching an index while ``add`` runs on it (and may move its storage).
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 import faiss
 import numpy as np
 
+from sutra_cluster.storage.ann import Ann
+from sutra_cluster.storage.annfile import GraphCapture, LoadedGraph, keys_hash
+from sutra_cluster.storage.filtered import ann_filtered
+from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
+from sutra_cluster.storage.vecform import normalise, original
+
 logger = logging.getLogger(__name__)
 
 # Measured at 20K x 768-d, M=32: efConstruction 64 builds 1.5-3x faster than
@@ -51,146 +57,15 @@ DEFAULT_EF_CONSTRUCTION = 64
 DEFAULT_EF_SEARCH = 96
 
 _BUSY_WINDOW_S = 0.25  # an upsert this recent means writes are flowing
-_CHUNK_ROWS = 4096  # rows per storage chunk: growth never copies old rows
 _COMPACT_FRACTION = 0.25  # compact the flat store past this tombstone share
 _COMPACT_MIN_DEAD = 1024  # ...but never for a handful of rows
 _REBUILD_FRACTION = 0.2  # rebuild the HNSW past this tombstone share
-_TIE_SLACK = 64  # extra equal-score rows kept so ties break by key, not row
 _FETCH_SLACK = 16  # extra HNSW hits requested beyond the tombstone estimate
 _BUILD_BATCH = 1024  # private (re)builds block no one; batch only for stop checks
+_ADOPT_BATCH = 16384  # rows moved into an adopted graph's storage per step
 # A filter this narrow or narrower is searched exactly over its own rows:
 # 4096 x 768-d rows is a ~12 MB gather + matmul, a few ms, and always exact.
 _FILTER_EXACT_ROWS = 4096
-_FILTER_MAX_WIDEN = 32  # the filtered beam grows with 1/selectivity up to this factor
-
-
-class _RWLock:
-    """Phase-fair reader/writer lock: many readers or one writer.
-
-    A waiting writer blocks new readers (search traffic cannot starve the
-    maintainer); readers waiting when a writer releases go before the next
-    writer (a maintainer re-locking at once cannot starve searches).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._readers_waiting = 0
-        self._readers_turn = False
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            self._readers_waiting += 1
-            while self._writer or (self._writers_waiting and not self._readers_turn):
-                self._cond.wait()
-            self._readers_waiting -= 1
-            self._readers += 1
-            if self._readers_waiting == 0 and self._readers_turn:
-                self._readers_turn = False
-                self._cond.notify_all()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writer or self._readers or self._readers_turn:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._readers_turn = self._readers_waiting > 0
-                self._cond.notify_all()
-
-
-class _Ann:
-    """An HNSW graph plus the map from its labels to flat-store sequence numbers.
-
-    Invariants (fields other than ``index``/``rw`` are guarded by the owning
-    VectorIndex's lock): labels ``< count`` are published; label ``i`` holds
-    the vector of sequence ``labels_seq[i]``; every row with sequence
-    ``< watermark`` that was live when indexed is in the graph; ``dead``
-    counts published labels whose row has since been tombstoned.
-    """
-
-    def __init__(self, dim: int, m: int, ef_construction: int) -> None:
-        self.index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efConstruction = ef_construction
-        self.rw = _RWLock()
-        self.labels_seq = np.empty(0, dtype=np.int64)
-        self.count = 0
-        self.dead = 0
-        self.watermark = 0
-
-    def stage_labels(self, seqs: np.ndarray) -> None:
-        """Write labels past ``count`` (maintainer only; published later).  Growth
-        reallocates, so readers' old arrays stay valid below their count."""
-        need = self.count + len(seqs)
-        if need > len(self.labels_seq):
-            grown = np.empty(max(need, 2 * len(self.labels_seq), 1024), dtype=np.int64)
-            grown[: self.count] = self.labels_seq[: self.count]
-            self.labels_seq = grown
-        self.labels_seq[self.count : need] = seqs
-
-
-def _range_scores(chunks: list[np.ndarray], start: int, stop: int, q: np.ndarray) -> np.ndarray:
-    """Inner products of ``q`` with rows ``[start, stop)`` of chunked storage."""
-    out = np.empty(stop - start, dtype=np.float32)
-    row = start
-    while row < stop:
-        c, off = divmod(row, _CHUNK_ROWS)
-        end = min(stop, (c + 1) * _CHUNK_ROWS)
-        np.matmul(chunks[c][off : off + end - row], q, out=out[row - start : end - start])
-        row = end
-    return out
-
-
-def _gather(chunks: list[np.ndarray], rows: np.ndarray, dim: int) -> np.ndarray:
-    """Copy the given (ascending) rows of chunked storage into one C array."""
-    out = np.empty((len(rows), dim), dtype=np.float32)
-    if len(rows) == 0:
-        return out
-    chunk_ids = rows // _CHUNK_ROWS
-    bounds = np.flatnonzero(np.diff(chunk_ids)) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(rows)]):
-        c = int(chunk_ids[lo])
-        out[lo:hi] = chunks[c][rows[lo:hi] - c * _CHUNK_ROWS]
-    return out
-
-
-def _ranked(cands: list[tuple[str, float]], k: int) -> list[tuple[str, float]]:
-    """Top-k by similarity desc, key asc, with similarities clipped to [-1, 1]."""
-    cands.sort(key=lambda c: (-c[1], c[0]))
-    return [(key, min(1.0, max(-1.0, sim))) for key, sim in cands[:k]]
-
-
-def _rows_candidates(chunks: list[np.ndarray], keys: list[str], rows: np.ndarray, qn: np.ndarray,
-                     k: int, dim: int) -> list[tuple[str, float]]:
-    """Exact top-k (plus boundary ties) over the given ascending rows."""
-    if len(rows) == 0:
-        return []
-    scores = _gather(chunks, rows, dim) @ qn
-    if k < len(rows):
-        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
-        top = np.flatnonzero(scores >= kth)
-        if len(top) > k + _TIE_SLACK:
-            top = np.argpartition(-scores, k - 1)[:k]
-    else:
-        top = np.arange(len(rows))
-    return [(keys[int(rows[i])], float(scores[i])) for i in top]
 
 
 class VectorIndex:
@@ -257,6 +132,7 @@ class VectorIndex:
         self._maint_lock = threading.Lock()  # one maintainer step at a time
         self._reset_locked()
         self._stop = False
+        self._held = 0  # >0: the background thread starts no work (a checkpoint is loading)
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._run, name="vector-index-hnsw", daemon=True)
@@ -265,20 +141,25 @@ class VectorIndex:
     # ----------------------------------------------------------- flat store
 
     def _reset_locked(self) -> None:
-        self._orig: list[np.ndarray] = []
-        self._norm: list[np.ndarray] = []
+        self._chunks: list[np.ndarray | None] = []  # None: freed, the graph holds those rows
         self._seq = np.empty(0, dtype=np.int64)
         self._alive = np.empty(0, dtype=bool)
+        self._norms = np.empty(0, dtype=np.float64)  # original = normalised row * norm
         self._keys: list[str] = []
         self._row_of: dict[str, int] = {}
         self._n = 0  # rows used, live or dead
         self._live = 0
         self._next_seq = 0
-        self._ann: _Ann | None = None
+        self._covered = 0  # rows below this are in the graph (or dead): read them there
+        self._ann: Ann | None = None
         self._epoch = getattr(self, "_epoch", 0) + 1  # invalidates in-flight builds
 
-    def _check_vectors(self, keys: list[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (original, normalised) float32 copies or raise ValueError."""
+    def _check_vectors(self, keys: list[str], vectors: np.ndarray,
+                       norms: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Return (normalised float32 copy, float64 norms) or raise ValueError.
+
+        With ``norms`` the vectors are taken as already normalised (a stored
+        form read back, kept bit-for-bit so a reload changes nothing)."""
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim or x.shape[0] != len(keys):
             raise ValueError(f"vectors must have shape ({len(keys)}, {self.dim}), got {x.shape}")
@@ -288,14 +169,16 @@ class VectorIndex:
         finite = np.isfinite(x).all(axis=1)
         if not finite.all():
             raise ValueError(f"vector for {keys[int(np.argmin(finite))]!r} has NaN/inf")
-        # float64: squares of large float32 would overflow, and exact rounding
-        # keeps vectors of one direction at exactly equal similarity (stable ties).
-        x64 = x.astype(np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
-        if not (norms > 0).all():
-            bad = keys[int(np.argmin(norms > 0))]
+        if norms is not None:
+            given = np.asarray(norms, dtype=np.float64).reshape(-1)
+            if given.shape != (len(keys),) or not (given > 0).all() or not np.isfinite(given).all():
+                raise ValueError(f"norms must be {len(keys)} positive finite values")
+            return np.ascontiguousarray(x), given
+        normed, lengths = normalise(x)
+        if not (lengths > 0).all():
+            bad = keys[int(np.argmin(lengths > 0))]
             raise ValueError(f"vector for {bad!r} is zero; cosine similarity is undefined")
-        return x, (x64 / norms[:, None]).astype(np.float32)
+        return normed, lengths
 
     def _kill_row_locked(self, row: int) -> None:
         self._alive[row] = False
@@ -306,24 +189,30 @@ class VectorIndex:
         if ann is not None and self._seq[row] < ann.watermark:
             ann.dead += 1
 
-    def _append_locked(self, keys: list[str], orig: np.ndarray, norm: np.ndarray) -> None:
+    def _append_locked(self, keys: list[str], vecs: np.ndarray | None, norms: np.ndarray) -> None:
+        """Append rows; ``vecs`` None appends rows the graph already covers
+        (compaction), whose chunk slots stay unfilled."""
         n, m = self._n, len(keys)
         if n + m > len(self._seq):
             cap = max(n + m, 2 * len(self._seq), 1024)
             self._seq = np.concatenate([self._seq[:n], np.empty(cap - n, dtype=np.int64)])
             self._alive = np.concatenate([self._alive[:n], np.zeros(cap - n, dtype=bool)])
-        while len(self._orig) * _CHUNK_ROWS < n + m:
-            self._orig.append(np.empty((_CHUNK_ROWS, self.dim), dtype=np.float32))
-            self._norm.append(np.empty((_CHUNK_ROWS, self.dim), dtype=np.float32))
-        row = n
-        while row < n + m:
-            c, off = divmod(row, _CHUNK_ROWS)
-            take = min(n + m - row, _CHUNK_ROWS - off)
-            self._orig[c][off : off + take] = orig[row - n : row - n + take]
-            self._norm[c][off : off + take] = norm[row - n : row - n + take]
-            row += take
+            self._norms = np.concatenate([self._norms[:n], np.empty(cap - n, dtype=np.float64)])
+        if vecs is not None:
+            while len(self._chunks) * CHUNK_ROWS < n + m:
+                self._chunks.append(np.empty((CHUNK_ROWS, self.dim), dtype=np.float32))
+            row = n
+            while row < n + m:
+                c, off = divmod(row, CHUNK_ROWS)
+                take = min(n + m - row, CHUNK_ROWS - off)
+                chunk = self._chunks[c]
+                if chunk is None:  # a freed chunk the covered prefix ends in
+                    chunk = self._chunks[c] = np.empty((CHUNK_ROWS, self.dim), dtype=np.float32)
+                chunk[off : off + take] = vecs[row - n : row - n + take]
+                row += take
         self._seq[n : n + m] = np.arange(self._next_seq, self._next_seq + m)
         self._alive[n : n + m] = True
+        self._norms[n : n + m] = norms
         self._next_seq += m
         self._keys.extend(keys)
         for i, key in enumerate(keys):
@@ -335,28 +224,43 @@ class VectorIndex:
         """Drop tombstoned rows (order kept, so the watermark stays valid).
 
         O(rows) under the lock but amortised: it only runs once a quarter of
-        the rows are dead.  New chunk/list objects are built, so snapshots
-        held by concurrent searches remain valid.
+        the rows are dead.  New chunk/list objects are built, so views held by
+        concurrent searches remain valid; covered rows copy no vector.
         """
         dead = self._n - self._live
         if dead < _COMPACT_MIN_DEAD or dead < _COMPACT_FRACTION * self._n:
             return
         keep = np.flatnonzero(self._alive[: self._n])
-        orig, norm = self._orig, self._norm
-        keys = [self._keys[i] for i in keep]
-        seq = self._seq[keep]
-        self._orig, self._norm = [], []
+        split = int(np.searchsorted(keep, self._covered))
+        chunks, keys = self._chunks, [self._keys[i] for i in keep]
+        seq, norms = self._seq[keep], self._norms[keep]
+        self._chunks = []
         self._seq = np.empty(0, dtype=np.int64)
         self._alive = np.empty(0, dtype=bool)
+        self._norms = np.empty(0, dtype=np.float64)
         self._keys, self._row_of, self._n, self._live = [], {}, 0, 0
         next_seq = self._next_seq
-        for lo in range(0, len(keep), _CHUNK_ROWS):
-            rows = keep[lo : lo + _CHUNK_ROWS]
-            self._append_locked(keys[lo : lo + _CHUNK_ROWS], _gather(orig, rows, self.dim),
-                                _gather(norm, rows, self.dim))
+        self._append_locked(keys[:split], None, norms[:split])
+        self._chunks = [None for _ in range(split // CHUNK_ROWS)]
+        for lo in range(split, len(keep), CHUNK_ROWS):
+            rows = keep[lo : lo + CHUNK_ROWS]
+            self._append_locked(keys[lo : lo + CHUNK_ROWS], gather(chunks, rows, self.dim), norms[lo : lo + CHUNK_ROWS])
         self._seq[: self._n] = seq
         self._next_seq = next_seq
+        self._covered = split
         logger.debug("compacted vector store: %d dead rows dropped, %d kept", dead, self._n)
+
+    def _free_covered_locked(self) -> None:
+        """Move the covered boundary up to the graph's watermark and free the
+        chunks wholly below it (a new list: views keep the old one alive)."""
+        ann = self._ann
+        if ann is None:
+            return
+        self._covered = int(np.searchsorted(self._seq[: self._n], ann.watermark))
+        full = min(len(self._chunks), self._covered // CHUNK_ROWS)
+        if any(self._chunks[c] is not None for c in range(full)):
+            freed: list[np.ndarray | None] = [None] * full
+            self._chunks = freed + self._chunks[full:]
 
     def _rows_for_seqs_locked(self, seqs: np.ndarray) -> np.ndarray:
         """Current row of each sequence number, or -1 if dead/gone."""
@@ -368,30 +272,38 @@ class VectorIndex:
         ok = (pos < n) & (self._seq[clipped] == seqs) & self._alive[clipped]
         return np.where(ok, pos, -1)
 
+    def _view_locked(self) -> View:
+        ann = self._ann
+        count, labels_seq = (0, np.empty(0, dtype=np.int64)) if ann is None else (ann.count, ann.labels_seq)
+        return View(self._chunks, self._keys, self._seq, self._norms, self._n, ann, self._covered, count,
+                    labels_seq, self.dim)
+
     # ------------------------------------------------------------ public API
 
-    def upsert(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+    def upsert(self, keys: Sequence[str], vectors: np.ndarray, norms: np.ndarray | None = None) -> None:
         """Insert or replace vectors; within one call the last duplicate wins.
 
-        Validates the whole batch first (ValueError on shape, NaN/inf or zero
-        vectors), so a rejected call changes nothing.
+        ``norms``: the vectors are already normalised and these are their
+        original lengths (a stored form being reloaded).  Validates the whole
+        batch first (ValueError on shape, NaN/inf or zero vectors), so a
+        rejected call changes nothing.
         """
         keys = list(keys)
-        orig, norm = self._check_vectors(keys, vectors)
+        vecs, lengths = self._check_vectors(keys, vectors, norms)
         if not keys:
             return
         last = {key: i for i, key in enumerate(keys)}
         if len(last) != len(keys):
             idx = np.fromiter(sorted(last.values()), dtype=np.int64, count=len(last))
             keys = [keys[i] for i in idx]
-            orig, norm = orig[idx], norm[idx]
+            vecs, lengths = vecs[idx], lengths[idx]
         with self._cv:
             self._last_upsert = time.monotonic()
             for key in keys:
                 row = self._row_of.get(key)
                 if row is not None:
                     self._kill_row_locked(row)
-            self._append_locked(keys, orig, norm)
+            self._append_locked(keys, vecs, lengths)
             self._maybe_compact_locked()
             self._cv.notify_all()
 
@@ -440,19 +352,21 @@ class VectorIndex:
         with self._lock:
             ann = self._ann
             use_ann = ann is not None and ann.count > 0 and self._live > self.exact_limit
-            start = 0
-            if use_ann:
-                assert ann is not None
-                start = int(np.searchsorted(self._seq[: self._n], ann.watermark))
-                view = (ann.count, ann.dead, ann.labels_seq)
-            snap = self._snapshot_locked(start)
+            start = self._covered if use_ann else 0
+            view = self._view_locked()
+            alive = self._alive[start : self._n].copy()
+            dead = 0 if ann is None else ann.dead
         if k <= 0:
             return [], not use_ann
-        cands = self._exact_candidates(*snap, qn, k)
+        cands: list[tuple[str, float]] = []
+        if alive.any():
+            rows = np.arange(start, start + len(alive))
+            scores = view.range_scores(start, alive, qn)
+            cands = top_k(view.keys, rows, scores, k, int(alive.sum()))
         if use_ann:
             assert ann is not None
-            cands.extend(self._ann_candidates(ann, *view, qn, k, ef_search))
-        return _ranked(cands, k), not use_ann
+            cands.extend(self._ann_candidates(ann, view.count, dead, view.labels_seq, qn, k, ef_search))
+        return ranked(cands, k), not use_ann
 
     def _search_filtered(
         self, qn: np.ndarray, k: int, ef_search: int, allowed: Collection[str],
@@ -465,56 +379,33 @@ class VectorIndex:
             row_of = self._row_of
             rows = np.fromiter((row_of.get(key, -1) for key in allowed), dtype=np.int64, count=len(allowed))
             rows = np.unique(rows[rows >= 0])
-            chunks, keys = self._norm, self._keys
             ann = self._ann
             use_ann = (ann is not None and ann.count > 0 and self._live > self.exact_limit
                        and len(rows) > self.filter_exact_limit)
-            split = len(rows)
-            if use_ann:
-                assert ann is not None
-                start = int(np.searchsorted(self._seq[: self._n], ann.watermark))
-                split = int(np.searchsorted(rows, start))
-                count, labels_seq = ann.count, ann.labels_seq
-                labels = np.searchsorted(labels_seq[:count], self._seq[rows[:split]])
+            view = self._view_locked()
         if k <= 0 or len(rows) == 0:
             return [], not use_ann
         if not use_ann:
-            return _ranked(_rows_candidates(chunks, keys, rows, qn, k, self.dim), k), True
+            return ranked(view.candidates(rows, qn, k), k), True
         assert ann is not None
-        cands = _rows_candidates(chunks, keys, rows[split:], qn, k, self.dim)
-        graph = self._ann_filtered(ann, count, labels, labels_seq, qn, k, ef_search)
+        split = int(np.searchsorted(rows, view.covered))
+        cands = view.candidates(rows[split:], qn, k)
+        graph = ann_filtered(ann, view.count, view.labels(rows[:split]), qn, k, ef_search, self._default_ef,
+                             self._search_threads, self._live_keys)
         if len(graph) < min(k, split):  # the beam ran dry inside the filter: be exact
-            graph = _rows_candidates(chunks, keys, rows[:split], qn, k, self.dim)
+            graph = view.candidates(rows[:split], qn, k)
         cands.extend(graph)
-        return _ranked(cands, k), False
+        return ranked(cands, k), False
 
-    def _snapshot_locked(self, start: int) -> tuple[list[np.ndarray], list[str], int, int, np.ndarray]:
-        """What an exact scan of rows ``[start, n)`` needs, readable unlocked:
-        rows below ``n`` are never rewritten; only liveness must be copied."""
-        n = self._n
-        return self._norm, self._keys, start, n, self._alive[start:n].copy()
-
-    def _exact_candidates(
-        self, chunks: list[np.ndarray], keys: list[str], start: int, stop: int,
-        alive: np.ndarray, qn: np.ndarray, k: int,
-    ) -> list[tuple[str, float]]:
-        """Exact top-k (plus boundary ties) over live rows ``[start, stop)``."""
-        live = int(alive.sum())
-        if live == 0:
-            return []
-        scores = _range_scores(chunks, start, stop, qn)
-        scores[~alive] = -np.inf
-        if k < live:
-            kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
-            top = np.flatnonzero(scores >= kth)
-            if len(top) > k + _TIE_SLACK:  # pathological mass of duplicates
-                top = np.argpartition(-scores, k - 1)[:k]
-        else:
-            top = np.flatnonzero(alive)
-        return [(keys[start + int(i)], float(scores[i])) for i in top]
+    def _live_keys(self, labels_seq: np.ndarray, labels: np.ndarray, sims: np.ndarray) -> list[tuple[str, float]]:
+        """(key, score) for graph hits whose row is still live."""
+        seqs = labels_seq[labels]
+        with self._lock:
+            rows = self._rows_for_seqs_locked(seqs)
+            return [(self._keys[r], float(s)) for r, s in zip(rows, sims) if r >= 0]
 
     def _ann_candidates(
-        self, ann: _Ann, count: int, dead: int, labels_seq: np.ndarray,
+        self, ann: Ann, count: int, dead: int, labels_seq: np.ndarray,
         qn: np.ndarray, k: int, ef_search: int,
     ) -> list[tuple[str, float]]:
         """Live top-k from the graph's first ``count`` labels (over-fetching
@@ -533,55 +424,31 @@ class VectorIndex:
                 # Labels >= count were added after our snapshot; the exact
                 # tail scan already covers them.
                 ok = (labels[0] >= 0) & (labels[0] < count)
-                sims = sims[0][ok]
-                seqs = labels_seq[labels[0][ok]]
-                with self._lock:
-                    rows = self._rows_for_seqs_locked(seqs)
-                    found = [(self._keys[r], float(s)) for r, s in zip(rows, sims) if r >= 0]
+                found = self._live_keys(labels_seq, labels[0][ok], sims[0][ok])
                 if len(found) >= want or fetch >= count:
                     return found
                 fetch = min(count, 2 * fetch)
         finally:
             faiss.omp_set_num_threads(saved_threads)
 
-    def _ann_filtered(
-        self, ann: _Ann, count: int, labels: np.ndarray, labels_seq: np.ndarray,
-        qn: np.ndarray, k: int, ef_search: int,
-    ) -> list[tuple[str, float]]:
-        """Live top-k among graph ``labels`` (all ``< count``, alive when
-        chosen): HNSW with a bitmap selector, the beam widened by how
-        selective the filter is (a narrow filter leaves few members per hop)."""
-        bits = np.zeros(count, dtype=bool)
-        bits[labels] = True
-        packed = np.packbits(bits, bitorder="little")
-        sel = faiss.IDSelectorBitmap(count, faiss.swig_ptr(packed))
-        widen = min(_FILTER_MAX_WIDEN, count / max(1, len(labels)))
-        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-        params.sel = sel
-        base = max(ef_search, k + _FETCH_SLACK, self._default_ef)
-        params.efSearch = int(min(count, max(base, base * widen)))
-        fetch = min(len(labels), k + _FETCH_SLACK)
-        saved_threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(self._search_threads)
-        try:
-            with ann.rw.read():
-                sims, found = ann.index.search(qn[None, :], fetch, params=params)
-        finally:
-            faiss.omp_set_num_threads(saved_threads)
-        ok = (found[0] >= 0) & (found[0] < count)
-        seqs = labels_seq[found[0][ok]]
-        with self._lock:
-            rows = self._rows_for_seqs_locked(seqs)
-            return [(self._keys[r], float(sc)) for r, sc in zip(rows, sims[0][ok]) if r >= 0]
-
     def get(self, key: str) -> np.ndarray | None:
-        """A copy of the original (un-normalised) vector, or None."""
+        """The original vector (normalised row times its norm, so within float
+        rounding of what was upserted), or None."""
         with self._lock:
             row = self._row_of.get(key)
             if row is None:
                 return None
-            c, off = divmod(row, _CHUNK_ROWS)
-            return self._orig[c][off].copy()
+            view = self._view_locked()
+        return original(view.vectors(np.array([row], dtype=np.int64))[0], float(view.norms[row]))
+
+    def stored(self, key: str) -> tuple[np.ndarray, float] | None:
+        """The stored form: (normalised float32 vector, original norm), or None."""
+        with self._lock:
+            row = self._row_of.get(key)
+            if row is None:
+                return None
+            view = self._view_locked()
+        return view.vectors(np.array([row], dtype=np.int64))[0], float(view.norms[row])
 
     def __len__(self) -> int:
         return self._live
@@ -591,17 +458,89 @@ class VectorIndex:
             return key in self._row_of
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
-        """``(key, original vector copy)`` as of this call; writers may proceed meanwhile."""
-        with self._lock:
-            n, chunks, keys = self._n, self._orig, self._keys
-            rows = np.flatnonzero(self._alive[:n])
+        """``(key, original vector)`` as of this call; writers may proceed meanwhile."""
+        batches = self.stored_batches()
 
         def generate() -> Iterator[tuple[str, np.ndarray]]:
-            for row in rows:
-                c, off = divmod(int(row), _CHUNK_ROWS)
-                yield keys[row], chunks[c][off].copy()
+            for keys, vecs, norms in batches:
+                yield from zip(keys, (vecs.astype(np.float64) * norms[:, None]).astype(np.float32))
 
         return generate()
+
+    def stored_batches(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        """The live vectors in their stored form, ``(keys, normalised, norms)``
+        per batch, as of this call (a consistent snapshot; writers proceed)."""
+        with self._lock:
+            view = self._view_locked()
+            rows = np.flatnonzero(self._alive[: self._n])
+
+        def generate() -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+            for lo in range(0, len(rows), batch):
+                part = rows[lo : lo + batch]
+                yield [view.keys[r] for r in part], view.vectors(part), view.norms[part]
+
+        return generate()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """No background graph work while inside (a checkpoint loading must not
+        race a build against the stored graph it is about to adopt)."""
+        with self._cv:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._held -= 1
+                self._cv.notify_all()
+
+    def capture_graph(self) -> GraphCapture | None:
+        """The graph as it stands, for a checkpoint (call where the caller's
+        state is captured too): which labels are live, and their keys' hash in
+        label order, which is the order ``stored_batches`` yields them in."""
+        with self._lock:
+            ann = self._ann
+            if ann is None or ann.count == 0:
+                return None
+            rows = self._rows_for_seqs_locked(ann.labels_seq[: ann.count])
+            keys = self._keys
+            return GraphCapture(ann.index, ann.rw, ann.count, rows >= 0, keys_hash(keys[r] for r in rows if r >= 0))
+
+    def adopt_graph(self, graph: LoadedGraph) -> None:
+        """Take a stored graph whose live labels are, in order, this index's
+        first rows (a checkpoint just loaded, before any other change): their
+        vectors move into the graph's storage and their chunks are freed.
+        Raises ValueError (nothing changed) when the graph does not fit."""
+        with self._cv:
+            live = int(graph.alive.sum())
+            n = self._n
+            if self._ann is not None or n < live or not self._alive[:n].all():
+                raise ValueError(f"the vector index is not freshly loaded ({n} rows, {self._live} live, "
+                                 f"graph {'present' if self._ann is not None else 'absent'})")
+            if keys_hash(self._keys[:live]) != graph.keys_hash:
+                raise ValueError(f"the graph's {live} live labels are not the first {live} vectors of storage.dat")
+            labels = np.flatnonzero(graph.alive)
+            storage = faiss.IndexFlatIP(self.dim)
+            for lo in range(0, graph.total, _ADOPT_BATCH):  # batches: no second full copy at once
+                hi = min(graph.total, lo + _ADOPT_BATCH)
+                block = np.zeros((hi - lo, self.dim), dtype=np.float32)  # dead labels: never returned
+                a, b = np.searchsorted(labels, [lo, hi])
+                block[labels[a:b] - lo] = gather(self._chunks, np.arange(a, b), self.dim)
+                storage.add(block)
+            graph.index.storage = storage
+            ann = Ann(self.dim, self._m, self._ef_construction, index=graph.index)
+            ann.storage = storage  # the index does not own it: keep it alive here
+            ann.stage_labels(np.arange(graph.total, dtype=np.int64))
+            ann.count, ann.watermark, ann.dead = graph.total, graph.total, graph.total - live
+            # Renumber: the graph's live rows take their label as sequence, the rest follow.
+            self._seq[:live] = labels
+            self._seq[live:n] = graph.total + np.arange(n - live)
+            self._next_seq = graph.total + n - live
+            self._ann = ann
+            self._free_covered_locked()
+            self._cv.notify_all()
+        logger.info("vector index: adopted a stored HNSW graph (%d labels, %d live, %d vectors still to index)",
+                    graph.total, live, n - live)
 
     def clear(self) -> None:
         """Drop every vector and the graph; in-flight index builds are discarded."""
@@ -617,15 +556,19 @@ class VectorIndex:
             return 0 if ann is None else ann.count - ann.dead
 
     def stats(self) -> dict[str, int]:
-        """Counters for monitoring: live, rows, hnsw_total, hnsw_dead, pending."""
+        """Counters for monitoring: live, rows, hnsw_total, hnsw_dead, pending,
+        and memory by part: vector_bytes, index_bytes, metadata_bytes."""
         with self._lock:
             ann = self._ann
-            pending = self._n
-            if ann is not None:
-                pending -= int(np.searchsorted(self._seq[: self._n], ann.watermark))
+            pending = self._n - self._covered if ann is not None else self._n
             total, dead = (0, 0) if ann is None else (ann.count, ann.dead)
-            return {"live": self._live, "rows": self._n, "hnsw_total": total,
-                    "hnsw_dead": dead, "pending": pending}
+            flat = sum(c.nbytes for c in self._chunks if c is not None)
+            # Arrays plus ~100 B per key for its str and dict entry (measured order of magnitude).
+            meta = self._seq.nbytes + self._alive.nbytes + self._norms.nbytes + 100 * len(self._keys)
+        graph_vecs, graph = (0, 0) if ann is None else ann.memory_bytes()
+        return {"live": self._live, "rows": self._n, "hnsw_total": total, "hnsw_dead": dead,
+                "pending": pending, "vector_bytes": flat + graph_vecs, "index_bytes": graph,
+                "metadata_bytes": meta}
 
     def build_pending(self, limit: int | None = None) -> int:
         """Bring the graph up to date now (build, rebuild, catch up).
@@ -666,6 +609,8 @@ class VectorIndex:
     def _work_locked(self, auto: bool) -> str | None:
         """What the maintainer should do next: 'build', 'rebuild', 'extend' or None."""
         ann = self._ann
+        if auto and self._held:
+            return None
         if ann is None:
             threshold = self._ann_start if auto else 0
             return "build" if self._live > threshold else None
@@ -682,11 +627,11 @@ class VectorIndex:
             work = self._work_locked(auto)
             if work is None:
                 return None
-            epoch, n, chunks = self._epoch, self._n, self._norm
+            epoch, n, view = self._epoch, self._n, self._view_locked()
             if work == "extend":
                 ann = self._ann
                 assert ann is not None  # "extend" is only chosen when a graph exists
-                start = int(np.searchsorted(self._seq[:n], ann.watermark))
+                start = self._covered
                 stop = min(n, start + budget)
                 rows = start + np.flatnonzero(self._alive[start:stop])
                 seqs = self._seq[rows]
@@ -697,12 +642,12 @@ class VectorIndex:
                 watermark = self._next_seq
         if work == "extend":
             assert ann is not None
-            return self._extend(ann, epoch, chunks, rows, seqs, watermark)
-        return self._build(epoch, chunks, rows, seqs, watermark, work, auto)
+            return self._extend(ann, epoch, view, rows, seqs, watermark)
+        return self._build(epoch, view, rows, seqs, watermark, work, auto)
 
-    def _extend(self, ann: _Ann, epoch: int, chunks: list[np.ndarray], rows: np.ndarray,
+    def _extend(self, ann: Ann, epoch: int, view: View, rows: np.ndarray,
                 seqs: np.ndarray, watermark: int) -> int:
-        vecs = _gather(chunks, rows, self.dim)
+        vecs = view.vectors(rows)
         if len(vecs):
             with ann.rw.write():
                 ann.index.add(vecs)
@@ -715,18 +660,19 @@ class VectorIndex:
             # Rows tombstoned while we inserted were above the old watermark,
             # so _kill_row_locked did not count them against the graph.
             ann.dead += int((self._rows_for_seqs_locked(seqs) < 0).sum())
+            self._free_covered_locked()
         return len(seqs)
 
-    def _build(self, epoch: int, chunks: list[np.ndarray], rows: np.ndarray,
+    def _build(self, epoch: int, view: View, rows: np.ndarray,
                seqs: np.ndarray, watermark: int, why: str, auto: bool) -> int | None:
         """Build a fresh graph of a snapshot without blocking searches, then swap it in."""
         ann = None
         if len(rows):
-            ann = _Ann(self.dim, self._m, self._ef_construction)
+            ann = Ann(self.dim, self._m, self._ef_construction)
             for lo in range(0, len(rows), _BUILD_BATCH):
                 if (auto and self._stop) or self._epoch != epoch:
                     return None
-                ann.index.add(_gather(chunks, rows[lo : lo + _BUILD_BATCH], self.dim))
+                ann.index.add(view.vectors(rows[lo : lo + _BUILD_BATCH]))
             ann.stage_labels(seqs)
             ann.count = len(seqs)
             ann.watermark = watermark
@@ -736,6 +682,8 @@ class VectorIndex:
             if ann is not None:
                 ann.dead = int((self._rows_for_seqs_locked(seqs) < 0).sum())
             self._ann = ann
+            self._covered = 0
+            self._free_covered_locked()
         logger.info("vector index: HNSW %s done, %d vectors", why, len(rows))
         return len(rows)
 

@@ -1,0 +1,135 @@
+"""The HNSW graph behind VectorIndex and the lock that guards it.
+
+The graph's own storage (faiss ``IndexHNSWFlat``) is the only in-memory copy
+of every vector it covers: VectorIndex frees its flat rows once the graph holds
+them and reads them back from here (``rows``).  faiss may reallocate that
+storage while ``add`` runs, so every read of it holds the read side of ``rw``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import faiss
+import numpy as np
+
+
+class RWLock:
+    """Phase-fair reader/writer lock: many readers or one writer.
+
+    A waiting writer blocks new readers (search traffic cannot starve the
+    maintainer); readers waiting when a writer releases go before the next
+    writer (a maintainer re-locking at once cannot starve searches).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._readers_waiting = 0
+        self._readers_turn = False
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._readers_waiting += 1
+            while self._writer or (self._writers_waiting and not self._readers_turn):
+                self._cond.wait()
+            self._readers_waiting -= 1
+            self._readers += 1
+            if self._readers_waiting == 0 and self._readers_turn:
+                self._readers_turn = False
+                self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers or self._readers_turn:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._readers_turn = self._readers_waiting > 0
+                self._cond.notify_all()
+
+
+class Ann:
+    """An HNSW graph plus the map from its labels to flat-store sequence numbers.
+
+    Invariants (fields other than ``index``/``rw`` are guarded by the owning
+    VectorIndex's lock): labels ``< count`` are published; label ``i`` holds
+    the normalised vector of sequence ``labels_seq[i]`` and ``labels_seq`` is
+    ascending; every row with sequence ``< watermark`` that was live when
+    indexed is in the graph; ``dead`` counts published labels whose row has
+    since been tombstoned.
+    """
+
+    def __init__(self, dim: int, m: int, ef_construction: int, index: Any = None) -> None:
+        if index is None:
+            index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
+        self.index: Any = index  # faiss.IndexHNSWFlat (untyped: its stubs lack .storage/.hnsw)
+        self.dim = dim
+        self.rw = RWLock()
+        self.storage: Any = None  # a storage faiss does not own (an adopted graph's), kept alive here
+        self.labels_seq = np.empty(0, dtype=np.int64)
+        self.count = 0
+        self.dead = 0
+        self.watermark = 0
+
+    def stage_labels(self, seqs: np.ndarray) -> None:
+        """Write labels past ``count`` (maintainer only; published later).  Growth
+        reallocates, so readers' old arrays stay valid below their count."""
+        need = self.count + len(seqs)
+        if need > len(self.labels_seq):
+            grown = np.empty(max(need, 2 * len(self.labels_seq), 1024), dtype=np.int64)
+            grown[: self.count] = self.labels_seq[: self.count]
+            self.labels_seq = grown
+        self.labels_seq[self.count : need] = seqs
+
+    def _storage_view(self) -> np.ndarray:
+        """The graph's vectors as a numpy view (caller holds ``rw``, read or write)."""
+        n = self.index.ntotal
+        if n == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        flat: Any = faiss.downcast_index(self.index.storage)
+        return faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+
+    def rows(self, labels: np.ndarray) -> np.ndarray:
+        """A copy of the stored (normalised) vectors of ``labels``."""
+        with self.rw.read():
+            return self._storage_view()[labels]
+
+    def scores(self, labels: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Inner products of ``q`` with the vectors of ``labels``, in batches so
+        a large label set never copies all of its vectors at once."""
+        out = np.empty(len(labels), dtype=np.float32)
+        with self.rw.read():
+            view = self._storage_view()
+            for lo in range(0, len(labels), 16384):
+                out[lo : lo + 16384] = view[labels[lo : lo + 16384]] @ q
+        return out
+
+    def memory_bytes(self) -> tuple[int, int]:
+        """(vector bytes, graph bytes) held by faiss for this graph."""
+        with self.rw.read():
+            vectors = self.index.ntotal * self.dim * 4
+            hnsw = self.index.hnsw
+            graph = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
+        return vectors, graph

@@ -1,0 +1,219 @@
+"""storage.hnsw: the HNSW graph of a checkpoint, so a restart starts with a
+ready graph instead of rebuilding it (docs/wal_format.md, "Graph file").
+
+Layout: the snapshot file header with magic ``SUTRAHNS``, then frames in
+storage.dat's framing (length, CRC32C, kind): a header frame (JSON: the
+checkpoint LSN it belongs to, dimension, label count, live labels, a hash of
+their keys in label order), one frame of the live-label bitmap, the faiss
+graph (``IO_FLAG_SKIP_STORAGE``: links only; the vectors are storage.dat's)
+in chunk frames, and an end frame repeating the header.
+
+The graph is an optimisation, never a source of truth: a file that is torn,
+damaged, from another checkpoint or for other keys is refused with a reason,
+and the caller rebuilds the graph from storage.dat's vectors instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import crc32c
+import faiss
+import numpy as np
+
+from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage.fsio import replace_durably, write_file_synced
+
+log = logging.getLogger(__name__)
+
+GRAPH_FILE = "storage.hnsw"
+MAGIC = b"SUTRAHNS"
+VERSION = 1
+_PART = 64 << 20  # faiss bytes per frame
+
+
+class GraphFileError(Exception):
+    """storage.hnsw cannot be used; ``str()`` says why."""
+
+
+@dataclass
+class GraphCapture:
+    """A graph as of a checkpoint's capture: labels below ``count`` whose row
+    was live then are ``alive`` (their keys, in label order, hash to ``keys_hash``)."""
+
+    index: Any  # faiss.IndexHNSWFlat; may hold labels >= count added since the capture
+    rw: Any  # its RWLock: faiss must not add while we serialise
+    count: int
+    alive: np.ndarray  # bool, one per label below count
+    keys_hash: str
+
+
+@dataclass
+class LoadedGraph:
+    index: Any  # faiss.IndexHNSWFlat without storage
+    total: int  # labels in the graph
+    alive: np.ndarray  # bool, one per label (False past the captured count)
+    keys_hash: str
+
+
+def keys_hash(keys: Iterator[str] | list[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for key in keys:
+        h.update(key.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _blocks(cap: GraphCapture, lsn: int, dim: int) -> Iterator[bytes]:
+    parts: list[bytes] = []
+
+    def sink(b: Any) -> int:
+        parts.append(bytes(b))
+        return len(b)
+
+    with cap.rw.read():
+        total = int(cap.index.ntotal)
+        writer = faiss.PyCallbackIOWriter(sink)  # type: ignore[attr-defined]
+        faiss.write_index(cap.index, writer, faiss.IO_FLAG_SKIP_STORAGE)
+        del writer  # flushes its buffer into sink
+    raw = b"".join(parts)
+    head = json.dumps({"lsn": lsn, "dim": dim, "total": total, "count": cap.count, "live": int(cap.alive.sum()),
+                       "keys_hash": cap.keys_hash, "faiss_bytes": len(raw)}, sort_keys=True).encode()
+    yield ckpt.FILE_HEADER.pack(MAGIC, VERSION, 0)
+    yield ckpt._frame(ckpt.KIND_HEADER, head)
+    yield ckpt._frame(ckpt.KIND_CHUNK, np.packbits(cap.alive, bitorder="little").tobytes())
+    for lo in range(0, len(raw), _PART):
+        yield ckpt._frame(ckpt.KIND_CHUNK, raw[lo : lo + _PART])
+    yield ckpt._frame(ckpt.KIND_END, head)
+
+
+def write_graph(directory: Path, cap: GraphCapture, lsn: int, dim: int, fsync: bool = True) -> int:
+    """Write storage.hnsw for the checkpoint at ``lsn`` (tmp, fsync, rename,
+    fsync dir); returns its size. Raises OSError with no temporary left."""
+    tmp = directory / (GRAPH_FILE + ".tmp")
+    try:
+        size = write_file_synced(tmp, _blocks(cap, lsn, dim), fsync=fsync)
+        replace_durably(tmp, directory / GRAPH_FILE, fsync=fsync)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _frames(f: BinaryIO, where: str) -> Iterator[tuple[int, bytes]]:
+    """Frames after the file header, CRC-checked (SnapshotError on damage)."""
+    offset = ckpt.FILE_HEADER.size
+    while True:
+        head = f.read(ckpt.FRAME.size)
+        if len(head) != ckpt.FRAME.size:
+            raise ckpt.SnapshotError(where, offset, "truncated frame header")
+        length, crc, kind = ckpt.FRAME.unpack(head)
+        if length > ckpt.MAX_FRAME:
+            raise ckpt.SnapshotError(where, offset, f"bad frame length {length}")
+        payload = f.read(length)
+        if len(payload) != length:
+            raise ckpt.SnapshotError(where, offset, "truncated frame")
+        if crc32c.crc32c(payload) != crc:
+            raise ckpt.SnapshotError(where, offset, "checksum mismatch")
+        yield kind, payload
+        if kind == ckpt.KIND_END:
+            return
+        offset += ckpt.FRAME.size + length
+
+
+def read_graph(directory: Path, lsn: int, dim: int) -> LoadedGraph:
+    """The graph stored for the checkpoint at ``lsn``; GraphFileError (with the
+    reason) when there is none or it cannot be used."""
+    path = directory / GRAPH_FILE
+    if not path.exists():
+        raise GraphFileError(f"{path} does not exist")
+    try:
+        with open(path, "rb", buffering=1 << 20) as f:
+            magic, version, _ = ckpt.FILE_HEADER.unpack(f.read(ckpt.FILE_HEADER.size).ljust(ckpt.FILE_HEADER.size))
+            if magic != MAGIC or version != VERSION:
+                raise GraphFileError(f"{path}: not a graph file of version {VERSION} (magic {magic!r}, "
+                                     f"version {version})")
+            frames = _frames(f, str(path))
+            kind, raw_head = next(frames)
+            head = json.loads(raw_head)
+            if kind != ckpt.KIND_HEADER:
+                raise GraphFileError(f"{path}: first frame is not a header")
+            if head["lsn"] != lsn or head["dim"] != dim:
+                raise GraphFileError(f"{path} belongs to the checkpoint at LSN {head['lsn']} ({head['dim']}-d), "
+                                     f"storage.dat is at LSN {lsn} ({dim}-d)")
+            _, bits = next(frames)
+            body = io.BytesIO()
+            for kind, payload in frames:
+                if kind == ckpt.KIND_END:
+                    if payload != raw_head:
+                        raise GraphFileError(f"{path}: end frame does not match the header")
+                    break
+                body.write(payload)
+            else:
+                raise GraphFileError(f"{path}: no end frame")
+    except ckpt.SnapshotError as exc:
+        raise GraphFileError(str(exc)) from exc
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        raise GraphFileError(f"{path}: {exc!r}") from exc
+    if body.tell() != head["faiss_bytes"]:
+        raise GraphFileError(f"{path}: {body.tell()} graph bytes, the header says {head['faiss_bytes']}")
+    body.seek(0)
+    try:
+        reader = faiss.PyCallbackIOReader(body.read)  # type: ignore[attr-defined]
+        index = faiss.read_index(reader, faiss.IO_FLAG_SKIP_STORAGE)
+    except RuntimeError as exc:
+        raise GraphFileError(f"{path}: faiss cannot read the graph: {exc}") from exc
+    total, count = int(head["total"]), int(head["count"])
+    alive = np.zeros(total, dtype=bool)
+    alive[:count] = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=count, bitorder="little").astype(bool)
+    if index.ntotal != total or int(alive.sum()) != head["live"]:
+        raise GraphFileError(f"{path}: graph has {index.ntotal} labels ({int(alive.sum())} live), the header "
+                             f"says {total} ({head['live']})")
+    return LoadedGraph(index, total, alive, head["keys_hash"])
+
+
+def remove_graph(directory: Path) -> None:
+    """Drop a graph file that no longer matches storage.dat (best effort)."""
+    for name in (GRAPH_FILE, GRAPH_FILE + ".tmp"):
+        try:
+            os.unlink(directory / name)
+        except FileNotFoundError:
+            pass
+
+
+def adopt_stored_graph(directory: Path, lsn: int, dim: int, vectors: Any) -> str:
+    """Give a freshly loaded VectorIndex the graph stored with the checkpoint
+    at ``lsn``; returns where the graph comes from ("storage.hnsw"), or why
+    none was taken ("rebuilding: <reason>"), logged either way."""
+    try:
+        graph = read_graph(directory, lsn, dim)
+        vectors.adopt_graph(graph)
+    except (GraphFileError, ValueError) as exc:
+        if len(vectors) > vectors.exact_limit // 2:  # a graph was due: say why it is rebuilt
+            log.warning("not using the stored HNSW graph: %s; rebuilding it in the background (searches scan the "
+                        "vectors not yet in a graph exactly meanwhile)", exc)
+        return f"rebuilding: {exc}"
+    return GRAPH_FILE
+
+
+def persist_graph(directory: Path, cap: GraphCapture | None, lsn: int, dim: int, fsync: bool) -> None:
+    """Write storage.hnsw for the checkpoint just written (or drop a stale one
+    when there is no graph). A failure costs a rebuild at the next start, not
+    data: it is logged, not raised."""
+    if cap is None:
+        remove_graph(directory)
+        return
+    try:
+        size = write_graph(directory, cap, lsn, dim, fsync)
+    except OSError as exc:
+        log.warning("checkpoint at LSN %d: %s not written (%s); the next start rebuilds the graph", lsn,
+                    GRAPH_FILE, exc)
+        return
+    log.info("checkpoint at LSN %d: %s %d bytes (%d labels)", lsn, GRAPH_FILE, size, cap.count)

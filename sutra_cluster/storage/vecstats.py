@@ -1,0 +1,50 @@
+"""Vector memory by part and index readiness, for GetStats and metrics.
+
+Parts: ``vectors`` (the one float32 copy: the flat rows not yet in the graph
+plus the graph's storage), ``index`` (HNSW links), ``metadata`` (per-vector
+arrays and keys; concept records are Python objects outside this count).
+"Ready" means a search scans at most ``exact_limit`` vectors exactly: the
+graph covers the rest (or there are too few vectors to need one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PARTS = (("vectors", "vector_bytes"), ("index", "index_bytes"), ("metadata", "metadata_bytes"))
+
+
+def index_ready(stats: dict[str, int], exact_limit: int) -> bool:
+    """True when the rows outside the graph are few enough to scan exactly."""
+    if stats["live"] <= exact_limit:
+        return True
+    return stats["hnsw_total"] > 0 and stats["pending"] <= exact_limit
+
+
+def vector_stats(vectors: Any, source: str) -> dict[str, int | str | bool]:
+    """GetStats fields: memory by part, readiness, and where the graph came from."""
+    s = vectors.stats()
+    return {"vector_memory_bytes": s["vector_bytes"], "index_memory_bytes": s["index_bytes"],
+            "metadata_memory_bytes": s["metadata_bytes"], "vector_index_ready": index_ready(s, vectors.exact_limit),
+            "vector_index_source": source}
+
+
+class VectorCollector(Collector):
+    """sutra_vector_memory_bytes{part} and sutra_vector_index_ready, read at scrape time."""
+
+    def __init__(self, vectors: Any) -> None:
+        self.vectors = vectors
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self.vectors.stats()
+        mem = GaugeMetricFamily("sutra_vector_memory_bytes", "Memory the vector index holds, by part", labels=["part"])
+        for part, key in PARTS:
+            mem.add_metric([part], s[key])
+        yield mem
+        yield GaugeMetricFamily("sutra_vector_index_ready",
+                                "1 when the ANN graph covers all but a few vectors (searches are fast), else 0",
+                                value=1 if index_ready(s, self.vectors.exact_limit) else 0)
