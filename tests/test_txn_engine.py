@@ -122,3 +122,39 @@ def test_cutting_a_divergent_tail_keeps_a_part_prepared_before_the_checkpoint(no
     assert [t.txn_id for t in eng.txns.snapshot()] == ["t1"]
     with pytest.raises(TxnLocked):
         eng.submit(_plain("a"))
+
+
+class _Context:
+    """Just enough of grpc.ServicerContext for the grpc_errors wrapper."""
+
+    def __init__(self) -> None:
+        self.code: object = None
+
+    def abort(self, code: object, details: str) -> None:
+        self.code = code
+        raise RuntimeError(details)
+
+    def set_trailing_metadata(self, md: object) -> None:
+        pass
+
+
+def test_txn_service_checks_its_input_and_reports_prepared_parts(node: list) -> None:
+    from sutra_cluster.pb import txn_pb2
+    from sutra_cluster.txn.service import TxnServicer
+
+    eng: Engine = node[0][0]
+    svc = TxnServicer(eng)
+    part = spb.LearnBatchRequest(concepts=[spb.LearnConceptRequest(concept_id="a", content="x")], request_id="r")
+    for bad, why in ((txn_pb2.PrepareTxnRequest(txn_id="a/b", part=part, shards=[0]), "txn_id"),
+                     (txn_pb2.PrepareTxnRequest(txn_id="t1", part=part, shards=[1]), "this node's shard"),
+                     (txn_pb2.PrepareTxnRequest(txn_id="t1", part=part, shards=[0, 0]), "each participant")):
+        ctx = _Context()
+        with pytest.raises(RuntimeError, match=why):
+            svc.PrepareTxn(bad, ctx)
+        assert "INVALID_ARGUMENT" in str(ctx.code)
+    lsn = svc.PrepareTxn(txn_pb2.PrepareTxnRequest(txn_id="t1", part=part, shards=[0, 1]), _Context()).sequence
+    listed = svc.ListTxns(txn_pb2.ListTxnsRequest(), _Context()).open
+    assert [(t.txn_id, t.prepare_sequence, list(t.shards), t.items) for t in listed] == [("t1", lsn, [0, 1], 1)]
+    assert svc._gauges()["sutra_txn_prepared"][1] == 1
+    assert svc.DecideTxn(txn_pb2.DecideTxnRequest(txn_id="t1", commit=True), _Context()).sequence > lsn
+    assert svc._gauges()["sutra_txn_prepared"][1] == 0

@@ -32,6 +32,16 @@ class TxnServicer(txn_pb2_grpc.TxnServiceServicer):
         cfg = engine.cfg
         self.limits = model.Limits(cfg.vector_dimension, cfg.max_batch, cfg.max_message_bytes)
         self.guard = guard or ShardGuard(cfg)
+        engine.metrics.add_gauges(self._gauges)
+
+    def _gauges(self) -> dict[str, tuple[str, float]]:
+        open_ = self.engine.txns.snapshot()
+        oldest = time.monotonic() - min(p.since for p in open_) if open_ else 0.0
+        return {
+            "sutra_txn_prepared": ("Cross-shard parts prepared on this node and not yet decided", len(open_)),
+            "sutra_txn_oldest_prepared_seconds": ("How long the oldest undecided cross-shard part has waited "
+                                                  "(resolved from etcd after SUTRA_TXN_TIMEOUT_MS)", oldest),
+        }
 
     @grpc_errors
     def PrepareTxn(self, request: txn_pb2.PrepareTxnRequest, context: grpc.ServicerContext) -> txn_pb2.PrepareTxnResponse:
