@@ -16,7 +16,8 @@ Design (why it looks like this):
   insertion is never on a request path.  Once the graph holds a chunk's rows
   the chunk is freed: the graph's storage is then their only copy.  HNSW
   cannot delete: dead entries are filtered at search time (over-fetch) and
-  past 20 % dead the graph is rebuilt off to the side and swapped in.
+  past 20 % dead the graph is rebuilt off to the side and swapped in
+  (maintainer.py).
 * ``search`` is exact up to ``exact_limit`` vectors or while no graph exists;
   beyond, it merges HNSW hits for the covered prefix with an exact scan of the
   uncovered tail, so a fresh vector is findable at once, whatever the lag.
@@ -33,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -45,6 +45,7 @@ from sutra_cluster.storage.ann import Ann
 from sutra_cluster.storage.annfile import GraphCapture, LoadedGraph, keys_hash
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
+from sutra_cluster.storage.maintainer import Maintainer
 from sutra_cluster.storage.vecform import normalise, original
 
 logger = logging.getLogger(__name__)
@@ -56,19 +57,14 @@ DEFAULT_EF_CONSTRUCTION = 64
 # (~4K qps per thread).  Gaussian data needs ef ~1000 for 0.95: see tests.
 DEFAULT_EF_SEARCH = 96
 
-_BUSY_WINDOW_S = 0.25  # an upsert this recent means writes are flowing
 _COMPACT_FRACTION = 0.25  # compact the flat store past this tombstone share
 _COMPACT_MIN_DEAD = 1024  # ...but never for a handful of rows
-_REBUILD_FRACTION = 0.2  # rebuild the HNSW past this tombstone share
 _FETCH_SLACK = 16  # extra HNSW hits requested beyond the tombstone estimate
-_BUILD_BATCH = 1024  # private (re)builds block no one; batch only for stop checks
 _ADOPT_BATCH = 16384  # rows moved into an adopted graph's storage per step
 # A filter this narrow or narrower is searched exactly over its own rows:
 # 4096 x 768-d rows is a ~12 MB gather + matmul, a few ms, and always exact.
 _FILTER_EXACT_ROWS = 4096
-
-
-class VectorIndex:
+class VectorIndex(Maintainer):
     """Cosine top-k over concept embeddings keyed by concept id.
 
     Contract: ``search`` is exact (flag True) while ``len(self) <=
@@ -133,6 +129,7 @@ class VectorIndex:
         self._reset_locked()
         self._stop = False
         self._held = 0  # >0: the background thread starts no work (a checkpoint is loading)
+        self._trim_due = True  # give freed heap back to the OS when next idle
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._run, name="vector-index-hnsw", daemon=True)
@@ -569,147 +566,3 @@ class VectorIndex:
         return {"live": self._live, "rows": self._n, "hnsw_total": total, "hnsw_dead": dead,
                 "pending": pending, "vector_bytes": flat + graph_vecs, "index_bytes": graph,
                 "metadata_bytes": meta}
-
-    def build_pending(self, limit: int | None = None) -> int:
-        """Bring the graph up to date now (build, rebuild, catch up).
-
-        With ``limit``, stops after about that many incremental rows (to leave
-        a trailing tail on purpose); a first build or a rebuild always covers
-        its whole snapshot.  Returns the number of vectors inserted into HNSW.
-        Safe alongside the background thread (steps are serialised).
-        """
-        added = 0
-        saved_threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(self._index_threads)
-        try:
-            while limit is None or added < limit:
-                budget = self._batch if limit is None else min(self._batch, limit - added)
-                with self._maint_lock:
-                    step = self._step(auto=False, budget=budget)
-                if step is None:
-                    break
-                added += step
-        finally:
-            faiss.omp_set_num_threads(saved_threads)
-        return added
-
-    def close(self) -> None:
-        """Stop the background thread (waits for the current batch); idempotent."""
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=60)
-            if thread.is_alive():
-                logger.warning("vector index maintainer did not stop within 60 s")
-
-    # ----------------------------------------------------------- maintainer
-
-    def _work_locked(self, auto: bool) -> str | None:
-        """What the maintainer should do next: 'build', 'rebuild', 'extend' or None."""
-        ann = self._ann
-        if auto and self._held:
-            return None
-        if ann is None:
-            threshold = self._ann_start if auto else 0
-            return "build" if self._live > threshold else None
-        if ann.dead > _REBUILD_FRACTION * ann.count:
-            return "rebuild"
-        if self._n and self._seq[self._n - 1] >= ann.watermark:
-            return "extend"
-        return None
-
-    def _step(self, auto: bool, budget: int) -> int | None:
-        """One unit of maintenance (caller holds ``_maint_lock``); returns rows
-        inserted, or None if there was nothing to do or it was aborted."""
-        with self._lock:
-            work = self._work_locked(auto)
-            if work is None:
-                return None
-            epoch, n, view = self._epoch, self._n, self._view_locked()
-            if work == "extend":
-                ann = self._ann
-                assert ann is not None  # "extend" is only chosen when a graph exists
-                start = self._covered
-                stop = min(n, start + budget)
-                rows = start + np.flatnonzero(self._alive[start:stop])
-                seqs = self._seq[rows]
-                watermark = int(self._seq[stop - 1]) + 1
-            else:
-                rows = np.flatnonzero(self._alive[:n])
-                seqs = self._seq[rows]
-                watermark = self._next_seq
-        if work == "extend":
-            assert ann is not None
-            return self._extend(ann, epoch, view, rows, seqs, watermark)
-        return self._build(epoch, view, rows, seqs, watermark, work, auto)
-
-    def _extend(self, ann: Ann, epoch: int, view: View, rows: np.ndarray,
-                seqs: np.ndarray, watermark: int) -> int:
-        vecs = view.vectors(rows)
-        if len(vecs):
-            with ann.rw.write():
-                ann.index.add(vecs)
-        ann.stage_labels(seqs)
-        with self._lock:
-            if self._epoch != epoch or self._ann is not ann:
-                return 0
-            ann.count += len(seqs)
-            ann.watermark = watermark
-            # Rows tombstoned while we inserted were above the old watermark,
-            # so _kill_row_locked did not count them against the graph.
-            ann.dead += int((self._rows_for_seqs_locked(seqs) < 0).sum())
-            self._free_covered_locked()
-        return len(seqs)
-
-    def _build(self, epoch: int, view: View, rows: np.ndarray,
-               seqs: np.ndarray, watermark: int, why: str, auto: bool) -> int | None:
-        """Build a fresh graph of a snapshot without blocking searches, then swap it in."""
-        ann = None
-        if len(rows):
-            ann = Ann(self.dim, self._m, self._ef_construction)
-            for lo in range(0, len(rows), _BUILD_BATCH):
-                if (auto and self._stop) or self._epoch != epoch:
-                    return None
-                ann.index.add(view.vectors(rows[lo : lo + _BUILD_BATCH]))
-            ann.stage_labels(seqs)
-            ann.count = len(seqs)
-            ann.watermark = watermark
-        with self._lock:
-            if self._epoch != epoch:
-                return None
-            if ann is not None:
-                ann.dead = int((self._rows_for_seqs_locked(seqs) < 0).sum())
-            self._ann = ann
-            self._covered = 0
-            self._free_covered_locked()
-        logger.info("vector index: HNSW %s done, %d vectors", why, len(rows))
-        return len(rows)
-
-    def _run(self) -> None:
-        faiss.omp_set_num_threads(self._index_threads)  # this thread only
-        try:
-            # Indexing trails the writes: let acknowledgements win the CPU (nice +10, this thread only).
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
-        while True:
-            with self._cv:
-                while not self._stop and self._work_locked(auto=True) is None:
-                    self._cv.wait()
-                if self._stop:
-                    return
-            try:
-                t0 = time.monotonic()
-                with self._maint_lock:
-                    self._step(auto=True, budget=self._batch)
-                took = time.monotonic() - t0
-                if self._index_yield and time.monotonic() - self._last_upsert < _BUSY_WINDOW_S:
-                    with self._cv:  # writes are flowing: give them the CPU for a while
-                        if not self._stop:
-                            self._cv.wait(timeout=took * self._index_yield)
-            except Exception:  # keep the thread alive; search stays exact-correct meanwhile
-                logger.exception("vector index maintainer step failed; retrying in 1 s")
-                with self._cv:
-                    self._cv.wait(timeout=1.0)

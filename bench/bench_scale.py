@@ -1,0 +1,203 @@
+"""Scale benchmark (issue 12): one real ``sutra-cluster serve`` node per size,
+bulk-loaded with clustered vectors, then Flush, SIGTERM and restart.
+
+Measures, per size: bulk load rate (indexing running), time until the HNSW
+graph covers the vectors, resident memory once indexed (and GetStats' memory
+by part), data directory size, search p50/p99 and recall@10 before the
+restart, restart-to-ready (all concepts visible and the graph ready), and
+search p50/p99 in the first 10 s after the restart.
+
+    nice .venv/bin/python bench/bench_scale.py --sizes 100000,300000 [--out bench/results/scale.json]
+    .venv/bin/python bench/bench_scale.py --quick      # seconds; run by tests/test_bench_smoke.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sutra_cluster.pb import storage_pb2 as pb  # noqa: E402
+from sutra_cluster.pb import storage_pb2_grpc as pbg  # noqa: E402
+from tests.helpers import NodeProcess  # noqa: E402
+from tests.test_vectors import _clustered  # noqa: E402
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def _wait(cond: Any, timeout: float, what: str, node: NodeProcess) -> float:
+    t0 = time.monotonic()
+    while True:
+        if not node.alive():
+            raise RuntimeError(f"{what}: the node exited; log:\n{node.log_tail()}")
+        try:
+            if cond():
+                return time.monotonic() - t0
+        except grpc.RpcError:
+            pass  # still starting
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Run:
+    """One node, one size."""
+
+    def __init__(self, base: Path, n: int, dim: int, queries: int, env: dict[str, str]) -> None:
+        self.n, self.dim = n, dim
+        self.data = base / "data"
+        self.env = {"VECTOR_DIMENSION": str(dim), "MEMORY_THRESHOLD": str(1 << 40), "SUTRA_WAL_FSYNC": "on",
+                    "SUTRA_LOG_LEVEL": "info", **env}
+        self.node = NodeProcess(self.data, env=self.env, log_path=base / "node.log")
+        both = _clustered(np.random.default_rng(17), n + queries, dim)
+        self.vectors, self.queries = both[:n], both[n:]
+        normed = self.vectors / np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        qn = self.queries / np.linalg.norm(self.queries, axis=1, keepdims=True)
+        self.truth = [set(np.argpartition(-(normed @ q), 10)[:10].tolist()) for q in qn]
+        del normed
+
+    def stub(self) -> pbg.StorageServiceStub:
+        channel = grpc.insecure_channel(self.node.address, options=[("grpc.max_receive_message_length", 1 << 28),
+                                                                    ("grpc.max_send_message_length", 1 << 28)])
+        return pbg.StorageServiceStub(channel)
+
+    def stats(self, stub: pbg.StorageServiceStub) -> pb.GetStatsResponse:
+        return stub.GetStats(pb.GetStatsRequest(), timeout=10)
+
+    def load(self, stub: pbg.StorageServiceStub, batch: int = 1000) -> float:
+        t0 = time.monotonic()
+        for lo in range(0, self.n, batch):
+            req = pb.LearnBatchRequest(concepts=[
+                pb.LearnConceptRequest(concept_id=f"c{i:07d}", content=f"concept {i}",
+                                       embedding_f32=self.vectors[i].astype("<f4").tobytes())
+                for i in range(lo, min(self.n, lo + batch))])
+            stub.LearnBatch(req, timeout=120)
+        return self.n / (time.monotonic() - t0)
+
+    def search(self, stub: pbg.StorageServiceStub, seconds: float | None = None) -> dict[str, float]:
+        """p50/p99 latency and recall@10 over the queries (for ``seconds``, cycling, if given)."""
+        lat, hits, done = [], 0, 0
+        t_end = None if seconds is None else time.monotonic() + seconds
+        while True:
+            for i, q in enumerate(self.queries):
+                t0 = time.perf_counter()
+                res = stub.VectorSearch(pb.VectorSearchRequest(query_f32=q.astype("<f4").tobytes(), k=10),
+                                        timeout=60)
+                lat.append(time.perf_counter() - t0)
+                hits += len({int(r.concept_id[1:]) for r in res.results} & self.truth[i])
+                done += 1
+                if t_end is not None and time.monotonic() > t_end:
+                    break
+            if t_end is None or time.monotonic() > t_end:
+                break
+        ms = np.array(lat) * 1000
+        return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+                "recall_at_10": hits / (10 * done), "queries": done}
+
+    def run(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"concepts": self.n, "dim": self.dim, "raw_vector_bytes": self.n * self.dim * 4}
+        self.node.start(wait=False)
+        try:
+            self.node.wait_ready(120)
+            stub = self.stub()
+            out["bulk_load_per_s"] = self.load(stub)
+            out["index_build_s"] = _wait(lambda: self.stats(stub).vector_index_ready, 7200, "the index", self.node)
+            st = self.stats(stub)
+            out["rss_bytes"] = _rss(self.node.proc.pid)  # type: ignore[union-attr]
+            out["memory_by_part"] = {"vectors": st.vector_memory_bytes, "index": st.index_memory_bytes,
+                                     "metadata": st.metadata_memory_bytes}
+            out["search_before"] = self.search(stub)
+            stub.Flush(pb.FlushRequest(), timeout=600)
+            out["data_dir_bytes"] = _du(self.data)
+        finally:
+            self.node.stop(timeout=120)
+        t0 = time.monotonic()
+        self.node.start(wait=False)
+        try:
+            stub = self.stub()
+            _wait(lambda: self.stats(stub).concepts == self.n, 600, "all concepts visible", self.node)
+            out["restart_visible_s"] = time.monotonic() - t0
+            _wait(lambda: self.stats(stub).vector_index_ready, 7200, "the index after restart", self.node)
+            out["restart_ready_s"] = time.monotonic() - t0
+            st = self.stats(stub)
+            out["index_source_after_restart"] = st.vector_index_source
+            out["search_first_10s_after_restart"] = self.search(stub, seconds=10.0)
+            out["rss_after_restart_bytes"] = _rss(self.node.proc.pid)  # type: ignore[union-attr]
+        finally:
+            self.node.stop(timeout=120)
+        return out
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    rows = [("concepts", lambda r: f"{r['concepts']:,}"),
+            ("RSS once indexed", lambda r: f"{r['rss_bytes'] / 1e6:,.0f} MB ({r['rss_bytes'] / r['raw_vector_bytes']:.2f}x raw, "
+                                           f"{r['rss_bytes'] / r['concepts']:,.0f} B/concept)"),
+            ("  vectors/index/metadata", lambda r: "/".join(f"{v / 1e6:,.0f}" for v in r["memory_by_part"].values())
+             + " MB"),
+            ("data directory", lambda r: f"{r['data_dir_bytes'] / 1e6:,.0f} MB "
+                                         f"({r['data_dir_bytes'] / r['raw_vector_bytes']:.2f}x raw)"),
+            ("bulk load", lambda r: f"{r['bulk_load_per_s']:,.0f} concepts/s"),
+            ("index ready after load", lambda r: f"{r['index_build_s']:.1f} s"),
+            ("search p50/p99 before", lambda r: f"{r['search_before']['p50_ms']:.1f} / {r['search_before']['p99_ms']:.1f} ms"),
+            ("recall@10", lambda r: f"{r['search_before']['recall_at_10']:.3f}"),
+            ("restart: visible / ready", lambda r: f"{r['restart_visible_s']:.1f} / {r['restart_ready_s']:.1f} s"
+             f" ({r['index_source_after_restart']})"),
+            ("search p50/p99 first 10 s", lambda r: f"{r['search_first_10s_after_restart']['p50_ms']:.1f} / "
+                                                   f"{r['search_first_10s_after_restart']['p99_ms']:.1f} ms")]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  " + "  |  ".join(fmt(r) for r in results) for name, fmt in rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="100000,300000")
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--quick", action="store_true", help="3,000 x 64-d, 50 queries: a smoke run")
+    p.add_argument("--out", default="bench/results/scale.json")
+    p.add_argument("--tmp", default=None, help="folder for the data directories (default: the system's)")
+    a = p.parse_args()
+    sizes = [3000] if a.quick else [int(s) for s in a.sizes.split(",")]
+    dim, queries = (64, 50) if a.quick else (a.dim, a.queries)
+    env = {"SUTRA_ANN_THRESHOLD": "1000"} if a.quick else {}
+    results = []
+    for n in sizes:
+        base = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=a.tmp))
+        try:
+            results.append(Run(base, n, dim, queries, env).run())
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        print(f"done: {n:,} concepts", file=sys.stderr)
+    print(_table(results))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "cpus": os.cpu_count(), "results": results},
+                              indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
