@@ -165,6 +165,22 @@ def normalise_embeddings(concepts: Iterable[Any], dim: int, prefix: str = "conce
     joined bytes; only concepts sent with a float list are converted one by one.
     Returns True when it converted any (the request's bytes then changed).
     """
+    concepts = list(concepts)
+    # One pass reads each field once (every read of a bytes field copies it).
+    pairs = [(c.embedding_f32, len(c.embedding)) for c in concepts]
+    if any(n for _, n in pairs):
+        return _normalise_each(concepts, dim, prefix)
+    raws = [r for r, _ in pairs if r]
+    if raws:
+        if any(len(r) != 4 * dim for r in raws):
+            return _normalise_each(concepts, dim, prefix)  # names the first wrong one
+        mat = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(raws), dim)
+        _check_vectors(f"{prefix} embedding", mat)
+    return False
+
+
+def _normalise_each(concepts: list[Any], dim: int, prefix: str) -> bool:
+    """normalise_embeddings one concept at a time: float lists, or an error to name."""
     raws: list[bytes] = []
     converted = False
     for i, c in enumerate(concepts):

@@ -20,17 +20,18 @@ def batch_items(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch) -> int:
 # as logged (without the leader's timestamp), so reusing an id for a different
 # payload is refused instead of answered with the old LSN (review M1).
 
-def request_fingerprint(body: bytes) -> int:
+def request_fingerprint(body: bytes | memoryview) -> int:
     """crc32c and length of a logged request's bytes: cheap on the write path, and
     enough to tell a retry from a different write (this is not a security hash)."""
     return (crc32c.crc32c(body) << 32) | (len(body) & 0xFFFFFFFF)
 
 
-def logged_body(payload: bytes, batch: wal_pb2.WalBatch) -> bytes:
+def logged_body(payload: bytes, batch: wal_pb2.WalBatch) -> bytes | memoryview:
     """The request bytes inside a logged payload: the leader appends its timestamp
-    (field 15, the highest, so it also ends a plain serialization)."""
+    (field 15, the highest, so it also ends a plain serialization). A view, not a
+    copy: replicas and recovery fingerprint every record (megabytes per batch)."""
     suffix = wal_pb2.WalBatch(timestamp_us=batch.timestamp_us).SerializeToString()
-    return payload[: -len(suffix)] if suffix and payload.endswith(suffix) else payload
+    return memoryview(payload)[: -len(suffix)] if suffix and payload.endswith(suffix) else payload
 
 
 def same_request(request_id: str, seen: tuple[int, int] | None, fingerprint: int) -> int | None:

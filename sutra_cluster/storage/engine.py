@@ -446,7 +446,7 @@ class Engine(HistoryOps, TxnOps):
             term = lead.term
             earlier = same_request(rid, self.request_ids.get(rid), fp) if rid else None
             if earlier is None:
-                lsn = self.wal.append(RT_BATCH, payload, term)
+                lsn = self.wal.append(RT_BATCH, payload, term, wake=False)  # we wait below: this thread flushes
                 self._remember(rid, lsn, fp)
                 self.recent.append(lsn, term, RT_BATCH, payload)
                 self._unapplied.append((lsn, batch, items))

@@ -79,7 +79,7 @@ class HistoryOps:
             for lsn, term, rtype, payload in entries:
                 if term < last_term:
                     raise ValueError(f"record {lsn} has term {term}, older than term {last_term} before it")
-                self.wal.append_at(lsn, term, rtype, payload)
+                self.wal.append_at(lsn, term, rtype, payload, wake=False)  # flushed by our wait below
                 if term > self.terms.last_term:
                     self.terms.begin(term, lsn)
                 last_term = term

@@ -12,7 +12,15 @@ Locking: ``_io`` serialises every file mutation (flush, rotation, drops,
 truncation) and guards the segment files; ``_mu`` guards the in-memory state
 (buffer, LSNs, failures) and backs both condition variables. ``_io`` is
 always taken before ``_mu`` and ``_mu`` is never held across I/O, so appends
-never wait for a disk write.
+never wait for a disk write. ``_notify_mu`` orders the durable listeners.
+
+Group commit without a thread hop: a writer that appended with ``wake=False``
+and then blocks in :meth:`wait_durable` writes and fsyncs the whole buffered
+group itself when no flush is running (LevelDB's writer queue does the same),
+instead of waking the flusher thread and sleeping until it is done. Writers
+arriving during that fsync wait, and the first of them flushes the next group.
+The flusher thread still writes whatever nobody waits for (``wake=True``
+appends, a timer as the safety net) and handles close.
 
 About 500 lines on purpose: the writer's two locks, two condition variables
 and write generations are one discipline, best read in one place.
@@ -55,6 +63,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The flusher thread's check for records nobody waits for (appended with
+# wake=False by a writer that then failed before waiting): they become durable
+# at most this late. A record someone waits for is flushed at once.
+_IDLE_FLUSH_S = 0.05
 
 
 def _errno_name(exc: OSError) -> str:
@@ -105,6 +118,9 @@ class WriteAheadLog:
 
         self._io = threading.Lock()
         self._mu = threading.Lock()
+        self._notify_mu = threading.Lock()
+        self._notified = 0  # highest durable LSN the listeners were told
+        self._flushing = False  # a group is being written (by the flusher or a waiting writer)
         self._work_cv = threading.Condition(self._mu)
         self._durable_cv = threading.Condition(self._mu)
         self._buf: list[bytes] = []
@@ -188,24 +204,40 @@ class WriteAheadLog:
     def _run_groups(self) -> None:
         while True:
             with self._mu:
-                while not self._buf and not self._stopping:
-                    self._work_cv.wait()
+                while (not self._buf or self._flushing) and not self._stopping:
+                    # The timer flushes records appended with wake=False whose
+                    # writer never came to wait (it failed between append and wait).
+                    self._work_cv.wait(_IDLE_FLUSH_S)
+                if self._stopping:
+                    while self._flushing:  # a writer's group is in flight: it finishes first
+                        self._durable_cv.wait()
                 if not self._buf:
                     return
-            with self._io:
-                durable = self._flush()
-            if durable is None:
-                continue
-            # Replication hears of the group before rotation's fsyncs, not after.
-            self._notify_listeners(durable)
-            with self._io:
-                if self._segs.active.size > self._segment_bytes and not self.failed:
-                    try:
-                        self._segs.seal()
-                    except WalWriteError:
-                        pass  # already fatal and logged
-                    except OSError as exc:
-                        logger.error("WAL %s: rotation failed: %s", self._dir, exc)
+                self._flushing = True
+            try:
+                self._flush_group()
+            finally:
+                with self._mu:
+                    self._flushing = False
+                    self._durable_cv.notify_all()
+
+    def _flush_group(self) -> None:
+        """Write and fsync the buffered group, tell the listeners, and seal a
+        full wal.log. Called with ``_flushing`` set (one group at a time)."""
+        with self._io:
+            durable = self._flush()
+        if durable is None:
+            return
+        # Replication hears of the group before rotation's fsyncs, not after.
+        self._notify_listeners(durable)
+        with self._io:
+            if self._segs.active.size > self._segment_bytes and not self.failed:
+                try:
+                    self._segs.seal()
+                except WalWriteError:
+                    pass  # already fatal and logged
+                except OSError as exc:
+                    logger.error("WAL %s: rotation failed: %s", self._dir, exc)
 
     def _flush(self) -> int | None:
         """Write and fsync everything buffered as one group (``_io`` held).
@@ -269,13 +301,19 @@ class WriteAheadLog:
         logger.error("%s", err)
 
     def _notify_listeners(self, durable: int) -> None:
-        with self._mu:
-            listeners = list(self._listeners)
-        for fn in listeners:
-            try:
-                fn(durable)
-            except Exception:
-                logger.exception("WAL durable listener %r failed", fn)
+        # Groups may be flushed by different threads: listeners hear of each
+        # durable LSN once, in order, one call at a time.
+        with self._notify_mu:
+            if durable <= self._notified:
+                return
+            self._notified = durable
+            with self._mu:
+                listeners = list(self._listeners)
+            for fn in listeners:
+                try:
+                    fn(durable)
+                except Exception:
+                    logger.exception("WAL durable listener %r failed", fn)
 
     # ------------------------------------------------------------ properties
 
@@ -314,29 +352,43 @@ class WriteAheadLog:
         if self._stopping:
             raise WalError(f"WAL {self._dir} is closed")
 
-    def append(self, rtype: int, payload: bytes, term: int) -> int:
+    def append(self, rtype: int, payload: bytes, term: int, *, wake: bool = True) -> int:
         """Buffer a record with the next LSN and return that LSN (an :class:`Lsn`).
 
-        Not durable yet: use :meth:`wait_durable`. Raises ValueError for a bad
-        type/term/size, WalWriteError if the log has failed, WalError if closed.
+        Not durable yet: use :meth:`wait_durable`. ``wake=False``: the caller
+        is about to wait for it, and then writes the group itself (see the
+        module docstring); the flusher thread is not woken. Raises ValueError
+        for a bad type/term/size, WalWriteError if the log has failed, WalError
+        if closed.
         """
+        # The CRC pass and copy run outside the lock, for the LSN this append
+        # will most likely get (the engine serialises its appends); re-encoded
+        # under the lock if another append took it first.
+        guess = self._last_lsn + 1
+        record = encode_record(guess, term, rtype, payload)
         with self._mu:
             self._check_writable()
             lsn = self._last_lsn + 1
-            self._buf.append(encode_record(lsn, term, rtype, payload))
+            if lsn != guess:
+                record = encode_record(lsn, term, rtype, payload)
+            self._buf.append(record)
             self._last_lsn = lsn
-            self._work_cv.notify()
+            if wake:
+                self._work_cv.notify()
             return Lsn(lsn, self._gen)
 
-    def append_at(self, lsn: int, term: int, rtype: int, payload: bytes) -> None:
-        """Buffer a record at a given LSN (replicas); ValueError unless it is last_lsn + 1."""
+    def append_at(self, lsn: int, term: int, rtype: int, payload: bytes, *, wake: bool = True) -> None:
+        """Buffer a record at a given LSN (replicas); ValueError unless it is
+        last_lsn + 1. ``wake``: as for :meth:`append`."""
+        record = encode_record(lsn, term, rtype, payload)
         with self._mu:
             self._check_writable()
             if lsn != self._last_lsn + 1:
                 raise ValueError(f"append_at lsn {lsn}, but the next LSN is {self._last_lsn + 1}")
-            self._buf.append(encode_record(lsn, term, rtype, payload))
+            self._buf.append(record)
             self._last_lsn = lsn
-            self._work_cv.notify()
+            if wake:
+                self._work_cv.notify()
 
     def wait_durable(self, lsn: int, timeout: float | None = None) -> bool:
         """Block until ``durable_lsn >= lsn``; False on timeout.
@@ -365,10 +417,31 @@ class WriteAheadLog:
                     raise self._fatal
                 if self._closed:
                     raise WalError(f"WAL {self._dir} is closed; lsn {int(lsn)} is not durable")
+                if timeout is None and self._buf and not self._flushing and not self._stopping:
+                    self._flush_as_writer()  # releases and re-takes _mu
+                    continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._durable_cv.wait(remaining)
+
+    def _flush_as_writer(self) -> None:
+        """Flush the buffered group from a waiting writer's thread (``_mu`` held
+        on entry and on return, released meanwhile). Only blocking waits do
+        this: a poll (timeout 0, e.g. the reconciler under the engine's append
+        lock) must never end up in an fsync."""
+        self._flushing = True
+        self._mu.release()
+        try:
+            self._flush_group()
+        except Exception as exc:
+            # As in the flusher thread: a bug must not leave waiters blocked.
+            logger.exception("WAL %s: a writer's group flush failed", self._dir)
+            self._enter_fatal(exc, "group flush")
+        finally:
+            self._mu.acquire()
+            self._flushing = False
+            self._durable_cv.notify_all()  # the next waiter flushes the next group
 
     def sync(self) -> None:
         """Flush everything appended so far and wait until it is durable."""
