@@ -10,4 +10,8 @@
 - ``concept_reads``: multi-get, scroll and count across shards.
 - ``client``: ``ShardedClient``, the earlier name of the routing ``sutra_cluster.client.SutraClient``.
 - ``router``: the router process, serving the whole cluster as one StorageService.
+- ``reshard`` (the driver and ``sutra-cluster reshard``), ``reshard_state`` (its
+  record and lock in etcd), ``reshard_node`` (ReshardService on every node) and
+  ``reshard_follow`` (routers and clients following map versions): online
+  resharding, docs/HA.md "Resharding".
 """
