@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--limit", type=int, default=0, help="only the last N changes")
     _output_flags(hi)
     hi.set_defaults(func=_ops("history"))
-    pa = sub.add_parser("pause", help="maintenance mode: no automatic failover or sync-set change until resume")
+    pa = sub.add_parser("pause", help="maintenance mode: no automatic failover, no sync-set member replaced, until resume")
     _etcd_flags(pa, "only this shard (default every shard)")
     pa.add_argument("--reason", help="shown by status")
     pa.set_defaults(func=_ops("pause"))

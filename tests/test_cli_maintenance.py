@@ -44,6 +44,18 @@ def test_paused_shard_without_a_leader_waits_instead_of_acquiring() -> None:
         WAIT, "no leader at term 3: maintenance mode (paused), no automatic failover; n2 (LSN 10) would take over")
 
 
+def test_paused_shard_lets_only_a_switchover_target_take_the_released_key() -> None:
+    members = {"n2": _member("n2"), "n3": _member("n3")}
+    to_n3 = ClusterSnapshot(leader=None, term=3, members=members, pause=PAUSE, switchover_to="n3")
+    assert decide(to_n3, _local("n3"), SYNC) == Action(ACQUIRE, "promoted self: leader key acquired at term 4", term=4)
+    assert decide(to_n3, _local("n2"), SYNC) == Action(
+        WAIT, "no leader at term 3: n3 (LSN 10) should take over")
+    # A target behind the others is not the candidate: the pause holds.
+    behind = ClusterSnapshot(leader=None, term=3, members={"n2": _member("n2"), "n3": _member("n3", 9)},
+                             pause=PAUSE, switchover_to="n3")
+    assert decide(behind, _local("n2"), SYNC).kind == WAIT and decide(behind, _local("n3"), SYNC).kind == WAIT
+
+
 def test_paused_replica_does_not_revoke_a_refusing_leader() -> None:
     key = LeaderKey("n1", "n1:1", 3, 7)
     members = {"n1": _member("n1", role="leader"), "n2": _member("n2")}
@@ -57,7 +69,7 @@ def test_paused_leader_renews_and_says_the_sync_set_stays() -> None:
     key = LeaderKey("n1", "n1:1", 3, 7)
     snap = ClusterSnapshot(leader=key, term=3, members={"n1": _member("n1", role="leader")}, pause=PAUSE)
     assert decide(snap, _local("n1", role="leader"), SYNC) == Action(
-        RENEW, "renewed leader key at term 3 (maintenance mode: the sync set is not changed)")
+        RENEW, "renewed leader key at term 3 (maintenance mode: no sync-set member is replaced)")
 
 
 def test_pause_key_parses_and_any_hand_written_value_pauses() -> None:
@@ -78,12 +90,33 @@ def test_paused_sync_leader_keeps_its_key_and_its_sync_set_while_the_member_is_g
     sim.store.put(PREFIX + "pause", PAUSE.encode())
     lead.followers["n2"].connected = False  # the sync member is gone
     sim.run(3 * TTL, "n1", "n3")  # unpaused, this replaces n2 by n3 after the grace period
-    assert sim["n1"].tick() == Action(RENEW, "renewed leader key at term 1 (maintenance mode: the sync set is not changed)")
+    assert sim["n1"].tick() == Action(RENEW, "renewed leader key at term 1 (maintenance mode: no sync-set member is replaced)")
     assert sync_state(sim) == ("n1", 1, ("n2",)) and sim.leaders() == ["n1"]
     with sim.store.lock:
         del sim.store.kv[PREFIX + "pause"]
     sim.run(0.3, "n1", "n3")
     assert sync_state(sim) == ("n1", 1, ("n3",))
+
+
+def test_paused_sync_leader_still_fills_an_empty_sync_set() -> None:
+    sim = Sim(Clock(), set(), "sync")
+    sim.elect_n1()
+    lead = sim["n1"].m.leader
+    sim.connect("n1")
+    lead.max_committed = 11
+    lead.followers["n2"].connected = False
+    sim.run(2 * TTL, "n1", "n2", "n3")  # the grace period ends: n3 replaces n2
+    assert sync_state(sim) == ("n1", 1, ("n3",))
+    lead.followers["n3"].connected = False  # n3 goes, n2 is back but behind the commit point
+    lead.followers["n2"].connected, lead.followers["n2"].flushed = True, 10
+    sim.clock.advance(0.1)
+    sim["n1"].tick()
+    assert sync_state(sim) == ("n1", 1, ())
+    sim.store.put(PREFIX + "pause", PAUSE.encode())
+    lead.followers["n2"].flushed = 11  # n2 catches up while paused: it takes the empty seat
+    sim.clock.advance(0.1)
+    sim["n1"].tick()
+    assert sync_state(sim) == ("n1", 1, ("n2",)) and lead.sync_ids == ("n2",)
 
 
 # ---- the user's run: real etcd, real processes -------------------------------------------
@@ -104,6 +137,12 @@ def test_pause_sigkill_leader_no_failover_until_resume_then_history(tmp_path: Pa
                 time.sleep(0.1)
             st = cli("status", "--etcd", ep)
             assert st.returncode == 0 and "shard 0: MAINTENANCE MODE since" in st.stdout and "(etcd upgrade)" in st.stdout
+            # An operator's switchover still works while paused; then the test goes on with its target.
+            sw = cli("switchover", "--etcd", ep)
+            assert sw.returncode == 0 and "switchover done" in sw.stdout, sw.stderr
+            key0 = coord.snapshot().leader
+            assert key0 is not None and key0.node_id != first.name
+            first = next(n for n in c.shards[0] if n.name == key0.node_id)
 
             first.kill()
             killed_at = time.monotonic()

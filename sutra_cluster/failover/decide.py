@@ -134,7 +134,7 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
                           release=True)
         action = _lead_on(snap, me, s, key.term)
         if snap.paused and action.kind == RENEW and not action.target:
-            return Action(RENEW, f"{action.reason} (maintenance mode: the sync set is not changed)")
+            return Action(RENEW, f"{action.reason} (maintenance mode: no sync-set member is replaced)")
         return action
     if key is not None:
         if me.role == Role.LEADER:
@@ -176,8 +176,9 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
     if best is None:
         return Action(WAIT, f"no leader at term {snap.term}: {why}")
     new_term = max(snap.term, me.term) + 1
-    if snap.paused:
-        # Patroni's pause: the shard stays without a leader until `sutra-cluster resume`.
+    if snap.paused and best.node_id != snap.switchover_to:
+        # Patroni's pause: the shard stays without a leader until `sutra-cluster resume`;
+        # only an operator's switchover (its target, released to) goes on.
         return Action(WAIT, f"no leader at term {snap.term}: maintenance mode (paused), no automatic failover; "
                             f"{best.node_id} (LSN {best.flushed_lsn}) would take over")
     if best.node_id == me.node_id:

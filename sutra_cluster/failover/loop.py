@@ -274,11 +274,14 @@ class HaLoop:
         assert self.key is not None
         if snap.switchover_to == self.cfg.node_id:
             self.coord.clear_switchover()
-        # Maintenance mode: the sync set stays as it is (sutra-cluster pause).
-        if self.settings.commit_mode == CommitMode.SYNC and not snap.paused:
-            self._maintain_sync_set(snap)
+        if self.settings.commit_mode == CommitMode.SYNC:
+            self._maintain_sync_set(snap, grow_only=snap.paused)
 
-    def _maintain_sync_set(self, snap: ClusterSnapshot) -> None:
+    def _maintain_sync_set(self, snap: ClusterSnapshot, grow_only: bool = False) -> None:
+        """``grow_only`` (maintenance mode): no member leaves the set, but an
+        unfilled one (empty right after an election, say) still gains caught-up
+        replicas; otherwise a paused shard whose leader dies could never elect
+        again, even after resume (no sync-set member alive)."""
         assert self.key is not None
         now = self.clock()
         grace = self._sync_grace if now < self._sync_grace_until else {}
@@ -286,6 +289,8 @@ class HaLoop:
         current = self.node.sync_members() or ()
         published = snap.sync.members if snap.sync is not None and snap.sync.term == self.key.term else None
         if set(wanted) == set(current) and published == wanted:
+            return
+        if grow_only and not set(current) | set(published or ()) <= set(wanted):
             return
         # Members that leave stop counting before the new set is published; new
         # ones count only once it is (so the counted set is always published).

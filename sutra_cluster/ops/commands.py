@@ -234,7 +234,7 @@ def _maintenance(args: argparse.Namespace, on: bool) -> int:
         coord.close()
     which = ", ".join(str(n) for n in shards)
     if on:
-        print(f"maintenance mode on for shard(s) {which}: no automatic failover and no sync-set change until "
+        print(f"maintenance mode on for shard(s) {which}: no automatic failover and no sync-set member replaced until "
               f"`sutra-cluster resume`; a leader that dies stays down until then")
     else:
         print(f"maintenance mode off for shard(s) {which}: automatic failover is back")

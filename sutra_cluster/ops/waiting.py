@@ -41,22 +41,24 @@ def retryable(exc: BaseException) -> bool:
     return False
 
 
-def policy(timeout: float, reraise: bool = False) -> Retrying:
+def policy(timeout: float, reraise: bool = False, first_s: float = FIRST_S, max_s: float = MAX_S) -> Retrying:
     """The tenacity policy: backoff with jitter, stop at ``timeout`` seconds
-    (``reraise``: then raise the last error itself, not tenacity's RetryError)."""
+    (``reraise``: then raise the last error itself, not tenacity's RetryError).
+    ``max_s`` lower for a wait whose duration is reported (a switchover's)."""
     # wait_exponential + wait_random rather than wait_exponential_jitter: the same
     # curve, and its arguments mean the same in every tenacity the project allows.
     return Retrying(stop=stop_after_delay(timeout),
-                    wait=wait_exponential(multiplier=FIRST_S, max=MAX_S) + wait_random(0, FIRST_S),
+                    wait=wait_exponential(multiplier=first_s, max=max_s) + wait_random(0, first_s),
                     retry=retry_if_exception(retryable), reraise=reraise)
 
 
-def wait_until(cond: Callable[[], T], timeout: float, what: str) -> T:
+def wait_until(cond: Callable[[], T], timeout: float, what: str, *, first_s: float = FIRST_S,
+               max_s: float = MAX_S) -> T:
     """Call ``cond`` until it returns something truthy and return that. A
     non-retryable error from ``cond`` is raised at once; at the deadline
     TimeoutError says ``what`` did not happen and the last reason."""
     try:
-        for attempt in policy(timeout):
+        for attempt in policy(timeout, first_s=first_s, max_s=max_s):
             with attempt:
                 value = cond()
                 if not value:
