@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 from sutra_cluster.pb import storage_pb2 as pb  # noqa: E402
 from sutra_cluster.pb import storage_pb2_grpc  # noqa: E402
 from tests.shard_cluster import ShardedCluster, sharded_cluster  # noqa: E402
+from tests.txn_check import start_router  # noqa: E402
 
 
 def batch(ids: list[str], tag: str) -> pb.LearnBatchRequest:
@@ -94,8 +95,9 @@ def main() -> int:
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-txn-") as tmp, \
-            sharded_cluster(Path(tmp), shards=2, per_shard=1 + args.replicas, mode=args.mode) as c:
-        plain = c.add_router("plain", {"VECTOR_DIMENSION": "8", "SUTRA_ROUTER_ATOMIC": "off"})
+            sharded_cluster(Path(tmp), shards=2, per_shard=1 + args.replicas, mode=args.mode, routers=0) as c:
+        start_router(c, "atomic")
+        plain = start_router(c, "plain", {"SUTRA_ROUTER_ATOMIC": "off"})
         lat = run(c, plain.address, args.rounds, args.batch)
     rows = {name: {"p50_ms": pct(xs, 50) * 1e3, "p90_ms": pct(xs, 90) * 1e3, "p99_ms": pct(xs, 99) * 1e3,
                    "mean_ms": statistics.fmean(xs) * 1e3, "n": len(xs)} for name, xs in lat.items()}

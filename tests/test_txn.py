@@ -13,7 +13,7 @@ from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
 from sutra_cluster.txn.decision import DecisionStore, txn_id_for
 from tests.shard_cluster import sharded_cluster
-from tests.txn_check import XBatch, open_txns, settle, spread, state_of, token
+from tests.txn_check import XBatch, open_txns, settle, spread, start_router, state_of, token
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_router_dying_between_the_phases_leaves_every_batch_whole_or_absent(tmp_
                 b = XBatch(f"b-{fault}", spread(c, f"f{i}x", [0, 1]))
                 b.edges = [(b.concepts[0], b.concepts[3]), (b.concepts[3], b.concepts[0])]
                 batches[fault] = b
-                dying = c.add_router(f"r-{fault}", {"VECTOR_DIMENSION": "8", "SUTRA_FAULT_TXN": fault})
+                dying = start_router(c, f"r-{fault}", {"SUTRA_FAULT_TXN": fault})
                 ch, r = _router_stub(dying.address)
                 with pytest.raises(grpc.RpcError) as err:
                     r.LearnBatch(b.request(), timeout=30)

@@ -4,6 +4,7 @@ Real engine, real WAL and fsync, no network."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from sutra_cluster.storage.prepared import TxnConflict, TxnLocked
 
 def _open(path: Path) -> tuple[Engine, ReplicationManager]:
     cfg = config.load({"STORAGE_PATH": str(path), "VECTOR_DIMENSION": "4", "SUTRA_NODE_ID": "n1",
-                       "SUTRA_NODE_ROLE": "leader", "SUTRA_COMMIT_MODE": "async"})
+                       "SUTRA_NODE_ROLE": "leader", "SUTRA_COMMIT_MODE": "async", "SUTRA_READ_WAIT_MS": "1500"})
     eng = Engine(cfg)
     m = ReplicationManager(eng, cfg)
     m.start()
@@ -66,13 +67,21 @@ def test_prepared_part_is_invisible_locked_then_committed(node: list, tmp_path: 
     eng: Engine = node[0][0]
     p = eng.prepare_txn(_prep("t1", "a", "b", edge=("a", "x")))
     eng.wait_visible(p)
-    assert eng.get_concept("a") is None and [t.txn_id for t in eng.txns.snapshot()] == ["t1"]
+    assert eng.state.concepts.get("a") is None and [t.txn_id for t in eng.txns.snapshot()] == ["t1"]
+    with pytest.raises(TxnLocked, match="t1"):
+        eng.get_concept("a")  # a read by key waits for the outcome (SUTRA_READ_WAIT_MS), then is retryable
+    assert eng.get_concept("unrelated") is None  # other keys read at once
+    seen: list[object] = []
+    reader = threading.Thread(target=lambda: seen.append(eng.neighbors("x")))
+    reader.start()  # waits: x is the target of the prepared edge
     with pytest.raises(TxnLocked, match="t1"):
         eng.submit(_plain("x"))  # the target of the prepared edge is locked too
     with pytest.raises(TxnConflict, match="t1"):
         eng.prepare_txn(_prep("t2", "b"))
     assert eng.prepare_txn(_prep("t1", "a", "b", edge=("a", "x"))) == p  # idempotent
     c = eng.decide_txn("t1", True)
+    reader.join(timeout=10)
+    assert seen == [[("a", 0, 0.0, False)]], "the waiting reader saw the committed part"
     assert c > p and eng.decide_txn("t1", True) == c  # a repeated commit answers the same LSN
     eng.wait_visible(c)
     assert eng.get_concept("a") is not None and eng.neighbors("a") == [("x", 0, 0.0, True)]

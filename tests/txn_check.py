@@ -11,7 +11,7 @@ import grpc
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc, txn_pb2, txn_pb2_grpc
 from tests.helpers import wait_for
-from tests.shard_cluster import ShardedCluster
+from tests.shard_cluster import RouterProcess, ShardedCluster
 
 
 @dataclass
@@ -126,3 +126,18 @@ def spread(c: ShardedCluster, prefix: str, shards: Sequence[int], per_shard: int
     for s in shards:
         out += c.ids_on(s, per_shard, prefix=prefix, start=start)
     return out
+
+
+def start_router(c: ShardedCluster, name: str, env: dict[str, str] | None = None, tries: int = 3) -> RouterProcess:
+    """A router, started again (up to ``tries`` times) when it exits at start because
+    etcd answered its first read too slowly (seen at load average ~30 on 2 cores)."""
+    for attempt in range(tries):
+        r = c.add_router(name if attempt == 0 else f"{name}.{attempt}", {"VECTOR_DIMENSION": "8", **(env or {})},
+                         start=False)
+        try:
+            return r.start()
+        except AssertionError:
+            r.stop()
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")

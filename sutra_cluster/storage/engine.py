@@ -569,6 +569,7 @@ class Engine(HistoryOps, TxnOps):
                 )
 
     def get_concept(self, cid: str) -> Concept | None:
+        self.wait_txns((cid,))  # a concept of a cross-shard transaction being committed: its outcome
         return self.state.concepts.get(cid)
 
     def embedding(self, cid: str) -> bytes:
@@ -578,6 +579,7 @@ class Engine(HistoryOps, TxnOps):
         return b"" if vec is None else vec.astype("<f4").tobytes()
 
     def neighbors(self, cid: str, outgoing: bool = True, incoming: bool = True) -> list[tuple[str, int, float, bool]]:
+        self.wait_txns((cid,))  # its edges may be in a cross-shard transaction being committed
         with self._lock:
             return self.state.neighbors(cid, outgoing, incoming)
 

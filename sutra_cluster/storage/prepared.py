@@ -38,6 +38,7 @@ from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog
 from sutra_cluster.storage.wal_format import RT_BATCH, RT_PREPARE, RT_TXN_ABORT
 
 if TYPE_CHECKING:
+    from sutra_cluster.config import Config
     from sutra_cluster.storage.engine import Leadership
     from sutra_cluster.storage.tail import WalTail
 
@@ -89,6 +90,7 @@ class PreparedTxns:
         self.locks: dict[str, str] = {}  # concept id -> txn id
         self.decided: OrderedDict[str, tuple[bool, int]] = OrderedDict()  # txn id -> (committed, LSN)
         self._mu = threading.Lock()
+        self._resolved = threading.Condition(self._mu)  # readers waiting for a held concept
 
     def __len__(self) -> int:
         return len(self.open)
@@ -98,6 +100,27 @@ class PreparedTxns:
             self.open.clear()
             self.locks.clear()
             self.decided.clear()
+            self._resolved.notify_all()
+
+    def wait_released(self, keys: Iterable[str], timeout_s: float) -> int:
+        """Wait until no prepared part holds any of ``keys``; returns the LSN of
+        the outcome (commit or abort record) of the last part that held one, 0
+        when none did. Raises TxnLocked after ``timeout_s``."""
+        keys = list(keys)
+        deadline = time.monotonic() + timeout_s
+        outcome = 0
+        with self._mu:
+            while True:
+                held = next((t for k in keys if (t := self.locks.get(k)) is not None), None)
+                if held is None:
+                    return outcome
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._resolved.wait(left):
+                    raise TxnLocked(f"a concept this read names is held by the prepared cross-shard transaction "
+                                    f"{held} for over {timeout_s * 1000:.0f} ms (SUTRA_READ_WAIT_MS); retry shortly")
+                done = self.decided.get(held)
+                if done is not None:
+                    outcome = max(outcome, done[1])
 
     # ---- what the log says -------------------------------------------------
     def observe(self, rtype: int, payload: bytes, lsn: int, batch: wal_pb2.WalBatch | None = None) -> None:
@@ -131,6 +154,8 @@ class PreparedTxns:
             self.decided.move_to_end(txn_id)
             while len(self.decided) > DECIDED_KEPT:
                 self.decided.popitem(last=False)
+            if p is not None:
+                self._resolved.notify_all()
 
     def _unlock(self, p: Prepared) -> None:
         for k in p.keys:
@@ -195,7 +220,10 @@ class TxnOps:
     _leadership: Leadership | None
     pending_items: int
 
+    cfg: Config
+
     if TYPE_CHECKING:
+        def wait_visible(self, sequence: int, timeout_s: float | None = None) -> None: ...
         def check_writable(self) -> None: ...
         def _remember(self, request_id: str, lsn: int, fingerprint: int) -> None: ...
         def _commit(self, lsn: int, lead: Leadership) -> None: ...
@@ -204,7 +232,8 @@ class TxnOps:
     def prepare_txn(self, prep: wal_pb2.WalPrepare) -> int:
         """Log ``prep`` as prepared and return its LSN once committed (durable,
         and acknowledged by the sync replicas in sync mode). A repeated prepare
-        of an open transaction answers with the first LSN. Raises TxnConflict
+        of an open transaction answers with the first LSN, of a committed one
+        with the commit's LSN (nothing is logged). Raises TxnConflict
         when another prepared transaction holds one of its concept ids, and what
         ``submit`` raises (NotLeader, Unavailable) otherwise."""
         self.check_writable()
@@ -220,8 +249,7 @@ class TxnOps:
             else:
                 done = self.txns.decided.get(prep.txn_id)
                 if done is not None and done[0]:
-                    raise FailedPrecondition(f"transaction {prep.txn_id} is already committed here at sequence "
-                                             f"{done[1]}")
+                    return done[1]  # a retry of a committed transaction: nothing to log
                 admit = getattr(self, "admit", None)  # the shard guard's fence (resharding), if installed
                 if admit is not None:
                     # Concepts and edge sources only: a delete may be the purge of another shard's concept.
@@ -295,6 +323,18 @@ class TxnOps:
         self.recent.append(lsn, term, rtype, payload)
         self._unapplied.append((lsn, None, 0))
         return lsn
+
+    def wait_txns(self, keys: Iterable[str]) -> None:
+        """Before a read by key: wait until no prepared part holds ``keys`` and
+        the outcome of any that did is visible here, so a reader never sees one
+        shard's part of a committed transaction and then another shard without
+        its part. Free when nothing is prepared. Raises TxnLocked (retryable)
+        after SUTRA_READ_WAIT_MS."""
+        if not self.txns.locks:
+            return
+        lsn = self.txns.wait_released(keys, self.cfg.read_wait_ms / 1000.0)
+        if lsn:
+            self.wait_visible(lsn)
 
     def _durable_and_committed(self, lsn: int, lead: Leadership) -> None:
         try:

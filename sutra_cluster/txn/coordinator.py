@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from sutra_cluster.errors import FailedPrecondition, SutraError, Unavailable
+from sutra_cluster.errors import SutraError, Unavailable
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import txn_pb2, txn_pb2_grpc
-from sutra_cluster.txn.decision import Decision, DecisionStore, txn_id_for
+from sutra_cluster.txn.decision import DecisionStore, txn_id_for
 
 if TYPE_CHECKING:
     from sutra_cluster.sharding.core import ShardSet
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FAULTS = ("exit-after-prepare", "exit-after-decision", "exit-after-first-commit")
-MAX_ATTEMPTS = 1000
+MAX_ATTEMPTS = 100  # aborted attempts of one request id before the client must pick a new id
 
 
 class TxnAborted(Unavailable):
@@ -81,39 +81,36 @@ class TxnCoordinator:
     def _call(ss: ShardSet, shard: int, method: str, request: Any) -> Any:
         return ss.links[shard].call(method, request, write=True, service=txn_pb2_grpc.TxnServiceStub)
 
-    def _begin(self, ss: ShardSet, request_id: str, client_id: bool) -> tuple[str, Decision | None]:
-        """The transaction id to use, and its decision when it has one already
-        (a retry of a committed batch). An attempt a recoverer aborted is
-        finished (its parts dropped) and the next attempt's id is used."""
-        if not client_id:
-            return f"t-{uuid.uuid4().hex[:24]}", None
-        for attempt in range(MAX_ATTEMPTS):
-            txn = txn_id_for(request_id, attempt)
-            d = self.store.get(txn)
-            if d is None or d.commit:
-                return txn, d
-            self._decide_all(ss, txn, d.shards, False, f"attempt {attempt} was aborted")
-        raise FailedPrecondition(f"request_id {request_id!r}: {MAX_ATTEMPTS} attempts were aborted; "
-                                 "send the batch with a new request_id")
-
     def run(self, ss: ShardSet, parts: Mapping[int, pb.LearnBatchRequest], request_id: str,
             client_id: bool) -> dict[int, int]:
         """Apply ``parts`` (shard -> part) on all their shards or on none; returns
         each shard's commit LSN. Raises TxnAborted when it was aborted (nothing
         applied), Unavailable when the decision is commit but a shard could not
-        be told yet (it will apply it by itself: the write stands)."""
+        be told yet (it will apply it by itself: the write stands).
+
+        With a client's request id the transaction id is derived from it, so a
+        retry finds the same transaction: a committed one is answered (a prepare
+        of a committed transaction is a no-op on every node, and the decision
+        found is commit), and after an attempt a recoverer aborted, the next
+        attempt id is used. The common path reads nothing from etcd: only a
+        decision that comes back "abort" costs lookups."""
         shards = sorted(parts)
-        txn, done = self._begin(ss, request_id, client_id)
-        if done is None:
-            self._prepare(ss, txn, parts, shards)
-            self._die("exit-after-prepare")
-            done = self.store.decide(txn, True, shards)
-            if not done.commit:
-                self._decide_all(ss, txn, shards, False, "aborted by recovery")
+        attempt = 0
+        while True:
+            txn = txn_id_for(request_id, attempt) if client_id else f"t-{uuid.uuid4().hex[:24]}"
+            done = self.store.get(txn) if attempt else None
+            if done is None:
+                self._prepare(ss, txn, parts, shards)
+                self._die("exit-after-prepare")
+                done = self.store.decide(txn, True, shards)
+            if done.commit:
+                self._die("exit-after-decision")
+                return self._commit(ss, txn, shards)
+            self._decide_all(ss, txn, shards, False, "aborted by recovery")
+            attempt += 1
+            if not client_id or attempt >= MAX_ATTEMPTS:
                 raise TxnAborted(f"cross-shard batch {txn} was aborted by recovery (its prepare outlived "
                                  "SUTRA_TXN_TIMEOUT_MS before the decision); nothing was applied: retry it")
-            self._die("exit-after-decision")
-        return self._commit(ss, txn, shards)
 
     def _prepare(self, ss: ShardSet, txn: str, parts: Mapping[int, pb.LearnBatchRequest],
                  shards: list[int]) -> None:

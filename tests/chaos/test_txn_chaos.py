@@ -23,7 +23,7 @@ import pytest
 
 from sutra_cluster.pb import storage_pb2_grpc
 from tests.shard_cluster import RouterProcess, ShardedCluster, sharded_cluster
-from tests.txn_check import XBatch, open_txns, settle, spread, wait_resolved
+from tests.txn_check import XBatch, open_txns, settle, spread, start_router, wait_resolved
 
 pytestmark = pytest.mark.slow  # starts etcd, four nodes and routers
 
@@ -96,12 +96,12 @@ def _start_routers(c: ShardedCluster, faults: list[str]) -> list[RouterProcess]:
                for r, f in enumerate(faults)]
     for r in routers:
         r.start(wait=False)
-    for r in routers:
+    for i, r in enumerate(routers):
         try:
             r.wait_ready()
-        except AssertionError:
+        except AssertionError:  # etcd answered its first read too slowly: once more, by the shared helper
             r.stop()
-            r.start()
+            routers[i] = start_router(c, f"{r.name}.again", {"SUTRA_FAULT_TXN": faults[i]})
     return routers
 
 
