@@ -237,8 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--leader", required=True)
     fo.set_defaults(func=_follow)
     st = sub.add_parser("status", help="every shard's members: role, state, term, LSNs, lag, version; down members too",
-                        description="Exit codes: 0 every shard has a leader and every member answers; 1 a member "
-                        "is down or unreachable, or a shard has no leader; 2 usage; 3 etcd unreachable.")
+                        description="Without --etcd, SUTRA_ETCD_ENDPOINTS or --nodes: the local cluster that "
+                        "`local up` started from this folder. Exit codes: 0 every shard has a leader and every "
+                        "member answers; 1 a member is down or unreachable, or a shard has no leader; 2 usage; "
+                        "3 etcd unreachable.")
     st.add_argument("--nodes", help="host:port,... of the nodes to ask (no etcd)")
     _etcd_flags(st, "only this shard (default all)")
     _output_flags(st)

@@ -6,6 +6,7 @@ Ctrl-C."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -34,7 +35,8 @@ def test_version() -> None:
 
 
 def test_status_usage_and_etcd_down_exit_codes(tmp_path: Path) -> None:
-    env_less = cli("status")
+    env_less = subprocess.run([tool("sutra-cluster"), "status"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, env={k: v for k, v in os.environ.items() if k != "SUTRA_ETCD_ENDPOINTS"})
     assert env_less.returncode == 2 and "--etcd" in env_less.stderr
     bad_watch = cli("status", "--etcd", "127.0.0.1:1", "--watch", "0.01")
     assert bad_watch.returncode == 2 and "--watch 0.01" in bad_watch.stderr and "0.2..3600" in bad_watch.stderr
@@ -73,6 +75,17 @@ def test_status_every_shard_dead_member_down_and_watch(tmp_path: Path) -> None:
         lines = t.stdout.splitlines()
         assert "4 of 4 members up" in lines[0] and "VERSION" in lines[1] and "LAST SEEN" in lines[1]
         assert sum(1 for ln in lines[2:] if __version__ in ln) == 4
+        # No flags, in a folder where `local up` left its state: that cluster.
+        here = tmp_path / "work"
+        (here / ".local-cluster").mkdir(parents=True)
+        (here / ".local-cluster" / "cluster.json").write_text(json.dumps(
+            [{"name": "etcd", "role": "etcd", "pid": 0, "port": c.etcd.client_port, "metrics_port": 0, "data": "",
+              "log": ""}]))
+        env = {k: v for k, v in os.environ.items() if k != "SUTRA_ETCD_ENDPOINTS"}
+        bare = subprocess.run([tool("sutra-cluster"), "status", "--json"], cwd=here, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert bare.returncode == 0, bare.stderr
+        assert len(json.loads(bare.stdout)["shards"]) == 2
         one = cli("status", "--etcd", c.etcd.endpoint, "--shard", "1", "--json")
         assert [s["shard"] for s in json.loads(one.stdout)["shards"]] == [1]
         # Without etcd: the listed nodes, named and versioned by themselves.

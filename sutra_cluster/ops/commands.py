@@ -102,10 +102,38 @@ def _read_view(args: argparse.Namespace) -> ClusterView:
     return from_etcd(etcd_endpoints(args), args.cluster, shards)
 
 
+LOCAL_DIR = ".local-cluster"  # `sutra-cluster local up`'s default folder
+
+
+def local_etcd(root: str = LOCAL_DIR) -> str:
+    """The etcd endpoint of a local cluster started from this folder (``local up``),
+    or ''. Its cluster secret, if any, goes into this process's environment so
+    the nodes answer the admin calls (this command is a short-lived process)."""
+    import json
+    from pathlib import Path
+
+    base = Path(root)
+    try:
+        procs = json.loads((base / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    port = next((p.get("port") for p in procs if isinstance(p, dict) and p.get("role") == "etcd"), None)
+    if not port:
+        return ""
+    secret = base / "cluster-secret"
+    if secret.exists() and not os.environ.get("SUTRA_CLUSTER_SECRET"):
+        os.environ["SUTRA_CLUSTER_SECRET"] = secret.read_text().strip()
+        os.environ["SUTRA_CLUSTER_SECRET_FILE"] = ""
+    return f"127.0.0.1:{port}"
+
+
 def status(args: argparse.Namespace) -> int:
     fmt = fmt_of(args)
     if not addresses(args.nodes) and not etcd_endpoints(args):
-        _err("status", "give --etcd host:port,... (or set SUTRA_ETCD_ENDPOINTS), or --nodes host:port,...")
+        args.etcd = local_etcd()  # no flags: the local cluster of this folder, as `local up` left it
+    if not addresses(args.nodes) and not etcd_endpoints(args):
+        _err("status", "give --etcd host:port,... (or set SUTRA_ETCD_ENDPOINTS), or --nodes host:port,..., "
+             f"or run it where `sutra-cluster local up` made {LOCAL_DIR}/")
         return USAGE
     if args.watch is not None and not WATCH_MIN_S <= args.watch <= WATCH_MAX_S:
         _err("status", f"--watch {args.watch}: the refresh interval must be {WATCH_MIN_S}..{WATCH_MAX_S:.0f} seconds")
