@@ -162,8 +162,8 @@ def create_cert(certs_dir: Path, role: str, name: str, hosts: tuple[str, ...] | 
     return Made(crt, keyp, role, name, hosts, not_after)
 
 
-def describe(path: Path) -> str:
-    """One line about a certificate file: role, name, SAN hosts, expiry."""
+def cert_info(path: Path) -> dict[str, object]:
+    """A certificate file's file name, role, name, SAN hosts and expiry (``certs list -o json``)."""
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -172,8 +172,15 @@ def describe(path: Path) -> str:
     found = role_from_uris(san.get_values_for_type(x509.UniformResourceIdentifier))
     hosts = [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
     role, name = found if found else ("ca" if path.name == "ca.crt" else "client (no role URI)", "")
-    return (f"{path.name:<28} role {role:<7} {name:<16} hosts {','.join(hosts) or '-':<30} "
-            f"expires {cert.not_valid_after_utc:%Y-%m-%d}")
+    return {"file": path.name, "role": role, "name": name, "hosts": hosts,
+            "expires": f"{cert.not_valid_after_utc:%Y-%m-%d}"}
+
+
+def describe(path: Path) -> str:
+    """One line about a certificate file: role, name, SAN hosts, expiry."""
+    i = cert_info(path)
+    hosts = ",".join(i["hosts"]) or "-"  # type: ignore[arg-type]
+    return f"{i['file']!s:<28} role {i['role']!s:<7} {i['name']!s:<16} hosts {hosts:<30} expires {i['expires']}"
 
 
 def list_certs(certs_dir: Path) -> list[str]:

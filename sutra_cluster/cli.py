@@ -200,6 +200,11 @@ def _certs(args: argparse.Namespace) -> int:
     d = Path(args.certs_dir)
     try:
         if args.action == "list":
+            if args.json or args.output != "table":
+                from sutra_cluster.ops import output
+
+                output.dump([certs.cert_info(p) for p in sorted(d.glob("*.crt"))], "json" if args.json else args.output)
+                return 0
             print("\n".join(certs.list_certs(d)) or f"no certificates in {d}")
             return 0
         if args.action == "create-ca":
@@ -324,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--certs-dir", default="certs", help="folder with ca.crt/ca.key and the certificates")
     ce.add_argument("--days", type=int, default=0, help="validity (default 3650 for the CA, 730 otherwise)")
     ce.add_argument("--overwrite", action="store_true", help="create-ca: replace an existing CA")
+    _output_flags(ce)
     ce.set_defaults(func=_certs)
     from sutra_cluster.sharding import reshard  # reshard [run|status|abort] --to S (sharding/reshard.py)
 

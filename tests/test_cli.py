@@ -137,3 +137,17 @@ def test_status_every_shard_dead_member_down_and_watch(tmp_path: Path) -> None:
         assert code == 0 and victim.name not in [m["node"] for m in d["shards"][1]["members"]]
         live = cli("forget", c.shards[0][0].name, "--etcd", c.etcd.endpoint, "--shard", "0")
         assert live.returncode == 1 and "live member" in live.stderr
+
+
+def test_certs_list_as_table_json_and_yaml(tmp_path: Path) -> None:
+    d = str(tmp_path / "certs")
+    assert cli("certs", "create-ca", "--certs-dir", d).returncode == 0
+    assert cli("certs", "create-node", "n1", "localhost", "127.0.0.1", "--certs-dir", d).returncode == 0
+    j = cli("certs", "list", "--certs-dir", d, "--json")
+    assert j.returncode == 0, j.stderr
+    doc = json.loads(j.stdout)
+    assert [(c["file"], c["role"], c["name"], c["hosts"]) for c in doc] == \
+        [("ca.crt", "ca", "", []), ("node.n1.crt", "node", "n1", ["localhost", "127.0.0.1"])]
+    assert yaml.safe_load(cli("certs", "list", "--certs-dir", d, "-o", "yaml").stdout) == doc
+    table = cli("certs", "list", "--certs-dir", d).stdout.splitlines()
+    assert table[1].startswith("node.n1.crt") and "role node" in table[1] and "localhost,127.0.0.1" in table[1]
