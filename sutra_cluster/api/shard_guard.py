@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sutra_cluster import retry
@@ -158,6 +159,9 @@ class ShardGuard:
             raise InvalidArgument("drop_concept_ids is for resharding's own use; delete concepts with "
                                   "delete_concept_ids")
         if getattr(_tls, "internal", False):
+            hook = getattr(_tls, "on_admit", None)
+            if hook is not None:
+                hook()  # the append lock is held: the next import part may queue behind it
             return  # an import or a purge from the reshard service: checked against its own map
         m = self.map
         if not m.frozen:
@@ -190,10 +194,16 @@ class ShardGuard:
 
 class internal_writes:  # noqa: N801 - used as a context manager, like a function
     """Writes the reshard service logs itself (imports, purges) on this thread:
-    ``admit`` lets them pass (the service checks them against the reshard's map)."""
+    ``admit`` lets them pass (the service checks them against the reshard's map),
+    calling ``on_admit`` (under the append lock, right before the record is logged)."""
+
+    def __init__(self, on_admit: Callable[[], None] | None = None) -> None:
+        self.on_admit = on_admit
 
     def __enter__(self) -> None:
         _tls.internal = True
+        _tls.on_admit = self.on_admit
 
     def __exit__(self, *exc: object) -> None:
         _tls.internal = False
+        _tls.on_admit = None

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esutra_cluster/pb/reshard.proto\x12\rsutra.reshard\"!\n\rExportRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\"M\n\x0b\x45xportChunk\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x14\n\x0ctarget_shard\x18\x02 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x0c\x12\x0c\n\x04term\x18\x04 \x01(\x04\"E\n\x0bTailRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\x12\x11\n\tafter_lsn\x18\x02 \x01(\x04\x12\x11\n\tuntil_lsn\x18\x03 \x01(\x04\";\n\x07\x46orward\x12\x14\n\x0ctarget_shard\x18\x01 \x01(\r\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x0c\"l\n\x0bTailMessage\x12\x10\n\x08read_lsn\x18\x01 \x01(\x04\x12(\n\x08\x66orwards\x18\x02 \x03(\x0b\x32\x16.sutra.reshard.Forward\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x13\n\x0b\x61pplied_lsn\x18\x04 \x01(\x04\"!\n\rFreezeRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\"@\n\x0e\x46reezeResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x13\n\x0bmap_version\x18\x03 \x01(\x04\"0\n\rImportRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x0c\"\"\n\x0eImportResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"/\n\x0cPurgeRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"E\n\rPurgeResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\r\x12\x11\n\tremaining\x18\x02 \x01(\r\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x32\xea\x02\n\x0eReshardService\x12\x44\n\x06\x45xport\x12\x1c.sutra.reshard.ExportRequest\x1a\x1a.sutra.reshard.ExportChunk0\x01\x12@\n\x04Tail\x12\x1a.sutra.reshard.TailRequest\x1a\x1a.sutra.reshard.TailMessage0\x01\x12\x45\n\x06\x46reeze\x12\x1c.sutra.reshard.FreezeRequest\x1a\x1d.sutra.reshard.FreezeResponse\x12\x45\n\x06Import\x12\x1c.sutra.reshard.ImportRequest\x1a\x1d.sutra.reshard.ImportResponse\x12\x42\n\x05Purge\x12\x1b.sutra.reshard.PurgeRequest\x1a\x1c.sutra.reshard.PurgeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esutra_cluster/pb/reshard.proto\x12\rsutra.reshard\"!\n\rExportRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\"M\n\x0b\x45xportChunk\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x14\n\x0ctarget_shard\x18\x02 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x0c\x12\x0c\n\x04term\x18\x04 \x01(\x04\"E\n\x0bTailRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\x12\x11\n\tafter_lsn\x18\x02 \x01(\x04\x12\x11\n\tuntil_lsn\x18\x03 \x01(\x04\";\n\x07\x46orward\x12\x14\n\x0ctarget_shard\x18\x01 \x01(\r\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x0c\"l\n\x0bTailMessage\x12\x10\n\x08read_lsn\x18\x01 \x01(\x04\x12(\n\x08\x66orwards\x18\x02 \x03(\x0b\x32\x16.sutra.reshard.Forward\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x13\n\x0b\x61pplied_lsn\x18\x04 \x01(\x04\"!\n\rFreezeRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\"@\n\x0e\x46reezeResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x13\n\x0bmap_version\x18\x03 \x01(\x04\"Z\n\rImportRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62\x61tches\x18\x03 \x03(\x0c\x12\x17\n\x0f\x61lt_request_ids\x18\x04 \x03(\t\"\"\n\x0eImportResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"/\n\x0cPurgeRequest\x12\x10\n\x08map_json\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"E\n\rPurgeResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\r\x12\x11\n\tremaining\x18\x02 \x01(\r\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x32\xea\x02\n\x0eReshardService\x12\x44\n\x06\x45xport\x12\x1c.sutra.reshard.ExportRequest\x1a\x1a.sutra.reshard.ExportChunk0\x01\x12@\n\x04Tail\x12\x1a.sutra.reshard.TailRequest\x1a\x1a.sutra.reshard.TailMessage0\x01\x12\x45\n\x06\x46reeze\x12\x1c.sutra.reshard.FreezeRequest\x1a\x1d.sutra.reshard.FreezeResponse\x12\x45\n\x06Import\x12\x1c.sutra.reshard.ImportRequest\x1a\x1d.sutra.reshard.ImportResponse\x12\x42\n\x05Purge\x12\x1b.sutra.reshard.PurgeRequest\x1a\x1c.sutra.reshard.PurgeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,13 +46,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FREEZERESPONSE']._serialized_start=440
   _globals['_FREEZERESPONSE']._serialized_end=504
   _globals['_IMPORTREQUEST']._serialized_start=506
-  _globals['_IMPORTREQUEST']._serialized_end=554
-  _globals['_IMPORTRESPONSE']._serialized_start=556
-  _globals['_IMPORTRESPONSE']._serialized_end=590
-  _globals['_PURGEREQUEST']._serialized_start=592
-  _globals['_PURGEREQUEST']._serialized_end=639
-  _globals['_PURGERESPONSE']._serialized_start=641
-  _globals['_PURGERESPONSE']._serialized_end=710
-  _globals['_RESHARDSERVICE']._serialized_start=713
-  _globals['_RESHARDSERVICE']._serialized_end=1075
+  _globals['_IMPORTREQUEST']._serialized_end=596
+  _globals['_IMPORTRESPONSE']._serialized_start=598
+  _globals['_IMPORTRESPONSE']._serialized_end=632
+  _globals['_PURGEREQUEST']._serialized_start=634
+  _globals['_PURGEREQUEST']._serialized_end=681
+  _globals['_PURGERESPONSE']._serialized_start=683
+  _globals['_PURGERESPONSE']._serialized_end=752
+  _globals['_RESHARDSERVICE']._serialized_start=755
+  _globals['_RESHARDSERVICE']._serialized_end=1117
 # @@protoc_insertion_point(module_scope)

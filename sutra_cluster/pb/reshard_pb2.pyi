@@ -73,12 +73,16 @@ class FreezeResponse(_message.Message):
     def __init__(self, lsn: _Optional[int] = ..., term: _Optional[int] = ..., map_version: _Optional[int] = ...) -> None: ...
 
 class ImportRequest(_message.Message):
-    __slots__ = ("map_json", "batch")
+    __slots__ = ("map_json", "batch", "batches", "alt_request_ids")
     MAP_JSON_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ALT_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     map_json: str
     batch: bytes
-    def __init__(self, map_json: _Optional[str] = ..., batch: _Optional[bytes] = ...) -> None: ...
+    batches: _containers.RepeatedScalarFieldContainer[bytes]
+    alt_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, map_json: _Optional[str] = ..., batch: _Optional[bytes] = ..., batches: _Optional[_Iterable[bytes]] = ..., alt_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImportResponse(_message.Message):
     __slots__ = ("sequence",)

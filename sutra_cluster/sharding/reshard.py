@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -62,6 +62,7 @@ CATCHUP_LAG = 64  # records: catch-up ends when a source's applied LSN is this c
 CUTOVER_DEADLINE_S = 10.0  # freeze + drain; past it the map is unfrozen and catch-up resumes
 PHASE_RETRY_S = 120.0  # a phase failing on unreachable leaders is retried this long
 CLEANUP_AFTER_S = 5.0
+COPY_INFLIGHT = 3  # export chunks being imported at once
 
 
 class Refreeze(Exception):
@@ -270,26 +271,25 @@ class Driver:
         return self.save(replace(rec, phase="catchup"))
 
     def _export(self, s: int, m: ShardMap) -> tuple[int, int]:
+        """Copy ``s``'s moving keys; the chunks are disjoint, so COPY_INFLIGHT are imported at once."""
         lsn = items = 0
-        for chunk in self.leaders.stream(s, "Export", rpb.ExportRequest(map_json=m.to_json())):
-            lsn = chunk.lsn
-            if chunk.batch:
-                b = wal_pb2.WalBatch.FromString(chunk.batch)
-                items += len(b.concepts) + len(b.associations)
-                self._import(chunk.target_shard, m, chunk.batch, "")
+        with ThreadPoolExecutor(max_workers=COPY_INFLIGHT) as pool:
+            pending: list[Future[None]] = []
+            for chunk in self.leaders.stream(s, "Export", rpb.ExportRequest(map_json=m.to_json())):
+                lsn = chunk.lsn
+                if chunk.batch:
+                    b = wal_pb2.WalBatch.FromString(chunk.batch)
+                    items += len(b.concepts) + len(b.associations)
+                    pending.append(pool.submit(self._import, chunk.target_shard, m, [chunk.batch], []))
+                    if len(pending) >= COPY_INFLIGHT:
+                        pending.pop(0).result()
+            for f in pending:
+                f.result()
         return lsn, items
 
-    def _import(self, t: int, m: ShardMap, data: bytes, alt: str) -> None:
-        try:
-            self.leaders.unary(t, "Import", rpb.ImportRequest(map_json=m.to_json(), batch=data))
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.ALREADY_EXISTS or not alt:  # type: ignore[attr-defined]
-                raise
-            # Two sources forwarded parts of one client batch (one request id):
-            # the second is logged under an id of its own, the same on every retry.
-            b = wal_pb2.WalBatch.FromString(data)
-            b.request_id = f"{b.request_id}@{alt}"
-            self.leaders.unary(t, "Import", rpb.ImportRequest(map_json=m.to_json(), batch=b.SerializeToString()))
+    def _import(self, t: int, m: ShardMap, parts: list[bytes], alts: list[str]) -> None:
+        """Log ``parts`` on target ``t`` in order, committed together (one call)."""
+        self.leaders.unary(t, "Import", rpb.ImportRequest(map_json=m.to_json(), batches=parts, alt_request_ids=alts))
 
     def _tail(self, s: int, m: ShardMap, after: int, *, until: int = 0, term: int = 0,
               lag: int | None = None) -> int:
@@ -300,8 +300,17 @@ class Driver:
                                                                    until_lsn=until)):
             if term and msg.term != term:
                 raise Refreeze(f"shard {s}: term {msg.term} is not the frozen leader's term {term}")
-            for f in msg.forwards:
-                self._import(f.target_shard, m, f.batch, f"{s}:{f.lsn}")
+            per_target: dict[int, tuple[list[bytes], list[str]]] = {}
+            for f in msg.forwards:  # in LSN order; each target's parts keep it
+                parts, alts = per_target.setdefault(f.target_shard, ([], []))
+                parts.append(f.batch)
+                alts.append(f"{s}:{f.lsn}")
+            if len(per_target) > 1:
+                with ThreadPoolExecutor(max_workers=len(per_target)) as pool:
+                    for fut in [pool.submit(self._import, t, m, p, a) for t, (p, a) in per_target.items()]:
+                        fut.result()
+            for t, (p, a) in per_target.items() if len(per_target) == 1 else ():
+                self._import(t, m, p, a)
             pos = msg.read_lsn
             if until and pos >= until:
                 break

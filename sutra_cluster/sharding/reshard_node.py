@@ -26,19 +26,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from sutra_cluster.api.shard_guard import ShardGuard, internal_writes
 from sutra_cluster.api.status import grpc_errors
-from sutra_cluster.errors import FailedPrecondition, InvalidArgument, NotLeader, Unavailable
+from sutra_cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotLeader, Unavailable
 from sutra_cluster.pb import reshard_pb2 as rpb
 from sutra_cluster.pb import reshard_pb2_grpc, storage_pb2, wal_pb2
 from sutra_cluster.roles import Role
 from sutra_cluster.sharding.shardmap import ShardMap
+from sutra_cluster.storage.batch import request_fingerprint
 from sutra_cluster.storage.engine import Engine
 from sutra_cluster.storage.wal_format import RT_BATCH
 
@@ -199,6 +202,7 @@ class ReshardServicer(reshard_pb2_grpc.ReshardServiceServicer):
         eng = self.engine
         term = eng.term
         last_msg = 0.0
+        disk: Iterator[Any] | None = None  # kept across rounds: each new one reads its files from the start
         while context.is_active():
             if eng.role != Role.LEADER or eng.term != term:
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"shard {self.shard}: leadership changed during the tail")
@@ -208,22 +212,15 @@ class ReshardServicer(reshard_pb2_grpc.ReshardServiceServicer):
             forwards: list[rpb.Forward] = []
             read = pos
             if limit > pos:
-                records = eng.read_after(pos, 4 << 20)
-                source: Any = records if records is not None else eng.wal.records(pos)
-                size = 0
-                for rec in source:
-                    if rec.lsn > limit:
-                        break
-                    read = rec.lsn
-                    if rec.rtype == RT_BATCH:
-                        batch = wal_pb2.WalBatch.FromString(rec.payload)
-                        for t, bs in moving_parts(self.shard, m, batch).items():
-                            for b in bs:
-                                data = b.SerializeToString()
-                                size += len(data)
-                                forwards.append(rpb.Forward(target_shard=t, lsn=rec.lsn, batch=data))
-                    if size >= CHUNK_BYTES or read - pos >= 4096:
-                        break
+                records: Any = eng.read_after(pos, 4 << 20)
+                if records is None:
+                    disk = disk or iter(eng.wal.records(pos))
+                    records = disk
+                else:
+                    disk = None
+                read, forwards = self._cut(m, records, pos, limit)
+                if read == pos and disk is not None:
+                    disk = None  # this one ended at the durable LSN of its start: open a newer one
             now = time.monotonic()
             if read > pos or forwards or now - last_msg >= HEARTBEAT_S:
                 pos = read
@@ -234,6 +231,28 @@ class ReshardServicer(reshard_pb2_grpc.ReshardServiceServicer):
             if read == pos and limit <= pos:
                 with eng._applied:
                     eng._applied.wait_for(functools.partial(_past, eng, pos), HEARTBEAT_S / 2)
+
+    def _cut(self, m: ShardMap, records: Any, pos: int, limit: int) -> tuple[int, list[rpb.Forward]]:
+        """Read records after ``pos`` up to ``limit`` (one message's worth) and
+        cut each to its moving parts; returns (LSN read up to, forwards)."""
+        forwards: list[rpb.Forward] = []
+        read, size = pos, 0
+        for rec in records:
+            if rec.lsn <= read:
+                continue
+            if rec.lsn > limit:
+                break
+            read = rec.lsn
+            if rec.rtype == RT_BATCH:
+                batch = wal_pb2.WalBatch.FromString(rec.payload)
+                for t, bs in moving_parts(self.shard, m, batch).items():
+                    for b in bs:
+                        data = b.SerializeToString()
+                        size += len(data)
+                        forwards.append(rpb.Forward(target_shard=t, lsn=rec.lsn, batch=data))
+            if size >= CHUNK_BYTES or read - pos >= 4096:
+                break
+        return read, forwards
 
     # ---- cutover ---------------------------------------------------------------
     @grpc_errors
@@ -264,15 +283,54 @@ class ReshardServicer(reshard_pb2_grpc.ReshardServiceServicer):
     def Import(self, request: rpb.ImportRequest, context: grpc.ServicerContext) -> rpb.ImportResponse:
         m = parse_map(request.map_json)
         self._leader()
-        batch = wal_pb2.WalBatch.FromString(request.batch)
+        raw = [request.batch] if request.batch else list(request.batches)
+        alts = list(request.alt_request_ids) + [""] * (len(raw) - len(request.alt_request_ids))
+        batches = [self._import_part(m, b) for b in raw]
+        if len(batches) == 1:
+            return rpb.ImportResponse(sequence=self._submit(batches[0], alts[0], None, None))
+        # Logged in order, committed together: part i waits until part i-1 is
+        # past the fence (it holds the append lock then), so the WAL keeps the
+        # source's order, and the fsyncs and replica acknowledgements are shared.
+        gates = [threading.Event() for _ in batches]
+        with ThreadPoolExecutor(max_workers=min(len(batches), 64)) as pool:
+            futs = [pool.submit(self._submit, b, alts[i], gates[i - 1] if i else None, gates[i])
+                    for i, b in enumerate(batches)]
+            lsns = [f.result() for f in futs]
+        return rpb.ImportResponse(sequence=max(lsns))
+
+    def _import_part(self, m: ShardMap, raw: bytes) -> wal_pb2.WalBatch:
+        batch = wal_pb2.WalBatch.FromString(raw)
         if batch.drop_concept_ids or batch.txn_id:
             raise InvalidArgument("an import carries concepts, associations and deletes only")
         for cid in [c.concept_id for c in batch.concepts] + [a.source_id for a in batch.associations]:
             if m.next_owner(cid) != self.shard:
                 raise InvalidArgument(f"import of {cid!r} to shard {self.shard}: under map version {m.version} it "
                                       f"moves to shard {m.next_owner(cid)}")
-        with internal_writes():
-            return rpb.ImportResponse(sequence=self.engine.submit(batch))
+        return batch
+
+    def _submit(self, batch: wal_pb2.WalBatch, alt: str, after: threading.Event | None,
+                logged: threading.Event | None) -> int:
+        if after is not None:
+            after.wait()
+        if alt and batch.request_id:
+            seen = self.engine.request_ids.get(batch.request_id)
+            if seen is not None and seen[1] != request_fingerprint(batch.SerializeToString()):
+                # Another part of the same client batch holds this id here (it was split
+                # over several shards): log this one under an id of its own, the same on
+                # every retry. Decided before logging, so the parts keep their order.
+                batch.request_id = f"{batch.request_id}@{alt}"
+        try:
+            with internal_writes(on_admit=logged.set if logged is not None else None):
+                try:
+                    return self.engine.submit(batch)
+                except AlreadyExists:
+                    if not alt or not batch.request_id or batch.request_id.endswith(f"@{alt}"):
+                        raise
+                    batch.request_id = f"{batch.request_id}@{alt}"  # the id was taken meanwhile
+                    return self.engine.submit(batch)
+        finally:
+            if logged is not None:
+                logged.set()  # refused or failed: the next part must not wait for ever
 
     @grpc_errors
     def Purge(self, request: rpb.PurgeRequest, context: grpc.ServicerContext) -> rpb.PurgeResponse:
