@@ -29,7 +29,12 @@ Where data lives, and so how each operation is answered:
 - a LearnBatch is validated whole, as a single node would, then split: each
   shard's part is applied atomically (all or nothing on that shard) under the
   batch's request id, so a retry after a failure completes the parts that were
-  missing and applies none twice. Deletes' purges run after every part.
+  missing and applies none twice. Deletes' purges run after every part;
+- with a transaction coordinator (``txn``: the router, with etcd), a batch
+  whose parts fall on two or more shards, a batch that deletes, and a delete
+  on several shards are one transaction instead: every part on every shard or
+  none, finished after a router crash by the shards themselves
+  (``sutra_cluster.txn``). A one-shard batch keeps the plain path.
 
 Reads wait for read-your-writes tokens: ``shard_sequences`` (an LSN per
 shard). The plain ``sequence`` is an LSN of one shard, so it is accepted only

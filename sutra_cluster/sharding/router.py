@@ -19,6 +19,9 @@ Settings (environment):
   SUTRA_ROUTER_TIMEOUT_MS         one call to a shard (default 10000)
   SUTRA_ROUTER_WRITE_DEADLINE_MS  how long a write follows a shard's failover (default 15000)
   SUTRA_ROUTER_READ_DEADLINE_MS   how long a read waits for a shard (default 15000)
+  SUTRA_ROUTER_ATOMIC    on (default, with etcd): a write spanning shards is one transaction (txn/coordinator.py);
+                         off: atomic per shard only
+  SUTRA_FAULT_TXN        tests only: exit-after-prepare | exit-after-decision | exit-after-first-commit
   VECTOR_DIMENSION, SUTRA_MAX_BATCH, SUTRA_MAX_MESSAGE_BYTES: to validate a whole
                          batch before splitting it (the dimension is asked of the shards when unset)
   SUTRA_GRPC_WORKERS, SUTRA_LOG_LEVEL, SUTRA_TLS_CERT/KEY/CA as for nodes
