@@ -65,8 +65,8 @@ def _wait(cond: Any, timeout: float, what: str, node: NodeProcess) -> float:
 class Run:
     """One node, one size."""
 
-    def __init__(self, base: Path, n: int, dim: int, queries: int, env: dict[str, str]) -> None:
-        self.n, self.dim = n, dim
+    def __init__(self, base: Path, n: int, dim: int, queries: int, env: dict[str, str], ef: int = 0) -> None:
+        self.n, self.dim, self.ef = n, dim, ef
         self.data = base / "data"
         self.env = {"VECTOR_DIMENSION": str(dim), "MEMORY_THRESHOLD": str(1 << 40), "SUTRA_WAL_FSYNC": "on",
                     "SUTRA_LOG_LEVEL": "info", **env}
@@ -96,15 +96,15 @@ class Run:
             stub.LearnBatch(req, timeout=120)
         return self.n / (time.monotonic() - t0)
 
-    def search(self, stub: pbg.StorageServiceStub, seconds: float | None = None) -> dict[str, float]:
+    def search(self, stub: pbg.StorageServiceStub, seconds: float | None = None, ef: int = 0) -> dict[str, float]:
         """p50/p99 latency and recall@10 over the queries (for ``seconds``, cycling, if given)."""
         lat, hits, done = [], 0, 0
         t_end = None if seconds is None else time.monotonic() + seconds
         while True:
             for i, q in enumerate(self.queries):
                 t0 = time.perf_counter()
-                res = stub.VectorSearch(pb.VectorSearchRequest(query_f32=q.astype("<f4").tobytes(), k=10),
-                                        timeout=60)
+                res = stub.VectorSearch(pb.VectorSearchRequest(query_f32=q.astype("<f4").tobytes(), k=10,
+                                                               ef_search=ef), timeout=60)
                 lat.append(time.perf_counter() - t0)
                 hits += len({int(r.concept_id[1:]) for r in res.results} & self.truth[i])
                 done += 1
@@ -129,6 +129,8 @@ class Run:
             out["memory_by_part"] = {"vectors": st.vector_memory_bytes, "index": st.index_memory_bytes,
                                      "metadata": st.metadata_memory_bytes}
             out["search_before"] = self.search(stub)
+            if self.ef:
+                out[f"search_before_ef_{self.ef}"] = self.search(stub, ef=self.ef)
             stub.Flush(pb.FlushRequest(), timeout=600)
             out["data_dir_bytes"] = _du(self.data)
         finally:
@@ -161,7 +163,9 @@ def _table(results: list[dict[str, Any]]) -> str:
             ("bulk load", lambda r: f"{r['bulk_load_per_s']:,.0f} concepts/s"),
             ("index ready after load", lambda r: f"{r['index_build_s']:.1f} s"),
             ("search p50/p99 before", lambda r: f"{r['search_before']['p50_ms']:.1f} / {r['search_before']['p99_ms']:.1f} ms"),
-            ("recall@10", lambda r: f"{r['search_before']['recall_at_10']:.3f}"),
+            ("recall@10", lambda r: f"{r['search_before']['recall_at_10']:.3f}" + "".join(
+                f" ({k[len('search_before_'):]}: {v['recall_at_10']:.3f}, p50/p99 {v['p50_ms']:.1f}/{v['p99_ms']:.1f} ms)"
+                for k, v in r.items() if k.startswith("search_before_ef_"))),
             ("restart: visible / ready", lambda r: f"{r['restart_visible_s']:.1f} / {r['restart_ready_s']:.1f} s"
              f" ({r['index_source_after_restart']})"),
             ("search p50/p99 first 10 s", lambda r: f"{r['search_first_10s_after_restart']['p50_ms']:.1f} / "
@@ -176,6 +180,7 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--quick", action="store_true", help="3,000 x 64-d, 50 queries: a smoke run")
+    p.add_argument("--ef", type=int, default=0, help="also search with this ef_search before the restart")
     p.add_argument("--out", default="bench/results/scale.json")
     p.add_argument("--tmp", default=None, help="folder for the data directories (default: the system's)")
     a = p.parse_args()
@@ -186,7 +191,7 @@ def main() -> int:
     for n in sizes:
         base = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=a.tmp))
         try:
-            results.append(Run(base, n, dim, queries, env).run())
+            results.append(Run(base, n, dim, queries, env, a.ef).run())
         finally:
             shutil.rmtree(base, ignore_errors=True)
         print(f"done: {n:,} concepts", file=sys.stderr)
