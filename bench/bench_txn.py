@@ -16,7 +16,9 @@ round-robin so that every case sees the same machine noise, LearnBatch latency o
 - ``two-shard/plain``: the same batch through the plain router (its two parts in
   parallel, not atomic);
 - ``2 x single``: the same concepts as two single-shard batches (one per shard),
-  one after the other.
+  one after the other;
+- ``etcd create``: one create-once put of a decision key, the transaction's one
+  extra durable round trip, measured alone.
 
 Prints a table (p50, p90, p99, mean in ms) and writes JSON.
 """
@@ -42,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 from sutra_cluster.pb import storage_pb2 as pb  # noqa: E402
 from sutra_cluster.pb import storage_pb2_grpc  # noqa: E402
+from sutra_cluster.txn.decision import DecisionStore  # noqa: E402
 from tests.shard_cluster import ShardedCluster, sharded_cluster  # noqa: E402
 from tests.txn_check import start_router  # noqa: E402
 
@@ -57,6 +60,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def run(c: ShardedCluster, plain_addr: str, rounds: int, size: int) -> dict[str, list[float]]:
+    store = DecisionStore([c.etcd.endpoint], c.name, "bench")
     atomic = storage_pb2_grpc.StorageServiceStub(grpc.insecure_channel(c.router.address))
     plain = storage_pb2_grpc.StorageServiceStub(grpc.insecure_channel(plain_addr))
     # Fresh ids for every batch (a concept written again would be the same work on a warm key).
@@ -68,7 +72,8 @@ def run(c: ShardedCluster, plain_addr: str, rounds: int, size: int) -> dict[str,
         return [next(pool) for _ in range(n)]
 
     lat: dict[str, list[float]] = {k: [] for k in
-                                   ("single/plain", "single/atomic", "two-shard/atomic", "two-shard/plain", "2 x single")}
+                                   ("single/plain", "single/atomic", "two-shard/atomic", "two-shard/plain", "2 x single",
+                                    "etcd create")}
     for r in range(rounds + 10):  # the first 10 rounds warm up channels and caches
         cases = [
             ("single/plain", [(plain, batch(ids(on0, size), "sp"))]),
@@ -83,6 +88,11 @@ def run(c: ShardedCluster, plain_addr: str, rounds: int, size: int) -> dict[str,
                 stub.LearnBatch(req, timeout=30)
             if r >= 10:
                 lat[name].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        store.decide(f"bench-{r}", True, [0, 1])
+        if r >= 10:
+            lat["etcd create"].append(time.perf_counter() - t0)
+    store.close()
     return lat
 
 
