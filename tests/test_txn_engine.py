@@ -167,3 +167,49 @@ def test_txn_service_checks_its_input_and_reports_prepared_parts(node: list) -> 
     assert svc._gauges()["sutra_txn_prepared"][1] == 1
     assert svc.DecideTxn(txn_pb2.DecideTxnRequest(txn_id="t1", commit=True), _Context()).sequence > lsn
     assert svc._gauges()["sutra_txn_prepared"][1] == 0
+
+
+class _Store:
+    """The decision store's contract in memory: create-once, the first decision stands."""
+
+    def __init__(self) -> None:
+        self.kv: dict[str, object] = {}
+        self.down = False
+
+    def get(self, txn: str) -> object:
+        if self.down:
+            from sutra_cluster.failover.coordinator import CoordinatorUnavailable
+            raise CoordinatorUnavailable("etcd down (test)")
+        return self.kv.get(txn)
+
+    def decide(self, txn: str, commit: bool, shards: object) -> object:
+        from sutra_cluster.txn.decision import Decision
+
+        return self.kv.setdefault(txn, Decision(commit, (0, 1), "resolver", 0))
+
+    def close(self) -> None:
+        pass
+
+
+def test_resolver_applies_a_decision_and_makes_presumed_abort_durable(node: list) -> None:
+    from sutra_cluster.txn.decision import Decision
+    from sutra_cluster.txn.recovery import Resolver
+
+    eng: Engine = node[0][0]
+    store = _Store()
+    r = Resolver(eng, store, timeout_s=0.0)  # type: ignore[arg-type]
+    eng.prepare_txn(_prep("decided", "a"))
+    eng.prepare_txn(_prep("orphan", "b"))
+    store.kv["decided"] = Decision(True, (0, 1), "router", 0)
+    assert r.tick() == []  # younger than PROBE_S: the coordinator may still be at work
+    for p in list(eng.txns.open.values()):
+        eng.txns.open[p.txn_id] = p.__class__(p.txn_id, p.lsn, p.batch, p.shards, p.keys, p.since - 10)
+    store.down = True
+    assert r.tick() == [] and len(eng.txns.open) == 2  # etcd unreachable: nothing decided locally
+    store.down = False
+    done = r.tick()
+    assert len(done) == 2 and not eng.txns.open, done
+    assert eng.txns.decided["decided"][0] is True and eng.txns.decided["orphan"][0] is False
+    assert store.kv["orphan"] == Decision(False, (0, 1), "resolver", 0)  # the abort is durable: a late commit loses
+    eng.wait_visible(eng.txns.decided["decided"][1])
+    assert eng.get_concept("a") is not None and eng.get_concept("b") is None

@@ -27,6 +27,7 @@ from sutra_cluster.txn.decision import DecisionStore
 log = logging.getLogger(__name__)
 
 RESOLVE_INTERVAL_S = 0.25
+WARN_EVERY_S = 5.0
 PROBE_S = 0.5  # a part in doubt this long is looked up (a decision may be waiting); aborted only after the timeout
 DEFAULT_TIMEOUT_MS = 5000
 
@@ -51,6 +52,7 @@ class Resolver:
         self.timeout_s = timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned: dict[str, float] = {}  # txn id -> when its last "not resolved" line was logged
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="txn-resolver", daemon=True)
@@ -88,8 +90,12 @@ class Resolver:
                 lsn = eng.decide_txn(p.txn_id, d.commit, f"resolved by {eng.cfg.node_id} after "
                                      f"{now - p.since:.1f} s in doubt")
             except (CoordinatorUnavailable, SutraError) as exc:
-                log.warning("transaction %s in doubt for %.1f s, not resolved yet: %s", p.txn_id, now - p.since, exc)
+                if now - self._warned.get(p.txn_id, -WARN_EVERY_S) >= WARN_EVERY_S:  # not every tick
+                    self._warned[p.txn_id] = now
+                    log.warning("transaction %s in doubt for %.1f s, not resolved yet: %s", p.txn_id, now - p.since,
+                                exc)
                 continue
+            self._warned.pop(p.txn_id, None)
             what = (f"transaction {p.txn_id} {'committed' if d.commit else 'aborted'} at LSN {lsn} after "
                     f"{now - p.since:.1f} s in doubt (decision by {d.by})")
             log.warning("%s", what)
