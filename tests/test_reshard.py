@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from sutra_cluster.client import SutraClient
 from sutra_cluster.config import Config
 from sutra_cluster.errors import InvalidArgument, WrongShard
 from sutra_cluster.pb import storage_pb2 as pb
@@ -142,7 +143,9 @@ def _map(c) -> ShardMap:  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_grow_and_shrink_under_sync_load_with_the_driver_killed_at_every_phase(tmp_path: Path) -> None:
-    with sharded_cluster(tmp_path / "c", shards=1, per_shard=2, mode="sync") as c:
+    with sharded_cluster(tmp_path / "c", shards=1, per_shard=2, mode="sync") as c, \
+            SutraClient(etcd=[c.etcd.endpoint], cluster=c.name, timeout=30.0) as client:
+        # An in-process routing client made on the 1-shard map: it must follow every move by itself.
         load = Load(c.router.address).start()
         try:
             add_shard(c, 1)
@@ -185,6 +188,10 @@ def test_grow_and_shrink_under_sync_load_with_the_driver_killed_at_every_phase(t
             want = ref.GetStats(pb.GetStatsRequest())
             per_shard = [shard_concepts(c, s) for s in range(3)]
             assert per_shard[2] == 0 and sum(per_shard) == want.concepts, per_shard
+            for k in load.all_keys()[::17]:
+                got = client.query_concept(k)
+                expect = ref.QueryConcept(pb.QueryConceptRequest(concept_id=k))
+                assert (got.content if got else None) == (expect.content if expect.found else None), k
         owners = collections.Counter(m.owner(k) for k in load.all_keys())
         assert set(owners) == {0, 1}
         # A node refuses a key it no longer owns, naming the map version (what routers retry on).
@@ -193,3 +200,6 @@ def test_grow_and_shrink_under_sync_load_with_the_driver_killed_at_every_phase(t
         with pytest.raises(grpc.RpcError) as refused:
             stub.LearnConcept(pb.LearnConceptRequest(concept_id=moved, content="x"), timeout=10)
         assert classify(refused.value, write=True) == Retry.NEW_MAP
+        client.learn_concept(moved, "written after the moves", request_id="after-moves")
+        got = client.query_concept(moved)
+        assert got is not None and got.content == "written after the moves"

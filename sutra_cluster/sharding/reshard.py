@@ -407,6 +407,9 @@ class Driver:
                 raise ConfigError(f"reshard {rec.id} has switched the map already (phase {rec.phase}): let it "
                                   f"finish (rerun), then reshard back with --to {rec.from_shards}")
             m = self.map()
+            if m.shards == rec.to_shards and not m.next_shards:  # switched; the record had not caught up
+                raise ConfigError(f"reshard {rec.id} has switched the map already (version {m.version}): rerun "
+                                  f"to finish it, then reshard back with --to {rec.from_shards}")
             if m.next_shards:
                 m = self.cas_map(m.evolve(next_shards=0, frozen=False), m.version)
                 self.push(m, rec.source_shards() + rec.target_shards())

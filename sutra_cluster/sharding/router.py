@@ -47,6 +47,7 @@ from sutra_cluster.api.limits import Budget, StreamLimits
 from sutra_cluster.api.status import grpc_errors
 from sutra_cluster.config import LOG_FORMATS, _Reader, parse_etcd_endpoints
 from sutra_cluster.errors import ConfigError, InvalidArgument
+from sutra_cluster.failover.coordinator import CoordinatorUnavailable
 from sutra_cluster.metrics import RouterMetrics
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc
@@ -158,6 +159,20 @@ def resolve_map(cfg: RouterConfig) -> ShardMap:
             log.warning("%s says %d shards, the map in etcd (version %d) has %d: routing by etcd's map", name, want,
                         stored.version, stored.shards)
     return stored
+
+
+def _resolve_map_waiting(cfg: RouterConfig, wait_s: float = 30.0) -> ShardMap:
+    """``resolve_map``, waiting up to ``wait_s`` for etcd to answer: a router
+    restarted while etcd is busy (or electing) starts once it answers."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return resolve_map(cfg)
+        except CoordinatorUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("shard map not read yet (%s); retrying", exc)
+            time.sleep(0.5)
 
 
 def _credentials(cfg: RouterConfig) -> tuple[grpc.ServerCredentials | None, grpc.ChannelCredentials | None]:
@@ -325,7 +340,7 @@ class Router:
         # Cross-shard writes commit on all shards or none (with etcd; SUTRA_ROUTER_ATOMIC=off opts out).
         self.txn = txn_coordinator.for_router(cfg.etcd_endpoints, cfg.cluster_name, cfg.router_id)
         # The newest shard map's ShardSet; operations re-route after a reshard's refusals.
-        self.follower = MapFollower(resolve_map(cfg), self._make_set, etcd_endpoints=cfg.etcd_endpoints,
+        self.follower = MapFollower(_resolve_map_waiting(cfg), self._make_set, etcd_endpoints=cfg.etcd_endpoints,
                                     cluster=cfg.cluster_name, deadline_s=cfg.write_deadline_ms / 1000)
         self.routed = FollowingSet(self.follower)
         hard = min(2 * cfg.max_message_bytes, (1 << 31) - 1)
