@@ -90,6 +90,31 @@ def test_prepared_part_is_invisible_locked_then_committed(node: list, tmp_path: 
         eng.decide_txn("t1", False)
 
 
+def test_scans_and_searches_wait_for_parts_open_when_they_began(node: list) -> None:
+    """A read that names no key (vector search, scroll, count) waits for every part
+    prepared before it began, then sees its outcome: it never shows this shard
+    without its part of a transaction another shard has already committed."""
+    import numpy as np
+
+    eng: Engine = node[0][0]
+    b = wal_pb2.WalBatch(request_id="r-v")
+    b.concepts.append(spb.LearnConceptRequest(concept_id="v", content="c v",
+                                              embedding_f32=np.array([1, 0, 0, 0], "<f4").tobytes()))
+    eng.wait_visible(eng.prepare_txn(wal_pb2.WalPrepare(txn_id="tv", batch=b, shards=[0, 1])))
+    query = np.array([1, 0, 0, 0], "float32")
+    with pytest.raises(TxnLocked, match="tv"):
+        eng.search(query, 1)  # undecided past SUTRA_READ_WAIT_MS: retryable, never a half answer
+    seen: list[object] = []
+    reader = threading.Thread(target=lambda: seen.append(eng.search(query, 1)[0]))
+    reader.start()
+    reader.join(timeout=0.3)
+    assert reader.is_alive() and not seen, "the search waits while the part is undecided"
+    eng.decide_txn("tv", True)
+    reader.join(timeout=10)
+    assert [h[0] for h in seen[0]] == ["v"], "the waiting search saw the committed part"  # type: ignore[index]
+    eng.wait_txns_all()  # nothing open: free
+
+
 def test_abort_drops_the_part_and_survives_restart(node: list, tmp_path: Path) -> None:
     eng: Engine = node[0][0]
     eng.prepare_txn(_prep("t1", "a"))

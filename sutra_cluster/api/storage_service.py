@@ -258,6 +258,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         for cid in request.concept_ids:
             self.guard.check(cid)
         self._wait(request.sequence, context)
+        self.engine.wait_txns(request.concept_ids)  # as QueryConcept: a prepared part's outcome first
         return pb.GetConceptsResponse(concepts=reads.get_many(
             self.engine.state.concepts, request.concept_ids, request.include_embedding, self.limits.max_message_bytes))
 
@@ -268,6 +269,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         limit = reads.scroll_limit(request.limit)
         where = reads.check_filter(request.filter)
         self._wait(request.sequence, context)
+        self.engine.wait_txns_all()  # as VectorSearch: no transaction shown on one shard only
         page, cursor = self.scan.page(request.after_id, limit, where, request.include_embedding,
                                       self.limits.max_message_bytes)
         return pb.ScrollConceptsResponse(concepts=page, next_after_id=cursor)
@@ -276,6 +278,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def CountConcepts(self, request: pb.CountConceptsRequest, context: grpc.ServicerContext) -> pb.CountConceptsResponse:
         where = reads.check_filter(request.filter)
         self._wait(request.sequence, context)
+        self.engine.wait_txns_all()
         return pb.CountConceptsResponse(count=self.scan.count(where))
 
     # ---- operations ------------------------------------------------------

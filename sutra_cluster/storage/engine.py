@@ -37,6 +37,7 @@ from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.history import HistoryOps
 from sutra_cluster.storage.prepared import PreparedTxns, TxnOps
+from sutra_cluster.storage.quant import vector_modes
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
 from sutra_cluster.storage.tail import WalTail
 from sutra_cluster.storage.terms import TermHistory
@@ -85,7 +86,8 @@ class Engine(HistoryOps, TxnOps):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics = metrics or NodeMetrics()
         self.state = GraphState()
-        self.vectors = VectorIndex(cfg.vector_dimension, exact_limit=cfg.ann_threshold, index_yield=cfg.index_yield)
+        self.vectors = VectorIndex(cfg.vector_dimension, exact_limit=cfg.ann_threshold, index_yield=cfg.index_yield,
+                                   **vector_modes(cfg))  # SUTRA_VECTOR_STORAGE, SUTRA_QUANTIZATION
         self.state.store = self.vectors  # concepts read their one vector copy there
         self.graph_source = "none"  # where the HNSW graph came from at start (GetStats)
         self._lock = threading.RLock()  # guards state, vectors' consistency with applied_lsn
@@ -619,6 +621,7 @@ class Engine(HistoryOps, TxnOps):
         not a filtered global top-k. ``score_threshold`` drops hits below that
         cosine. Raises ValueError for a bad query vector.
         """
+        self.wait_txns_all()  # no shard's part of a cross-shard transaction shown without this one's
         if not where:
             return self.vectors.search(query, k, ef_search, score_threshold=score_threshold)
         with self._lock:

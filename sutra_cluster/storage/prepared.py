@@ -122,6 +122,28 @@ class PreparedTxns:
                 if done is not None:
                     outcome = max(outcome, done[1])
 
+    def wait_open_resolved(self, timeout_s: float) -> int:
+        """Wait until every part prepared at the call has its outcome; returns the
+        LSN of the last outcome, 0 when none was open. Raises TxnLocked after
+        ``timeout_s``. Parts prepared after the call are not waited for, so a
+        steady stream of transactions cannot starve the caller."""
+        deadline = time.monotonic() + timeout_s
+        with self._mu:
+            waiting = set(self.open)
+            outcome = 0
+            while True:
+                for txn in [t for t in waiting if t not in self.open]:
+                    waiting.discard(txn)
+                    done = self.decided.get(txn)
+                    if done is not None:
+                        outcome = max(outcome, done[1])
+                if not waiting:
+                    return outcome
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._resolved.wait(left):
+                    raise TxnLocked(f"the prepared cross-shard transaction {min(waiting)} is undecided for over "
+                                    f"{timeout_s * 1000:.0f} ms (SUTRA_READ_WAIT_MS); retry shortly")
+
     # ---- what the log says -------------------------------------------------
     def observe(self, rtype: int, payload: bytes, lsn: int, batch: wal_pb2.WalBatch | None = None) -> None:
         """Follow one appended or replayed record (any type; cheap for plain batches)."""
@@ -333,6 +355,18 @@ class TxnOps:
         if not self.txns.locks:
             return
         lsn = self.txns.wait_released(keys, self.cfg.read_wait_ms / 1000.0)
+        if lsn:
+            self.wait_visible(lsn)
+
+    def wait_txns_all(self) -> None:
+        """Before a scan, a count or a vector search (reads that name no key):
+        wait until every part prepared when the read began has its outcome
+        visible here, so the read does not show this shard without its part of a
+        transaction another shard has already committed. Free when nothing is
+        prepared. Raises TxnLocked (retryable) after SUTRA_READ_WAIT_MS."""
+        if not self.txns.open:
+            return
+        lsn = self.txns.wait_open_resolved(self.cfg.read_wait_ms / 1000.0)
         if lsn:
             self.wait_visible(lsn)
 
