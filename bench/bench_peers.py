@@ -264,6 +264,7 @@ def main() -> int:
     ap.add_argument("--systems", default="disk,pg,redis,etcd,sutra,concurrent",
                     help="comma list of disk, pg, redis, etcd, sutra, concurrent")
     ap.add_argument("--topologies", default="1,2,3", help="Sutra topologies: 1 node, 2 leader+1, 3 leader+2")
+    ap.add_argument("--hnsw", default="off,default", help="HNSW settings to run: off, default or both")
     ap.add_argument("--before", default="", help="another checkout: its Sutra nodes run too, labelled (before)")
     ap.add_argument("--profile", default="", help="profile these Sutra keys' leaders (sutra-1-flat,...) in bench/profiles/")
     ap.add_argument("--node-env", default="", help="extra settings for every Sutra node: K=V,K=V")
@@ -292,7 +293,8 @@ def main() -> int:
     if "etcd" in chosen:
         peer_list.append(peers.Etcd(base))
     checkouts: list[Path | None] = [None] + ([Path(args.before).resolve()] if args.before else [])
-    sutra_keys = [(t, h, co) for co in checkouts for t in args.topologies.split(",") for h in (False, True)] \
+    hnsw_modes = [m == "default" for m in args.hnsw.split(",")]
+    sutra_keys = [(t, h, co) for co in checkouts for t in args.topologies.split(",") for h in hnsw_modes] \
         if "sutra" in chosen else []
     runs: dict[str, list[dict[str, float]]] = {}
     names: dict[str, str] = {}
