@@ -35,10 +35,11 @@ from tests.helpers import NodeProcess  # noqa: E402
 from tests.test_vectors import _clustered  # noqa: E402
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident bytes; ``RssAnon`` is the heap's share, ``RssFile`` mapped files' (the mmap vector store)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -126,6 +127,9 @@ class Run:
             out["index_build_s"] = _wait(lambda: self.stats(stub).vector_index_ready, 7200, "the index", self.node)
             st = self.stats(stub)
             out["rss_bytes"] = _rss(self.node.proc.pid)  # type: ignore[union-attr]
+            out["rss_anon_bytes"] = _rss(self.node.proc.pid, "RssAnon")  # type: ignore[union-attr]
+            out["rss_file_bytes"] = _rss(self.node.proc.pid, "RssFile")  # type: ignore[union-attr]
+            out["modes"] = f"{self.env.get('SUTRA_VECTOR_STORAGE', 'memory')}/{self.env.get('SUTRA_QUANTIZATION', 'none')}"
             out["memory_by_part"] = {"vectors": st.vector_memory_bytes, "index": st.index_memory_bytes,
                                      "metadata": st.metadata_memory_bytes}
             out["search_before"] = self.search(stub)
@@ -153,9 +157,11 @@ class Run:
 
 
 def _table(results: list[dict[str, Any]]) -> str:
-    rows = [("concepts", lambda r: f"{r['concepts']:,}"),
+    rows = [("concepts", lambda r: f"{r['concepts']:,} ({r.get('modes', 'memory/none')})"),
             ("RSS once indexed", lambda r: f"{r['rss_bytes'] / 1e6:,.0f} MB ({r['rss_bytes'] / r['raw_vector_bytes']:.2f}x raw, "
                                            f"{r['rss_bytes'] / r['concepts']:,.0f} B/concept)"),
+            ("  heap / mapped files", lambda r: f"{r['rss_anon_bytes'] / 1e6:,.0f} / {r['rss_file_bytes'] / 1e6:,.0f} MB"
+                                               f" ({r['rss_anon_bytes'] / r['raw_vector_bytes']:.2f}x raw on the heap)"),
             ("  vectors/index/metadata", lambda r: "/".join(f"{v / 1e6:,.0f}" for v in r["memory_by_part"].values())
              + " MB"),
             ("data directory", lambda r: f"{r['data_dir_bytes'] / 1e6:,.0f} MB "
@@ -181,12 +187,18 @@ def main() -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--quick", action="store_true", help="3,000 x 64-d, 50 queries: a smoke run")
     p.add_argument("--ef", type=int, default=0, help="also search with this ef_search before the restart")
+    p.add_argument("--storage", choices=("memory", "mmap"), default=None, help="SUTRA_VECTOR_STORAGE")
+    p.add_argument("--quantization", choices=("none", "sq8"), default=None, help="SUTRA_QUANTIZATION")
     p.add_argument("--out", default="bench/results/scale.json")
     p.add_argument("--tmp", default=None, help="folder for the data directories (default: the system's)")
     a = p.parse_args()
     sizes = [3000] if a.quick else [int(s) for s in a.sizes.split(",")]
     dim, queries = (64, 50) if a.quick else (a.dim, a.queries)
     env = {"SUTRA_ANN_THRESHOLD": "1000"} if a.quick else {}
+    if a.storage:
+        env["SUTRA_VECTOR_STORAGE"] = a.storage
+    if a.quantization:
+        env["SUTRA_QUANTIZATION"] = a.quantization
     results = []
     for n in sizes:
         base = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=a.tmp))

@@ -19,6 +19,8 @@ T = TypeVar("T")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")  # SUTRA_LOG_FORMAT: json is one object a line, for log shippers
+VECTOR_STORAGES = ("memory", "mmap")  # SUTRA_VECTOR_STORAGE (storage/quant.py)
+QUANTIZATIONS = ("none", "sq8")  # SUTRA_QUANTIZATION: pq is not built
 LEADER_TICK_ETCD_CALLS = 6  # the most etcd calls one HA-loop tick of a leader makes, one after another
 
 
@@ -39,6 +41,8 @@ class Config:
     wal_segment_bytes: int = 64 << 20  # SUTRA_WAL_SEGMENT_BYTES
     ann_threshold: int = 10_000  # SUTRA_ANN_THRESHOLD: exact search up to this many vectors
     index_yield: float = 1.0  # SUTRA_INDEX_YIELD: HNSW indexing rests this many times its work while writes flow
+    vector_storage: str = "memory"  # SUTRA_VECTOR_STORAGE memory|mmap
+    quantization: str = "none"  # SUTRA_QUANTIZATION none|sq8
     max_batch: int = 10_000  # SUTRA_MAX_BATCH: concepts + associations + deletes per batch
     max_message_bytes: int = 64 << 20  # SUTRA_MAX_MESSAGE_BYTES
     read_wait_ms: int = 5_000  # SUTRA_READ_WAIT_MS: longest wait for a read's `sequence`
@@ -191,6 +195,19 @@ def timing_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def vector_mode_problem(storage: str, quantization: str) -> str | None:
+    """Why SUTRA_VECTOR_STORAGE/SUTRA_QUANTIZATION cannot be combined, or None."""
+    if storage not in VECTOR_STORAGES:
+        return f"SUTRA_VECTOR_STORAGE={storage!r}: must be one of {'|'.join(VECTOR_STORAGES)}"
+    if quantization not in QUANTIZATIONS:
+        return f"SUTRA_QUANTIZATION={quantization!r}: must be one of {'|'.join(QUANTIZATIONS)} (pq is not built yet)"
+    if storage == "mmap" and quantization == "none":
+        # faiss' flat HNSW keeps its own float32 copy of every vector it holds.
+        return ("SUTRA_VECTOR_STORAGE=mmap needs SUTRA_QUANTIZATION=sq8: with none the HNSW graph keeps a float32 "
+                "copy of every vector in memory, so a map would save nothing")
+    return None
+
+
 def load(env: Mapping[str, str] | None = None) -> Config:
     """Read and validate every setting. Raises ConfigError listing each bad one."""
     env = os.environ if env is None else env
@@ -217,6 +234,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         wal_segment_bytes=r.integer("SUTRA_WAL_SEGMENT_BYTES", 64 << 20, 1 << 16, 1 << 34),
         ann_threshold=r.integer("SUTRA_ANN_THRESHOLD", 10_000, 0, 1 << 40),
         index_yield=r.get("SUTRA_INDEX_YIELD", 1.0, float, lambda v: None if 0 <= v <= 100 else "must be 0..100"),
+        vector_storage=r.choice("SUTRA_VECTOR_STORAGE", "memory", VECTOR_STORAGES),
+        quantization=r.choice("SUTRA_QUANTIZATION", "none", QUANTIZATIONS),
         max_batch=r.integer("SUTRA_MAX_BATCH", 10_000, 1, 1_000_000),
         max_message_bytes=r.integer("SUTRA_MAX_MESSAGE_BYTES", 64 << 20, 1 << 20, 1 << 30),
         read_wait_ms=r.integer("SUTRA_READ_WAIT_MS", 5_000, 0, 600_000),
@@ -272,6 +291,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             f"SUTRA_GRPC_WORKERS - 2 ({cfg.grpc_workers - 2}), or long calls could take every worker")
     if cfg.tls_ca and not cfg.tls_cert:
         r.errors.append("SUTRA_TLS_CA: set SUTRA_TLS_CERT and SUTRA_TLS_KEY too; a CA alone would serve plaintext")
+    if (problem := vector_mode_problem(cfg.vector_storage, cfg.quantization)) is not None:
+        r.errors.append(problem)
     if cfg.metrics_port and cfg.metrics_port == cfg.port:
         r.errors.append(f"SUTRA_METRICS_PORT={cfg.metrics_port}: STORAGE_PORT is the same port; pick another")
     if r.errors:

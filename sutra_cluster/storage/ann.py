@@ -16,6 +16,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from sutra_cluster.storage.quant import code_bytes, new_hnsw
+
 
 class RWLock:
     """Phase-fair reader/writer lock: many readers or one writer.
@@ -80,11 +82,13 @@ class Ann:
     since been tombstoned.
     """
 
-    def __init__(self, dim: int, m: int, ef_construction: int, index: Any = None) -> None:
+    def __init__(self, dim: int, m: int, ef_construction: int, index: Any = None,
+                 quantization: str = "none") -> None:
         if index is None:
-            index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = ef_construction
-        self.index: Any = index  # faiss.IndexHNSWFlat (untyped: its stubs lack .storage/.hnsw)
+            index = new_hnsw(dim, m, ef_construction, quantization)
+        # faiss.IndexHNSWFlat, or IndexHNSWSQ for sq8 (whose storage holds codes:
+        # rows/scores are then never asked of it).  Untyped: stubs lack .storage/.hnsw.
+        self.index: Any = index
         self.dim = dim
         self.rw = RWLock()
         self.storage: Any = None  # a storage faiss does not own (an adopted graph's), kept alive here
@@ -127,9 +131,9 @@ class Ann:
         return out
 
     def memory_bytes(self) -> tuple[int, int]:
-        """(vector bytes, graph bytes) held by faiss for this graph."""
+        """(vector or code bytes, graph bytes) held by faiss for this graph."""
         with self.rw.read():
-            vectors = self.index.ntotal * self.dim * 4
+            vectors = code_bytes(self.index, self.dim)
             hnsw = self.index.hnsw
             graph = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
         return vectors, graph

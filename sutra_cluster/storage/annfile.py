@@ -192,6 +192,9 @@ def adopt_stored_graph(directory: Path, lsn: int, dim: int, vectors: Any) -> str
     """Give a freshly loaded VectorIndex the graph stored with the checkpoint
     at ``lsn``; returns where the graph comes from ("storage.hnsw"), or why
     none was taken ("rebuilding: <reason>"), logged either way."""
+    quantization = getattr(vectors, "quantization", "none")
+    if quantization != "none":  # its graph is over codes, built at every start (not persisted yet)
+        return f"rebuilding: SUTRA_QUANTIZATION={quantization} builds its graph at start"
     try:
         graph = read_graph(directory, lsn, dim)
         vectors.adopt_graph(graph)

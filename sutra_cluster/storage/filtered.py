@@ -18,13 +18,14 @@ LiveKeys = Callable[[np.ndarray, np.ndarray, np.ndarray], list[tuple[str, float]
 
 def ann_filtered(
     ann: Ann, count: int, labels: np.ndarray, qn: np.ndarray, k: int, ef_search: int, default_ef: int,
-    threads: int, live_keys: LiveKeys,
+    threads: int, live_keys: LiveKeys, fetch_min: int = 0,
 ) -> list[tuple[str, float]]:
     """Live top-k among graph ``labels`` (all ``< count``, alive when chosen).
 
     A narrow filter leaves few members per hop, so the beam (efSearch) is
     widened by count / len(labels), capped at MAX_WIDEN. ``live_keys(labels_seq,
     hit labels, scores)`` maps hits to keys, dropping rows superseded meanwhile.
+    ``fetch_min``: fetch at least this many hits (sq8 rescores them exactly).
     The caller falls back to an exact scan when this finds fewer than it should.
     """
     if len(labels) == 0:
@@ -36,9 +37,9 @@ def ann_filtered(
     widen = min(MAX_WIDEN, count / len(labels))
     params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
     params.sel = sel
-    base = max(ef_search, k + FETCH_SLACK, default_ef)
+    fetch = min(len(labels), max(fetch_min, k + FETCH_SLACK))
+    base = max(ef_search, fetch, default_ef)
     params.efSearch = int(min(count, max(base, base * widen)))
-    fetch = min(len(labels), k + FETCH_SLACK)
     labels_seq = ann.labels_seq
     saved_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)

@@ -24,7 +24,7 @@ class View:
     are freed by replacing the list, and graph labels below ``count`` are fixed.
 
     Rows below ``covered`` are read from ``ann`` (their chunk may be freed or,
-    after a compaction, never filled); rows at or above it from ``chunks``."""
+    after a compaction, never filled) unless ``kept``; other rows from ``chunks``."""
 
     chunks: list[np.ndarray | None]
     keys: list[str]
@@ -36,6 +36,12 @@ class View:
     count: int
     labels_seq: np.ndarray
     dim: int
+    kept: bool = False  # every row's chunk is kept (sq8): read all rows there, none from the graph
+
+    @property
+    def from_graph(self) -> int:
+        """Rows below this are read from the graph's storage."""
+        return 0 if self.kept else self.covered
 
     def labels(self, rows: np.ndarray) -> np.ndarray:
         """Graph labels of covered live rows."""
@@ -44,7 +50,7 @@ class View:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """Normalised vectors of ascending live ``rows``, as one C array."""
         out = np.empty((len(rows), self.dim), dtype=np.float32)
-        split = int(np.searchsorted(rows, self.covered))
+        split = int(np.searchsorted(rows, self.from_graph))
         if split:
             assert self.ann is not None
             out[:split] = self.ann.rows(self.labels(rows[:split]))
@@ -54,7 +60,7 @@ class View:
     def scores(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Inner products of ``q`` with ascending live ``rows``."""
         out = np.empty(len(rows), dtype=np.float32)
-        split = int(np.searchsorted(rows, self.covered))
+        split = int(np.searchsorted(rows, self.from_graph))
         if split:
             assert self.ann is not None
             out[:split] = self.ann.scores(self.labels(rows[:split]), q)
@@ -66,7 +72,7 @@ class View:
     def range_scores(self, start: int, alive: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Scores of rows ``[start, start + len(alive))``, -inf where not alive."""
         stop = start + len(alive)
-        if start >= self.covered:  # all in chunks: scan them in place
+        if start >= self.from_graph:  # all in chunks: scan them in place
             out = range_scores(self.chunks, start, stop, q)
             out[~alive] = -np.inf
             return out

@@ -17,6 +17,7 @@ import numpy as np
 
 from sutra_cluster.storage.ann import Ann
 from sutra_cluster.storage.flatstore import View
+from sutra_cluster.storage.quant import TRAIN_ROWS, train_if_needed
 
 logger = logging.getLogger("sutra_cluster.storage.vectors")
 
@@ -63,6 +64,7 @@ class Maintainer:
     _trim_due: bool
     _m: int
     _ef_construction: int
+    quantization: str
 
     if TYPE_CHECKING:
         def _view_locked(self) -> View: ...
@@ -167,7 +169,8 @@ class Maintainer:
         """Build a fresh graph of a snapshot without blocking searches, then swap it in."""
         ann = None
         if len(rows):
-            ann = Ann(self.dim, self._m, self._ef_construction)
+            ann = Ann(self.dim, self._m, self._ef_construction, quantization=self.quantization)
+            train_if_needed(ann.index, view.vectors(rows[:TRAIN_ROWS]))  # sq8: ranges per dimension
             for lo in range(0, len(rows), _BUILD_BATCH):
                 if (auto and self._stop) or self._epoch != epoch:
                     return None

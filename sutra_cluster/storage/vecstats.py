@@ -15,7 +15,10 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-PARTS = (("vectors", "vector_bytes"), ("index", "index_bytes"), ("metadata", "metadata_bytes"))
+# vectors: full vectors on the heap; vectors_mapped: in the SUTRA_VECTOR_STORAGE=mmap
+# file map (page cache, resident only while touched); index: graph links plus sq8 codes.
+PARTS = (("vectors", "vector_bytes"), ("vectors_mapped", "mapped_vector_bytes"), ("index", "index_bytes"),
+         ("metadata", "metadata_bytes"))
 
 
 READY_PENDING = 1024  # vectors outside the graph a ready index may still scan exactly (~3 MB at 768-d)

@@ -32,11 +32,13 @@ forbids searching an index while ``add`` runs on it (and may move its storage).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -46,6 +48,7 @@ from sutra_cluster.storage.annfile import GraphCapture, LoadedGraph, keys_hash
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
 from sutra_cluster.storage.maintainer import Maintainer
+from sutra_cluster.storage.quant import RESCORE_FACTOR, RESCORE_MIN, ChunkAllocator, check_modes
 from sutra_cluster.storage.vecform import normalise, original
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,9 @@ class VectorIndex(Maintainer):
         index_threads: int = 1,
         index_yield: float = 1.0,
         filter_exact_limit: int = _FILTER_EXACT_ROWS,
+        storage: str = "memory",
+        quantization: str = "none",
+        map_dir: Path | None = None,
     ) -> None:
         """Create an empty index.
 
@@ -105,10 +111,17 @@ class VectorIndex(Maintainer):
         meanwhile by scanning the unindexed tail exactly. 0 disables it.
         ``filter_exact_limit``: a filtered search allowing at most this many
         vectors scans them exactly instead of walking the graph.
+        ``storage``/``quantization``: SUTRA_VECTOR_STORAGE and
+        SUTRA_QUANTIZATION (quant.py; ValueError naming the setting when not
+        supported); ``map_dir`` holds the ``mmap`` chunks.
         """
         if dim <= 0 or exact_limit < 0 or hnsw_m <= 0 or index_batch <= 0:
             raise ValueError("dim, hnsw_m and index_batch must be positive, exact_limit >= 0")
+        check_modes(storage, quantization)
         self.dim = dim
+        self.storage, self.quantization = storage, quantization
+        self._keep = quantization != "none"  # the graph holds codes: the full vectors stay in the chunks
+        self._alloc = ChunkAllocator(storage, map_dir)
         self.exact_limit = exact_limit
         self.filter_exact_limit = max(0, filter_exact_limit)
         self._m = hnsw_m
@@ -197,14 +210,14 @@ class VectorIndex(Maintainer):
             self._norms = np.concatenate([self._norms[:n], np.empty(cap - n, dtype=np.float64)])
         if vecs is not None:
             while len(self._chunks) * CHUNK_ROWS < n + m:
-                self._chunks.append(np.empty((CHUNK_ROWS, self.dim), dtype=np.float32))
+                self._chunks.append(self._alloc.chunk(CHUNK_ROWS, self.dim))
             row = n
             while row < n + m:
                 c, off = divmod(row, CHUNK_ROWS)
                 take = min(n + m - row, CHUNK_ROWS - off)
                 chunk = self._chunks[c]
                 if chunk is None:  # a freed chunk the covered prefix ends in
-                    chunk = self._chunks[c] = np.empty((CHUNK_ROWS, self.dim), dtype=np.float32)
+                    chunk = self._chunks[c] = self._alloc.chunk(CHUNK_ROWS, self.dim)
                 chunk[off : off + take] = vecs[row - n : row - n + take]
                 row += take
         self._seq[n : n + m] = np.arange(self._next_seq, self._next_seq + m)
@@ -228,7 +241,8 @@ class VectorIndex(Maintainer):
         if dead < _COMPACT_MIN_DEAD or dead < _COMPACT_FRACTION * self._n:
             return
         keep = np.flatnonzero(self._alive[: self._n])
-        split = int(np.searchsorted(keep, self._covered))
+        covered = int(np.searchsorted(keep, self._covered))
+        split = 0 if self._keep else covered  # rows below split take no chunk copy
         chunks, keys = self._chunks, [self._keys[i] for i in keep]
         seq, norms = self._seq[keep], self._norms[keep]
         self._chunks = []
@@ -244,7 +258,7 @@ class VectorIndex(Maintainer):
             self._append_locked(keys[lo : lo + CHUNK_ROWS], gather(chunks, rows, self.dim), norms[lo : lo + CHUNK_ROWS])
         self._seq[: self._n] = seq
         self._next_seq = next_seq
-        self._covered = split
+        self._covered = covered
         logger.debug("compacted vector store: %d dead rows dropped, %d kept", dead, self._n)
 
     def _free_covered_locked(self) -> None:
@@ -254,6 +268,8 @@ class VectorIndex(Maintainer):
         if ann is None:
             return
         self._covered = int(np.searchsorted(self._seq[: self._n], ann.watermark))
+        if self._keep:  # sq8 rescoring reads the full vectors from the chunks
+            return
         full = min(len(self._chunks), self._covered // CHUNK_ROWS)
         if any(self._chunks[c] is not None for c in range(full)):
             freed: list[np.ndarray | None] = [None] * full
@@ -273,7 +289,7 @@ class VectorIndex(Maintainer):
         ann = self._ann
         count, labels_seq = (0, np.empty(0, dtype=np.int64)) if ann is None else (ann.count, ann.labels_seq)
         return View(self._chunks, self._keys, self._seq, self._norms, self._n, ann, self._covered, count,
-                    labels_seq, self.dim)
+                    labels_seq, self.dim, self._keep)
 
     # ------------------------------------------------------------ public API
 
@@ -388,17 +404,27 @@ class VectorIndex(Maintainer):
         split = int(np.searchsorted(rows, view.covered))
         cands = view.candidates(rows[split:], qn, k)
         graph = ann_filtered(ann, view.count, view.labels(rows[:split]), qn, k, ef_search, self._default_ef,
-                             self._search_threads, self._live_keys)
+                             self._search_threads, functools.partial(self._live_keys, qn=qn), self._fetch(k))
         if len(graph) < min(k, split):  # the beam ran dry inside the filter: be exact
             graph = view.candidates(rows[:split], qn, k)
         cands.extend(graph)
         return ranked(cands, k), False
 
-    def _live_keys(self, labels_seq: np.ndarray, labels: np.ndarray, sims: np.ndarray) -> list[tuple[str, float]]:
-        """(key, score) for graph hits whose row is still live."""
+    def _fetch(self, k: int) -> int:
+        """Graph hits to fetch at least: sq8 over-fetches to rescore exactly."""
+        return max(RESCORE_MIN, RESCORE_FACTOR * k) if self._keep else 0
+
+    def _live_keys(self, labels_seq: np.ndarray, labels: np.ndarray, sims: np.ndarray,
+                   qn: np.ndarray | None = None) -> list[tuple[str, float]]:
+        """(key, score) for graph hits whose row is still live; with sq8 the
+        score is exact, from the full vector (``qn`` the query)."""
         seqs = labels_seq[labels]
         with self._lock:
             rows = self._rows_for_seqs_locked(seqs)
+            if self._keep and qn is not None:
+                live = np.sort(rows[rows >= 0])  # at most a few hundred rows: a small gather
+                exact = gather(self._chunks, live, self.dim) @ qn
+                return [(self._keys[r], float(s)) for r, s in zip(live, exact)]
             return [(self._keys[r], float(s)) for r, s in zip(rows, sims) if r >= 0]
 
     def _ann_candidates(
@@ -408,7 +434,7 @@ class VectorIndex(Maintainer):
         """Live top-k from the graph's first ``count`` labels (over-fetching
         to make up for tombstones; doubling if filtering left too few)."""
         want = min(k, max(0, count - dead))
-        fetch = min(count, math.ceil(k * count / max(1, count - dead)) + _FETCH_SLACK)
+        fetch = min(count, max(self._fetch(k), math.ceil(k * count / max(1, count - dead)) + _FETCH_SLACK))
         saved_threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(self._search_threads)  # per-thread in libgomp
         try:
@@ -421,7 +447,7 @@ class VectorIndex(Maintainer):
                 # Labels >= count were added after our snapshot; the exact
                 # tail scan already covers them.
                 ok = (labels[0] >= 0) & (labels[0] < count)
-                found = self._live_keys(labels_seq, labels[0][ok], sims[0][ok])
+                found = self._live_keys(labels_seq, labels[0][ok], sims[0][ok], qn)
                 if len(found) >= want or fetch >= count:
                     return found
                 fetch = min(count, 2 * fetch)
@@ -497,7 +523,7 @@ class VectorIndex(Maintainer):
         label order, which is the order ``stored_batches`` yields them in."""
         with self._lock:
             ann = self._ann
-            if ann is None or ann.count == 0:
+            if ann is None or ann.count == 0 or self._keep:  # sq8 graphs are not persisted yet: rebuilt at start
                 return None
             rows = self._rows_for_seqs_locked(ann.labels_seq[: ann.count])
             keys = self._keys
@@ -511,6 +537,8 @@ class VectorIndex(Maintainer):
         with self._cv:
             live = int(graph.alive.sum())
             n = self._n
+            if self._keep:
+                raise ValueError(f"SUTRA_QUANTIZATION={self.quantization} builds its own graph over codes")
             if self._ann is not None or n < live or not self._alive[:n].all():
                 raise ValueError(f"the vector index is not freshly loaded ({n} rows, {self._live} live, "
                                  f"graph {'present' if self._ann is not None else 'absent'})")
@@ -554,15 +582,19 @@ class VectorIndex(Maintainer):
 
     def stats(self) -> dict[str, int]:
         """Counters for monitoring: live, rows, hnsw_total, hnsw_dead, pending,
-        and memory by part: vector_bytes, index_bytes, metadata_bytes."""
+        and memory by part: vector_bytes (full vectors on the heap),
+        mapped_vector_bytes (full vectors in the ``mmap`` file map, page cache),
+        index_bytes (graph links, plus sq8 codes), metadata_bytes."""
         with self._lock:
             ann = self._ann
             pending = self._n - self._covered if ann is not None else self._n
             total, dead = (0, 0) if ann is None else (ann.count, ann.dead)
             flat = sum(c.nbytes for c in self._chunks if c is not None)
+            heap, mapped = (0, flat) if self._alloc.mapped else (flat, 0)
             # Arrays plus ~100 B per key for its str and dict entry (measured order of magnitude).
             meta = self._seq.nbytes + self._alive.nbytes + self._norms.nbytes + 100 * len(self._keys)
         graph_vecs, graph = (0, 0) if ann is None else ann.memory_bytes()
         return {"live": self._live, "rows": self._n, "hnsw_total": total, "hnsw_dead": dead,
-                "pending": pending, "vector_bytes": flat + graph_vecs, "index_bytes": graph,
+                "pending": pending, "vector_bytes": heap + (0 if self._keep else graph_vecs),
+                "index_bytes": graph + (graph_vecs if self._keep else 0), "mapped_vector_bytes": mapped,
                 "metadata_bytes": meta}
