@@ -350,7 +350,7 @@ def _ingest_once(nodes: Nodes, name: str, batches: list[pb.LearnBatchRequest], t
         def send(t: int) -> None:
             with SutraClient(node.address, timeout=120) as c:
                 for b in per_thread[t]:
-                    c._call("LearnBatch", b)
+                    c._invoke("LearnBatch", b)
 
         wall, _ = run_threads(threads, send)
     else:
