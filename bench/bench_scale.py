@@ -151,6 +151,8 @@ class Run:
             out["index_source_after_restart"] = st.vector_index_source
             out["search_first_10s_after_restart"] = self.search(stub, seconds=10.0)
             out["rss_after_restart_bytes"] = _rss(self.node.proc.pid)  # type: ignore[union-attr]
+            out["rss_after_restart_anon_bytes"] = _rss(self.node.proc.pid, "RssAnon")  # type: ignore[union-attr]
+            out["rss_after_restart_file_bytes"] = _rss(self.node.proc.pid, "RssFile")  # type: ignore[union-attr]
         finally:
             self.node.stop(timeout=120)
         return out
