@@ -30,7 +30,12 @@ def test_a_sync_replica_never_shows_an_unacknowledged_write(tmp_path: Path) -> N
         r2.pause()
         try:
             with c.leader.client() as lc, pytest.raises(grpc.RpcError) as refused:
-                lc.learn_concept("pending", "never acknowledged", np.ones(DIM, dtype=np.float32))
+                got = lc.learn_concept("pending", "never acknowledged", np.ones(DIM, dtype=np.float32))
+                # Seen once under load (cause not found yet): say what the leader counted.
+                st = c.leader.status()
+                pytest.fail(f"acknowledged at LSN {got} with r2 stopped; leader: durable {st.durable_lsn}, replicas "
+                            f"{[(r.node_id, r.state, r.flushed_lsn) for r in st.replicas]}\n--- leader log ---\n"
+                            f"{c.leader.log_tail()}\n--- r2 log ---\n{r2.log_tail()}")
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
             assert "1 of 2 required replicas acknowledged" in (refused.value.details() or "")  # type: ignore[attr-defined]
             lsn = c.leader.status().durable_lsn
