@@ -22,6 +22,7 @@ NO_LEADER = errors.NoLeader.reason  # the node knows no leader yet
 NOT_VISIBLE = errors.NotVisible.reason  # a read's sequence was not visible in time
 WRONG_SHARD = errors.WrongShard.reason  # the concept belongs to another shard
 STALE_LEADER = "stale-leader"  # a replica has seen a newer term than this leader's (the stream says so itself)
+FOREIGN_CLUSTER = "foreign-cluster"  # a replication peer's data belongs to another cluster
 MOVING = "moving"  # the key is frozen for a reshard's cutover: retry once the map has moved on
 # Beside ``wrong-shard`` and ``moving``: the shard map version the node answered
 # by, so a caller on an older map knows to fetch the newer one first.

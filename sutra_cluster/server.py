@@ -101,7 +101,7 @@ class Node:
                 ttl=cfg.lease_ttl_s, timeout=cfg.retry_timeout_ms / 1000.0, security=cfg.etcd,
             )
             journal = Journal(coord, cfg.cluster_name, cfg.shard, cfg.node_id, cfg.address, __version__)
-            self.ha = HaLoop(self.replication, coord, cfg, journal=journal)
+            self.ha = HaLoop(self.replication, coord, cfg, journal=journal, identity=self.replication.identity)
             # In-doubt cross-shard parts are finished here from their decision in etcd.
             self.txn_resolver = txn_recovery.Resolver(
                 self.engine, DecisionStore(cfg.etcd_endpoints, cfg.cluster_name, cfg.node_id, security=cfg.etcd),
@@ -110,6 +110,8 @@ class Node:
     def _health(self) -> tuple[bool, str]:
         """(process serving RPCs, a one-line status) for the guide's HealthCheck."""
         eng = self.engine
+        if self.ha is not None and self.ha.identity_problem:
+            return True, f"not taking part: {self.ha.identity_problem}"
         if eng.read_fence:
             return True, f"joining: {eng.read_fence}"
         if eng.write_failure:

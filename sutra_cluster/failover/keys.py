@@ -1,6 +1,7 @@
 """The etcd key layout of a cluster, in one place, and the values stored there.
 
     /<cluster>/shardmap                          the versioned shard map (sharding/shardmap.py)
+    /<cluster>/cluster_uuid                      the cluster's id, created once (failover/cluster_id.py)
     /<cluster>/shards/<shard>/leader             LeaderKey, bound to the leader's lease
     /<cluster>/shards/<shard>/term               the last term handed out (taken with the leader key)
     /<cluster>/shards/<shard>/sync               SyncState: the sync set (Patroni's /sync)
@@ -43,6 +44,10 @@ def cluster_prefix(cluster: str) -> str:
 
 def shard_prefix(cluster: str, shard: int) -> str:
     return f"/{cluster}/shards/{shard}/"
+
+
+def cluster_uuid_key(cluster: str) -> str:
+    return f"/{cluster}/cluster_uuid"
 
 
 def map_key(cluster: str) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sutra_cluster.config import Config
 from sutra_cluster.errors import Unavailable
+from sutra_cluster.failover import cluster_id
 from sutra_cluster.failover.coordinator import (
     ClusterSnapshot,
     Coordinator,
@@ -47,6 +48,7 @@ from sutra_cluster.failover.decide import (
 from sutra_cluster.failover.journal import Journal
 from sutra_cluster.failover.port import NodePort, NodeState
 from sutra_cluster.roles import CommitMode, Role
+from sutra_cluster.storage.identity import ClusterIdentity, ForeignCluster
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +78,16 @@ class _Handover:
 class HaLoop:
     def __init__(self, port: NodePort, coord: Coordinator, cfg: Config, *,
                  clock: Callable[[], float] = time.monotonic,
-                 probe: Callable[[str], bool] = port_refuses, journal: Journal | None = None) -> None:
+                 probe: Callable[[str], bool] = port_refuses, journal: Journal | None = None,
+                 identity: ClusterIdentity | None = None) -> None:
         """``journal`` (optional) records leadership changes and this member's
-        registration in etcd for operators; it never delays a tick."""
+        registration in etcd for operators; it never delays a tick.
+        ``identity`` (optional): this node's cluster id, confirmed against etcd's
+        before the first tick; a node of another cluster never takes part."""
         self.node = port
         self.journal = journal
+        self.identity = identity
+        self.identity_problem = ""  # why this node does not take part, while it does not
         self.coord = coord
         self.cfg = cfg
         self.clock = clock
@@ -132,8 +139,28 @@ class HaLoop:
     def wake(self) -> None:
         self._wake.set()
 
+    def _confirm_identity(self) -> bool:
+        """Wait until etcd and this node's data agree on the cluster's id (False:
+        stopped first). Until then the node publishes nothing and stays fenced."""
+        assert self.identity is not None
+        while not self._stop.is_set():
+            try:
+                cluster_id.confirm(self.coord, self.identity)  # type: ignore[arg-type]
+                self.identity_problem = ""
+                return True
+            except ForeignCluster as exc:
+                self.identity_problem = str(exc)
+                log.error("not taking part in cluster %s: %s", self.cfg.cluster_name, exc)
+                self._stop.wait(5.0)
+            except CoordinatorUnavailable as exc:
+                self.identity_problem = f"etcd unreachable: {exc}"
+                self._stop.wait(self.cfg.loop_wait_ms / 1000.0)
+        return False
+
     def _run(self) -> None:
         wait = self.cfg.loop_wait_ms / 1000.0
+        if self.identity is not None and not self._confirm_identity():
+            return
         while not self._stop.is_set():
             t0 = time.monotonic()
             try:

@@ -7,18 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "address", "last_lsn", "last_term", "highest_term")
+    __slots__ = ("node_id", "address", "last_lsn", "last_term", "highest_term", "cluster_name", "cluster_uuid")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LAST_LSN_FIELD_NUMBER: _ClassVar[int]
     LAST_TERM_FIELD_NUMBER: _ClassVar[int]
     HIGHEST_TERM_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_UUID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     last_lsn: int
     last_term: int
     highest_term: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., last_lsn: _Optional[int] = ..., last_term: _Optional[int] = ..., highest_term: _Optional[int] = ...) -> None: ...
+    cluster_name: str
+    cluster_uuid: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., last_lsn: _Optional[int] = ..., last_term: _Optional[int] = ..., highest_term: _Optional[int] = ..., cluster_name: _Optional[str] = ..., cluster_uuid: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("written_lsn", "flushed_lsn", "applied_lsn")
@@ -81,7 +85,7 @@ class Diverged(_message.Message):
     def __init__(self, truncate_after: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class LeaderMessage(_message.Message):
-    __slots__ = ("term", "leader_id", "leader_address", "records", "heartbeat", "need_snapshot", "diverged")
+    __slots__ = ("term", "leader_id", "leader_address", "records", "heartbeat", "need_snapshot", "diverged", "cluster_uuid")
     TERM_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +93,7 @@ class LeaderMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     NEED_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     DIVERGED_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_UUID_FIELD_NUMBER: _ClassVar[int]
     term: int
     leader_id: str
     leader_address: str
@@ -96,13 +101,18 @@ class LeaderMessage(_message.Message):
     heartbeat: Heartbeat
     need_snapshot: NeedSnapshot
     diverged: Diverged
-    def __init__(self, term: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., records: _Optional[_Union[Records, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., need_snapshot: _Optional[_Union[NeedSnapshot, _Mapping]] = ..., diverged: _Optional[_Union[Diverged, _Mapping]] = ...) -> None: ...
+    cluster_uuid: str
+    def __init__(self, term: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., records: _Optional[_Union[Records, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., need_snapshot: _Optional[_Union[NeedSnapshot, _Mapping]] = ..., diverged: _Optional[_Union[Diverged, _Mapping]] = ..., cluster_uuid: _Optional[str] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "cluster_name", "cluster_uuid")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_UUID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    cluster_name: str
+    cluster_uuid: str
+    def __init__(self, node_id: _Optional[str] = ..., cluster_name: _Optional[str] = ..., cluster_uuid: _Optional[str] = ...) -> None: ...
 
 class SnapshotBlock(_message.Message):
     __slots__ = ("data", "lsn", "term")

@@ -21,6 +21,7 @@ from sutra_cluster.pb import replication_pb2_grpc
 from sutra_cluster.roles import MAX_TERM
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.engine import Engine
+from sutra_cluster.storage.identity import ClusterIdentity, ForeignCluster
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,16 @@ class FollowerLoop:
     """Follows one leader address until stopped; reconnects with backoff."""
 
     def __init__(self, engine: Engine, cfg: Config, leader_address: str,
-                 channel_factory=None, expected_term: int = 0, reinit: bool = False) -> None:  # type: ignore[no-untyped-def]
-        """``reinit``: first replace this node's state with the leader's snapshot
+                 channel_factory=None, expected_term: int = 0, reinit: bool = False,  # type: ignore[no-untyped-def]
+                 identity: ClusterIdentity | None = None) -> None:
+        """``identity``: this node's cluster id, sent in the hello and checked against
+        the leader's (default: the one in the engine's data directory).
+        ``reinit``: first replace this node's state with the leader's snapshot
         (``sutra-cluster reinit``), then stream; ``reinit_done`` is set once that
         ended, with ``reinit_result`` (lsn, term, bytes, seconds) or ``reinit_error``."""
         self.engine = engine
         self.reinit = reinit
+        self.identity = identity if identity is not None else ClusterIdentity(engine.dir, cfg.cluster_name)
         self.reinit_done = threading.Event()
         self.reinit_result: tuple[int, int, int, float] | None = None
         self.reinit_error = ""
@@ -91,6 +96,10 @@ class FollowerLoop:
                 self.state, self.last_error = "rejected-stale-leader", str(exc)
                 log.warning("%s", exc)
                 backoff = 1.0
+            except ForeignCluster as exc:
+                self.state, self.last_error = "rejected-foreign-cluster", str(exc)
+                log.error("refused the stream from %s: %s", self.leader_address, exc)
+                backoff = 1.0
             except grpc.RpcError as exc:
                 if not self._stop.is_set():
                     details = exc.details() or ""  # type: ignore[attr-defined]
@@ -98,8 +107,11 @@ class FollowerLoop:
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
                         # The node refused to feed us: it is stale (our hello carried a newer
                         # term) or not a leader. Shown as such, not as a network blip.
-                        stale = retry.reason(exc) == retry.STALE_LEADER
-                        self.state = "rejected-stale-leader" if stale else "rejected"
+                        why = retry.reason(exc)
+                        self.state = {retry.STALE_LEADER: "rejected-stale-leader",
+                                      retry.FOREIGN_CLUSTER: "rejected-foreign-cluster"}.get(why or "", "rejected")
+                        if why == retry.FOREIGN_CLUSTER:
+                            log.error("leader %s refused this node: %s", self.leader_address, details)
                         backoff = 1.0
                     else:
                         self.state = "disconnected"
@@ -142,7 +154,8 @@ class FollowerLoop:
         acks: queue.Queue[rpb.FollowerMessage | None] = queue.Queue()
         last = eng.wal.last_lsn
         hello = rpb.Hello(node_id=self.cfg.node_id, address=self.cfg.address, last_lsn=last,
-                          last_term=eng.terms.term_at(last) if last else 0, highest_term=eng.term)
+                          last_term=eng.terms.term_at(last) if last else 0, highest_term=eng.term,
+                          cluster_name=self.identity.name, cluster_uuid=self.identity.uuid)
 
         def requests() -> Iterator[rpb.FollowerMessage]:
             yield rpb.FollowerMessage(hello=hello)
@@ -173,8 +186,20 @@ class FollowerLoop:
             self._call = None
             channel.close()
 
+    def _check_cluster(self, msg: rpb.LeaderMessage, call: grpc.Future) -> None:
+        """A leader of another cluster is refused before its term, records, cut or
+        snapshot touch anything; a node without an id yet adopts the leader's."""
+        if not msg.cluster_uuid:  # a leader of an older version
+            return
+        try:
+            self.identity.adopt(msg.cluster_uuid)
+        except ForeignCluster as exc:
+            call.cancel()
+            raise ForeignCluster(f"leader {msg.leader_id or self.leader_address}: {exc}") from None
+
     def _handle(self, msg: rpb.LeaderMessage, call: grpc.Future, acks: queue.Queue, stub) -> None:  # type: ignore[no-untyped-def,type-arg]
         eng = self.engine
+        self._check_cluster(msg, call)
         if msg.term < eng.term:
             call.cancel()
             raise StaleLeader(f"rejected stream from {msg.leader_id or self.leader_address}: its term {msg.term} "
@@ -232,7 +257,9 @@ class FollowerLoop:
         t0 = shown = time.monotonic()
         size = 0
         with open(tmp, "wb", buffering=1 << 20) as f:
-            for block in stub.GetSnapshot(rpb.SnapshotRequest(node_id=self.cfg.node_id)):
+            request = rpb.SnapshotRequest(node_id=self.cfg.node_id, cluster_name=self.identity.name,
+                                          cluster_uuid=self.identity.uuid)
+            for block in stub.GetSnapshot(request):
                 if self._stop.is_set():
                     return None
                 f.write(block.data)

@@ -22,6 +22,7 @@ from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.replication.commit import ReplicaPosition, SyncCommit
 from sutra_cluster.roles import MAX_TERM, CommitMode, Role
 from sutra_cluster.storage.engine import Engine
+from sutra_cluster.storage.identity import ClusterIdentity
 from sutra_cluster.storage.terms import TermHistory
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,11 @@ class LeaderStreams:
     """Feeds replicas and decides what may be acknowledged. Commit bookkeeping is
     ``SyncCommit`` (pure), always used under ``self._acks``."""
 
-    def __init__(self, engine: Engine, cfg: Config, *, managed: bool) -> None:
+    def __init__(self, engine: Engine, cfg: Config, *, managed: bool, identity: ClusterIdentity) -> None:
         self.engine = engine
         self.cfg = cfg
         self.managed = managed
+        self.identity = identity
         self.followers: dict[str, Follower] = {}
         self._acks = threading.Condition()
         self._data = threading.Condition()
@@ -158,6 +160,15 @@ class LeaderStreams:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.cfg.node_id} is not the leader (leader: {eng.leader_address or 'unknown'})")
 
+    def check_cluster(self, peer: str, name: str, value: str, context: grpc.ServicerContext) -> None:
+        """Refuse a peer of another cluster (FAILED_PRECONDITION, reason foreign-cluster)
+        before anything else: it must never be fed, counted or sent a snapshot."""
+        why = self.identity.refusal(peer, name, value)
+        if why is not None:
+            log.error("refused %s", why)
+            context.set_trailing_metadata(((retry.REASON_KEY, retry.FOREIGN_CLUSTER),))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"refused: {why}")
+
     def stream(self, requests: Iterator[rpb.FollowerMessage], context: grpc.ServicerContext,
                peer_name: str = "") -> Iterator[rpb.LeaderMessage]:
         """Feed one replica. ``peer_name``: the node name the caller authenticated
@@ -172,9 +183,12 @@ class LeaderStreams:
         if peer_name and hello.node_id != peer_name:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"hello.node_id {hello.node_id!r} is not the authenticated node {peer_name!r}")
+        self.check_cluster(f"follower {hello.node_id!r} ({hello.address or 'no address'})", hello.cluster_name,
+                           hello.cluster_uuid, context)
         self._check_hello(hello, context)
         term = eng.term
-        head: dict[str, Any] = {"term": term, "leader_id": self.cfg.node_id, "leader_address": self.cfg.address}
+        head: dict[str, Any] = {"term": term, "leader_id": self.cfg.node_id, "leader_address": self.cfg.address,
+                                "cluster_uuid": self.identity.uuid}
         diverged = self._divergence(hello)
         if diverged is not None:
             reason, branch = diverged

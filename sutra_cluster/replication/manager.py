@@ -21,6 +21,7 @@ from sutra_cluster.replication.follower import FollowerLoop
 from sutra_cluster.replication.leader import LeaderStreams
 from sutra_cluster.roles import MAX_TERM, CommitMode, NodeState, Role
 from sutra_cluster.storage.engine import Engine
+from sutra_cluster.storage.identity import ClusterIdentity
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ class ReplicationManager:
         self.cfg = cfg
         self.managed = bool(cfg.etcd_endpoints)
         self.mode = CommitMode(cfg.commit_mode)
-        self.leader = LeaderStreams(engine, cfg, managed=self.managed)
+        # Raises (the node does not start) when cluster.id is damaged or names another cluster.
+        self.identity = ClusterIdentity(engine.dir, cfg.cluster_name)
+        self.leader = LeaderStreams(engine, cfg, managed=self.managed, identity=self.identity)
         self.leader.on_stale.append(self._stale)
         self.follower: FollowerLoop | None = None
         self._lock = threading.RLock()
@@ -103,6 +106,9 @@ class ReplicationManager:
         with self._lock:
             self._stop_following()
             eng = self.engine
+            # Without etcd the first leader names the cluster; with etcd the id was
+            # confirmed against /<cluster>/cluster_uuid before the HA loop started.
+            self.identity.ensure()
             lsn = eng.wal.last_lsn if term is None else eng.begin_term(term)
             self.leader.begin_term(lsn)
             eng.lead(self.cfg.address)
@@ -132,7 +138,7 @@ class ReplicationManager:
                 return
             self._stop_following()
             self.follower = FollowerLoop(eng, self.cfg, address, tlsutil.channel_factory(self.cfg),
-                                         expected_term=term).start()
+                                         expected_term=term, identity=self.identity).start()
             log.info("following %s (term %d)", address, term or eng.term)
 
     def freeze(self) -> None:
@@ -179,6 +185,7 @@ class ReplicationManager:
             self._stop_following()
             log.warning("reinit: rebuilding from a snapshot of %s; the old files are set aside", address)
             new = FollowerLoop(eng, self.cfg, address, tlsutil.channel_factory(self.cfg), expected_term=term,
+                               identity=self.identity,
                                reinit=True)
             self.follower = new.start()
         if not new.reinit_done.wait(timeout):

@@ -28,6 +28,8 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
         return self.m.leader.stream(request_iterator, context, peer_name=name)
 
     def GetSnapshot(self, request: rpb.SnapshotRequest, context: grpc.ServicerContext) -> Iterator[rpb.SnapshotBlock]:
+        self.m.leader.check_cluster(f"snapshot requester {request.node_id!r}", request.cluster_name,
+                                    request.cluster_uuid, context)
         header, blocks = self.m.engine.snapshot_blocks()
         buf: list[bytes] = []
         size = 0
