@@ -19,6 +19,8 @@ and then blocks in :meth:`wait_durable` writes and fsyncs the whole buffered
 group itself when no flush is running (LevelDB's writer queue does the same),
 instead of waking the flusher thread and sleeping until it is done. Writers
 arriving during that fsync wait, and the first of them flushes the next group.
+Waiting writers are woken one by one, only when their record is durable or
+they are to write the next group (:mod:`sutra_cluster.storage.wal_waiters`).
 The flusher thread still writes whatever nobody waits for (``wake=True``
 appends, a timer as the safety net) and handles close.
 
@@ -49,6 +51,7 @@ from sutra_cluster.storage.wal_format import (
 )
 from sutra_cluster.storage.wal_reader import DropCallback, LogDir, load_log_dir, scan_segment
 from sutra_cluster.storage.wal_segments import SegmentFiles, repair_torn_tail, wal_files
+from sutra_cluster.storage.wal_waiters import Waiters
 
 __all__ = [
     "Lsn",
@@ -122,7 +125,8 @@ class WriteAheadLog:
         self._notified = 0  # highest durable LSN the listeners were told
         self._flushing = False  # a group is being written (by the flusher or a waiting writer)
         self._work_cv = threading.Condition(self._mu)
-        self._durable_cv = threading.Condition(self._mu)
+        self._durable_cv = threading.Condition(self._mu)  # the flusher's wait at close
+        self._waiters = Waiters()
         self._buf: list[bytes] = []
         self._gen = 0
         # generation -> (first failed LSN, error) for each write failure
@@ -188,7 +192,7 @@ class WriteAheadLog:
             if self._fatal is None:
                 self._fatal = err
             self._buf.clear()
-            self._durable_cv.notify_all()
+            self._wake_writers(everyone=True)
         return self._fatal or err
 
     # --------------------------------------------------------------- flusher
@@ -219,7 +223,7 @@ class WriteAheadLog:
             finally:
                 with self._mu:
                     self._flushing = False
-                    self._durable_cv.notify_all()
+                    self._wake_writers()
 
     def _flush_group(self) -> None:
         """Write and fsync the buffered group, tell the listeners, and seal a
@@ -275,7 +279,7 @@ class WriteAheadLog:
         segs.committed(len(data), len(batch))
         with self._mu:
             self._durable_lsn = last
-            self._durable_cv.notify_all()
+            self._wake_writers()
         return last
 
     def _write_failed(self, exc: OSError, first: int) -> None:
@@ -297,7 +301,7 @@ class WriteAheadLog:
             self._gen += 1
             self._buf.clear()
             self._last_lsn = self._durable_lsn
-            self._durable_cv.notify_all()
+            self._wake_writers(everyone=True)
         logger.error("%s", err)
 
     def _notify_listeners(self, durable: int) -> None:
@@ -423,7 +427,14 @@ class WriteAheadLog:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._durable_cv.wait(remaining)
+                self._waiters.sleep(self._mu, lsn, timeout is None, remaining)
+
+    def _wake_writers(self, everyone: bool = False) -> None:
+        """(``_mu`` held) Wake the writers whose record is durable, the first one
+        that may write a buffered group nobody writes, or (``everyone``) all."""
+        self._durable_cv.notify_all()
+        if self._waiters:
+            self._waiters.wake(self._durable_lsn, bool(self._buf) and not self._flushing, everyone)
 
     def _flush_as_writer(self) -> None:
         """Flush the buffered group from a waiting writer's thread (``_mu`` held
@@ -441,7 +452,7 @@ class WriteAheadLog:
         finally:
             self._mu.acquire()
             self._flushing = False
-            self._durable_cv.notify_all()  # the next waiter flushes the next group
+            self._wake_writers()  # and the first writer waiting for the next group writes it
 
     def sync(self) -> None:
         """Flush everything appended so far and wait until it is durable."""
@@ -582,7 +593,7 @@ class WriteAheadLog:
             self._segs.close()
         with self._mu:
             self._closed = True
-            self._durable_cv.notify_all()
+            self._wake_writers(everyone=True)
 
     def __enter__(self) -> Self:
         return self
