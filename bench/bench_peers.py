@@ -69,6 +69,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid``: each is a thread that
+    blocked (a lock, the GIL, a condition, I/O) and was woken again."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{tid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
 def make_records(n: int, prefix: str, rng: np.random.Generator) -> list[peers.Record]:
     vecs = rng.standard_normal((n, DIM), dtype=np.float32).astype("<f4")
     pad = "lorem ipsum dolor sit amet " * 8  # 216 characters
@@ -121,6 +131,9 @@ class Sutra:
 
     def cpu(self) -> list[float]:
         return [cpu_seconds(p) for p in self.pids]
+
+    def wakeups(self) -> list[int]:
+        return [wakeups(p) for p in self.pids]
 
     def batched(self, recs: Sequence[peers.Record], size: int) -> float:
         reqs = []
@@ -240,6 +253,7 @@ def measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Rec
     if p:
         p.finish()
     cpu1 = sys_.cpu() if cpu0 is not None else None
+    w1 = sys_.wakeups() if hasattr(sys_, "wakeups") else None
     p = prof("single")
     row["single"] = len(singles) / sys_.single(singles)
     if p:
@@ -250,6 +264,10 @@ def measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Rec
         row["all_nodes_cpu_us_per_batched_record"] = (sum(cpu1) - sum(cpu0)) / len(recs) * 1e6
         row["leader_cpu_us_per_single_write"] = (cpu2[0] - cpu1[0]) / len(singles) * 1e6
         row["all_nodes_cpu_us_per_single_write"] = (sum(cpu2) - sum(cpu1)) / len(singles) * 1e6
+    if w1 is not None:
+        w2 = sys_.wakeups()
+        row["leader_wakeups_per_single_write"] = (w2[0] - w1[0]) / len(singles)
+        row["all_nodes_wakeups_per_single_write"] = (sum(w2) - sum(w1)) / len(singles)
     return row
 
 
@@ -369,13 +387,15 @@ def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc:
     print(f"\n{args.batches * args.batch_size:,} records in batches of {args.batch_size:,}, then {args.singles} "
           f"sequential single writes; records/s, medians of {args.rounds}\n")
     print("| system | batched | single write | batched vs PostgreSQL | single vs PostgreSQL |"
-          " leader CPU µs/record batched / single |")
-    print("|---|---:|---:|---:|---:|---:|")
+          " leader CPU µs/record batched / single | wake-ups per single write, leader / all nodes |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for k, m in med.items():
         vs = (f"{m['batched'] / pg['batched']:.2f}× | {m['single'] / pg['single']:.2f}×") if pg else "– | –"
         cpu = (f"{m['leader_cpu_us_per_batched_record']:.0f} / {m['leader_cpu_us_per_single_write']:.0f}"
                if "leader_cpu_us_per_single_write" in m else "")
-        print(f"| {names[k]} | {m['batched']:,.0f} | {m['single']:,.0f} | {vs} | {cpu} |")
+        wk = (f"{m['leader_wakeups_per_single_write']:.1f} / {m['all_nodes_wakeups_per_single_write']:.1f}"
+              if "leader_wakeups_per_single_write" in m else "")
+        print(f"| {names[k]} | {m['batched']:,.0f} | {m['single']:,.0f} | {vs} | {cpu} | {wk} |")
     goals: list[tuple[str, float | None, str]] = []
 
     def ratio(a: str, am: str, b: str, bm: str) -> float | None:
