@@ -206,3 +206,43 @@ def test_router_serves_and_reaches_nodes_over_mutual_tls(pki: dict[str, str], tm
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         router.stop()
+
+
+def test_the_reshard_driver_reaches_leaders_over_mutual_tls_with_an_admin_certificate(
+        tmp_path: Path, node_factory: Callable[..., NodeProcess]) -> None:
+    """`sutra-cluster reshard` calls ReshardService (admin plane) on shard leaders:
+    under mutual TLS it must present SUTRA_TLS_* like the other admin tools, and
+    only an admin certificate may move data."""
+    from sutra_cluster import certs
+    from sutra_cluster.pb import reshard_pb2 as reshpb
+    from sutra_cluster.pb import reshard_pb2_grpc
+    from sutra_cluster.sharding.reshard import Leaders
+
+    d = tmp_path / "certs"
+    certs.create_ca(d)
+    node_c = certs.create_cert(d, "node", "n1", ["127.0.0.1"])
+    admin_c, client_c = certs.create_cert(d, "admin", "ops"), certs.create_cert(d, "client", "app")
+    ca = str(d / "ca.crt")
+    node = node_factory("n1", env={**tls_env(str(node_c.cert), str(node_c.key), ca), "SUTRA_NODE_ID": "n1",
+                                   "SUTRA_NODE_ROLE": "leader"}, start=False)
+    node.start(wait=False)
+    wait_for(lambda: client(node.address, str(admin_c.cert), str(admin_c.key), ca).health().healthy, 60, "TLS node")
+
+    def purge(env: dict[str, str]) -> grpc.RpcError:
+        leaders = Leaders([], "sutra", env=env)
+        try:
+            stub = reshard_pb2_grpc.ReshardServiceStub(leaders.channels.channel(node.address))
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Purge(reshpb.PurgeRequest(map_json="not a map"), timeout=10)
+            return info.value
+        finally:
+            leaders.close()
+
+    # The admin certificate reaches the servicer, which answers for the bad map (nothing was purged).
+    got = purge({"SUTRA_TLS_CERT": str(admin_c.cert), "SUTRA_TLS_KEY": str(admin_c.key), "SUTRA_TLS_CA": ca})
+    assert "invalid shard map 'not a map'" in (got.details() or ""), got  # type: ignore[attr-defined]
+    got = purge({"SUTRA_TLS_CERT": str(client_c.cert), "SUTRA_TLS_KEY": str(client_c.key), "SUTRA_TLS_CA": ca})
+    assert got.code() == grpc.StatusCode.PERMISSION_DENIED, got  # type: ignore[attr-defined]
+    assert "admin" in (got.details() or "")  # type: ignore[attr-defined]
+    got = purge({})  # plaintext against a TLS port: no handshake
+    assert got.code() == grpc.StatusCode.UNAVAILABLE, got  # type: ignore[attr-defined]

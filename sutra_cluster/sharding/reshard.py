@@ -37,14 +37,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 
-from sutra_cluster import auth
+from sutra_cluster import auth, tlsutil
 from sutra_cluster.credentials import cluster_secret
 from sutra_cluster.errors import ConfigError
 from sutra_cluster.failover.coordinator import CoordinatorUnavailable
@@ -79,11 +79,16 @@ def _fault(point: str) -> None:
 class Leaders:
     """ReshardService calls to shard leaders, following them through etcd."""
 
-    def __init__(self, endpoints: list[str], cluster: str) -> None:
+    def __init__(self, endpoints: list[str], cluster: str, env: Mapping[str, str] | None = None) -> None:
+        """``env`` (default: the process environment) gives the admin tools' settings:
+        the cluster secret, and SUTRA_TLS_CERT/KEY/CA for a cluster under mutual
+        TLS (reshard calls are admin-plane: the certificate must have the admin role)."""
         self.endpoints, self.cluster = endpoints, cluster
-        # Reshard calls are admin-plane: they carry the cluster secret when there is one.
-        secret = cluster_secret()
-        self.channels = Channels(wrap=lambda ch: auth.with_identity(ch, secret, "reshard"))
+        e = os.environ if env is None else env
+        secret = cluster_secret(e)
+        creds = tlsutil.peer_credentials(e.get("SUTRA_TLS_CERT", ""), e.get("SUTRA_TLS_KEY", ""),
+                                         e.get("SUTRA_TLS_CA", ""))
+        self.channels = Channels(creds, wrap=lambda ch: auth.with_identity(ch, secret, "reshard"))
         self.links: dict[int, ShardLink] = {}
 
     def link(self, shard: int) -> ShardLink:
