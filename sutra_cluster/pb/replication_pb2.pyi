@@ -55,10 +55,12 @@ class WalEntry(_message.Message):
     def __init__(self, lsn: _Optional[int] = ..., term: _Optional[int] = ..., rtype: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class Records(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "commit_lsn")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_LSN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[WalEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[WalEntry, _Mapping]]] = ...) -> None: ...
+    commit_lsn: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[WalEntry, _Mapping]]] = ..., commit_lsn: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("last_lsn", "commit_lsn", "timestamp_us")
