@@ -1,5 +1,6 @@
 """Format tests of the snapshot file (storage.dat, docs/wal_format.md section 12):
-golden bytes, the worked example in the document, and one named test per kind
+golden bytes (version 1: the columnar version 2 is pinned in
+tests/test_snapshot_columns.py), the worked example in the document, and one named test per kind
 of damage, each asserting the offset the decoder names. A snapshot has no
 torn-tail outcome: any damage makes the whole file unusable."""
 
@@ -57,7 +58,7 @@ def damage(path: Path) -> ckpt.SnapshotError:
 
 
 def test_golden_bytes_pin_the_snapshot_format() -> None:
-    data = b"".join(ckpt.encode_snapshot(HEADER, CONCEPTS, EDGES))
+    data = b"".join(ckpt.encode_snapshot(HEADER, CONCEPTS, EDGES, version=1))
     assert data.hex() == GOLDEN and len(data) == SIZE
     assert ckpt.FILE_HEADER.size == ckpt.FRAME.size == FRAME_HEADER
 
@@ -75,7 +76,7 @@ def test_golden_file_decodes_to_what_was_encoded(tmp_path: Path) -> None:
 
 def test_write_checkpoint_installs_the_bytes_and_keeps_the_previous_as_backup(tmp_path: Path) -> None:
     steps: list[str] = []
-    first = ckpt.write_checkpoint(tmp_path, ckpt.encode_snapshot(HEADER, CONCEPTS, EDGES), step=steps.append)
+    first = ckpt.write_checkpoint(tmp_path, ckpt.encode_snapshot(HEADER, CONCEPTS, EDGES, version=1), step=steps.append)
     assert first == SIZE and (tmp_path / ckpt.STORAGE_FILE).read_bytes().hex() == GOLDEN
     assert steps == ["tmp-written", "renamed"]
     newer = wal_pb2.SnapshotHeader(lsn=9, term=2)
@@ -125,7 +126,7 @@ def test_missing_end_frame_is_damage(tmp_path: Path) -> None:
 
 
 def test_end_frame_mismatch_is_damage(tmp_path: Path) -> None:
-    data = b"".join(ckpt.encode_snapshot(HEADER, CONCEPTS, EDGES))[:END_FRAME]
+    data = b"".join(ckpt.encode_snapshot(HEADER, CONCEPTS, EDGES, version=1))[:END_FRAME]
     other = wal_pb2.SnapshotHeader(lsn=8, term=2, concepts=1, edges=1, vector_dimension=2, node_id="n1")
     payload = other.SerializeToString()
     path = tmp_path / ckpt.STORAGE_FILE

@@ -24,18 +24,25 @@ import numpy as np
 
 from sutra_cluster.errors import StorageFailure, Unavailable
 from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage import columns
 from sutra_cluster.storage.fsio import fsync_dir as fsync_dir  # kept importable from here
 from sutra_cluster.storage.fsio import replace_durably, write_file_synced
-from sutra_cluster.storage.state import Concept
+from sutra_cluster.storage.state import Concept, VectorRef, stored_forms
+from sutra_cluster.storage.vecform import fingerprint
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"SUTRADAT"
-VERSION = 1
+VERSION = 2  # what is written; 1 (a protobuf message per concept) is still read
+READABLE_VERSIONS = (1, 2)
 FILE_HEADER = struct.Struct("<8sII")  # magic, version, reserved
 FRAME = struct.Struct("<IIB7x")  # payload length, crc32c(payload), kind
-KIND_HEADER, KIND_CHUNK, KIND_END = 1, 2, 3
-CHUNK_CONCEPTS = 512
+KIND_HEADER, KIND_CHUNK, KIND_END, KIND_COLUMNS = 1, 2, 3, 4
+KINDS = {1: (KIND_HEADER, KIND_CHUNK, KIND_END), 2: (KIND_HEADER, KIND_CHUNK, KIND_END, KIND_COLUMNS)}
+# Concepts per frame. Version 2: 4,096 x 768-d is a 12.6 MB vector block, large
+# enough that per-frame costs vanish, small enough to stream to a replica.
+CHUNK_CONCEPTS = 4096
+CHUNK_CONCEPTS_V1 = 512
 CHUNK_EDGES = 8192
 MAX_FRAME = 1 << 30
 
@@ -56,6 +63,7 @@ def _frame(kind: int, payload: bytes) -> bytes:
 
 
 VectorBatches = Iterable[tuple[list[str], np.ndarray, np.ndarray]]
+Chunk = wal_pb2.SnapshotChunk | columns.ColumnChunk
 
 
 def encode_snapshot(
@@ -63,55 +71,138 @@ def encode_snapshot(
     concepts: dict[str, Concept],
     edges: list[tuple[str, str, int, float]],
     vectors: VectorBatches | None = None,
+    version: int = VERSION,
 ) -> Iterator[bytes]:
     """Yield the snapshot as byte blocks: file header, header frame, chunks, end frame.
 
     ``vectors``: the concepts' vectors in stored form, ``(keys, normalised rows,
     norms)`` batches captured with ``concepts`` (VectorIndex.stored_batches);
-    those concepts are written first, each with ``embedding_norm``. Without it,
-    each concept's ``embedding`` (its original) is written. Raises
-    StorageFailure when the batches and the concepts disagree (a checkpoint
-    must never drop a vector silently).
+    those concepts are written first, in that order (a stored graph's labels
+    follow it). Without it, each concept's own vector is used (its VectorRef's
+    stored form, or raw original bytes normalised here). Version 2 (the
+    default) writes concepts as columns frames; ``version=1`` writes the old
+    one-message-per-concept chunks (kept to test that old files still load).
+    Raises StorageFailure when the batches and the concepts disagree (a
+    checkpoint must never drop a vector silently).
     """
-    yield FILE_HEADER.pack(MAGIC, VERSION, 0)
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"snapshot version {version} is not one of {READABLE_VERSIONS}")
+    yield FILE_HEADER.pack(MAGIC, version, 0)
     yield _frame(KIND_HEADER, header.SerializeToString())
+    if version == 1:
+        yield from _encode_v1(concepts, edges, vectors)
+    else:
+        yield from _column_frames(concepts, _own_vectors(concepts) if vectors is None else vectors)
+        for i in range(0, len(edges), CHUNK_EDGES):
+            chunk = wal_pb2.SnapshotChunk()
+            for s, d, t, conf in edges[i : i + CHUNK_EDGES]:
+                chunk.edges.add(source_id=s, target_id=d, assoc_type=t, confidence=conf)
+            yield _frame(KIND_CHUNK, chunk.SerializeToString())
+    yield _frame(KIND_END, header.SerializeToString())
+
+
+def _own_vectors(concepts: dict[str, Concept], batch: int = CHUNK_CONCEPTS) -> VectorBatches:
+    """Stored-form batches from the concepts themselves (no vector index given)."""
+    keys, rows, norms = [], [], []
+    for cid, c in concepts.items():
+        v = c.vector
+        if isinstance(v, VectorRef):
+            got = v.store.stored(cid) if v.store is not None else None
+            if got is None:
+                raise StorageFailure(f"snapshot: concept {cid!r} has a vector its index no longer holds")
+            row, norm = got
+        elif v:
+            (row, norm, _), = stored_forms([v])
+        else:
+            continue
+        keys.append(cid)
+        rows.append(row)
+        norms.append(norm)
+    for lo in range(0, len(keys), batch):
+        yield keys[lo : lo + batch], np.stack(rows[lo : lo + batch]), np.asarray(norms[lo : lo + batch])
+
+
+def _fingerprints(picked: list[Concept], rows: np.ndarray, norms: np.ndarray) -> list[int]:
+    """Each vector's fingerprint: its VectorRef's (the state captured with the
+    rows), or computed from the stored bytes (a hand-made concept)."""
+    out = []
+    for c, row, norm in zip(picked, rows, norms):
+        v = c.vector
+        out.append(v.fingerprint if isinstance(v, VectorRef) else fingerprint(row.astype("<f4").tobytes(), float(norm)))
+    return out
+
+
+def _column_frames(concepts: dict[str, Concept], vectors: VectorBatches) -> Iterator[bytes]:
+    """Version 2: concepts with a vector in the batches' order, then the rest."""
+    def block(keys: list[str], picked: list[Concept], **vec: object) -> bytes:
+        return _frame(KIND_COLUMNS, columns.pack(
+            keys, [c.content for c in picked], [c.strength for c in picked], [c.confidence for c in picked],
+            [c.created_us for c in picked], [c.updated_us for c in picked], [c.attributes for c in picked],
+            **vec))  # type: ignore[arg-type]
+
+    with_vector = 0
+    for keys, rows, norms in vectors:
+        picked = [_with_vector(concepts, key) for key in keys]
+        with_vector += len(keys)
+        rows32 = np.asarray(rows, dtype=np.float32)
+        yield block(list(keys), picked, vectors=rows32, norms=norms,
+                    fingerprints=_fingerprints(picked, rows32, np.asarray(norms)))
+    _check_count(concepts, with_vector)
+    rest = [cid for cid, c in concepts.items() if not c.vector]
+    for lo in range(0, len(rest), CHUNK_CONCEPTS):
+        keys = rest[lo : lo + CHUNK_CONCEPTS]
+        yield block(keys, [concepts[k] for k in keys])
+
+
+def _with_vector(concepts: dict[str, Concept], key: str) -> Concept:
+    c = concepts.get(key)
+    if c is None or not c.vector:
+        raise StorageFailure(f"snapshot: the vector index holds {key!r}, the captured state has no vector "
+                             "for it; checkpoint not written")
+    return c
+
+
+def _check_count(concepts: dict[str, Concept], with_vector: int) -> None:
+    expected = sum(1 for c in concepts.values() if c.vector)
+    if with_vector != expected:
+        raise StorageFailure(f"snapshot: {expected} captured concepts have a vector, the vector index gave "
+                             f"{with_vector}; checkpoint not written")
+
+
+def _encode_v1(
+    concepts: dict[str, Concept], edges: list[tuple[str, str, int, float]], vectors: VectorBatches | None,
+) -> Iterator[bytes]:
+    """Version 1's chunk frames, as version 1 wrote them: one ConceptState per
+    concept (stored form with ``embedding_norm`` from ``vectors``, else each
+    concept's original), 512 per frame, the last concepts sharing the first
+    edge frame."""
     chunk = wal_pb2.SnapshotChunk()
     with_vector = 0
     for keys, rows, norms in vectors or ():
         for key, row, norm in zip(keys, rows, norms):
-            c = concepts.get(key)
-            if c is None or not c.vector:
-                raise StorageFailure(f"snapshot: the vector index holds {key!r}, the captured state has no vector "
-                                     "for it; checkpoint not written")
+            c = _with_vector(concepts, key)
             with_vector += 1
             chunk.concepts.add(
                 concept_id=key, content=c.content, strength=c.strength, confidence=c.confidence,
                 attributes=c.attributes, embedding_f32=row.astype("<f4").tobytes(), embedding_norm=float(norm),
                 created_at_us=c.created_us, updated_at_us=c.updated_us,
             )
-            if len(chunk.concepts) >= CHUNK_CONCEPTS:
+            if len(chunk.concepts) >= CHUNK_CONCEPTS_V1:
                 yield _frame(KIND_CHUNK, chunk.SerializeToString())
                 chunk = wal_pb2.SnapshotChunk()
     for cid, c in concepts.items():
-        if vectors is not None:
-            if c.vector:
-                continue
-            emb = b""
-        else:
-            emb = c.embedding
+        if vectors is not None and c.vector:
+            continue
         chunk.concepts.add(
             concept_id=cid, content=c.content, strength=c.strength, confidence=c.confidence,
-            attributes=c.attributes, embedding_f32=emb,
+            attributes=c.attributes, embedding_f32=b"" if vectors is not None else c.embedding,
             created_at_us=c.created_us, updated_at_us=c.updated_us,
         )
-        if len(chunk.concepts) >= CHUNK_CONCEPTS:
+        if len(chunk.concepts) >= CHUNK_CONCEPTS_V1:
             yield _frame(KIND_CHUNK, chunk.SerializeToString())
             chunk = wal_pb2.SnapshotChunk()
     if vectors is not None:
-        expected = sum(1 for c in concepts.values() if c.vector)
-        if with_vector != expected:
-            raise StorageFailure(f"snapshot: {expected} captured concepts have a vector, the vector index gave "
-                                 f"{with_vector}; checkpoint not written")
+        _check_count(concepts, with_vector)
     for i in range(0, len(edges), CHUNK_EDGES):
         for s, d, t, conf in edges[i : i + CHUNK_EDGES]:
             chunk.edges.add(source_id=s, target_id=d, assoc_type=t, confidence=conf)
@@ -119,22 +210,27 @@ def encode_snapshot(
         chunk = wal_pb2.SnapshotChunk()
     if len(chunk.concepts):
         yield _frame(KIND_CHUNK, chunk.SerializeToString())
-    yield _frame(KIND_END, header.SerializeToString())
 
 
 class SnapshotDecoder:
-    """Decode a snapshot from a file-like object, validating every frame.
+    """Decode a snapshot (version 1 or 2) from a file-like object, validating every frame.
 
-    Iterating yields SnapshotChunk messages; ``header`` is set once the first
-    frame is read. Raises SnapshotError on any damage or a missing end frame.
+    Iterating yields chunks in file order: SnapshotChunk messages (version 1
+    concepts, and edges in both versions) and ColumnChunk blocks (version 2
+    concepts); ``header`` is set once the first frame is read. Raises
+    SnapshotError on any damage, a malformed columns block or a missing end frame.
     """
 
     def __init__(self, stream: BinaryIO, where: str) -> None:
         self.stream, self.where, self.offset = stream, where, 0
         head = self._read(FILE_HEADER.size, "file header")
         magic, version, _ = FILE_HEADER.unpack(head)
-        if magic != MAGIC or version != VERSION:
+        if magic != MAGIC:
             raise SnapshotError(where, 0, f"not a snapshot (magic {magic!r}, version {version})")
+        if version not in READABLE_VERSIONS:
+            raise SnapshotError(where, 0, f"snapshot version {version} is not readable by this build (it reads "
+                                          f"versions {', '.join(map(str, READABLE_VERSIONS))})")
+        self.version = version
         kind, payload = self._next()
         if kind != KIND_HEADER:
             raise SnapshotError(where, self.offset, "first frame is not a header")
@@ -150,14 +246,14 @@ class SnapshotDecoder:
     def _next(self) -> tuple[int, bytes]:
         at = self.offset
         length, crc, kind = FRAME.unpack(self._read(FRAME.size, "frame header"))
-        if length > MAX_FRAME or kind not in (KIND_HEADER, KIND_CHUNK, KIND_END):
+        if length > MAX_FRAME or kind not in KINDS[self.version]:
             raise SnapshotError(self.where, at, f"bad frame header (length {length}, kind {kind})")
         payload = self._read(length, "frame")
         if crc32c.crc32c(payload) != crc:
             raise SnapshotError(self.where, at, "checksum mismatch")
         return kind, payload
 
-    def __iter__(self) -> Iterator[wal_pb2.SnapshotChunk]:
+    def __iter__(self) -> Iterator[Chunk]:
         while True:
             at = self.offset
             kind, payload = self._next()
@@ -165,6 +261,12 @@ class SnapshotDecoder:
                 if wal_pb2.SnapshotHeader.FromString(payload) != self.header:
                     raise SnapshotError(self.where, at, "end frame does not match the header")
                 return
+            if kind == KIND_COLUMNS:
+                try:
+                    yield columns.unpack(payload, self.header.vector_dimension)
+                except columns.ColumnsError as exc:
+                    raise SnapshotError(self.where, at, str(exc)) from exc
+                continue
             if kind != KIND_CHUNK:
                 raise SnapshotError(self.where, at, "unexpected header frame")
             yield wal_pb2.SnapshotChunk.FromString(payload)

@@ -284,7 +284,7 @@ class Engine(HistoryOps, TxnOps):
         for chunk in dec:
             vec = ApplyResult({}, set())
             self.state.load_chunk(chunk, vec)
-            for keys, mat, norms in iter_vectors(vec.upserts, dim):
+            for keys, mat, norms in [*vec.blocks, *iter_vectors(vec.upserts, dim)]:  # blocks: storage.dat v2
                 self.vectors.upsert(keys, mat, norms)
 
     def _on_fsync(self, seconds: float) -> None:

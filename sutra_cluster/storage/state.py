@@ -15,8 +15,9 @@ import hashlib
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
@@ -26,19 +27,20 @@ from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage.vecform import fingerprint, normalise
 
 if TYPE_CHECKING:
+    from sutra_cluster.storage.columns import ColumnChunk
     from sutra_cluster.storage.vectors import VectorIndex
 
 EdgeKey = tuple[str, int]  # (other concept id, assoc_type)
 
 
-class VectorRef:
+class VectorRef(NamedTuple):
     """A concept's vector without its floats: the fingerprint of its stored
-    form (what the digest covers) and the index that holds it."""
+    form (what the digest covers) and the index that holds it. A tuple, so a
+    snapshot load makes a million of them without a Python call each."""
 
-    __slots__ = ("key", "fingerprint", "store")
-
-    def __init__(self, key: str, fp: int, store: VectorIndex | None) -> None:
-        self.key, self.fingerprint, self.store = key, fp, store
+    key: str
+    fingerprint: int
+    store: VectorIndex | None
 
     def original_bytes(self) -> bytes:
         """The original vector as little-endian float32 (within float rounding;
@@ -85,10 +87,14 @@ def stored_forms(raws: list[bytes]) -> list[Stored]:
 @dataclass
 class ApplyResult:
     """What one apply changed in the vector index, in order-independent form:
-    the last operation per key wins. Upserts are in stored form (row, norm)."""
+    the last operation per key wins. Upserts are in stored form (row, norm).
+    ``blocks``: whole (keys, rows, norms) batches in stored form from a
+    columnar snapshot frame, upserted as they are (no per-row step); a
+    snapshot load fills either these or ``upserts``, never both for one key."""
 
     upserts: dict[str, tuple[np.ndarray, float]]
     removes: set[str]
+    blocks: list[tuple[list[str], np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 class GraphState:
@@ -190,10 +196,14 @@ class GraphState:
                 if not fwd:
                     del self.out[src]
 
-    def load_chunk(self, chunk: wal_pb2.SnapshotChunk, vec: ApplyResult) -> None:
-        """Add a snapshot frame's concepts (vectors into ``vec.upserts``) and edges.
+    def load_chunk(self, chunk: wal_pb2.SnapshotChunk | ColumnChunk, vec: ApplyResult) -> None:
+        """Add a snapshot frame's concepts (vectors into ``vec.upserts``, or
+        ``vec.blocks`` for a columns block) and edges.
         A vector with ``embedding_norm`` is taken in its stored form bit for bit;
         without, it is an original (older files) and is normalised here."""
+        if not isinstance(chunk, wal_pb2.SnapshotChunk):
+            self._load_columns(chunk, vec)
+            return
         originals = iter(stored_forms([c.embedding_f32 for c in chunk.concepts
                                        if c.embedding_f32 and not c.embedding_norm > 0]))
         for c in chunk.concepts:
@@ -217,6 +227,30 @@ class GraphState:
             )
         for e in chunk.edges:
             self.add_edge(e.source_id, e.target_id, e.assoc_type, e.confidence)
+
+    def _load_columns(self, block: ColumnChunk, vec: ApplyResult) -> None:
+        """A columns block (storage.dat version 2): its vectors are in stored
+        form with their fingerprints, and go to ``vec.blocks`` whole. The
+        records are made by C-level iteration (map over tuple.__new__): at a
+        million concepts a Python call per concept is seconds of start time."""
+        concepts, ids = self.concepts, block.ids
+        if not concepts.keys().isdisjoint(ids):  # a repeated id (never written, as load_chunk): unindex first
+            for cid in ids:
+                old = concepts.get(cid)
+                if old is not None and old.attributes:
+                    self._unindex_attrs(cid, old.attributes)
+        new = tuple.__new__
+        refs: Iterable[VectorRef | None] = repeat(None)
+        if block.fingerprints is not None:
+            refs = map(new, repeat(VectorRef), zip(ids, block.fingerprints, repeat(self.store)))
+        records = map(new, repeat(Concept), zip(block.contents, block.strength, block.confidence, block.attributes,
+                                                refs, block.created_us, block.updated_us))
+        concepts.update(zip(ids, records))  # type: ignore[arg-type]
+        for cid, attrs in zip(ids, block.attributes):
+            if attrs:
+                self._index_attrs(cid, attrs)
+        if block.vectors is not None and block.norms is not None:
+            vec.blocks.append((ids, block.vectors, block.norms))
 
     def clear(self) -> None:
         self.__init__(self.store)  # type: ignore[misc]
