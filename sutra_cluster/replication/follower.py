@@ -189,7 +189,7 @@ class FollowerLoop:
     def _check_cluster(self, msg: rpb.LeaderMessage, call: grpc.Future) -> None:
         """A leader of another cluster is refused before its term, records, cut or
         snapshot touch anything; a node without an id yet adopts the leader's."""
-        if not msg.cluster_uuid:  # a leader of an older version
+        if not msg.cluster_uuid or msg.cluster_uuid == self.identity.uuid:  # the same, or an older leader's
             return
         try:
             self.identity.adopt(msg.cluster_uuid)
