@@ -41,6 +41,8 @@ class Config:
     wal_segment_bytes: int = 64 << 20  # SUTRA_WAL_SEGMENT_BYTES
     ann_threshold: int = 10_000  # SUTRA_ANN_THRESHOLD: exact search up to this many vectors
     index_yield: float = 1.0  # SUTRA_INDEX_YIELD: HNSW indexing rests this many times its work while writes flow
+    index_quiet_ms: int = 250  # SUTRA_INDEX_QUIET_MS: HNSW indexing waits until no vector arrived for this long...
+    index_max_tail: int = 20_000  # SUTRA_INDEX_MAX_TAIL: ...unless more vectors than this wait outside the graph
     vector_storage: str = "memory"  # SUTRA_VECTOR_STORAGE memory|mmap
     quantization: str = "none"  # SUTRA_QUANTIZATION none|sq8
     max_batch: int = 10_000  # SUTRA_MAX_BATCH: concepts + associations + deletes per batch
@@ -234,6 +236,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         wal_segment_bytes=r.integer("SUTRA_WAL_SEGMENT_BYTES", 64 << 20, 1 << 16, 1 << 34),
         ann_threshold=r.integer("SUTRA_ANN_THRESHOLD", 10_000, 0, 1 << 40),
         index_yield=r.get("SUTRA_INDEX_YIELD", 1.0, float, lambda v: None if 0 <= v <= 100 else "must be 0..100"),
+        index_quiet_ms=r.integer("SUTRA_INDEX_QUIET_MS", 250, 0, 60_000),
+        index_max_tail=r.integer("SUTRA_INDEX_MAX_TAIL", 20_000, 0, 1 << 40),
         vector_storage=r.choice("SUTRA_VECTOR_STORAGE", "memory", VECTOR_STORAGES),
         quantization=r.choice("SUTRA_QUANTIZATION", "none", QUANTIZATIONS),
         max_batch=r.integer("SUTRA_MAX_BATCH", 10_000, 1, 1_000_000),

@@ -87,6 +87,7 @@ class Engine(HistoryOps, TxnOps):
         self.metrics = metrics or NodeMetrics()
         self.state = GraphState()
         self.vectors = VectorIndex(cfg.vector_dimension, exact_limit=cfg.ann_threshold, index_yield=cfg.index_yield,
+                                   index_quiet=cfg.index_quiet_ms / 1000, index_max_tail=cfg.index_max_tail,
                                    **vector_modes(cfg))  # SUTRA_VECTOR_STORAGE, SUTRA_QUANTIZATION
         self.state.store = self.vectors  # concepts read their one vector copy there
         self.graph_source = "none"  # where the HNSW graph came from at start (GetStats)

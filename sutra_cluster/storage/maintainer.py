@@ -1,7 +1,22 @@
 """The HNSW maintainer of VectorIndex: the background thread that builds the
 graph, extends it with new rows in small batches and rebuilds it past 20 %
 dead labels, always off the request path (a mixin: it works on VectorIndex's
-flat store and locks, declared below for the type checker)."""
+flat store and locks, declared below for the type checker).
+
+Pacing (why it pauses): on the 2-core machine this was measured on, any
+indexing that runs while single writes are in flight slows them 4-6x
+(leader + 2 replicas), whatever its priority and wherever it runs: a nice-10
+or SCHED_IDLE thread, and even a SCHED_IDLE *process* spinning on plain Python
+beside each node, slowed replicated single writes as much as faiss in the
+node did.  So a lower priority or a child process cannot fix it; only not
+running can.  The background thread therefore starts no graph work (and
+stops between batches of a build) until no vector has arrived for
+``_quiet`` seconds, unless the unindexed tail has grown past ``_max_tail``
+rows: searches scan that tail exactly, so the bound caps what a search costs
+while writes keep the index waiting.  Past the bound it indexes as before
+(resting ``_index_yield`` times its work while writes flow) until the tail
+is back under it.  ``build_pending`` (explicit) never waits.
+"""
 
 from __future__ import annotations
 
@@ -23,12 +38,26 @@ logger = logging.getLogger("sutra_cluster.storage.vectors")
 
 _BUSY_WINDOW_S = 0.25  # an upsert this recent means writes are flowing
 _REBUILD_FRACTION = 0.2  # rebuild the HNSW past this tombstone share
-_BUILD_BATCH = 1024  # private (re)builds block no one; batch only for stop checks
+# A (re)build blocks no one's locks; it adds in batches so that it can stop, or
+# pause for writes, between them: 256 rows at 768-d are ~50-250 ms of faiss work here.
+_BUILD_BATCH = 256
+DEFAULT_QUIET_S = 0.25  # SUTRA_INDEX_QUIET_MS: writes this recent keep the background indexing paused
+# SUTRA_INDEX_MAX_TAIL: past this many unindexed rows indexing runs despite writes.  A search
+# scans the tail exactly: 20,000 x 768-d rows are 61 MB, measured 12 ms idle and ~70 ms p50 on
+# the loaded 2-core box (docs/HA.md, Write path speed).
+DEFAULT_MAX_TAIL = 20_000
 
 try:  # glibc: hand free heap pages back to the OS (a 3 KB-per-vector churn fragments the heap)
     _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
 except OSError:
     _LIBC = None
+
+
+def may_index(idle_for: float, quiet: float, tail: int, max_tail: int) -> bool:
+    """Whether background graph work may run now: the last vector arrived at
+    least ``quiet`` seconds ago, or more than ``max_tail`` rows wait outside
+    the graph (so ``max_tail`` 0 never pauses, and ``quiet`` 0 never waits)."""
+    return idle_for >= quiet or tail > max_tail
 
 
 def release_free_heap() -> None:
@@ -58,6 +87,9 @@ class Maintainer:
     _index_threads: int
     _index_yield: float
     _last_upsert: float
+    _quiet_cv: threading.Condition
+    _quiet: float
+    _max_tail: int
     _stop: bool
     _thread: threading.Thread | None
     _held: int
@@ -94,11 +126,23 @@ class Maintainer:
             faiss.omp_set_num_threads(saved_threads)
         return added
 
+    @property
+    def index_state(self) -> str:
+        """What the background thread is doing: ``"idle"`` (nothing due, or no
+        thread), ``"paused"`` (graph work is due but writes are recent and the
+        tail is within ``_max_tail``), ``"indexing"`` (writes are quiet), or
+        ``"forced"`` (indexing while writes flow: the tail is past the bound)."""
+        with self._lock:
+            return self._state
+
     def close(self) -> None:
         """Stop the background thread (waits for the current batch); idempotent."""
         with self._cv:
             self._stop = True
             self._cv.notify_all()
+            quiet_cv = getattr(self, "_quiet_cv", None)
+            if quiet_cv is not None:
+                quiet_cv.notify_all()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=60)
@@ -106,6 +150,35 @@ class Maintainer:
                 logger.warning("vector index maintainer did not stop within 60 s")
 
     # ----------------------------------------------------------- maintainer
+
+    _state = "idle"  # index_state; written under _lock by the background thread only
+
+    def _tail_locked(self) -> int:
+        """Rows a search scans exactly: those past the published graph's prefix."""
+        return self._n - self._covered
+
+    def _wait_quiet_locked(self) -> None:
+        """Block (caller holds ``_lock`` through ``_quiet_cv``) while writes are
+        recent and the tail is within ``_max_tail``; returns at once when
+        stopping.  Waits on its own condition, so upserts (which notify
+        ``_cv``) do not wake it once per write: it re-checks when the quiet
+        window would end or after ``_BUSY_WINDOW_S``, whichever is first, so
+        the tail may pass the bound by that long's worth of writes before
+        indexing resumes."""
+        was = self._state
+        while not self._stop:
+            idle_for = time.monotonic() - self._last_upsert
+            tail = self._tail_locked()
+            if may_index(idle_for, self._quiet, tail, self._max_tail):
+                break
+            self._state = "paused"
+            self._quiet_cv.wait(timeout=max(0.001, min(self._quiet - idle_for, _BUSY_WINDOW_S)))
+        else:
+            return
+        if tail > self._max_tail and idle_for < self._quiet and was != "forced":
+            logger.info("vector index: %d vectors wait outside the HNSW graph (SUTRA_INDEX_MAX_TAIL %d): "
+                        "indexing while writes flow", tail, self._max_tail)
+        self._state = "forced" if idle_for < self._quiet else "indexing"
 
     def _work_locked(self, auto: bool) -> str | None:
         """What the maintainer should do next: 'build', 'rebuild', 'extend' or None."""
@@ -172,6 +245,9 @@ class Maintainer:
             ann = Ann(self.dim, self._m, self._ef_construction, quantization=self.quantization)
             train_if_needed(ann.index, view.vectors(rows[:TRAIN_ROWS]))  # sq8: ranges per dimension
             for lo in range(0, len(rows), _BUILD_BATCH):
+                if auto:
+                    with self._quiet_cv:
+                        self._wait_quiet_locked()
                 if (auto and self._stop) or self._epoch != epoch:
                     return None
                 ann.index.add(view.vectors(rows[lo : lo + _BUILD_BATCH]))
@@ -196,15 +272,24 @@ class Maintainer:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         except (AttributeError, OSError):
             pass
+        with self._cv:
+            self._quiet_cv = threading.Condition(self._lock)  # close() notifies it under the same lock
         while True:
             with self._cv:
                 idle = not self._stop and self._work_locked(auto=True) is None
+                if idle:
+                    self._state = "idle"
             if idle and self._trim_due:
                 self._trim_due = False
                 release_free_heap()
             with self._cv:
                 while not self._stop and self._work_locked(auto=True) is None:
+                    self._state = "idle"
                     self._cv.wait()
+                if self._stop:
+                    return
+            with self._quiet_cv:
+                self._wait_quiet_locked()
                 if self._stop:
                     return
             try:

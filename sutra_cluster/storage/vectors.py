@@ -47,7 +47,7 @@ from sutra_cluster.storage.ann import Ann
 from sutra_cluster.storage.annfile import GraphCapture, LoadedGraph, keys_hash
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
-from sutra_cluster.storage.maintainer import Maintainer
+from sutra_cluster.storage.maintainer import DEFAULT_MAX_TAIL, DEFAULT_QUIET_S, Maintainer
 from sutra_cluster.storage.quant import RESCORE_FACTOR, RESCORE_MIN, ChunkAllocator, check_modes
 from sutra_cluster.storage.vecform import normalise, original
 
@@ -90,6 +90,8 @@ class VectorIndex(Maintainer):
         search_threads: int = 1,
         index_threads: int = 1,
         index_yield: float = 1.0,
+        index_quiet: float = DEFAULT_QUIET_S,
+        index_max_tail: int = DEFAULT_MAX_TAIL,
         filter_exact_limit: int = _FILTER_EXACT_ROWS,
         storage: str = "memory",
         quantization: str = "none",
@@ -109,6 +111,9 @@ class VectorIndex(Maintainer):
         ``index_yield`` times as long as each step took (1.0: at most half a
         core), so writes and replication keep the CPU; search stays correct
         meanwhile by scanning the unindexed tail exactly. 0 disables it.
+        ``index_quiet``/``index_max_tail``: the thread starts no graph work
+        until no vector arrived for ``index_quiet`` seconds, unless more than
+        ``index_max_tail`` rows are unindexed (maintainer.py, Pacing).
         ``filter_exact_limit``: a filtered search allowing at most this many
         vectors scans them exactly instead of walking the graph.
         ``storage``/``quantization``: SUTRA_VECTOR_STORAGE and
@@ -131,6 +136,7 @@ class VectorIndex(Maintainer):
         self._search_threads = max(1, search_threads)
         self._index_threads = max(1, index_threads)
         self._index_yield = max(0.0, index_yield)
+        self._quiet, self._max_tail = max(0.0, index_quiet), max(0, index_max_tail)
         self._last_upsert = 0.0
         # Start indexing before exact_limit so the graph is (nearly) ready
         # when search switches to it; below the limit it costs only CPU.

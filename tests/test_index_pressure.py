@@ -1,0 +1,114 @@
+"""HNSW indexing never starves writes (issue 13): the background thread starts
+no graph work while vectors keep arriving, unless the unindexed tail (which
+every search scans exactly) passes SUTRA_INDEX_MAX_TAIL, and it catches up once
+writes pause.  The pause is checked with a one-hour quiet window, so no
+scheduling delay of this test can end it early: every assertion below holds on
+however slow a machine, and every wait has a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from sutra_cluster.config import ConfigError, load
+from sutra_cluster.storage.maintainer import may_index
+from sutra_cluster.storage.vecstats import index_ready
+from sutra_cluster.storage.vectors import VectorIndex
+
+DIM = 32
+HOUR = 3600.0
+
+
+def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout} s: {what}")
+        time.sleep(0.01)
+
+
+def _data(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [f"k{seed}-{i:05d}" for i in range(n)], rng.standard_normal((n, DIM), dtype=np.float32)
+
+
+@pytest.mark.parametrize(("idle_for", "quiet", "tail", "max_tail", "expected"), [
+    (0.0, 0.25, 0, 20_000, False),  # a write just arrived, nothing waits: pause
+    (0.1, 0.25, 20_000, 20_000, False),  # tail exactly at the bound is still within it
+    (0.1, 0.25, 20_001, 20_000, True),  # one past the bound: index despite the writes
+    (0.25, 0.25, 5, 20_000, True),  # quiet for the whole window: catch up
+    (9.0, 0.25, 0, 0, True),
+    (0.0, 0.25, 1, 0, True),  # SUTRA_INDEX_MAX_TAIL=0: never pause (the old behaviour)
+    (0.0, 0.0, 1, 20_000, True),  # SUTRA_INDEX_QUIET_MS=0: never wait either
+])
+def test_may_index(idle_for: float, quiet: float, tail: int, max_tail: int, expected: bool) -> None:
+    assert may_index(idle_for, quiet, tail, max_tail) is expected
+
+
+def test_indexing_waits_while_writes_are_recent_and_past_the_bound_runs_anyway() -> None:
+    keys, data = _data(1300, seed=1)
+    keys2, data2 = _data(300, seed=3)
+    # exact_limit 200: graph work is due from 100 vectors on; the quiet window is
+    # an hour, so "writes are recent" holds for the whole test.
+    index = VectorIndex(DIM, exact_limit=200, index_batch=64, index_quiet=HOUR, index_max_tail=500)
+    try:
+        index.upsert(keys[:400], data[:400])
+        _wait_for(lambda: index.index_state == "paused", "the thread parks with work due")
+        stats = index.stats()
+        assert (stats["hnsw_total"], stats["pending"]) == (0, 400)
+        assert not index_ready(stats, index.exact_limit)  # sutra_vector_index_ready stays honest
+        got, exact = index.search(data[399], 1)  # the tail is scanned exactly meanwhile
+        assert exact and got[0][0] == keys[399]
+
+        index.upsert(keys[400:1300], data[400:1300])  # 1,300 waiting > 500: index while writes flow
+        # A first build covers its whole snapshot; then nothing is due, or the
+        # rest waits again (the thread must not be indexing by now).
+        _wait_for(lambda: index.indexed > 0 and index.index_state in ("paused", "idle"),
+                  "a build past the bound, then parked again")
+        stats = index.stats()
+        assert stats["hnsw_total"] > 500 and stats["pending"] <= 500
+        got, exact = index.search(data[1299], 1)
+        assert not exact and got[0][0] == keys[1299]
+
+        covered = stats["hnsw_total"]
+        index.upsert(keys2[:300], data2[:300])  # back within the bound: paused again
+        _wait_for(lambda: index.index_state == "paused", "parked again within the bound")
+        stats = index.stats()
+        assert stats["hnsw_total"] == covered and stats["pending"] == 1300 - covered + 300
+
+        assert index.build_pending() == stats["pending"]  # explicit catch-up never waits
+        assert index.indexed == len(index) == 1600
+        assert index_ready(index.stats(), index.exact_limit)
+    finally:
+        t0 = time.monotonic()
+        index.close()  # wakes the parked thread at once, hour-long window or not
+    assert time.monotonic() - t0 < 10
+    assert index.index_state == "idle" or index._thread is None
+
+
+def test_indexing_catches_up_once_writes_pause() -> None:
+    keys, data = _data(1200, seed=2)
+    index = VectorIndex(DIM, exact_limit=200, index_batch=64, index_quiet=0.05, index_max_tail=100_000)
+    try:
+        for lo in range(0, 1200, 100):
+            index.upsert(keys[lo : lo + 100], data[lo : lo + 100])
+        _wait_for(lambda: index.indexed == len(index) == 1200, "the graph covers every vector")
+        _wait_for(lambda: index.index_state == "idle", "the thread goes idle when caught up")
+        assert index.stats()["pending"] == 0
+        got, exact = index.search(data[7], 1)
+        assert not exact and got[0][0] == keys[7]
+    finally:
+        index.close()
+
+
+def test_settings_are_checked_at_load() -> None:
+    cfg = load({"SUTRA_INDEX_QUIET_MS": "500", "SUTRA_INDEX_MAX_TAIL": "0"})
+    assert (cfg.index_quiet_ms, cfg.index_max_tail) == (500, 0)
+    assert (load({}).index_quiet_ms, load({}).index_max_tail) == (250, 20_000)
+    with pytest.raises(ConfigError, match="SUTRA_INDEX_QUIET_MS=.*60000"):
+        load({"SUTRA_INDEX_QUIET_MS": "60001"})
+    with pytest.raises(ConfigError, match="SUTRA_INDEX_MAX_TAIL=.*must be 0"):
+        load({"SUTRA_INDEX_MAX_TAIL": "-1"})
