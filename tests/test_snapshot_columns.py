@@ -304,3 +304,11 @@ def test_node_restarts_from_a_version_2_checkpoint(tmp_path: Path) -> None:
         assert hit.results[0].concept_id == "c1234" and hit.results[0].similarity == pytest.approx(1.0, abs=1e-5)
     finally:
         node.stop()
+
+
+def test_doc_columns_example_is_the_golden_block() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "wal_format.md").read_text(encoding="utf-8")
+    section = text[text.index("### Columns frame (version 2)") :]
+    example = section.split("```")[3]
+    block = "".join("".join(line.split("   ")[0].split()) for line in example.strip().splitlines())
+    assert block == GOLDEN[2 * (COLUMNS_1 + 16) : 2 * COLUMNS_2]
