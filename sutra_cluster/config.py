@@ -20,7 +20,7 @@ T = TypeVar("T")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")  # SUTRA_LOG_FORMAT: json is one object a line, for log shippers
 VECTOR_STORAGES = ("memory", "mmap")  # SUTRA_VECTOR_STORAGE (storage/quant.py)
-QUANTIZATIONS = ("none", "sq8")  # SUTRA_QUANTIZATION: pq is not built
+QUANTIZATIONS = ("none", "sq8", "pq")  # SUTRA_QUANTIZATION
 LEADER_TICK_ETCD_CALLS = 6  # the most etcd calls one HA-loop tick of a leader makes, one after another
 
 
@@ -44,7 +44,7 @@ class Config:
     index_quiet_ms: int = 250  # SUTRA_INDEX_QUIET_MS: HNSW indexing waits until no vector arrived for this long...
     index_max_tail: int = 20_000  # SUTRA_INDEX_MAX_TAIL: ...unless more vectors than this wait outside the graph
     vector_storage: str = "memory"  # SUTRA_VECTOR_STORAGE memory|mmap
-    quantization: str = "none"  # SUTRA_QUANTIZATION none|sq8
+    quantization: str = "none"  # SUTRA_QUANTIZATION none|sq8|pq
     max_batch: int = 10_000  # SUTRA_MAX_BATCH: concepts + associations + deletes per batch
     max_message_bytes: int = 64 << 20  # SUTRA_MAX_MESSAGE_BYTES
     read_wait_ms: int = 5_000  # SUTRA_READ_WAIT_MS: longest wait for a read's `sequence`
@@ -202,10 +202,10 @@ def vector_mode_problem(storage: str, quantization: str) -> str | None:
     if storage not in VECTOR_STORAGES:
         return f"SUTRA_VECTOR_STORAGE={storage!r}: must be one of {'|'.join(VECTOR_STORAGES)}"
     if quantization not in QUANTIZATIONS:
-        return f"SUTRA_QUANTIZATION={quantization!r}: must be one of {'|'.join(QUANTIZATIONS)} (pq is not built yet)"
+        return f"SUTRA_QUANTIZATION={quantization!r}: must be one of {'|'.join(QUANTIZATIONS)}"
     if storage == "mmap" and quantization == "none":
         # faiss' flat HNSW keeps its own float32 copy of every vector it holds.
-        return ("SUTRA_VECTOR_STORAGE=mmap needs SUTRA_QUANTIZATION=sq8: with none the HNSW graph keeps a float32 "
+        return ("SUTRA_VECTOR_STORAGE=mmap needs SUTRA_QUANTIZATION=sq8 or pq: with none the HNSW graph keeps a float32 "
                 "copy of every vector in memory, so a map would save nothing")
     return None
 

@@ -1,7 +1,8 @@
-"""SUTRA_VECTOR_STORAGE=memory|mmap and SUTRA_QUANTIZATION=none|sq8 (issue 12,
-step 4): settings refused with the setting's name, recall@10 of sq8 with exact
-rescoring (plain and filtered), the mapped store read back through compaction
-and rebuilds, memory by part, and restarts in each mode."""
+"""SUTRA_VECTOR_STORAGE=memory|mmap and SUTRA_QUANTIZATION=none|sq8|pq (issue
+12): settings refused with the setting's name, recall@10 of sq8 and pq with
+exact rescoring (plain and filtered), the mapped store read back through
+compaction and rebuilds, memory by part, and restarts in each mode (the
+quantized graph's persistence itself: tests/test_quant_persist.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sutra_cluster.storage.vectors import VectorIndex
 from tests.test_scale_persist import _exact, _learn
 from tests.test_vectors import _brute_force, _clustered_with_queries, _keys, _recall
 
-MODES = [("memory", "sq8"), ("mmap", "sq8")]
+MODES = [("memory", "sq8"), ("mmap", "sq8"), ("memory", "pq"), ("mmap", "pq")]
 
 
 # ------------------------------------------------------------------ settings
@@ -26,9 +27,9 @@ MODES = [("memory", "sq8"), ("mmap", "sq8")]
 
 @pytest.mark.parametrize("env, named", [
     ({"SUTRA_VECTOR_STORAGE": "disk"}, "SUTRA_VECTOR_STORAGE"),
-    ({"SUTRA_QUANTIZATION": "pq"}, "SUTRA_QUANTIZATION"),
+    ({"SUTRA_QUANTIZATION": "pq4"}, "SUTRA_QUANTIZATION"),
     ({"SUTRA_QUANTIZATION": "int4"}, "SUTRA_QUANTIZATION"),
-    ({"SUTRA_VECTOR_STORAGE": "mmap"}, "SUTRA_VECTOR_STORAGE=mmap needs SUTRA_QUANTIZATION=sq8"),
+    ({"SUTRA_VECTOR_STORAGE": "mmap"}, "SUTRA_VECTOR_STORAGE=mmap needs SUTRA_QUANTIZATION=sq8 or pq"),
 ])
 def test_settings_refused_name_the_setting_and_what_is_allowed(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -36,7 +37,7 @@ def test_settings_refused_name_the_setting_and_what_is_allowed(env: dict[str, st
     msg = str(info.value)
     assert named in msg
     if "mmap needs" not in named:
-        assert ("memory|mmap" if "STORAGE" in named else "none|sq8") in msg
+        assert ("memory|mmap" if "STORAGE" in named else "none|sq8|pq") in msg
     with pytest.raises(ValueError, match=named.split("=")[0]):
         VectorIndex(8, storage=env.get("SUTRA_VECTOR_STORAGE", "memory"),
                     quantization=env.get("SUTRA_QUANTIZATION", "none"), background=False)
@@ -45,6 +46,7 @@ def test_settings_refused_name_the_setting_and_what_is_allowed(env: dict[str, st
 def test_settings_accepted() -> None:
     cfg = load({"SUTRA_VECTOR_STORAGE": "MMAP", "SUTRA_QUANTIZATION": "sq8"})
     assert (cfg.vector_storage, cfg.quantization) == ("mmap", "sq8")
+    assert load({"SUTRA_VECTOR_STORAGE": "mmap", "SUTRA_QUANTIZATION": "PQ"}).quantization == "pq"
     assert (load({}).vector_storage, load({}).quantization) == ("memory", "none")
 
 
@@ -52,7 +54,7 @@ def test_settings_accepted() -> None:
 
 
 @pytest.fixture(scope="module", params=MODES, ids=lambda m: "-".join(m))
-def clustered_sq8(request, tmp_path_factory) -> tuple[list[str], np.ndarray, np.ndarray, VectorIndex]:
+def clustered_quant(request, tmp_path_factory) -> tuple[list[str], np.ndarray, np.ndarray, VectorIndex]:
     storage, quantization = request.param
     data, queries = _clustered_with_queries(seed=7, n=20_000, nq=200, dim=768)
     keys = _keys(len(data))
@@ -66,11 +68,11 @@ def clustered_sq8(request, tmp_path_factory) -> tuple[list[str], np.ndarray, np.
     index.close()
 
 
-@pytest.mark.slow  # builds a 20K x 768 HNSW SQ8 graph per mode
-def test_sq8_recall_at_10_with_exact_rescoring(clustered_sq8) -> None:
-    keys, data, queries, index = clustered_sq8
+@pytest.mark.slow  # builds a 20K x 768 HNSW SQ8 graph or IVF-PQ index per mode
+def test_quantized_recall_at_10_with_exact_rescoring(clustered_quant) -> None:
+    keys, data, queries, index = clustered_quant
     recall = _recall(index, keys, data, queries)
-    print(f"\nrecall@10 ({index.storage}/sq8, 20K clustered 768-d, default ef): {recall:.4f}")
+    print(f"\nrecall@10 ({index.storage}/{index.quantization}, 20K clustered 768-d, default ef): {recall:.4f}")
     assert recall >= 0.95
     # Scores are exact cosines (rescored from the full vectors), not code estimates.
     got, _ = index.search(queries[0], 10)
@@ -80,7 +82,8 @@ def test_sq8_recall_at_10_with_exact_rescoring(clustered_sq8) -> None:
             assert abs(score - want[key]) < 1e-5
     stats = index.stats()
     raw = len(data) * 768 * 4
-    assert stats["index_bytes"] >= len(data) * 768  # the codes: a byte a dimension
+    # The codes: a byte a dimension (sq8), a byte per 8 dimensions and an 8-byte id (pq).
+    assert stats["index_bytes"] >= len(data) * (768 if index.quantization == "sq8" else 96 + 8)
     if index.storage == "mmap":
         assert stats["vector_bytes"] == 0 and stats["mapped_vector_bytes"] >= raw
     else:
@@ -88,8 +91,8 @@ def test_sq8_recall_at_10_with_exact_rescoring(clustered_sq8) -> None:
 
 
 @pytest.mark.slow
-def test_sq8_filtered_recall_one_percent_filter(clustered_sq8) -> None:
-    keys, data, queries, index = clustered_sq8
+def test_quantized_filtered_recall_one_percent_filter(clustered_quant) -> None:
+    keys, data, queries, index = clustered_quant
     rng = np.random.default_rng(29)
     picked = np.flatnonzero(rng.random(len(keys)) < 0.01)
     allowed = {keys[i] for i in picked}
@@ -105,7 +108,7 @@ def test_sq8_filtered_recall_one_percent_filter(clustered_sq8) -> None:
     finally:
         index.filter_exact_limit = 4096
     recall = hits / (10 * len(queries))
-    print(f"\nfiltered recall@10 ({index.storage}/sq8, 1% filter): {recall:.4f}")
+    print(f"\nfiltered recall@10 ({index.storage}/{index.quantization}, 1% filter): {recall:.4f}")
     assert recall >= 0.95
 
 
@@ -135,7 +138,8 @@ def test_rows_read_back_through_compaction_and_rebuild(tmp_path: Path, storage: 
     for i in (1, 4097, 11_999):
         got, _ = index.search(data[i], 1)
         assert got[0][0] == keys[i] and abs(got[0][1] - 1.0) < 1e-5
-    assert index.capture_graph() is None  # sq8 graphs are not persisted: rebuilt at start
+    cap = index.capture_graph()  # persisted with its codes (tests/test_quant_persist.py)
+    assert cap is not None and cap.quantization == quantization and cap.count == 9_000
 
 
 # ------------------------------------------------------------------ restarts
@@ -159,7 +163,7 @@ def test_restart_in_each_mode_rebuilds_derived_state(tmp_path: Path, storage: st
             _learn(engine, range(lo, lo + 500), data)
         engine.vectors.build_pending()
         engine.checkpoint(drain=True)
-        assert (tmp_path / annfile.GRAPH_FILE).exists() == (quantization == "none")
+        assert (tmp_path / annfile.GRAPH_FILE).exists()  # in every mode
         _learn(engine, range(2500, 3000), data)  # a WAL tail past the checkpoint
         digest = engine.digest()[1]
     finally:
@@ -167,7 +171,7 @@ def test_restart_in_each_mode_rebuilds_derived_state(tmp_path: Path, storage: st
     mapdir = tmp_path / quant.MAP_DIR
     mapdir.mkdir(exist_ok=True)
     (mapdir / "chunk-1-1.f32").write_bytes(b"\xff" * 4096)  # as if a crash left a damaged map file
-    for again in (f"{storage}/{quantization}", "mmap/sq8", "memory/none"):
+    for again in (f"{storage}/{quantization}", "mmap/sq8", "memory/pq", "memory/none"):
         st, qt = again.split("/")
         engine = Engine(_cfg(tmp_path, st, qt))
         engine.lead("single-node")
@@ -176,10 +180,11 @@ def test_restart_in_each_mode_rebuilds_derived_state(tmp_path: Path, storage: st
                 assert list(mapdir.iterdir()) == []
             assert engine.digest()[1] == digest and len(engine.vectors) == 3000
             engine.vectors.build_pending()
-            if qt != "none":  # an sq8 graph is built over codes at every start
-                assert engine.graph_source.startswith("rebuilding")
-            elif again == f"{storage}/{quantization}":
+            if again == f"{storage}/{quantization}":
                 assert engine.graph_source == annfile.GRAPH_FILE
+            elif qt != quantization:  # a graph of another mode is refused, naming the setting
+                assert engine.graph_source.startswith("rebuilding: ") and f"SUTRA_QUANTIZATION={qt}" in \
+                    engine.graph_source
             stats = engine.stats()
             assert stats["vector_index_ready"]
             assert (stats["vector_memory_bytes"] == 0) == (st == "mmap")

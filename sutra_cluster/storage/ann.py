@@ -16,7 +16,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from sutra_cluster.storage.quant import code_bytes, new_hnsw
+from sutra_cluster.storage.quant import index_memory, new_hnsw
 
 
 class RWLock:
@@ -86,8 +86,8 @@ class Ann:
                  quantization: str = "none") -> None:
         if index is None:
             index = new_hnsw(dim, m, ef_construction, quantization)
-        # faiss.IndexHNSWFlat, or IndexHNSWSQ for sq8 (whose storage holds codes:
-        # rows/scores are then never asked of it).  Untyped: stubs lack .storage/.hnsw.
+        # faiss.IndexHNSWFlat, IndexHNSWSQ for sq8 or IndexIVFPQ for pq (whose storage
+        # holds codes: rows/scores are then never asked of it).  Untyped: stubs lack .storage/.hnsw.
         self.index: Any = index
         self.dim = dim
         self.rw = RWLock()
@@ -133,7 +133,4 @@ class Ann:
     def memory_bytes(self) -> tuple[int, int]:
         """(vector or code bytes, graph bytes) held by faiss for this graph."""
         with self.rw.read():
-            vectors = code_bytes(self.index, self.dim)
-            hnsw = self.index.hnsw
-            graph = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
-        return vectors, graph
+            return index_memory(self.index, self.dim)

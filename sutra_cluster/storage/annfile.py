@@ -5,8 +5,11 @@ Layout: the snapshot file header with magic ``SUTRAHNS``, then frames in
 storage.dat's framing (length, CRC32C, kind): a header frame (JSON: the
 checkpoint LSN it belongs to, dimension, label count, live labels, a hash of
 their keys in label order), one frame of the live-label bitmap, the faiss
-graph (``IO_FLAG_SKIP_STORAGE``: links only; the vectors are storage.dat's)
-in chunk frames, and an end frame repeating the header.
+index in chunk frames, and an end frame repeating the header.  Version 1
+(SUTRA_QUANTIZATION=none) stores links only (``IO_FLAG_SKIP_STORAGE``: the
+vectors are storage.dat's); version 2 (sq8, pq) names its quantization in the
+header and stores the whole faiss index: codes, trained ranges or codebooks
+and links (IVF lists for pq), which cannot be derived without retraining.
 
 The graph is an optimisation, never a source of truth: a file that is torn,
 damaged, from another checkpoint or for other keys is refused with a reason,
@@ -30,14 +33,18 @@ import faiss
 import numpy as np
 
 from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage.flatstore import gather
 from sutra_cluster.storage.fsio import replace_durably, write_file_synced
+from sutra_cluster.storage.quant import quantization_of
 
 log = logging.getLogger(__name__)
 
 GRAPH_FILE = "storage.hnsw"
 MAGIC = b"SUTRAHNS"
-VERSION = 1
+VERSION = 1  # links only (SUTRA_QUANTIZATION=none)
+VERSION_QUANTIZED = 2  # the whole index (sq8, pq); older nodes refuse it by its version
 _PART = 64 << 20  # faiss bytes per frame
+_ADOPT_BATCH = 16384  # rows moved into an adopted graph's storage per step
 
 
 class GraphFileError(Exception):
@@ -54,14 +61,30 @@ class GraphCapture:
     count: int
     alive: np.ndarray  # bool, one per label below count
     keys_hash: str
+    quantization: str = "none"
 
 
 @dataclass
 class LoadedGraph:
-    index: Any  # faiss.IndexHNSWFlat without storage
+    index: Any  # faiss.IndexHNSWFlat without storage; IndexHNSWSQ or IndexIVFPQ whole
     total: int  # labels in the graph
     alive: np.ndarray  # bool, one per label (False past the captured count)
     keys_hash: str
+    quantization: str = "none"
+
+
+def flat_storage(graph: LoadedGraph, labels: np.ndarray, chunks: list[np.ndarray | None], dim: int) -> Any:
+    """A faiss IndexFlatIP of the adopted graph's labels (``labels``: its live
+    ones, whose vectors are the first rows of ``chunks``; dead ones are zeros
+    and never returned), filled in batches so no second full copy exists."""
+    storage = faiss.IndexFlatIP(dim)
+    for lo in range(0, graph.total, _ADOPT_BATCH):
+        hi = min(graph.total, lo + _ADOPT_BATCH)
+        block = np.zeros((hi - lo, dim), dtype=np.float32)
+        a, b = np.searchsorted(labels, [lo, hi])
+        block[labels[a:b] - lo] = gather(chunks, np.arange(a, b), dim)
+        storage.add(block)
+    return storage
 
 
 def keys_hash(keys: Iterator[str] | list[str]) -> str:
@@ -78,15 +101,19 @@ def _blocks(cap: GraphCapture, lsn: int, dim: int) -> Iterator[bytes]:
         parts.append(bytes(b))
         return len(b)
 
+    quantized = cap.quantization != "none"
     with cap.rw.read():
         total = int(cap.index.ntotal)
         writer = faiss.PyCallbackIOWriter(sink)  # type: ignore[attr-defined]
-        faiss.write_index(cap.index, writer, faiss.IO_FLAG_SKIP_STORAGE)
+        faiss.write_index(cap.index, writer, 0 if quantized else faiss.IO_FLAG_SKIP_STORAGE)
         del writer  # flushes its buffer into sink
     raw = b"".join(parts)
-    head = json.dumps({"lsn": lsn, "dim": dim, "total": total, "count": cap.count, "live": int(cap.alive.sum()),
-                       "keys_hash": cap.keys_hash, "faiss_bytes": len(raw)}, sort_keys=True).encode()
-    yield ckpt.FILE_HEADER.pack(MAGIC, VERSION, 0)
+    fields = {"lsn": lsn, "dim": dim, "total": total, "count": cap.count, "live": int(cap.alive.sum()),
+              "keys_hash": cap.keys_hash, "faiss_bytes": len(raw)}
+    if quantized:
+        fields["quantization"] = cap.quantization
+    head = json.dumps(fields, sort_keys=True).encode()
+    yield ckpt.FILE_HEADER.pack(MAGIC, VERSION_QUANTIZED if quantized else VERSION, 0)
     yield ckpt._frame(ckpt.KIND_HEADER, head)
     yield ckpt._frame(ckpt.KIND_CHUNK, np.packbits(cap.alive, bitorder="little").tobytes())
     for lo in range(0, len(raw), _PART):
@@ -128,18 +155,19 @@ def _frames(f: BinaryIO, where: str) -> Iterator[tuple[int, bytes]]:
         offset += ckpt.FRAME.size + length
 
 
-def read_graph(directory: Path, lsn: int, dim: int) -> LoadedGraph:
-    """The graph stored for the checkpoint at ``lsn``; GraphFileError (with the
-    reason) when there is none or it cannot be used."""
+def read_graph(directory: Path, lsn: int, dim: int, quantization: str = "none") -> LoadedGraph:
+    """The graph stored for the checkpoint at ``lsn`` and SUTRA_QUANTIZATION
+    ``quantization``; GraphFileError (with the reason) when there is none or
+    it cannot be used."""
     path = directory / GRAPH_FILE
     if not path.exists():
         raise GraphFileError(f"{path} does not exist")
     try:
         with open(path, "rb", buffering=1 << 20) as f:
             magic, version, _ = ckpt.FILE_HEADER.unpack(f.read(ckpt.FILE_HEADER.size).ljust(ckpt.FILE_HEADER.size))
-            if magic != MAGIC or version != VERSION:
-                raise GraphFileError(f"{path}: not a graph file of version {VERSION} (magic {magic!r}, "
-                                     f"version {version})")
+            if magic != MAGIC or version not in (VERSION, VERSION_QUANTIZED):
+                raise GraphFileError(f"{path}: not a graph file of version {VERSION} or {VERSION_QUANTIZED} "
+                                     f"(magic {magic!r}, version {version})")
             frames = _frames(f, str(path))
             kind, raw_head = next(frames)
             head = json.loads(raw_head)
@@ -148,6 +176,10 @@ def read_graph(directory: Path, lsn: int, dim: int) -> LoadedGraph:
             if head["lsn"] != lsn or head["dim"] != dim:
                 raise GraphFileError(f"{path} belongs to the checkpoint at LSN {head['lsn']} ({head['dim']}-d), "
                                      f"storage.dat is at LSN {lsn} ({dim}-d)")
+            stored = head.get("quantization", "none") if version == VERSION_QUANTIZED else "none"
+            if stored != quantization:
+                raise GraphFileError(f"{path} holds a SUTRA_QUANTIZATION={stored} graph, this node runs "
+                                     f"SUTRA_QUANTIZATION={quantization}")
             _, bits = next(frames)
             body = io.BytesIO()
             for kind, payload in frames:
@@ -167,16 +199,20 @@ def read_graph(directory: Path, lsn: int, dim: int) -> LoadedGraph:
     body.seek(0)
     try:
         reader = faiss.PyCallbackIOReader(body.read)  # type: ignore[attr-defined]
-        index = faiss.read_index(reader, faiss.IO_FLAG_SKIP_STORAGE)
+        index = faiss.read_index(reader, 0 if quantization != "none" else faiss.IO_FLAG_SKIP_STORAGE)
     except RuntimeError as exc:
         raise GraphFileError(f"{path}: faiss cannot read the graph: {exc}") from exc
+    del body, reader  # the serialised copy: at 1M x 768-d sq8 it is as large as the index
+    if quantization_of(index) != quantization:
+        raise GraphFileError(f"{path}: holds a faiss {type(index).__name__}, not a SUTRA_QUANTIZATION="
+                             f"{quantization} index")
     total, count = int(head["total"]), int(head["count"])
     alive = np.zeros(total, dtype=bool)
     alive[:count] = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=count, bitorder="little").astype(bool)
     if index.ntotal != total or int(alive.sum()) != head["live"]:
         raise GraphFileError(f"{path}: graph has {index.ntotal} labels ({int(alive.sum())} live), the header "
                              f"says {total} ({head['live']})")
-    return LoadedGraph(index, total, alive, head["keys_hash"])
+    return LoadedGraph(index, total, alive, head["keys_hash"], quantization)
 
 
 def remove_graph(directory: Path) -> None:
@@ -192,11 +228,8 @@ def adopt_stored_graph(directory: Path, lsn: int, dim: int, vectors: Any) -> str
     """Give a freshly loaded VectorIndex the graph stored with the checkpoint
     at ``lsn``; returns where the graph comes from ("storage.hnsw"), or why
     none was taken ("rebuilding: <reason>"), logged either way."""
-    quantization = getattr(vectors, "quantization", "none")
-    if quantization != "none":  # its graph is over codes, built at every start (not persisted yet)
-        return f"rebuilding: SUTRA_QUANTIZATION={quantization} builds its graph at start"
     try:
-        graph = read_graph(directory, lsn, dim)
+        graph = read_graph(directory, lsn, dim, getattr(vectors, "quantization", "none"))
         vectors.adopt_graph(graph)
     except (GraphFileError, ValueError) as exc:
         if len(vectors) > vectors.exact_limit // 2:  # a graph was due: say why it is rebuilt

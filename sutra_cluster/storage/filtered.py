@@ -1,5 +1,6 @@
 """Filtered HNSW search: the graph walked with a bitmap selector over the
-labels a filter allows, the beam widened by how selective the filter is."""
+labels a filter allows, the beam widened by how selective the filter is (for
+pq's IVF index the beam is the lists probed: quant.search_params)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import faiss
 import numpy as np
 
 from sutra_cluster.storage.ann import Ann
+from sutra_cluster.storage.quant import search_params
 
 FETCH_SLACK = 16  # extra hits requested beyond k
 MAX_WIDEN = 32  # the filtered beam grows with 1/selectivity up to this factor
@@ -25,7 +27,7 @@ def ann_filtered(
     A narrow filter leaves few members per hop, so the beam (efSearch) is
     widened by count / len(labels), capped at MAX_WIDEN. ``live_keys(labels_seq,
     hit labels, scores)`` maps hits to keys, dropping rows superseded meanwhile.
-    ``fetch_min``: fetch at least this many hits (sq8 rescores them exactly).
+    ``fetch_min``: fetch at least this many hits (sq8/pq rescore them exactly).
     The caller falls back to an exact scan when this finds fewer than it should.
     """
     if len(labels) == 0:
@@ -35,11 +37,9 @@ def ann_filtered(
     packed = np.packbits(bits, bitorder="little")
     sel = faiss.IDSelectorBitmap(count, faiss.swig_ptr(packed))
     widen = min(MAX_WIDEN, count / len(labels))
-    params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-    params.sel = sel
     fetch = min(len(labels), max(fetch_min, k + FETCH_SLACK))
     base = max(ef_search, fetch, default_ef)
-    params.efSearch = int(min(count, max(base, base * widen)))
+    params = search_params(ann.index, int(min(count, max(base, base * widen))), sel)
     labels_seq = ann.labels_seq
     saved_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)

@@ -32,7 +32,7 @@ import numpy as np
 
 from sutra_cluster.storage.ann import Ann
 from sutra_cluster.storage.flatstore import View
-from sutra_cluster.storage.quant import TRAIN_ROWS, train_if_needed
+from sutra_cluster.storage.quant import TRAIN_ROWS, trained
 
 logger = logging.getLogger("sutra_cluster.storage.vectors")
 
@@ -243,7 +243,7 @@ class Maintainer:
         ann = None
         if len(rows):
             ann = Ann(self.dim, self._m, self._ef_construction, quantization=self.quantization)
-            train_if_needed(ann.index, view.vectors(rows[:TRAIN_ROWS]))  # sq8: ranges per dimension
+            ann.index = trained(ann.index, view.vectors(rows[:TRAIN_ROWS]))  # sq8 ranges, pq lists + codebooks
             for lo in range(0, len(rows), _BUILD_BATCH):
                 if auto:
                     with self._quiet_cv:

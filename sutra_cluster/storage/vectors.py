@@ -44,11 +44,11 @@ import faiss
 import numpy as np
 
 from sutra_cluster.storage.ann import Ann
-from sutra_cluster.storage.annfile import GraphCapture, LoadedGraph, keys_hash
+from sutra_cluster.storage.annfile import GraphCapture, LoadedGraph, flat_storage, keys_hash
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
 from sutra_cluster.storage.maintainer import DEFAULT_MAX_TAIL, DEFAULT_QUIET_S, Maintainer
-from sutra_cluster.storage.quant import RESCORE_FACTOR, RESCORE_MIN, ChunkAllocator, check_modes
+from sutra_cluster.storage.quant import ChunkAllocator, check_modes, rescore_fetch, search_params
 from sutra_cluster.storage.vecform import normalise, original
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ DEFAULT_EF_SEARCH = 96
 _COMPACT_FRACTION = 0.25  # compact the flat store past this tombstone share
 _COMPACT_MIN_DEAD = 1024  # ...but never for a handful of rows
 _FETCH_SLACK = 16  # extra HNSW hits requested beyond the tombstone estimate
-_ADOPT_BATCH = 16384  # rows moved into an adopted graph's storage per step
 # A filter this narrow or narrower is searched exactly over its own rows:
 # 4096 x 768-d rows is a ~12 MB gather + matmul, a few ms, and always exact.
 _FILTER_EXACT_ROWS = 4096
@@ -274,7 +273,7 @@ class VectorIndex(Maintainer):
         if ann is None:
             return
         self._covered = int(np.searchsorted(self._seq[: self._n], ann.watermark))
-        if self._keep:  # sq8 rescoring reads the full vectors from the chunks
+        if self._keep:  # sq8/pq rescoring reads the full vectors from the chunks
             return
         full = min(len(self._chunks), self._covered // CHUNK_ROWS)
         if any(self._chunks[c] is not None for c in range(full)):
@@ -417,8 +416,8 @@ class VectorIndex(Maintainer):
         return ranked(cands, k), False
 
     def _fetch(self, k: int) -> int:
-        """Graph hits to fetch at least: sq8 over-fetches to rescore exactly."""
-        return max(RESCORE_MIN, RESCORE_FACTOR * k) if self._keep else 0
+        """Graph hits to fetch at least: sq8/pq over-fetch to rescore exactly."""
+        return rescore_fetch(self.quantization, k)
 
     def _live_keys(self, labels_seq: np.ndarray, labels: np.ndarray, sims: np.ndarray,
                    qn: np.ndarray | None = None) -> list[tuple[str, float]]:
@@ -445,9 +444,8 @@ class VectorIndex(Maintainer):
         faiss.omp_set_num_threads(self._search_threads)  # per-thread in libgomp
         try:
             while True:
-                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
                 # A beam wider than the graph buys nothing; cap caller input.
-                params.efSearch = min(count, max(ef_search, fetch, self._default_ef))
+                params = search_params(ann.index, min(count, max(ef_search, fetch, self._default_ef)))
                 with ann.rw.read():
                     sims, labels = ann.index.search(qn[None, :], fetch, params=params)
                 # Labels >= count were added after our snapshot; the exact
@@ -529,38 +527,35 @@ class VectorIndex(Maintainer):
         label order, which is the order ``stored_batches`` yields them in."""
         with self._lock:
             ann = self._ann
-            if ann is None or ann.count == 0 or self._keep:  # sq8 graphs are not persisted yet: rebuilt at start
+            if ann is None or ann.count == 0:
                 return None
             rows = self._rows_for_seqs_locked(ann.labels_seq[: ann.count])
             keys = self._keys
-            return GraphCapture(ann.index, ann.rw, ann.count, rows >= 0, keys_hash(keys[r] for r in rows if r >= 0))
+            return GraphCapture(ann.index, ann.rw, ann.count, rows >= 0, keys_hash(keys[r] for r in rows if r >= 0),
+                                self.quantization)
 
     def adopt_graph(self, graph: LoadedGraph) -> None:
         """Take a stored graph whose live labels are, in order, this index's
-        first rows (a checkpoint just loaded, before any other change): their
-        vectors move into the graph's storage and their chunks are freed.
-        Raises ValueError (nothing changed) when the graph does not fit."""
+        first rows (a checkpoint just loaded, before any other change): under
+        none their vectors move into the graph's storage and their chunks are
+        freed; sq8/pq graphs carry their own codes and the chunks stay (they
+        rescore).  Raises ValueError (nothing changed) when the graph does not fit."""
         with self._cv:
             live = int(graph.alive.sum())
             n = self._n
-            if self._keep:
-                raise ValueError(f"SUTRA_QUANTIZATION={self.quantization} builds its own graph over codes")
+            if graph.quantization != self.quantization:
+                raise ValueError(f"the graph is for SUTRA_QUANTIZATION={graph.quantization}, this node runs "
+                                 f"SUTRA_QUANTIZATION={self.quantization}")
             if self._ann is not None or n < live or not self._alive[:n].all():
                 raise ValueError(f"the vector index is not freshly loaded ({n} rows, {self._live} live, "
                                  f"graph {'present' if self._ann is not None else 'absent'})")
             if keys_hash(self._keys[:live]) != graph.keys_hash:
                 raise ValueError(f"the graph's {live} live labels are not the first {live} vectors of storage.dat")
             labels = np.flatnonzero(graph.alive)
-            storage = faiss.IndexFlatIP(self.dim)
-            for lo in range(0, graph.total, _ADOPT_BATCH):  # batches: no second full copy at once
-                hi = min(graph.total, lo + _ADOPT_BATCH)
-                block = np.zeros((hi - lo, self.dim), dtype=np.float32)  # dead labels: never returned
-                a, b = np.searchsorted(labels, [lo, hi])
-                block[labels[a:b] - lo] = gather(self._chunks, np.arange(a, b), self.dim)
-                storage.add(block)
-            graph.index.storage = storage
             ann = Ann(self.dim, self._m, self._ef_construction, index=graph.index)
-            ann.storage = storage  # the index does not own it: keep it alive here
+            if not self._keep:
+                # The index does not own its storage: Ann keeps it alive.
+                ann.storage = graph.index.storage = flat_storage(graph, labels, self._chunks, self.dim)
             ann.stage_labels(np.arange(graph.total, dtype=np.int64))
             ann.count, ann.watermark, ann.dead = graph.total, graph.total, graph.total - live
             # Renumber: the graph's live rows take their label as sequence, the rest follow.
