@@ -9,6 +9,14 @@ search p50/p99 in the first 10 s after the restart.
 
     nice .venv/bin/python bench/bench_scale.py --sizes 100000,300000 [--out bench/results/scale.json]
     .venv/bin/python bench/bench_scale.py --quick      # seconds; run by tests/test_bench_smoke.py
+    nice .venv/bin/python bench/bench_scale.py --restart-only --sizes 1000000 --out bench/results/scale-restart.json
+
+``--restart-only`` skips the load and the graph build (an hour of CPU at 1M on
+two shared cores): it writes storage.dat (the current format, same clustered
+vectors and contents as a load would leave) straight into a data directory and
+times a real node's start until every concept is visible, with the node's own
+CPU seconds (what a quiet machine would take) and its memory. No storage.hnsw:
+the graph's adoption is not in these figures (measure it with a full run).
 """
 
 from __future__ import annotations
@@ -162,6 +170,75 @@ class Run:
         return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _write_storage(data: Path, n: int, dim: int) -> int:
+    """storage.dat with ``n`` concepts as a bulk load leaves them (clustered 768-d vectors, contents
+    ``concept <i>``); returns its size."""
+    from sutra_cluster.pb import wal_pb2
+    from sutra_cluster.storage import checkpoint as ckpt
+    from sutra_cluster.storage import columns
+    from sutra_cluster.storage.vecform import fingerprint, normalise
+
+    # The mixture of tests/test_vectors.py's _clustered, drawn block by block: at 1M the whole
+    # matrix and its temporaries would take ~12 GB.
+    rng = np.random.default_rng(17)
+    centres = rng.standard_normal((20, dim), dtype=np.float32)
+    basis = rng.standard_normal((dim, 128), dtype=np.float32) / np.sqrt(128)
+    header = wal_pb2.SnapshotHeader(lsn=1, term=1, concepts=n, vector_dimension=dim, node_id="bench")
+
+    def blocks() -> Any:
+        yield ckpt.FILE_HEADER.pack(ckpt.MAGIC, ckpt.VERSION, 0)
+        yield ckpt._frame(ckpt.KIND_HEADER, header.SerializeToString())
+        for lo in range(0, n, ckpt.CHUNK_CONCEPTS):
+            hi = min(n, lo + ckpt.CHUNK_CONCEPTS)
+            m = hi - lo
+            block = (centres[rng.integers(0, 20, m)] + 1.5 * rng.standard_normal((m, 128), dtype=np.float32) @ basis.T
+                     + rng.standard_normal((m, dim), dtype=np.float32))
+            rows, norms = normalise(block)
+            fps = [fingerprint(r.tobytes(), float(x)) for r, x in zip(rows, norms)]
+            yield ckpt._frame(ckpt.KIND_COLUMNS, columns.pack(
+                [f"c{i:07d}" for i in range(lo, hi)], [f"concept {i}" for i in range(lo, hi)], [1.0] * m,
+                [1.0] * m, [1] * m, [1] * m, [{} for _ in range(m)], rows, norms, fps))
+        yield ckpt._frame(ckpt.KIND_END, header.SerializeToString())
+
+    data.mkdir(parents=True, exist_ok=True)
+    return ckpt.write_checkpoint(data, blocks())
+
+
+def restart_only(base: Path, n: int, dim: int, env: dict[str, str]) -> dict[str, Any]:
+    """Start a node on a written storage.dat; time and CPU until all ``n`` concepts are visible."""
+    data = base / "data"
+    out: dict[str, Any] = {"concepts": n, "dim": dim, "raw_vector_bytes": n * dim * 4,
+                           "storage_dat_bytes": _write_storage(data, n, dim)}
+    node = NodeProcess(data, env={"VECTOR_DIMENSION": str(dim), "MEMORY_THRESHOLD": str(1 << 40),
+                                  "SUTRA_LOG_LEVEL": "info", **env}, log_path=base / "node.log")
+    t0 = time.monotonic()
+    node.start(wait=False)
+    try:
+        channel = grpc.insecure_channel(node.address)
+        stub = pbg.StorageServiceStub(channel)
+        _wait(lambda: stub.GetStats(pb.GetStatsRequest(), timeout=10).concepts == n, 3600, "all concepts visible",
+              node)
+        out["restart_visible_s"] = time.monotonic() - t0
+        pid = node.proc.pid  # type: ignore[union-attr]
+        out["restart_visible_node_cpu_s"] = _cpu_seconds(pid)
+        out["rss_after_restart_bytes"] = _rss(pid)
+        out["rss_after_restart_anon_bytes"] = _rss(pid, "RssAnon")
+        st = stub.GetStats(pb.GetStatsRequest(), timeout=10)
+        out["memory_by_part"] = {"vectors": st.vector_memory_bytes, "index": st.index_memory_bytes,
+                                 "metadata": st.metadata_memory_bytes}
+        channel.close()
+    finally:
+        node.stop(timeout=120)
+    return out
+
+
 def _table(results: list[dict[str, Any]]) -> str:
     rows = [("concepts", lambda r: f"{r['concepts']:,} ({r.get('modes', 'memory/none')})"),
             ("RSS once indexed", lambda r: f"{r['rss_bytes'] / 1e6:,.0f} MB ({r['rss_bytes'] / r['raw_vector_bytes']:.2f}x raw, "
@@ -194,9 +271,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="3,000 x 64-d, 50 queries: a smoke run")
     p.add_argument("--ef", type=int, default=0, help="also search with this ef_search before the restart")
     p.add_argument("--storage", choices=("memory", "mmap"), default=None, help="SUTRA_VECTOR_STORAGE")
-    p.add_argument("--quantization", choices=("none", "sq8"), default=None, help="SUTRA_QUANTIZATION")
+    p.add_argument("--quantization", choices=("none", "sq8", "pq"), default=None, help="SUTRA_QUANTIZATION")
     p.add_argument("--out", default="bench/results/scale.json")
     p.add_argument("--tmp", default=None, help="folder for the data directories (default: the system's)")
+    p.add_argument("--restart-only", action="store_true",
+                   help="write storage.dat directly and time a start to all visible (no load, no graph)")
     a = p.parse_args()
     sizes = [3000] if a.quick else [int(s) for s in a.sizes.split(",")]
     dim, queries = (64, 50) if a.quick else (a.dim, a.queries)
@@ -209,11 +288,20 @@ def main() -> int:
     for n in sizes:
         base = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=a.tmp))
         try:
-            results.append(Run(base, n, dim, queries, env, a.ef).run())
+            if a.restart_only:
+                results.append(restart_only(base, n, dim, env))
+                r = results[-1]
+                print(f"{n:,} concepts: storage.dat {r['storage_dat_bytes'] / 1e6:,.0f} MB, all visible after "
+                      f"{r['restart_visible_s']:.1f} s ({r['restart_visible_node_cpu_s']:.1f} s of node CPU), "
+                      f"RSS {r['rss_after_restart_bytes'] / 1e6:,.0f} MB "
+                      f"({r['rss_after_restart_bytes'] / r['raw_vector_bytes']:.2f}x raw)")
+            else:
+                results.append(Run(base, n, dim, queries, env, a.ef).run())
         finally:
             shutil.rmtree(base, ignore_errors=True)
         print(f"done: {n:,} concepts", file=sys.stderr)
-    print(_table(results))
+    if not a.restart_only:
+        print(_table(results))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(sys.argv), "cpus": os.cpu_count(), "results": results},
