@@ -159,6 +159,7 @@ class Run:
             out["restart_visible_s"] = time.monotonic() - t0
             _wait(lambda: self.stats(stub).vector_index_ready, 7200, "the index after restart", self.node)
             out["restart_ready_s"] = time.monotonic() - t0
+            out["restart_ready_node_cpu_s"] = _cpu_seconds(self.node.proc.pid)  # type: ignore[union-attr]
             st = self.stats(stub)
             out["index_source_after_restart"] = st.vector_index_source
             out["search_first_10s_after_restart"] = self.search(stub, seconds=10.0)
@@ -256,7 +257,7 @@ def _table(results: list[dict[str, Any]]) -> str:
                 f" ({k[len('search_before_'):]}: {v['recall_at_10']:.3f}, p50/p99 {v['p50_ms']:.1f}/{v['p99_ms']:.1f} ms)"
                 for k, v in r.items() if k.startswith("search_before_ef_"))),
             ("restart: visible / ready", lambda r: f"{r['restart_visible_s']:.1f} / {r['restart_ready_s']:.1f} s"
-             f" ({r['index_source_after_restart']})"),
+             f" ({r['index_source_after_restart']}; node CPU {r.get('restart_ready_node_cpu_s', 0):.1f} s)"),
             ("search p50/p99 first 10 s", lambda r: f"{r['search_first_10s_after_restart']['p50_ms']:.1f} / "
                                                    f"{r['search_first_10s_after_restart']['p99_ms']:.1f} ms")]
     width = max(len(name) for name, _ in rows)
