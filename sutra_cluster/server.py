@@ -21,7 +21,8 @@ from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import replication_pb2, replication_pb2_grpc, storage_pb2, txn_pb2_grpc
 from sutra_cluster.replication.manager import LagCollector, ReplicationManager
 from sutra_cluster.replication.service import ReplicationServicer
-from sutra_cluster.sharding import reshard_node
+from sutra_cluster.roles import Role
+from sutra_cluster.sharding import reshard_node, reshard_rescue
 from sutra_cluster.storage.engine import Engine
 from sutra_cluster.txn import recovery as txn_recovery
 from sutra_cluster.txn.decision import DecisionStore
@@ -88,6 +89,10 @@ class Node:
         storage = StorageServicer(self.engine, health=self._health, waits=self.client_budget)
         add_storage_service(storage, self.server)
         reshard_node.add_to_server(self.engine, storage.guard, self.server)  # also installs the guard's write fence
+        # With etcd: a freeze left by a reshard driver that died mid-cutover is lifted by a shard leader.
+        self.freeze_rescue = (reshard_rescue.FreezeRescue(
+            list(cfg.etcd_endpoints), cfg.cluster_name, lambda: storage.guard.map,
+            lambda: self.engine.role == Role.LEADER) if cfg.etcd_endpoints else None)
         replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
             ReplicationServicer(self.replication), self.server)
         txn_pb2_grpc.add_TxnServiceServicer_to_server(TxnServicer(self.engine), self.server)  # cross-shard writes
@@ -145,6 +150,8 @@ class Node:
             self.ha.start()
         if self.txn_resolver is not None:
             self.txn_resolver.start()
+        if self.freeze_rescue is not None:
+            self.freeze_rescue.start()
         threading.Thread(target=self._watch_health, name="health", daemon=True).start()
         log.info("node %s serving on %s as %s (metrics port %s)", self.cfg.node_id, bind, self.engine.role,
                  self.cfg.metrics_port or "off")
@@ -163,6 +170,8 @@ class Node:
         self.replication.stop()
         if self.txn_resolver is not None:
             self.txn_resolver.stop()
+        if self.freeze_rescue is not None:
+            self.freeze_rescue.stop()
         self.engine.close()
 
     def wait(self) -> None:

@@ -15,13 +15,14 @@ import pytest
 
 from sutra_cluster.client import SutraClient
 from sutra_cluster.config import Config
-from sutra_cluster.errors import InvalidArgument, WrongShard
+from sutra_cluster.errors import ConfigError, InvalidArgument, WrongShard
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import storage_pb2_grpc, wal_pb2
 from sutra_cluster.retry import MAP_VERSION_KEY, Retry, classify
 from sutra_cluster.sharding import shardmap
 from sutra_cluster.sharding.reshard_node import moving_parts
-from sutra_cluster.sharding.reshard_state import ReshardRecord
+from sutra_cluster.sharding.reshard_rescue import FreezeRescue
+from sutra_cluster.sharding.reshard_state import ReshardRecord, lock_key
 from sutra_cluster.sharding.shardmap import ShardMap
 from sutra_cluster.storage.state import ApplyResult, GraphState
 from tests.helpers import wait_for
@@ -126,6 +127,74 @@ def test_record_phases_and_roles() -> None:
     assert ReshardRecord.decode(grow.encode()) == grow
 
 
+class _Etcd:
+    def __init__(self, **kv: str) -> None:
+        self.kv = dict(kv)
+
+    def get(self, key: str) -> str | None:
+        return self.kv.get(key)
+
+    def compare_and_put(self, key: str, expected: str, value: str) -> bool:
+        if self.kv.get(key) != expected:
+            return False
+        self.kv[key] = value
+        return True
+
+
+class _Lock:
+    def __init__(self, etcd: _Etcd, holder: str = "") -> None:
+        self.etcd, self.holder, self.released = etcd, holder, False
+
+    def acquire(self, wait_s: float = 0.0) -> None:
+        if lock_key("sutra") in self.etcd.kv:
+            raise ConfigError("another reshard driver is running")
+        self.etcd.kv[lock_key("sutra")] = "rescue"
+
+    def release(self) -> None:
+        self.etcd.kv.pop(lock_key("sutra"), None)
+        self.released = True
+
+
+def _rescue(etcd: _Etcd, leading: bool = True) -> FreezeRescue:
+    def current() -> ShardMap:
+        return ShardMap.from_json(etcd.kv[shardmap.map_key("sutra")])
+
+    return FreezeRescue([], "sutra", current, lambda: leading, lock_factory=lambda: _Lock(etcd), store=etcd)
+
+
+FROZEN = ShardMap(shards=2, version=7, next_shards=3, frozen=True)
+
+
+def test_a_freeze_without_a_driver_is_lifted_on_the_second_look_under_the_driver_lock() -> None:
+    etcd = _Etcd(**{shardmap.map_key("sutra"): FROZEN.to_json()})
+    r = _rescue(etcd)
+    assert r.check() is False, "one look is not enough: the driver may be between two calls"
+    assert r.check() is True
+    m = ShardMap.from_json(etcd.kv[shardmap.map_key("sutra")])
+    assert (m.version, m.frozen, m.next_shards, m.shards) == (8, False, 3, 2)
+    assert lock_key("sutra") not in etcd.kv, "the rescue lets the driver lock go"
+    assert r.check() is False and r.lifted == 1
+
+
+def test_a_freeze_is_left_alone_while_a_driver_holds_the_lock_or_the_map_moves_or_a_replica_looks() -> None:
+    held = _Etcd(**{shardmap.map_key("sutra"): FROZEN.to_json(), lock_key("sutra"): "host:123"})
+    r = _rescue(held)
+    assert not any(r.check() for _ in range(4))
+    assert ShardMap.from_json(held.kv[shardmap.map_key("sutra")]).frozen
+
+    replica = _Etcd(**{shardmap.map_key("sutra"): FROZEN.to_json()})
+    r = _rescue(replica, leading=False)
+    assert not any(r.check() for _ in range(4))
+
+    moving = _Etcd(**{shardmap.map_key("sutra"): FROZEN.to_json()})
+    r = _rescue(moving)
+    assert r.check() is False
+    # The driver came back and froze again at a newer version between the two looks.
+    moving.kv[shardmap.map_key("sutra")] = FROZEN.evolve().to_json()
+    assert r.check() is False, "a different frozen version starts the count again"
+    assert ShardMap.from_json(moving.kv[shardmap.map_key("sutra")]).frozen
+
+
 # ---- processes -----------------------------------------------------------------------
 
 
@@ -133,6 +202,11 @@ def _run(c, *args: str, fault: str = "") -> None:  # type: ignore[no-untyped-def
     r = reshard(c, *args, fault=fault)
     want = 70 if fault else 0
     assert r.returncode == want, f"reshard {args} fault={fault!r}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+
+
+def _unfrozen(c) -> ShardMap | None:  # type: ignore[no-untyped-def]
+    m = shardmap.load_from_etcd([c.etcd.endpoint], c.name, timeout=5.0)
+    return m if m is not None and not m.frozen else None
 
 
 def _map(c) -> ShardMap:  # type: ignore[no-untyped-def]
@@ -161,6 +235,11 @@ def test_grow_and_shrink_under_sync_load_with_the_driver_killed_at_every_phase(t
             _run(c, "abort")
             assert shard_concepts(c, 2) == 0 and not _map(c).next_shards
             _run(c, "--to", "3", fault="frozen")
+            # Nobody reruns it at once: a shard leader lifts the orphaned freeze once the
+            # driver's lock has expired, and writes to the moving keys resume meanwhile.
+            frozen_at = _map(c).version
+            lifted = wait_for(lambda: _unfrozen(c), 60, "the orphaned freeze to be lifted")
+            assert lifted is not None and lifted.version == frozen_at + 1 and lifted.next_shards == 3
             _run(c, "--to", "3")
             assert _map(c).shards == 3
             # 3 -> 2: killed at catch-up (the map is mixed: shard 0 and 1 hold copies),
