@@ -15,6 +15,7 @@ cuts) lives in ``history.py``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -239,8 +240,18 @@ class Engine(HistoryOps, TxnOps):
         self._read_fence = None
 
     def _load_checkpoint(self) -> tuple[int, int]:
-        with self.vectors.held():  # the maintainer must not build what a stored graph will give
-            return self._load_checkpoint_files()
+        # A load makes a few objects per concept and frees none: the cyclic collector would walk the
+        # growing heap again and again (~30 % of a 200K load's CPU). Frozen afterwards, the loaded
+        # records also stay out of later full collections (pauses on the request path).
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with self.vectors.held():  # the maintainer must not build what a stored graph will give
+                return self._load_checkpoint_files()
+        finally:
+            if enabled:
+                gc.enable()
+            gc.freeze()
 
     def _load_checkpoint_files(self) -> tuple[int, int]:
         errors = []
