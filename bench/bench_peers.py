@@ -17,9 +17,11 @@ Python gRPC server here. How the peers' binaries are found: bench/peers.py.
 Sutra topologies: 1 node; leader + 1 replica, sync (PostgreSQL's topology);
 leader + 2 replicas, sync with SUTRA_SYNC_REPLICAS=1; each with HNSW off
 (SUTRA_ANN_THRESHOLD above the data) and at the default threshold (10,000), where
-the batched phase's 12,000 records start HNSW indexing and the single writes
-run while it catches up. Prints a table with ratios and writes JSON under
-bench/results/. All processes are ended and the data removed at the end.
+the batched phase's 12,000 records make HNSW indexing due while the single
+writes run (nodes since SUTRA_INDEX_QUIET_MS wait for them; the report says how
+long after the last write every node's index is ready). Prints a table with
+ratios and writes JSON under bench/results/. All processes are ended and the
+data removed at the end.
 """
 
 from __future__ import annotations
