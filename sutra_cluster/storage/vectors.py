@@ -43,7 +43,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from sutra_cluster.storage.ann import Ann
+from sutra_cluster.storage.ann import Ann, default_beam
 from sutra_cluster.storage.annfile import GraphCapture, LoadedGraph, flat_storage, keys_hash
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_EF_CONSTRUCTION = 64
 # recall@10 at 20K x 768-d clustered data: 0.985-1.0 at ef 64, 0.995-1.0 at 96
 # (~4K qps per thread).  Gaussian data needs ef ~1000 for 0.95: see tests.
+# The base of the default beam: it widens with the graph (ann.default_beam).
 DEFAULT_EF_SEARCH = 96
 
 _COMPACT_FRACTION = 0.25  # compact the flat store past this tombstone share
@@ -408,7 +409,8 @@ class VectorIndex(Maintainer):
         assert ann is not None
         split = int(np.searchsorted(rows, view.covered))
         cands = view.candidates(rows[split:], qn, k)
-        graph = ann_filtered(ann, view.count, view.labels(rows[:split]), qn, k, ef_search, self._default_ef,
+        beam = default_beam(self._default_ef, view.count)
+        graph = ann_filtered(ann, view.count, view.labels(rows[:split]), qn, k, ef_search, beam,
                              self._search_threads, functools.partial(self._live_keys, qn=qn), self._fetch(k))
         if len(graph) < min(k, split):  # the beam ran dry inside the filter: be exact
             graph = view.candidates(rows[:split], qn, k)
@@ -445,7 +447,7 @@ class VectorIndex(Maintainer):
         try:
             while True:
                 # A beam wider than the graph buys nothing; cap caller input.
-                params = search_params(ann.index, min(count, max(ef_search, fetch, self._default_ef)))
+                params = search_params(ann.index, min(count, max(ef_search, fetch, default_beam(self._default_ef, count))))
                 with ann.rw.read():
                     sims, labels = ann.index.search(qn[None, :], fetch, params=params)
                 # Labels >= count were added after our snapshot; the exact
