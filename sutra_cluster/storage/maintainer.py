@@ -43,8 +43,8 @@ _REBUILD_FRACTION = 0.2  # rebuild the HNSW past this tombstone share
 _BUILD_BATCH = 256
 DEFAULT_QUIET_S = 0.25  # SUTRA_INDEX_QUIET_MS: writes this recent keep the background indexing paused
 # SUTRA_INDEX_MAX_TAIL: past this many unindexed rows indexing runs despite writes.  A search
-# scans the tail exactly: 20,000 x 768-d rows are 61 MB, measured 12 ms idle and ~70 ms p50 on
-# the loaded 2-core box (docs/HA.md, Write path speed).
+# scans the tail exactly: 20,000 x 768-d rows are 61 MB, measured 12 ms at best and ~70 ms p50
+# on the loaded 2-core box (docs/HA.md, Write path speed).
 DEFAULT_MAX_TAIL = 20_000
 
 try:  # glibc: hand free heap pages back to the OS (a 3 KB-per-vector churn fragments the heap)
