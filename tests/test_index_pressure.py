@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sutra_cluster.config import ConfigError, load
+from sutra_cluster.config import Config, ConfigError, load
+from sutra_cluster.pb import storage_pb2 as pb
+from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.engine import Engine
 from sutra_cluster.storage.maintainer import may_index
 from sutra_cluster.storage.vecstats import index_ready
 from sutra_cluster.storage.vectors import VectorIndex
@@ -112,3 +116,33 @@ def test_settings_are_checked_at_load() -> None:
         load({"SUTRA_INDEX_QUIET_MS": "60001"})
     with pytest.raises(ConfigError, match="SUTRA_INDEX_MAX_TAIL=.*must be 0"):
         load({"SUTRA_INDEX_MAX_TAIL": "-1"})
+
+
+def _learn(engine: Engine, keys: list[str], data: np.ndarray) -> None:
+    b = wal_pb2.WalBatch()
+    for key, vec in zip(keys, data):
+        b.concepts.append(pb.LearnConceptRequest(concept_id=key, content=key, embedding_f32=vec.astype("<f4").tobytes()))
+    engine.wait_visible(engine.submit(b))
+
+
+@pytest.mark.parametrize("quiet_ms", [60_000, 50])
+def test_a_node_engine_waits_for_its_writes_and_reports_it(tmp_path: Path, quiet_ms: int) -> None:
+    """The settings reach a real engine (WAL, fsync): with a minute-long quiet
+    window the graph waits and GetStats' vector_index_ready says so; with 50 ms
+    it is ready soon after the last write."""
+    keys, data = _data(400, seed=4)
+    cfg = Config(storage_path=str(tmp_path), vector_dimension=DIM, reconcile_interval_ms=1, node_id="pressure",
+                 ann_threshold=200, index_quiet_ms=quiet_ms, index_max_tail=10_000)
+    engine = Engine(cfg)
+    engine.lead("single-node")
+    try:
+        for lo in range(0, 400, 50):
+            _learn(engine, keys[lo : lo + 50], data[lo : lo + 50])
+        if quiet_ms > 1000:
+            _wait_for(lambda: engine.vectors.index_state == "paused", "the engine's indexing waits")
+            assert engine.stats()["vector_index_ready"] is False and engine.vectors.indexed == 0
+        else:
+            _wait_for(lambda: engine.stats()["vector_index_ready"] is True and engine.vectors.indexed == 400,
+                      "the graph catches up after the writes")
+    finally:
+        engine.close()
