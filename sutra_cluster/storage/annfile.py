@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 
 from sutra_cluster.storage import checkpoint as ckpt
-from sutra_cluster.storage.flatstore import gather
+from sutra_cluster.storage.flatstore import CHUNK_ROWS
 from sutra_cluster.storage.fsio import replace_durably, write_file_synced
 from sutra_cluster.storage.quant import quantization_of
 
@@ -44,7 +44,6 @@ MAGIC = b"SUTRAHNS"
 VERSION = 1  # links only (SUTRA_QUANTIZATION=none)
 VERSION_QUANTIZED = 2  # the whole index (sq8, pq); older nodes refuse it by its version
 _PART = 64 << 20  # faiss bytes per frame
-_ADOPT_BATCH = 16384  # rows moved into an adopted graph's storage per step
 
 
 class GraphFileError(Exception):
@@ -75,15 +74,28 @@ class LoadedGraph:
 
 def flat_storage(graph: LoadedGraph, labels: np.ndarray, chunks: list[np.ndarray | None], dim: int) -> Any:
     """A faiss IndexFlatIP of the adopted graph's labels (``labels``: its live
-    ones, whose vectors are the first rows of ``chunks``; dead ones are zeros
-    and never returned), filled in batches so no second full copy exists."""
+    ones, ascending, whose vectors are the first rows of ``chunks``; dead ones
+    are zeros and never returned). Its code buffer is sized once and each
+    chunk copied straight into it: batches through a zeroed block, a gather,
+    a scatter and faiss' growing ``add`` cost 4x the CPU (1.3 vs 0.35 s at
+    200K x 768-d), most of a restart's graph adoption."""
     storage = faiss.IndexFlatIP(dim)
-    for lo in range(0, graph.total, _ADOPT_BATCH):
-        hi = min(graph.total, lo + _ADOPT_BATCH)
-        block = np.zeros((hi - lo, dim), dtype=np.float32)
-        a, b = np.searchsorted(labels, [lo, hi])
-        block[labels[a:b] - lo] = gather(chunks, np.arange(a, b), dim)
-        storage.add(block)
+    size = graph.total * dim * 4
+    storage.codes.resize(size)  # zero-filled: dead labels stay zeros
+    flat = faiss.rev_swig_ptr(storage.codes.data(), size).view(np.float32).reshape(graph.total, dim)
+    row = 0
+    for chunk in chunks:
+        take = min(len(labels) - row, CHUNK_ROWS)
+        if take <= 0:
+            break
+        assert chunk is not None, f"row {row} is in a freed chunk"
+        dst = labels[row : row + take]
+        if dst[-1] - dst[0] == take - 1:  # no dead label among them: one block copy
+            flat[dst[0] : dst[0] + take] = chunk[:take]
+        else:
+            flat[dst] = chunk[:take]
+        row += take
+    storage.ntotal = graph.total
     return storage
 
 
