@@ -222,6 +222,9 @@ class FollowerLoop:
                 call.cancel()
                 raise StaleLeader(f"leader {msg.leader_id} sent a record from a term above its own ({msg.term})")
             eng.append_replicated(entries)
+            # The commit LSN rides on records (leaders before it send 0 here and
+            # tell it in heartbeats only).
+            self.leader_commit = max(self.leader_commit, msg.records.commit_lsn)
             self.state = "streaming"
         elif kind == "heartbeat":
             self.leader_last = msg.heartbeat.last_lsn

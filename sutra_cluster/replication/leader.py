@@ -268,10 +268,12 @@ class LeaderStreams:
                 disk = None
             if entries:
                 f.state = "streaming" if disk is None else "catchup"
-                # (In sync mode a replica shows only what the leader committed, so
-                # a commit that advanced is sent at once, at most every COMMIT_NEWS_S.)
+                # In sync mode a replica shows only what the leader committed: every
+                # records message carries the commit LSN, so a stream of writes tells
+                # it without a heartbeat (and an acknowledgement of it) per write.
                 msg = rpb.LeaderMessage(**head, records=rpb.Records(entries=[
-                    rpb.WalEntry(lsn=e.lsn, term=e.term, rtype=e.rtype, payload=e.payload) for e in entries]))
+                    rpb.WalEntry(lsn=e.lsn, term=e.term, rtype=e.rtype, payload=e.payload) for e in entries],
+                    commit_lsn=self._commit_for(f)))
                 # Set before the message leaves: its acknowledgement may come back
                 # before this generator runs again, and acks above ``sent`` are cut.
                 with self._acks:
@@ -289,8 +291,9 @@ class LeaderStreams:
             # (an idle leader's replicas are streaming, not forever in catch-up).
             f.state = "streaming"
             with self._data:
-                self._data.wait_for(functools.partial(self._more_to_send, f, pos), HEARTBEAT_S / 2)
-            if time.monotonic() - last_send >= HEARTBEAT_S or self._commit_news(f):
+                self._data.wait_for(functools.partial(self._more_to_send, f, pos), self._idle_wait(f, pos, last_send))
+            if time.monotonic() - last_send >= HEARTBEAT_S or (
+                    time.monotonic() - last_send >= COMMIT_NEWS_S and self._commit_news(f)):
                 yield self._heartbeat(head, f)
                 last_hb = last_send = time.monotonic()
 
@@ -300,12 +303,31 @@ class LeaderStreams:
         return rpb.LeaderMessage(**head, heartbeat=rpb.Heartbeat(
             last_lsn=self.engine.wal.durable_lsn, commit_lsn=commit, timestamp_us=time.time_ns() // 1000))
 
+    def _commit_for(self, f: Follower) -> int:
+        """The commit LSN a records message to ``f`` carries (sync mode; else 0)."""
+        if self.commit.mode != CommitMode.SYNC:
+            return 0
+        commit = self.commit_lsn()
+        f.commit_sent = max(f.commit_sent, commit)
+        return commit
+
+    def _idle_wait(self, f: Follower, sent: int, last_send: float) -> float:
+        """How long an idle feeder waits for new records. Acknowledgements do not
+        wake it (that was a heartbeat and an acknowledgement more per write): while
+        ``f`` was sent records whose commit it was not told, the feeder looks again
+        COMMIT_NEWS_S after its last message, so a replica shows a committed write
+        at most about COMMIT_NEWS_S later even when no further write carries it."""
+        if self.commit.mode == CommitMode.SYNC and f.commit_sent < sent:
+            left = last_send + COMMIT_NEWS_S - time.monotonic()
+            return left if left > 0 else COMMIT_NEWS_S  # a commit still awaited: look every COMMIT_NEWS_S
+        return HEARTBEAT_S / 2
+
     def _commit_news(self, f: Follower) -> bool:
         """In sync mode: the commit LSN moved past what ``f`` was last told."""
         return self.commit.mode == CommitMode.SYNC and self.commit_lsn() > f.commit_sent
 
     def _more_to_send(self, f: Follower, sent: int) -> bool:
-        return self.engine.wal.durable_lsn > sent or not f.connected or self._commit_news(f)
+        return self.engine.wal.durable_lsn > sent or not f.connected
 
     def _read_acks(self, requests: Iterator[rpb.FollowerMessage], f: Follower) -> None:
         try:
@@ -321,9 +343,6 @@ class LeaderStreams:
                     self.commit.ack(f.pos, min(msg.ack.flushed_lsn, f.sent), f.last_seen)
                     self._acks.notify_all()
                     joinable = self._newly_joinable(f)
-                if self.commit.mode == CommitMode.SYNC:
-                    with self._data:  # the commit may have moved: feeders tell their replicas
-                        self._data.notify_all()
                 if joinable and self.on_joinable is not None:
                     self.on_joinable()
         except grpc.RpcError:
