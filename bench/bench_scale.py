@@ -12,11 +12,13 @@ search p50/p99 in the first 10 s after the restart.
     nice .venv/bin/python bench/bench_scale.py --restart-only --sizes 1000000 --out bench/results/scale-restart.json
 
 ``--restart-only`` skips the load and the graph build (an hour of CPU at 1M on
-two shared cores): it writes storage.dat (the current format, same clustered
-vectors and contents as a load would leave) straight into a data directory and
-times a real node's start until every concept is visible, with the node's own
-CPU seconds (what a quiet machine would take) and its memory. No storage.hnsw:
-the graph's adoption is not in these figures (measure it with a full run).
+two shared cores): it writes storage.dat (the current format, clustered vectors
+and contents like a load's) and a storage.hnsw shaped like a built M=32 graph
+but with random links straight into a data directory, and times a real node's
+start until every concept is visible and the graph adopted, with the node's own
+CPU seconds (what a quiet machine would take) and its memory. No searches (the
+links are random). ``--no-graph``: no storage.hnsw, and SUTRA_ANN_THRESHOLD
+above the size so no graph build starts: the load alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -212,11 +215,45 @@ def _write_storage(data: Path, n: int, dim: int) -> int:
     return ckpt.write_checkpoint(data, blocks())
 
 
-def restart_only(base: Path, n: int, dim: int, env: dict[str, str]) -> dict[str, Any]:
-    """Start a node on a written storage.dat; time and CPU until all ``n`` concepts are visible."""
+def _write_synthetic_graph(data: Path, n: int, dim: int, m: int = 32) -> int:
+    """storage.hnsw for that storage.dat with the shape of a real M=32 graph (faiss' level
+    distribution, full neighbour lists) but random links: the file, its read and its
+    adoption cost what a built graph's do, without the hour of CPU a build takes at 1M.
+    Searches through it find nothing useful, so ``--restart-only`` times no searches."""
+    import contextlib
+
+    import faiss
+
+    from sutra_cluster.storage import annfile
+
+    rng = np.random.default_rng(5)
+    index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+    hnsw = index.hnsw
+    levels = (1 + np.floor(-np.log(rng.random(n)) / np.log(m))).astype(np.int32)  # P(level > l) = M^-l
+    per_level = np.array([hnsw.cum_nb_neighbors(int(lv)) for lv in range(int(levels.max()) + 1)], dtype=np.uint64)
+    offsets = np.concatenate([[0], np.cumsum(per_level[levels], dtype=np.uint64)]).astype(np.uint64)
+    faiss.copy_array_to_vector(levels, hnsw.levels)
+    faiss.copy_array_to_vector(offsets, hnsw.offsets)
+    faiss.copy_array_to_vector(rng.integers(0, n, int(offsets[-1]), dtype=np.int32), hnsw.neighbors)
+    hnsw.max_level = int(levels.max()) - 1
+    hnsw.entry_point = int(np.argmax(levels))
+    index.ntotal = n
+    unlocked = SimpleNamespace(read=contextlib.nullcontext)  # nothing else touches this index
+    cap = annfile.GraphCapture(index, unlocked, n, np.ones(n, dtype=bool),
+                               annfile.keys_hash(f"c{i:07d}" for i in range(n)))
+    return annfile.write_graph(data, cap, 1, dim)
+
+
+def restart_only(base: Path, n: int, dim: int, env: dict[str, str], graph: bool) -> dict[str, Any]:
+    """Start a node on a written storage.dat (and, with ``graph``, a storage.hnsw of the same
+    shape as a built one); time and CPU until all ``n`` concepts are visible and the index ready."""
     data = base / "data"
     out: dict[str, Any] = {"concepts": n, "dim": dim, "raw_vector_bytes": n * dim * 4,
                            "storage_dat_bytes": _write_storage(data, n, dim)}
+    if graph:
+        out["storage_hnsw_bytes"] = _write_synthetic_graph(data, n, dim)
+    else:  # no graph built either: its CPU would count as the start's
+        env = {"SUTRA_ANN_THRESHOLD": str(4 * n), **env}
     node = NodeProcess(data, env={"VECTOR_DIMENSION": str(dim), "MEMORY_THRESHOLD": str(1 << 40),
                                   "SUTRA_LOG_LEVEL": "info", **env}, log_path=base / "node.log")
     t0 = time.monotonic()
@@ -229,9 +266,15 @@ def restart_only(base: Path, n: int, dim: int, env: dict[str, str]) -> dict[str,
         out["restart_visible_s"] = time.monotonic() - t0
         pid = node.proc.pid  # type: ignore[union-attr]
         out["restart_visible_node_cpu_s"] = _cpu_seconds(pid)
+        if graph:
+            _wait(lambda: stub.GetStats(pb.GetStatsRequest(), timeout=10).vector_index_ready, 3600, "the index",
+                  node)
+            out["restart_ready_s"] = time.monotonic() - t0
+            out["restart_ready_node_cpu_s"] = _cpu_seconds(pid)
+        st = stub.GetStats(pb.GetStatsRequest(), timeout=10)
+        out["index_source_after_restart"] = st.vector_index_source
         out["rss_after_restart_bytes"] = _rss(pid)
         out["rss_after_restart_anon_bytes"] = _rss(pid, "RssAnon")
-        st = stub.GetStats(pb.GetStatsRequest(), timeout=10)
         out["memory_by_part"] = {"vectors": st.vector_memory_bytes, "index": st.index_memory_bytes,
                                  "metadata": st.metadata_memory_bytes}
         channel.close()
@@ -276,7 +319,8 @@ def main() -> int:
     p.add_argument("--out", default="bench/results/scale.json")
     p.add_argument("--tmp", default=None, help="folder for the data directories (default: the system's)")
     p.add_argument("--restart-only", action="store_true",
-                   help="write storage.dat directly and time a start to all visible (no load, no graph)")
+                   help="write storage.dat and a random-link storage.hnsw directly; time a start to ready (no load)")
+    p.add_argument("--no-graph", action="store_true", help="with --restart-only: no storage.hnsw (and none built)")
     a = p.parse_args()
     sizes = [3000] if a.quick else [int(s) for s in a.sizes.split(",")]
     dim, queries = (64, 50) if a.quick else (a.dim, a.queries)
@@ -290,12 +334,15 @@ def main() -> int:
         base = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=a.tmp))
         try:
             if a.restart_only:
-                results.append(restart_only(base, n, dim, env))
+                results.append(restart_only(base, n, dim, env, not a.no_graph))
                 r = results[-1]
                 print(f"{n:,} concepts: storage.dat {r['storage_dat_bytes'] / 1e6:,.0f} MB, all visible after "
-                      f"{r['restart_visible_s']:.1f} s ({r['restart_visible_node_cpu_s']:.1f} s of node CPU), "
-                      f"RSS {r['rss_after_restart_bytes'] / 1e6:,.0f} MB "
-                      f"({r['rss_after_restart_bytes'] / r['raw_vector_bytes']:.2f}x raw)")
+                      f"{r['restart_visible_s']:.1f} s ({r['restart_visible_node_cpu_s']:.1f} s of node CPU)"
+                      + (f", ready after {r['restart_ready_s']:.1f} s ({r['restart_ready_node_cpu_s']:.1f} s CPU; "
+                         f"{r['index_source_after_restart']})" if "restart_ready_s" in r else "")
+                      + f", RSS {r['rss_after_restart_bytes'] / 1e6:,.0f} MB "
+                      f"({r['rss_after_restart_bytes'] / r['raw_vector_bytes']:.2f}x raw), parts "
+                      + "/".join(f"{v / 1e6:,.0f}" for v in r["memory_by_part"].values()) + " MB")
             else:
                 results.append(Run(base, n, dim, queries, env, a.ef).run())
         finally:
