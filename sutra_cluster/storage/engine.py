@@ -37,6 +37,7 @@ from sutra_cluster.storage import annfile
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.history import HistoryOps
+from sutra_cluster.storage.maintainer import release_free_heap
 from sutra_cluster.storage.prepared import PreparedTxns, TxnOps
 from sutra_cluster.storage.quant import vector_modes
 from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
@@ -252,6 +253,10 @@ class Engine(HistoryOps, TxnOps):
             if enabled:
                 gc.enable()
             gc.freeze()
+            # The file's frames and the flat-store chunks an adopted graph replaced are free heap now;
+            # the maintainer trimmed while the load held it, and with no work left it would not again
+            # (measured: 430 MB kept at 100K, 2.6x raw instead of 1.6x).
+            release_free_heap()
 
     def _load_checkpoint_files(self) -> tuple[int, int]:
         errors = []
