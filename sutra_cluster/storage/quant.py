@@ -152,12 +152,14 @@ def quantization_of(index: Any) -> str:
 
 def search_params(index: Any, ef: int, sel: Any = None) -> Any:
     """faiss search parameters for a beam of ``ef``: efSearch for HNSW; for
-    IVF-PQ the lists probed, an eighth of them at least, more as ``ef`` grows
-    (ef 96 probes 12 lists; 256 lists trained: 32)."""
+    IVF-PQ the lists probed: an eighth of them (recall@10 0.99 at 20K, 0.978
+    at 100K with rescoring), more only for a beam past 32 x that (a caller's
+    ef_search: the default beam's growth is HNSW's, a fixed share of lists
+    already finds the same share of neighbours as the index grows)."""
     params: Any
     if isinstance(index, faiss.IndexIVFPQ):
         params = faiss.SearchParametersIVF()
-        params.nprobe = int(min(index.nlist, max(1, index.nlist // 8, ef // 8)))
+        params.nprobe = int(min(index.nlist, max(1, index.nlist // 8, ef // 32)))
     else:
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
         params.efSearch = int(ef)
