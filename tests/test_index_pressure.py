@@ -8,7 +8,6 @@ however slow a machine, and every wait has a deadline."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +20,10 @@ from sutra_cluster.storage.engine import Engine
 from sutra_cluster.storage.maintainer import may_index
 from sutra_cluster.storage.vecstats import index_ready
 from sutra_cluster.storage.vectors import VectorIndex
+from tests.helpers import wait_for
 
 DIM = 32
 HOUR = 3600.0
-
-
-def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 def _data(n: int, seed: int) -> tuple[list[str], np.ndarray]:
@@ -60,7 +52,7 @@ def test_indexing_waits_while_writes_are_recent_and_past_the_bound_runs_anyway()
     index = VectorIndex(DIM, exact_limit=200, index_batch=64, index_quiet=HOUR, index_max_tail=500)
     try:
         index.upsert(keys[:400], data[:400])
-        _wait_for(lambda: index.index_state == "paused", "the thread parks with work due")
+        wait_for(lambda: index.index_state == "paused", 60, "the thread parks with work due")
         stats = index.stats()
         assert (stats["hnsw_total"], stats["pending"]) == (0, 400)
         assert not index_ready(stats, index.exact_limit)  # sutra_vector_index_ready stays honest
@@ -70,8 +62,8 @@ def test_indexing_waits_while_writes_are_recent_and_past_the_bound_runs_anyway()
         index.upsert(keys[400:1300], data[400:1300])  # 1,300 waiting > 500: index while writes flow
         # A first build covers its whole snapshot; then nothing is due, or the
         # rest waits again (the thread must not be indexing by now).
-        _wait_for(lambda: index.indexed > 0 and index.index_state in ("paused", "idle"),
-                  "a build past the bound, then parked again")
+        wait_for(lambda: index.indexed > 0 and index.index_state in ("paused", "idle"), 60,
+                 "a build past the bound, then parked again")
         stats = index.stats()
         assert stats["hnsw_total"] > 500 and stats["pending"] <= 500
         got, exact = index.search(data[1299], 1)
@@ -79,7 +71,7 @@ def test_indexing_waits_while_writes_are_recent_and_past_the_bound_runs_anyway()
 
         covered = stats["hnsw_total"]
         index.upsert(keys2[:300], data2[:300])  # back within the bound: paused again
-        _wait_for(lambda: index.index_state == "paused", "parked again within the bound")
+        wait_for(lambda: index.index_state == "paused", 60, "parked again within the bound")
         stats = index.stats()
         assert stats["hnsw_total"] == covered and stats["pending"] == 1300 - covered + 300
 
@@ -99,8 +91,8 @@ def test_indexing_catches_up_once_writes_pause() -> None:
     try:
         for lo in range(0, 1200, 100):
             index.upsert(keys[lo : lo + 100], data[lo : lo + 100])
-        _wait_for(lambda: index.indexed == len(index) == 1200, "the graph covers every vector")
-        _wait_for(lambda: index.index_state == "idle", "the thread goes idle when caught up")
+        wait_for(lambda: index.indexed == len(index) == 1200, 60, "the graph covers every vector")
+        wait_for(lambda: index.index_state == "idle", 60, "the thread goes idle when caught up")
         assert index.stats()["pending"] == 0
         got, exact = index.search(data[7], 1)
         assert not exact and got[0][0] == keys[7]
@@ -139,10 +131,10 @@ def test_a_node_engine_waits_for_its_writes_and_reports_it(tmp_path: Path, quiet
         for lo in range(0, 400, 50):
             _learn(engine, keys[lo : lo + 50], data[lo : lo + 50])
         if quiet_ms > 1000:
-            _wait_for(lambda: engine.vectors.index_state == "paused", "the engine's indexing waits")
+            wait_for(lambda: engine.vectors.index_state == "paused", 60, "the engine's indexing waits")
             assert engine.stats()["vector_index_ready"] is False and engine.vectors.indexed == 0
         else:
-            _wait_for(lambda: engine.stats()["vector_index_ready"] is True and engine.vectors.indexed == 400,
+            wait_for(lambda: engine.stats()["vector_index_ready"] is True and engine.vectors.indexed == 400, 60,
                       "the graph catches up after the writes")
     finally:
         engine.close()

@@ -12,6 +12,7 @@ import pytest
 
 from sutra_cluster.storage.wal import WriteAheadLog
 from sutra_cluster.storage.wal_waiters import Waiters
+from tests.helpers import wait_for
 
 DEADLINE_S = 30.0
 
@@ -30,13 +31,11 @@ def _blocked(w: Waiters, mu: threading.Lock, specs: list[tuple[int, bool]]) -> t
         t = threading.Thread(target=run, args=(lsn, flushes), daemon=True)
         t.start()
         threads.append(t)
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+    def blocked() -> bool:
         with mu:
-            if len(w) == len(specs):
-                break
-        assert time.monotonic() < deadline, "writers did not block"
-        time.sleep(0.001)
+            return len(w) == len(specs)
+
+    wait_for(blocked, DEADLINE_S, "writers to block", interval=0.001)
     return woken, threads
 
 
