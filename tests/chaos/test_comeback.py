@@ -6,8 +6,11 @@ their connection to that address goes into gRPC's reconnect backoff (1 s, then
 x1.6 per failure, up to 2 minutes). When the node is back and leads again, a
 client that keeps that connection answers UNAVAILABLE without dialling until
 the backoff runs out: the RTO the client sees is then set by the backoff, not
-by failover. This test makes the node stay down for a few seconds (the fault),
-so that the backoff has grown, then hands leadership back to it.
+by failover. This test makes the node stay down long enough (the fault) for
+that backoff to have grown past several seconds, then hands leadership back to
+it, and asserts clients reach it well inside that backoff: a client that waited
+the backoff out fails, however loaded the machine. How fast the switchover is
+is a benchmark's question (the chaos report keeps the figure), not this test's.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from tests.chaos.cluster import ManagedCluster, WriteLoad, finish
 
 pytestmark = pytest.mark.slow  # starts etcd and a node cluster
 
-DOWN_S = 5.0  # how long the killed leader stays down (the fault)
-GOAL_S = 1.0  # the switchover goal, as a client sees it
+DOWN_S = 10.0  # how long the killed leader stays down (the fault)
+# gRPC's reconnect backoff after DOWN_S of refused dials: 1 + 1.6 + 2.56 + 4.1 s have passed, so the
+# connection waits at least 4.1 s x 0.8 (its jitter) = 3.3 s before it dials again. A client that
+# reaches the returned leader sooner than this did not wait it out.
+BACKOFF_FLOOR_S = 3.0
 
 
 @pytest.mark.timeout(300)
@@ -59,6 +65,6 @@ def test_clients_follow_a_leader_that_comes_back(make_cluster: Callable[..., Man
     res.assert_sound()
     res.assert_no_loss()
     assert target == old.name
-    assert seen < GOAL_S, (
-        f"clients took {seen:.3f}s to write to {old.name} after it became leader again (switchover itself "
+    assert seen < BACKOFF_FLOOR_S, (
+        f"clients took {seen:.3f}s, as long as gRPC's reconnect backoff, to write to {old.name} after it became leader again (switchover itself "
         f"{secs:.3f}s); the successful client's attempts: {trace[:3]} ... {trace[-3:]}")
