@@ -70,13 +70,16 @@ def test_real_rules_hold_for_the_fixed_budget(mode: str) -> None:
     res = search(range(1, BUDGET + 1), rules, SHAPE, kinds=SAFETY)
     print(f"\n{report(res, rules, SHAPE)}: {res.events} events, {res.acked} writes acknowledged, "
           f"{res.failovers} promotions, {res.lost_async} acknowledged writes lost (async), "
-          f"{res.exposed_cuts} replica reads of a tail cut later; other findings: "
+          f"{res.exposed_cuts} replica reads of a tail cut later, {res.replica_shown} records shown by replicas; "
+          f"other findings: "
           f"{ {k: (n, o.seed) for k, (n, o) in res.other.items()} }")
     assert res.failure is None, report(res, rules, SHAPE)
     assert res.runs == BUDGET
     # The schedules exercised something: writes were acknowledged and leaders changed.
     assert res.acked > 20 * BUDGET
     assert res.failovers > BUDGET
+    # Replicas showed records to reads (in sync mode, as their leaders' commit news allowed).
+    assert res.replica_shown > 10 * BUDGET
     if mode == "sync":
         assert res.lost_async == 0
 
@@ -164,6 +167,14 @@ def test_finds_defect_2_revoke_on_refused_port_in_async_mode() -> None:
     """Async mode: a live leader whose port refuses is revoked while it still acknowledges."""
     _found(Rules(mode="async", loop_factory=revoke_on_refusal, name="Defect 2 (revoke on refusal, async)"),
            "two acknowledgers", 2000)
+
+
+@pytest.mark.slow
+def test_finds_defect_3_sync_replica_shows_what_it_holds() -> None:
+    """Sync mode: a replica that shows every record it holds, not only those its
+    leader said are committed, serves a read of a write that a failover then cuts."""
+    _found(Rules(mode="sync", replica_shows="durable", name="Defect 3 (sync replica shows what it holds)"),
+           "reads", 2000)
 
 
 # --------------------------------------------------------------------------- liveness

@@ -33,6 +33,9 @@ class Rules:
     sync_factory: Callable[..., SyncCommit] = SyncCommit
     # Builds the HA loop for one node: (port, coordinator, cfg, clock, probe) -> loop with tick().
     loop_factory: Callable[..., Any] | None = None
+    # What a replica shows to reads in sync mode: "commit", the real rule (the leader's commit LSN as
+    # last told, on records and heartbeats), or "durable" (a broken rule: all it holds).
+    replica_shows: str = "commit"
     name: str = "real rules"
 
 
@@ -48,6 +51,7 @@ class Stats:
     writes: int = 0
     acked: int = 0
     failovers: int = 0
+    replica_shown: int = 0  # records replicas made visible to reads (so the reads check is not vacuous)
     tick_errors: list[str] = field(default_factory=list)
 
 

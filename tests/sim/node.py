@@ -130,6 +130,9 @@ class SimNode:
         self.disk_gen = 0
         self.follower: Follow | None = None
         self.out: dict[str, Stream] = {}
+        # A replica's commit news (ReplicationManager.visible_limit): the highest commit LSN any leader
+        # told this process, on records or heartbeats. Lost with the process.
+        self.replica_commit = 0
 
     # ---- life ----------------------------------------------------------------------
     def crash(self) -> None:
@@ -300,7 +303,8 @@ class SimNode:
         if self.role == Role.LEADER:
             for s in list(self.out.values()):
                 if not self._feed(s):
-                    self.c.wire.send(s.down, self.c.nodes[s.follower].on_heartbeat, s, self.durable)
+                    self.c.wire.send(s.down, self.c.nodes[s.follower].on_heartbeat, s, self.durable,
+                                     self.commit_news())
             self._try_acks()
         self.c.sched.after(HEARTBEAT_S, self.timer, node=self.id)
 
@@ -314,9 +318,26 @@ class SimNode:
         if s.sent >= self.durable:
             return False
         entries = self.log[s.sent: self.durable]
-        self.c.wire.send(s.down, self.c.nodes[s.follower].on_records, s, s.sent + 1, entries)
+        self.c.wire.send(s.down, self.c.nodes[s.follower].on_records, s, s.sent + 1, entries, self.commit_news())
         s.sent = self.durable
         return True
+
+    def commit_news(self) -> int:
+        """The commit LSN a message to a replica carries (LeaderStreams._commit_for): in sync mode
+        what the sync set flushed (else what is visible already), else 0."""
+        if self.c.rules.mode != "sync":
+            return 0
+        return self.sync.commit_lsn(self.durable, self.exposed)
+
+    def visible_limit(self) -> int:
+        """The highest LSN this node's reads may show now (ReplicationManager.visible_limit)."""
+        if self.c.rules.mode != "sync":
+            return self.durable
+        if self.role == Role.LEADER:
+            return self.sync.commit_lsn(self.durable, self.exposed)
+        if self.c.rules.replica_shows == "durable":
+            return self.durable
+        return min(self.durable, self.replica_commit)
 
     def on_hello(self, s: Stream, h: Hello) -> None:
         if not s.open:
@@ -350,7 +371,7 @@ class SimNode:
         s.sent = min(h.last_lsn, self.durable)
         self.out[s.follower] = s
         if not self._feed(s):
-            self.c.wire.send(s.down, self.c.nodes[s.follower].on_heartbeat, s, self.durable)
+            self.c.wire.send(s.down, self.c.nodes[s.follower].on_heartbeat, s, self.durable, self.commit_news())
 
     def _divergence(self, h: Hello) -> tuple[int, bool] | None:
         """The real ``divergence`` rule: None when the follower's log is a prefix of
@@ -448,7 +469,7 @@ class SimNode:
             self.validated_by = s.leader
         return True
 
-    def on_records(self, s: Stream, first: int, entries: list[Record]) -> None:
+    def on_records(self, s: Stream, first: int, entries: list[Record], commit: int) -> None:
         f = self._current(s)
         if f is None or not s.open or not self._accept_term(f, s):
             return
@@ -460,17 +481,19 @@ class SimNode:
             if term != self.terms.last_term:
                 self.terms.begin(term, len(self.log) + 1)
             self.log.append((term, wid))
+        self.replica_commit = max(self.replica_commit, commit)
         f.state = "streaming"
         f.backoff = 0.05
         self._flush()
         if self.durable >= f.leader_last:
             f.caught_up_at = self.c.sched.now
 
-    def on_heartbeat(self, s: Stream, leader_durable: int) -> None:
+    def on_heartbeat(self, s: Stream, leader_durable: int, commit: int) -> None:
         f = self._current(s)
         if f is None or not s.open or not self._accept_term(f, s):
             return
         f.leader_last = leader_durable
+        self.replica_commit = max(self.replica_commit, commit)
         f.state = "streaming"
         f.backoff = 0.05
         if self.durable >= f.leader_last:

@@ -117,6 +117,7 @@ class Search:
     events: int = 0
     lost_async: int = 0
     exposed_cuts: int = 0
+    replica_shown: int = 0
     tick_errors: list[str] = field(default_factory=list)
     # Violations of kinds the search was not looking for: kind -> (count, first outcome).
     other: dict[str, tuple[int, Outcome]] = field(default_factory=dict)
@@ -139,6 +140,7 @@ def search(seeds: Iterable[int], rules: Rules, shape: Shape = Shape(), *, second
         res.events += o.events
         res.lost_async += o.lost
         res.exposed_cuts += o.exposed_cuts
+        res.replica_shown += o.stats.replica_shown
         res.tick_errors.extend(o.stats.tick_errors[:1])
         if o.violation is not None and kinds is not None and o.violation.kind not in kinds:
             n, first = res.other.get(o.violation.kind, (0, o))
