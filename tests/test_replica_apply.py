@@ -1,0 +1,115 @@
+"""The apply path every node runs (leader, replica, recovery): its cheaper
+forms must give the very bits the earlier code gave, or nodes of two versions
+(a rolling upgrade, a snapshot from an older leader) would hold different
+stored vectors and their digests would disagree."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+
+from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.state import ApplyResult, GraphState, iter_vectors, stored_forms
+from sutra_cluster.storage.vecform import fingerprint, normalise
+
+DIM = 64
+
+
+def reference_normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """vecform.normalise as first written (a new float64 matrix for the quotient)."""
+    x64 = np.asarray(x, dtype=np.float32).astype(np.float64)
+    lengths = np.sqrt(np.einsum("ij,ij->i", x64, x64))
+    safe = np.where(lengths > 0, lengths, 1.0)
+    return (x64 / safe[:, None]).astype(np.float32), lengths
+
+
+def reference_fingerprint(stored: bytes, norm: float) -> int:
+    h = int.from_bytes(hashlib.blake2b(stored + struct.pack("<d", norm), digest_size=8).digest(), "little")
+    return h or 1
+
+
+def vectors(n: int, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, DIM)).astype("<f4")
+    x[0] *= 1e30  # squares overflow float32: float64 inside must hold them
+    x[1] *= 1e-30
+    x[2] = 0.0  # a zero row keeps length 0 (callers reject it)
+    x[3] = x[4] * 2  # one direction, two lengths (exact in float32): equal stored rows
+    return x
+
+
+def test_normalise_gives_the_bits_of_the_first_form() -> None:
+    x = vectors(300)
+    got, lengths = normalise(np.frombuffer(x.tobytes(), dtype="<f4").reshape(x.shape))  # read-only, as applied
+    want, want_lengths = reference_normalise(x)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(lengths, want_lengths)
+    assert np.array_equal(got[3].view(np.uint32), got[4].view(np.uint32))
+
+
+def test_fingerprint_of_a_row_in_place_equals_that_of_its_bytes() -> None:
+    normed, lengths = reference_normalise(vectors(50))
+    for row, n in zip(normed, lengths):
+        want = reference_fingerprint(row.tobytes(), float(n))
+        assert fingerprint(row, float(n)) == want
+        assert fingerprint(row.tobytes(), float(n)) == want
+        assert fingerprint(memoryview(row.tobytes()), float(n)) == want
+
+
+def test_stored_forms_match_the_first_form() -> None:
+    x = np.delete(vectors(40), 2, axis=0)  # no zero row: validation refuses those before they are logged
+    forms = stored_forms([r.tobytes() for r in x])
+    want, lengths = reference_normalise(x)
+    for (row, n, fp), w, wn in zip(forms, want, lengths):
+        assert np.array_equal(row.view(np.uint32), w.view(np.uint32))
+        assert n == float(wn) and type(n) is float
+        assert fp == reference_fingerprint(w.tobytes(), float(wn))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_iter_vectors_keeps_rows_and_order(n: int) -> None:
+    x = np.delete(vectors(10), 2, axis=0)[:n]
+    forms = stored_forms([r.tobytes() for r in x])
+    upserts = {f"k{i}": (row, norm) for i, (row, norm, _) in enumerate(forms)}
+    got = list(iter_vectors(upserts, DIM))
+    if not n:
+        assert got == []
+        return
+    (keys, mat, norms), = got
+    assert keys == [f"k{i}" for i in range(n)]
+    assert mat.shape == (n, DIM) and mat.dtype == np.float32
+    assert np.array_equal(mat, np.stack([r for r, _ in upserts.values()]))
+    assert norms.tolist() == [nm for _, nm in upserts.values()]
+
+
+def test_apply_batch_digest_is_that_of_the_first_form() -> None:
+    """Concepts with and without vectors, an update that drops a vector, an edge
+    and a delete: the state's fingerprints are those of the first form."""
+    x = np.delete(vectors(20), 2, axis=0)
+    b = wal_pb2.WalBatch(timestamp_us=5)
+    for i, row in enumerate(x):
+        b.concepts.add(concept_id=f"c{i}", content=f"t{i}", strength=1.0, confidence=0.5,
+                       embedding_f32=row.tobytes(), attributes={"k": str(i % 3)} if i % 2 else {})
+    b.concepts.add(concept_id="c1", content="again, no vector")
+    b.associations.add(source_id="c0", target_id="c4", assoc_type=1, confidence=0.25)
+    b.delete_concept_ids.append("c5")
+    state, vec = GraphState(), ApplyResult({}, set())
+    state.apply_batch(b, vec)
+    want, lengths = reference_normalise(x)
+    for i in range(len(x)):
+        c = state.concepts.get(f"c{i}")
+        if i == 5:
+            assert c is None and "c5" in vec.removes and "c5" not in vec.upserts
+        elif i == 1:
+            assert c is not None and c.vector is None and "c1" in vec.removes
+        else:
+            assert c is not None and c.vector is not None and not isinstance(c.vector, bytes)
+            assert c.vector.fingerprint == reference_fingerprint(want[i].tobytes(), float(lengths[i]))
+            row, norm = vec.upserts[f"c{i}"]
+            assert np.array_equal(row, want[i]) and norm == lengths[i]
+    assert state.matching({"k": ["1"]}) == {"c7", "c13"}  # c1 lost its attributes
+    assert state.edges == 1
