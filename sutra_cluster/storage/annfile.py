@@ -72,17 +72,74 @@ class LoadedGraph:
     quantization: str = "none"
 
 
-def flat_storage(graph: LoadedGraph, labels: np.ndarray, chunks: list[np.ndarray | None], dim: int) -> Any:
+class _Owner:
+    """Exposes faiss' code buffer to numpy while holding the faiss index that
+    owns it: every view of the array keeps the buffer alive."""
+
+    def __init__(self, owner: Any, address: int, shape: tuple[int, int]) -> None:
+        self.owner = owner
+        self.__array_interface__ = {"shape": shape, "typestr": "<f4", "data": (address, False), "version": 3}
+
+
+def _sized_flat(total: int, dim: int) -> tuple[Any, np.ndarray]:
+    """A faiss IndexFlatIP with room for ``total`` vectors (zeros), and its
+    buffer as a (total, dim) float32 array that keeps the index alive."""
+    storage = faiss.IndexFlatIP(dim)
+    size = total * dim * 4
+    storage.codes.resize(size)  # zero-filled: dead labels stay zeros
+    storage.ntotal = total
+    if total == 0:
+        return storage, np.zeros((0, dim), dtype=np.float32)
+    address = faiss.rev_swig_ptr(storage.codes.data(), size).ctypes.data
+    return storage, np.asarray(_Owner(storage, address, (total, dim)))
+
+
+@dataclass
+class GraphStorage:
+    """The float storage a stored graph (SUTRA_QUANTIZATION=none) will use,
+    sized before storage.dat is read, so that a load writes each vector once,
+    straight into it: rows ``[c * CHUNK_ROWS, (c + 1) * CHUNK_ROWS)`` whose
+    labels are consecutive get ``chunk(c)``, a view of the labels' slots, as
+    their flat-store chunk.  At 1M x 768-d this saves a second 3 GB of newly
+    touched memory and its copy (most of a start's CPU on a VM).
+
+    Safe only while nothing adds to ``storage`` (an add may move faiss'
+    buffer under the views): the views are dropped from the flat store when
+    the graph is adopted (its rows are then covered) and no other index adds
+    to it when it is not."""
+
+    total: int
+    alive: np.ndarray  # bool, one per label, as the graph file says
+    labels: np.ndarray  # the live labels, ascending: row i's vector goes to labels[i]
+    storage: Any  # faiss.IndexFlatIP with ntotal == total
+    flat: np.ndarray  # its buffer, (total, dim) float32
+
+    def chunk(self, c: int) -> np.ndarray | None:
+        """The slots of chunk ``c``'s rows, or None when they are not consecutive labels."""
+        lo, hi = c * CHUNK_ROWS, (c + 1) * CHUNK_ROWS
+        if hi > len(self.labels) or self.labels[hi - 1] - self.labels[lo] != CHUNK_ROWS - 1:
+            return None
+        first = int(self.labels[lo])
+        return self.flat[first : first + CHUNK_ROWS]
+
+    def fits(self, graph: LoadedGraph) -> bool:
+        return graph.total == self.total and np.array_equal(graph.alive, self.alive)
+
+
+def flat_storage(graph: LoadedGraph, labels: np.ndarray, chunks: list[np.ndarray | None], dim: int,
+                 reserved: GraphStorage | None = None) -> Any:
     """A faiss IndexFlatIP of the adopted graph's labels (``labels``: its live
     ones, ascending, whose vectors are the first rows of ``chunks``; dead ones
     are zeros and never returned). Its code buffer is sized once and each
     chunk copied straight into it: batches through a zeroed block, a gather,
     a scatter and faiss' growing ``add`` cost 4x the CPU (1.3 vs 0.35 s at
-    200K x 768-d), most of a restart's graph adoption."""
-    storage = faiss.IndexFlatIP(dim)
-    size = graph.total * dim * 4
-    storage.codes.resize(size)  # zero-filled: dead labels stay zeros
-    flat = faiss.rev_swig_ptr(storage.codes.data(), size).view(np.float32).reshape(graph.total, dim)
+    200K x 768-d), most of a restart's graph adoption.  With ``reserved``
+    (sized before the load, ``GraphStorage``) the chunks that are already its
+    views are not copied at all."""
+    if reserved is not None and reserved.fits(graph):
+        storage, flat = reserved.storage, reserved.flat
+    else:
+        storage, flat = _sized_flat(graph.total, dim)
     row = 0
     for chunk in chunks:
         take = min(len(labels) - row, CHUNK_ROWS)
@@ -90,12 +147,12 @@ def flat_storage(graph: LoadedGraph, labels: np.ndarray, chunks: list[np.ndarray
             break
         assert chunk is not None, f"row {row} is in a freed chunk"
         dst = labels[row : row + take]
-        if dst[-1] - dst[0] == take - 1:  # no dead label among them: one block copy
-            flat[dst[0] : dst[0] + take] = chunk[:take]
+        if dst[-1] - dst[0] == take - 1:  # no dead label among them: one block copy, if not in place already
+            if chunk.ctypes.data != flat[dst[0]].ctypes.data:
+                flat[dst[0] : dst[0] + take] = chunk[:take]
         else:
             flat[dst] = chunk[:take]
         row += take
-    storage.ntotal = graph.total
     return storage
 
 
@@ -167,6 +224,37 @@ def _frames(f: BinaryIO, where: str) -> Iterator[tuple[int, bytes]]:
         offset += ckpt.FRAME.size + length
 
 
+def _open(f: BinaryIO, path: Path, lsn: int, dim: int,
+          quantization: str) -> tuple[dict[str, Any], bytes, bytes, Iterator[tuple[int, bytes]]]:
+    """Check the file header and header frame against the checkpoint and
+    mode; returns (header, its bytes, the live-label bitmap, later frames)."""
+    magic, version, _ = ckpt.FILE_HEADER.unpack(f.read(ckpt.FILE_HEADER.size).ljust(ckpt.FILE_HEADER.size))
+    if magic != MAGIC or version not in (VERSION, VERSION_QUANTIZED):
+        raise GraphFileError(f"{path}: not a graph file of version {VERSION} or {VERSION_QUANTIZED} "
+                             f"(magic {magic!r}, version {version})")
+    frames = _frames(f, str(path))
+    kind, raw_head = next(frames)
+    head = json.loads(raw_head)
+    if kind != ckpt.KIND_HEADER:
+        raise GraphFileError(f"{path}: first frame is not a header")
+    if head["lsn"] != lsn or head["dim"] != dim:
+        raise GraphFileError(f"{path} belongs to the checkpoint at LSN {head['lsn']} ({head['dim']}-d), "
+                             f"storage.dat is at LSN {lsn} ({dim}-d)")
+    stored = head.get("quantization", "none") if version == VERSION_QUANTIZED else "none"
+    if stored != quantization:
+        raise GraphFileError(f"{path} holds a SUTRA_QUANTIZATION={stored} graph, this node runs "
+                             f"SUTRA_QUANTIZATION={quantization}")
+    _, bits = next(frames)
+    return head, raw_head, bits, frames
+
+
+def _alive(head: dict[str, Any], bits: bytes) -> np.ndarray:
+    total, count = int(head["total"]), int(head["count"])
+    alive = np.zeros(total, dtype=bool)
+    alive[:count] = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=count, bitorder="little").astype(bool)
+    return alive
+
+
 def read_graph(directory: Path, lsn: int, dim: int, quantization: str = "none") -> LoadedGraph:
     """The graph stored for the checkpoint at ``lsn`` and SUTRA_QUANTIZATION
     ``quantization``; GraphFileError (with the reason) when there is none or
@@ -176,23 +264,7 @@ def read_graph(directory: Path, lsn: int, dim: int, quantization: str = "none") 
         raise GraphFileError(f"{path} does not exist")
     try:
         with open(path, "rb", buffering=1 << 20) as f:
-            magic, version, _ = ckpt.FILE_HEADER.unpack(f.read(ckpt.FILE_HEADER.size).ljust(ckpt.FILE_HEADER.size))
-            if magic != MAGIC or version not in (VERSION, VERSION_QUANTIZED):
-                raise GraphFileError(f"{path}: not a graph file of version {VERSION} or {VERSION_QUANTIZED} "
-                                     f"(magic {magic!r}, version {version})")
-            frames = _frames(f, str(path))
-            kind, raw_head = next(frames)
-            head = json.loads(raw_head)
-            if kind != ckpt.KIND_HEADER:
-                raise GraphFileError(f"{path}: first frame is not a header")
-            if head["lsn"] != lsn or head["dim"] != dim:
-                raise GraphFileError(f"{path} belongs to the checkpoint at LSN {head['lsn']} ({head['dim']}-d), "
-                                     f"storage.dat is at LSN {lsn} ({dim}-d)")
-            stored = head.get("quantization", "none") if version == VERSION_QUANTIZED else "none"
-            if stored != quantization:
-                raise GraphFileError(f"{path} holds a SUTRA_QUANTIZATION={stored} graph, this node runs "
-                                     f"SUTRA_QUANTIZATION={quantization}")
-            _, bits = next(frames)
+            head, raw_head, bits, frames = _open(f, path, lsn, dim, quantization)
             body = io.BytesIO()
             for kind, payload in frames:
                 if kind == ckpt.KIND_END:
@@ -218,13 +290,33 @@ def read_graph(directory: Path, lsn: int, dim: int, quantization: str = "none") 
     if quantization_of(index) != quantization:
         raise GraphFileError(f"{path}: holds a faiss {type(index).__name__}, not a SUTRA_QUANTIZATION="
                              f"{quantization} index")
-    total, count = int(head["total"]), int(head["count"])
-    alive = np.zeros(total, dtype=bool)
-    alive[:count] = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=count, bitorder="little").astype(bool)
+    total, alive = int(head["total"]), _alive(head, bits)
     if index.ntotal != total or int(alive.sum()) != head["live"]:
         raise GraphFileError(f"{path}: graph has {index.ntotal} labels ({int(alive.sum())} live), the header "
                              f"says {total} ({head['live']})")
     return LoadedGraph(index, total, alive, head["keys_hash"], quantization)
+
+
+def reserve_graph_storage(directory: Path, lsn: int, dim: int, vectors: Any) -> None:
+    """Before storage.dat's vectors are read: when storage.hnsw holds a
+    SUTRA_QUANTIZATION=none graph for the checkpoint at ``lsn``, size its
+    float storage now and let the load write the vectors straight into it
+    (``GraphStorage``).  Reads only the file's header and bitmap; any doubt
+    reserves nothing (the adoption afterwards checks the whole file and says
+    why it refuses it)."""
+    if getattr(vectors, "quantization", "none") != "none" or not hasattr(vectors, "reserve_graph_storage"):
+        return
+    path = directory / GRAPH_FILE
+    try:
+        with open(path, "rb") as f:
+            head, _, bits, _ = _open(f, path, lsn, dim, "none")
+            alive = _alive(head, bits)
+    except (GraphFileError, ckpt.SnapshotError, OSError, ValueError, KeyError, StopIteration):
+        return
+    if int(alive.sum()) != head.get("live"):
+        return
+    storage, flat = _sized_flat(len(alive), dim)
+    vectors.reserve_graph_storage(GraphStorage(len(alive), alive, np.flatnonzero(alive), storage, flat))
 
 
 def remove_graph(directory: Path) -> None:
@@ -244,6 +336,8 @@ def adopt_stored_graph(directory: Path, lsn: int, dim: int, vectors: Any) -> str
         graph = read_graph(directory, lsn, dim, getattr(vectors, "quantization", "none"))
         vectors.adopt_graph(graph)
     except (GraphFileError, ValueError) as exc:
+        if hasattr(vectors, "reserve_graph_storage"):  # refused: the WAL tail's rows get chunks of their own
+            vectors.reserve_graph_storage(None)
         if len(vectors) > vectors.exact_limit // 2:  # a graph was due: say why it is rebuilt
             log.warning("not using the stored HNSW graph: %s; rebuilding it in the background (searches scan the "
                         "vectors not yet in a graph exactly meanwhile)", exc)

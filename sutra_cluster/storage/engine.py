@@ -287,6 +287,8 @@ class Engine(HistoryOps, TxnOps):
     def _load_snapshot_file(self, path: Path) -> tuple[int, int]:
         with open(path, "rb", buffering=1 << 20) as f:
             dec = ckpt.SnapshotDecoder(f, str(path), reuse_buffer=True)  # _load_snapshot copies what it keeps
+            if path.name == ckpt.STORAGE_FILE:  # its stored graph's storage receives the vectors: one copy
+                annfile.reserve_graph_storage(self.dir, dec.header.lsn, self.cfg.vector_dimension, self.vectors)
             self._load_snapshot(dec)
         log.info("loaded %s at LSN %d (%d concepts, %d edges)", path, dec.header.lsn,
                  len(self.state.concepts), self.state.edges)

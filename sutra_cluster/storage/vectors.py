@@ -44,7 +44,7 @@ import faiss
 import numpy as np
 
 from sutra_cluster.storage.ann import Ann, default_beam
-from sutra_cluster.storage.annfile import GraphCapture, LoadedGraph, flat_storage, keys_hash
+from sutra_cluster.storage.annfile import GraphCapture, GraphStorage, LoadedGraph, flat_storage, keys_hash
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
 from sutra_cluster.storage.maintainer import DEFAULT_MAX_TAIL, DEFAULT_QUIET_S, Maintainer
@@ -170,6 +170,7 @@ class VectorIndex(Maintainer):
         self._next_seq = 0
         self._covered = 0  # rows below this are in the graph (or dead): read them there
         self._ann: Ann | None = None
+        self._reserved: GraphStorage | None = None  # a stored graph's storage the load writes into
         self._epoch = getattr(self, "_epoch", 0) + 1  # invalidates in-flight builds
 
     def _check_vectors(self, keys: list[str], vectors: np.ndarray,
@@ -199,6 +200,9 @@ class VectorIndex(Maintainer):
         return normed, lengths
 
     def _kill_row_locked(self, row: int) -> None:
+        # Rows no longer map one to one onto the stored graph's labels (and a
+        # compaction must not write into its storage): stop loading into it.
+        self._reserved = None
         self._alive[row] = False
         self._live -= 1
         ann = self._ann
@@ -218,7 +222,8 @@ class VectorIndex(Maintainer):
             self._norms = np.concatenate([self._norms[:n], np.empty(cap - n, dtype=np.float64)])
         if vecs is not None:
             while len(self._chunks) * CHUNK_ROWS < n + m:
-                self._chunks.append(self._alloc.chunk(CHUNK_ROWS, self.dim))
+                slots = None if self._reserved is None else self._reserved.chunk(len(self._chunks))
+                self._chunks.append(self._alloc.chunk(CHUNK_ROWS, self.dim) if slots is None else slots)
             row = n
             while row < n + m:
                 c, off = divmod(row, CHUNK_ROWS)
@@ -559,7 +564,11 @@ class VectorIndex(Maintainer):
             ann = Ann(self.dim, self._m, self._ef_construction, index=graph.index)
             if not self._keep:
                 # The index does not own its storage: Ann keeps it alive.
-                ann.storage = graph.index.storage = flat_storage(graph, labels, self._chunks, self.dim)
+                ann.storage = graph.index.storage = flat_storage(graph, labels, self._chunks, self.dim,
+                                                                 self._reserved)
+            # From here the graph may add to that storage (and move it): no chunk may stay a view of
+            # it, and _free_covered_locked below drops them all (they lie below the covered rows).
+            self._reserved = None
             ann.stage_labels(np.arange(graph.total, dtype=np.int64))
             ann.count, ann.watermark, ann.dead = graph.total, graph.total, graph.total - live
             # Renumber: the graph's live rows take their label as sequence, the rest follow.
@@ -571,6 +580,17 @@ class VectorIndex(Maintainer):
             self._cv.notify_all()
         logger.info("vector index: adopted a stored HNSW graph (%d labels, %d live, %d vectors still to index)",
                     graph.total, live, n - live)
+
+    def reserve_graph_storage(self, reserved: GraphStorage | None) -> None:
+        """Before a checkpoint load into this empty index: write the rows that
+        the stored graph will cover straight into its storage (annfile.
+        GraphStorage), so ``adopt_graph`` need not copy them.  Ignored unless
+        the index is empty and unquantized; any removal or update of a row
+        stops it (the rows no longer match the graph's labels).  None ends it
+        (after the adoption, taken or refused): later rows get chunks of their own."""
+        with self._cv:
+            if reserved is None or (not self._keep and self._n == 0 and self._ann is None):
+                self._reserved = reserved
 
     def clear(self) -> None:
         """Drop every vector and the graph; in-flight index builds are discarded."""
