@@ -215,11 +215,13 @@ def _write_storage(data: Path, n: int, dim: int) -> int:
     return ckpt.write_checkpoint(data, blocks())
 
 
-def _write_synthetic_graph(data: Path, n: int, dim: int, m: int = 32) -> int:
+def _write_synthetic_graph(data: Path, n: int, dim: int, quantization: str = "none", m: int = 32) -> int:
     """storage.hnsw for that storage.dat with the shape of a real M=32 graph (faiss' level
     distribution, full neighbour lists) but random links: the file, its read and its
     adoption cost what a built graph's do, without the hour of CPU a build takes at 1M.
-    Searches through it find nothing useful, so ``--restart-only`` times no searches."""
+    Searches through it find nothing useful, so ``--restart-only`` times no searches.
+    ``sq8``: an IndexHNSWSQ with trained ranges and random 8-bit codes (version 2 of the
+    file, the whole index), so the memory a quantized node keeps after a start is measured."""
     import contextlib
 
     import faiss
@@ -227,7 +229,20 @@ def _write_synthetic_graph(data: Path, n: int, dim: int, m: int = 32) -> int:
     from sutra_cluster.storage import annfile
 
     rng = np.random.default_rng(5)
-    index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+    if quantization == "sq8":
+        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, m, faiss.METRIC_INNER_PRODUCT)
+        sample = rng.standard_normal((4096, dim), dtype=np.float32)
+        index.train(sample / np.linalg.norm(sample, axis=1, keepdims=True))
+        codes = faiss.downcast_index(index.storage)
+        codes.codes.resize(n * dim)
+        view = faiss.rev_swig_ptr(codes.codes.data(), n * dim)
+        for lo in range(0, n * dim, 1 << 26):
+            view[lo : lo + (1 << 26)] = rng.integers(0, 256, min(1 << 26, n * dim - lo), dtype=np.uint8)
+        codes.ntotal = n
+    elif quantization == "none":
+        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+    else:
+        raise SystemExit(f"--restart-only writes none or sq8 graphs, not {quantization}")
     hnsw = index.hnsw
     levels = (1 + np.floor(-np.log(rng.random(n)) / np.log(m))).astype(np.int32)  # P(level > l) = M^-l
     per_level = np.array([hnsw.cum_nb_neighbors(int(lv)) for lv in range(int(levels.max()) + 1)], dtype=np.uint64)
@@ -240,7 +255,7 @@ def _write_synthetic_graph(data: Path, n: int, dim: int, m: int = 32) -> int:
     index.ntotal = n
     unlocked = SimpleNamespace(read=contextlib.nullcontext)  # nothing else touches this index
     cap = annfile.GraphCapture(index, unlocked, n, np.ones(n, dtype=bool),
-                               annfile.keys_hash(f"c{i:07d}" for i in range(n)))
+                               annfile.keys_hash(f"c{i:07d}" for i in range(n)), quantization)
     return annfile.write_graph(data, cap, 1, dim)
 
 
@@ -251,7 +266,7 @@ def restart_only(base: Path, n: int, dim: int, env: dict[str, str], graph: bool)
     out: dict[str, Any] = {"concepts": n, "dim": dim, "raw_vector_bytes": n * dim * 4,
                            "storage_dat_bytes": _write_storage(data, n, dim)}
     if graph:
-        out["storage_hnsw_bytes"] = _write_synthetic_graph(data, n, dim)
+        out["storage_hnsw_bytes"] = _write_synthetic_graph(data, n, dim, env.get("SUTRA_QUANTIZATION", "none"))
     else:  # no graph built either: its CPU would count as the start's
         env = {"SUTRA_ANN_THRESHOLD": str(4 * n), **env}
     node = NodeProcess(data, env={"VECTOR_DIMENSION": str(dim), "MEMORY_THRESHOLD": str(1 << 40),
@@ -279,6 +294,8 @@ def restart_only(base: Path, n: int, dim: int, env: dict[str, str], graph: bool)
         time.sleep(5.0)
         out["rss_after_restart_bytes"] = _rss(pid)
         out["rss_after_restart_anon_bytes"] = _rss(pid, "RssAnon")
+        out["rss_after_restart_file_bytes"] = _rss(pid, "RssFile")
+        out["modes"] = f"{env.get('SUTRA_VECTOR_STORAGE', 'memory')}/{env.get('SUTRA_QUANTIZATION', 'none')}"
         out["memory_by_part"] = {"vectors": st.vector_memory_bytes, "index": st.index_memory_bytes,
                                  "metadata": st.metadata_memory_bytes}
         channel.close()
@@ -346,7 +363,9 @@ def main() -> int:
                          f"{r['index_source_after_restart']})" if "restart_ready_s" in r else "")
                       + f", RSS {r['rss_at_ready_bytes'] / 1e6:,.0f} MB at ready, 5 s later "
                       f"{r['rss_after_restart_bytes'] / 1e6:,.0f} MB "
-                      f"({r['rss_after_restart_bytes'] / r['raw_vector_bytes']:.2f}x raw), parts "
+                      f"({r['rss_after_restart_bytes'] / r['raw_vector_bytes']:.2f}x raw; heap "
+                      f"{r['rss_after_restart_anon_bytes'] / 1e6:,.0f} MB = "
+                      f"{r['rss_after_restart_anon_bytes'] / r['raw_vector_bytes']:.2f}x raw), parts "
                       + "/".join(f"{v / 1e6:,.0f}" for v in r["memory_by_part"].values()) + " MB")
             else:
                 results.append(Run(base, n, dim, queries, env, a.ef).run())
