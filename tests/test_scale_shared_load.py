@@ -171,3 +171,42 @@ def test_quantized_indexes_reserve_nothing() -> None:
     finally:
         vi.close()
         empty.close()
+
+
+def _written_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantization: str) -> tuple[LoadedGraph, int]:
+    """storage.hnsw written with small faiss frames, so the reader streams across many."""
+    data = _data(3000)
+    vi = VectorIndex(DIM, exact_limit=100, background=False, quantization=quantization)
+    try:
+        vi.upsert([f"k{i:05d}" for i in range(3000)], data)
+        vi.build_pending()
+        cap = vi.capture_graph()
+        assert cap is not None
+        monkeypatch.setattr(annfile, "_PART", 4000)
+        size = annfile.write_graph(tmp_path, cap, 9, DIM, fsync=False)
+        return _graph(vi), size
+    finally:
+        vi.close()
+
+
+@pytest.mark.parametrize("quantization", ["none", "sq8"])
+def test_the_graph_is_parsed_frame_by_frame_and_damage_anywhere_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantization: str) -> None:
+    saved, size = _written_in_parts(tmp_path, monkeypatch, quantization)
+    graph = annfile.read_graph(tmp_path, 9, DIM, quantization)
+    assert graph.total == saved.total and graph.keys_hash == saved.keys_hash
+    np.testing.assert_array_equal(graph.alive, saved.alive)
+    assert graph.index.hnsw.neighbors.size() == saved.index.hnsw.neighbors.size()
+    path = tmp_path / annfile.GRAPH_FILE
+    good = path.read_bytes()
+    for offset in (size // 3, size - 300, size - 50):  # inside the index's frames, its last one, the end frame
+        broken = bytearray(good)
+        broken[offset] ^= 0x10
+        path.write_bytes(bytes(broken))
+        with pytest.raises(annfile.GraphFileError, match="checksum mismatch") as err:
+            annfile.read_graph(tmp_path, 9, DIM, quantization)
+        assert str(err.value).count(str(path)) == 1
+    for cut in (size // 2, size - 10):
+        path.write_bytes(good[:cut])
+        with pytest.raises(annfile.GraphFileError, match="truncated"):
+            annfile.read_graph(tmp_path, 9, DIM, quantization)

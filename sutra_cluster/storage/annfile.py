@@ -19,7 +19,6 @@ and the caller rebuilds the graph from storage.dat's vectors instead.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -255,6 +254,56 @@ def _alive(head: dict[str, Any], bits: bytes) -> np.ndarray:
     return alive
 
 
+class _FaissStream:
+    """The faiss bytes of a graph file, handed to faiss' reader frame by frame
+    as each is read and CRC-checked: the index is parsed without first
+    gathering the whole serialised copy (at 1M x 768-d: 0.3 GB of links
+    under none, 1 GB with sq8 codes, all newly touched memory)."""
+
+    def __init__(self, frames: Iterator[tuple[int, bytes]], where: Path) -> None:
+        self._frames, self._where = frames, where
+        self._buf = memoryview(b"")
+        self._pos = 0
+        self.consumed = 0
+        self.end: bytes | None = None  # the end frame's payload, once reached
+        self.error: str | None = None  # why the stream stopped early
+
+    def _next(self) -> bool:
+        """Move to the next frame with bytes; False at the end frame or on damage."""
+        while self._pos >= len(self._buf):
+            if self.end is not None or self.error is not None:
+                return False
+            try:
+                kind, payload = next(self._frames)
+            except ckpt.SnapshotError as exc:
+                self.error = str(exc)
+                return False
+            except (OSError, StopIteration) as exc:
+                self.error = f"{self._where}: {exc!r}"
+                return False
+            if kind == ckpt.KIND_END:
+                self.end = payload
+                return False
+            self._buf, self._pos = memoryview(payload), 0
+        return True
+
+    def read(self, size: int) -> bytes:
+        if not self._next():
+            return b""  # faiss raises: the file ended (or broke) inside the index
+        out = bytes(self._buf[self._pos : self._pos + size])
+        self._pos += len(out)
+        self.consumed += len(out)
+        return out
+
+    def finish(self) -> bytes:
+        """After faiss is done: nothing may follow the index but the end frame; returns its payload."""
+        if self._next():
+            raise GraphFileError(f"{self._where}: bytes after the graph")
+        if self.end is None:
+            raise GraphFileError(self.error or f"{self._where}: no end frame")
+        return self.end
+
+
 def read_graph(directory: Path, lsn: int, dim: int, quantization: str = "none") -> LoadedGraph:
     """The graph stored for the checkpoint at ``lsn`` and SUTRA_QUANTIZATION
     ``quantization``; GraphFileError (with the reason) when there is none or
@@ -265,28 +314,22 @@ def read_graph(directory: Path, lsn: int, dim: int, quantization: str = "none") 
     try:
         with open(path, "rb", buffering=1 << 20) as f:
             head, raw_head, bits, frames = _open(f, path, lsn, dim, quantization)
-            body = io.BytesIO()
-            for kind, payload in frames:
-                if kind == ckpt.KIND_END:
-                    if payload != raw_head:
-                        raise GraphFileError(f"{path}: end frame does not match the header")
-                    break
-                body.write(payload)
-            else:
-                raise GraphFileError(f"{path}: no end frame")
+            stream = _FaissStream(frames, path)
+            reader = faiss.PyCallbackIOReader(stream.read)  # type: ignore[attr-defined]
+            try:
+                index = faiss.read_index(reader, 0 if quantization != "none" else faiss.IO_FLAG_SKIP_STORAGE)
+            except RuntimeError as exc:
+                raise GraphFileError(stream.error or f"{path}: faiss cannot read the graph: {exc}") from exc
+            finally:
+                del reader
+            if stream.finish() != raw_head:
+                raise GraphFileError(f"{path}: end frame does not match the header")
     except ckpt.SnapshotError as exc:
         raise GraphFileError(str(exc)) from exc
     except (OSError, ValueError, KeyError, StopIteration) as exc:
         raise GraphFileError(f"{path}: {exc!r}") from exc
-    if body.tell() != head["faiss_bytes"]:
-        raise GraphFileError(f"{path}: {body.tell()} graph bytes, the header says {head['faiss_bytes']}")
-    body.seek(0)
-    try:
-        reader = faiss.PyCallbackIOReader(body.read)  # type: ignore[attr-defined]
-        index = faiss.read_index(reader, 0 if quantization != "none" else faiss.IO_FLAG_SKIP_STORAGE)
-    except RuntimeError as exc:
-        raise GraphFileError(f"{path}: faiss cannot read the graph: {exc}") from exc
-    del body, reader  # the serialised copy: at 1M x 768-d sq8 it is as large as the index
+    if stream.consumed != head["faiss_bytes"]:
+        raise GraphFileError(f"{path}: {stream.consumed} graph bytes, the header says {head['faiss_bytes']}")
     if quantization_of(index) != quantization:
         raise GraphFileError(f"{path}: holds a faiss {type(index).__name__}, not a SUTRA_QUANTIZATION="
                              f"{quantization} index")
