@@ -2,6 +2,7 @@
 at a fixed write rate.
 
     .venv/bin/python bench/bench_replication.py [--seconds 8] [--rate 10000] [--out bench/results/replication.json]
+    .venv/bin/python bench/bench_replication.py --lag-only --rounds 3 --before ../before   # an older tree beside
 
 Every configuration ingests the same batches (768-d vectors, LearnBatch of
 --batch concepts from --threads client threads, for --seconds). Replicated
@@ -9,6 +10,8 @@ figures are reported as a ratio to single-node ingest measured in the same run.
 Lag: an async leader with two replicas takes a paced load of --rate concepts/s
 while the leader's GetReplicationStatus is sampled every 20 ms; p50/p99 of the
 per-replica lag in milliseconds are reported (the guide's target: about 10 ms).
+With ``--before <checkout>`` that tree's nodes are measured too, alternating
+with this tree's in every round, so both see the same machine load.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sutra_cluster.client import Concept, SutraClient  # noqa: E402
 from tests import cluster as tc  # noqa: E402
+from tests import helpers  # noqa: E402
 from tests.helpers import NodeProcess  # noqa: E402
 
 DIM = 768
@@ -96,6 +100,53 @@ def lag_at_rate(c: tc.Cluster, rate: int, seconds: float, size: int = 100) -> di
             "lag_ms_max": samples[-1]}
 
 
+def run_tree(tmp: Path, a: argparse.Namespace, node_env: dict[str, str]) -> dict[str, object]:
+    """One round of every measurement, with the nodes of the tree helpers.ROOT names."""
+    out: dict[str, object] = {}
+    if not a.lag_only:
+        single = NodeProcess(tmp / "single", env={"VECTOR_DIMENSION": str(DIM), **node_env},
+                             log_path=tmp / "single.log")
+        try:
+            single.start()
+            out["single_node_per_s"] = ingest(single.address, a.seconds, a.threads, a.batch)
+        finally:
+            single.stop()
+    for mode in ("async",) if a.lag_only else ("async", "sync"):
+        with tc.running_cluster(tmp / mode, replicas=2, mode=mode, env=node_env) as c:
+            tc.wait_streaming(c.leader, ["r1", "r2"])
+            if not a.lag_only:
+                out[f"{mode}_per_s"] = ingest(c.leader.address, a.seconds, a.threads, a.batch)
+            if mode == "async":
+                out["lag"] = lag_at_rate(c, a.rate, a.seconds)
+    if not a.lag_only:
+        base = float(out["single_node_per_s"])  # type: ignore[arg-type]
+        out["async_ratio"] = float(out["async_per_s"]) / base  # type: ignore[arg-type]
+        out["sync_ratio"] = float(out["sync_per_s"]) / base  # type: ignore[arg-type]
+    return out
+
+
+def med(rounds: list[dict[str, object]], key: str, sub: str = "") -> float:
+    vals = [float(r[key][sub] if sub else r[key]) for r in rounds]  # type: ignore[index,arg-type]
+    return statistics.median(vals)
+
+
+def report(label: str, rounds: list[dict[str, object]], lag_only: bool) -> None:
+    n = len(rounds)
+    if not lag_only:
+        print(f"{label}: medians of {n} round(s)")
+        print(f"  {'configuration':<34} {'concepts/s':>11} {'ratio':>7}")
+        print(f"  {'single node':<34} {med(rounds, 'single_node_per_s'):>11.0f} {1.0:>7.2f}")
+        print(f"  {'leader + 2 replicas, async':<34} {med(rounds, 'async_per_s'):>11.0f} "
+              f"{med(rounds, 'async_ratio'):>7.2f}")
+        print(f"  {'leader + 2 replicas, sync (1)':<34} {med(rounds, 'sync_per_s'):>11.0f} "
+              f"{med(rounds, 'sync_ratio'):>7.2f}")
+    each = ", ".join(f"{r['lag']['lag_ms_p99']:.1f}" for r in rounds)  # type: ignore[index]
+    print(f"{label}: replication lag at {med(rounds, 'lag', 'achieved_rate'):.0f} concepts/s "
+          f"(target {rounds[0]['lag']['target_rate']}): p50 {med(rounds, 'lag', 'lag_ms_p50'):.1f} ms, "  # type: ignore[index]
+          f"p99 {med(rounds, 'lag', 'lag_ms_p99'):.1f} ms (each round: {each}), "
+          f"max {med(rounds, 'lag', 'lag_ms_max'):.1f} ms")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=float, default=8.0)
@@ -106,10 +157,14 @@ def main() -> int:
                    help="SUTRA_ANN_THRESHOLD for the nodes (0: their default); a large value keeps HNSW "
                         "indexing, which every node does, out of the measurement")
     p.add_argument("--index-yield", type=float, default=-1.0, help="SUTRA_INDEX_YIELD for the nodes (default: theirs)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds; medians are printed, the JSON keeps each")
+    p.add_argument("--before", type=Path, default=None,
+                   help="another checkout: its nodes are measured too, alternating with this tree's in every round")
+    p.add_argument("--lag-only", action="store_true", help="only the async lag at --rate (no ingest ratios)")
     p.add_argument("--out", default="bench/results/replication.json")
     a = p.parse_args()
     tc.DIM = DIM
-    results: dict[str, object] = {"seconds": a.seconds, "threads": a.threads, "batch": a.batch,
+    results: dict[str, object] = {"seconds": a.seconds, "threads": a.threads, "batch": a.batch, "rounds": a.rounds,
                                   "ann_threshold": a.ann_threshold or "default"}
     node_env = {"MEMORY_THRESHOLD": "10000000"}
     if a.ann_threshold:
@@ -117,30 +172,24 @@ def main() -> int:
     if a.index_yield >= 0:
         node_env["SUTRA_INDEX_YIELD"] = str(a.index_yield)
         results["index_yield"] = a.index_yield
+    trees = {"this tree": helpers.ROOT}
+    if a.before is not None:
+        trees = {"before": a.before.resolve(), **trees}
+        results["before"] = str(a.before)
+    rounds: dict[str, list[dict[str, object]]] = {label: [] for label in trees}
     with tempfile.TemporaryDirectory() as tmp:
-        single = NodeProcess(Path(tmp) / "single", env={"VECTOR_DIMENSION": str(DIM), **node_env},
-                             log_path=Path(tmp) / "single.log")
-        try:
-            single.start()
-            results["single_node_per_s"] = ingest(single.address, a.seconds, a.threads, a.batch)
-        finally:
-            single.stop()
-        for mode in ("async", "sync"):
-            with tc.running_cluster(Path(tmp) / mode, replicas=2, mode=mode, env=node_env) as c:
-                tc.wait_streaming(c.leader, ["r1", "r2"])
-                results[f"{mode}_per_s"] = ingest(c.leader.address, a.seconds, a.threads, a.batch)
-                if mode == "async":
-                    results["lag"] = lag_at_rate(c, a.rate, a.seconds)
-    base = float(results["single_node_per_s"])  # type: ignore[arg-type]
-    results["async_ratio"] = float(results["async_per_s"]) / base  # type: ignore[arg-type]
-    results["sync_ratio"] = float(results["sync_per_s"]) / base  # type: ignore[arg-type]
-    lag = results["lag"]
-    print(f"{'configuration':<34} {'concepts/s':>11} {'ratio':>7}")
-    print(f"{'single node':<34} {base:>11.0f} {1.0:>7.2f}")
-    print(f"{'leader + 2 replicas, async':<34} {results['async_per_s']:>11.0f} {results['async_ratio']:>7.2f}")
-    print(f"{'leader + 2 replicas, sync (1)':<34} {results['sync_per_s']:>11.0f} {results['sync_ratio']:>7.2f}")
-    print(f"replication lag at {lag['achieved_rate']:.0f} concepts/s (target {lag['target_rate']}): "  # type: ignore[index]
-          f"p50 {lag['lag_ms_p50']:.1f} ms, p99 {lag['lag_ms_p99']:.1f} ms, max {lag['lag_ms_max']:.1f} ms")  # type: ignore[index]
+        for i in range(a.rounds):
+            for label, root in trees.items():
+                helpers.ROOT = root  # NodeProcess.start runs `python -m sutra_cluster` there
+                try:
+                    rounds[label].append(run_tree(Path(tmp) / f"{i}-{label.replace(' ', '-')}", a, node_env))
+                finally:
+                    helpers.ROOT = trees["this tree"]
+    for label, rs in rounds.items():
+        report(label, rs, a.lag_only)
+    results["runs"] = rounds
+    if a.before is None:  # the earlier file's keys, for whoever reads them
+        results.update(rounds["this tree"][0])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2))
     return 0
