@@ -289,6 +289,7 @@ def restart_only(base: Path, n: int, dim: int, env: dict[str, str], graph: bool)
         st = stub.GetStats(pb.GetStatsRequest(), timeout=10)
         out["index_source_after_restart"] = st.vector_index_source
         out["rss_at_ready_bytes"] = _rss(pid)
+        out["rss_peak_bytes"] = _rss(pid, "VmHWM")  # the start's high-water mark (transient copies)
         # The buffers a start frees go back to the OS when the maintainer is next idle (malloc_trim):
         # resident memory once that has happened is what the node keeps.
         time.sleep(5.0)
@@ -362,7 +363,7 @@ def main() -> int:
                       + (f", ready after {r['restart_ready_s']:.1f} s ({r['restart_ready_node_cpu_s']:.1f} s CPU; "
                          f"{r['index_source_after_restart']})" if "restart_ready_s" in r else "")
                       + f", RSS {r['rss_at_ready_bytes'] / 1e6:,.0f} MB at ready, 5 s later "
-                      f"{r['rss_after_restart_bytes'] / 1e6:,.0f} MB "
+                      f"{r['rss_after_restart_bytes'] / 1e6:,.0f} MB (peak {r['rss_peak_bytes'] / 1e6:,.0f} MB) "
                       f"({r['rss_after_restart_bytes'] / r['raw_vector_bytes']:.2f}x raw; heap "
                       f"{r['rss_after_restart_anon_bytes'] / 1e6:,.0f} MB = "
                       f"{r['rss_after_restart_anon_bytes'] / r['raw_vector_bytes']:.2f}x raw), parts "
