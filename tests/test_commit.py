@@ -131,3 +131,21 @@ def test_commit_lsn_is_what_the_members_flushed() -> None:
     assert c.commit_lsn(durable=10, applied=2) == 6
     c.disconnect(d)
     assert c.commit_lsn(durable=10, applied=2) == 2  # too few members: only what is visible already
+
+
+def test_committable_is_the_highest_lsn_try_commit_accepts() -> None:
+    # The leader wakes exactly the writers at or below it (replication/leader.py).
+    c = sync(required=2)
+    c.lead(10)
+    assert c.committable() == 0  # no members yet: nothing may commit
+    b, d = c.connect("b", 10, 0.0), c.connect("d", 10, 0.0)
+    c.adopt(("b", "d"))
+    c.ack(b, 17, 0.0)
+    c.ack(d, 14, 0.0)
+    assert c.committable() == 14
+    assert c.try_commit(14) and not c.try_commit(15)
+    c.disconnect(d)
+    assert c.committable() == 0
+    assert SyncCommit(CommitMode.ASYNC, 1, managed=False).committable() is None
+    fallback = SyncCommit(CommitMode.SYNC, 1, managed=False, fallback=True)
+    assert fallback.committable() is None  # degraded while no replica is connected

@@ -124,6 +124,14 @@ class SyncCommit:
         self.committed = max(self.committed, lsn)
         return True
 
+    def committable(self) -> int | None:
+        """The highest LSN ``try_commit`` would accept now: None when any LSN would
+        (no replica needed), 0 when none would (too few counted replicas)."""
+        if not self.waits_for_replicas() or self.required <= 0:
+            return None
+        flushed = sorted((p.flushed for p in self._counted()), reverse=True)
+        return flushed[self.required - 1] if len(flushed) >= self.required else 0
+
     def commit_lsn(self, durable: int, applied: int) -> int:
         """Highest LSN that may become visible to reads: durable here and, in sync
         mode, flushed by ``required`` counted replicas (else what is visible already)."""

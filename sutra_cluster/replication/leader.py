@@ -24,6 +24,7 @@ from sutra_cluster.roles import MAX_TERM, CommitMode, Role
 from sutra_cluster.storage.engine import Engine
 from sutra_cluster.storage.identity import ClusterIdentity
 from sutra_cluster.storage.terms import TermHistory
+from sutra_cluster.storage.wal_waiters import Waiters
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,10 @@ class LeaderStreams:
         self.identity = identity
         self.followers: dict[str, Follower] = {}
         self._acks = threading.Condition()
+        # Writers waiting for sync replicas, woken one by one (only those whose
+        # LSN the acknowledgements committed): with many writers in flight,
+        # notify_all woke every one of them at every acknowledgement.
+        self._committing = Waiters()
         self._data = threading.Condition()
         self._streams = 0
         self.closing = False
@@ -114,7 +119,19 @@ class LeaderStreams:
     def wake_commits(self) -> None:
         """Wake writes waiting for replicas (the role changed: they fail now)."""
         with self._acks:
-            self._acks.notify_all()
+            self._wake_committed(everyone=True)
+
+    def _wake_committed(self, everyone: bool = False) -> None:
+        """(``_acks`` held) Wake the writers whose LSN may be acknowledged now, or
+        (``everyone``: the term or role changed) all of them. Each re-checks
+        ``try_commit`` itself: this only chooses whom to wake."""
+        if not self._committing:
+            return
+        upto = None if everyone else self.commit.committable()
+        if upto is None:
+            self._committing.wake(0, False, everyone=True)
+        elif upto > 0:
+            self._committing.wake(upto, False)
 
     def begin_term(self, from_lsn: int) -> None:
         """A new term starts at ``from_lsn``: forget the old term's streams and
@@ -124,7 +141,7 @@ class LeaderStreams:
             for f in self.followers.values():
                 f.pos.connected = False
             self.followers.clear()
-            self._acks.notify_all()
+            self._wake_committed(everyone=True)
 
     # ---- streaming -------------------------------------------------------
     def _divergence(self, hello: rpb.Hello) -> tuple[str, int | None] | None:
@@ -221,7 +238,7 @@ class LeaderStreams:
                 if self.followers.get(f.node_id) is f:
                     f.state = "disconnected"
                 self.commit.disconnect(f.pos)
-                self._acks.notify_all()
+                self._wake_committed()  # with SUTRA_SYNC_FALLBACK, fewer replicas may commit
 
     def _prune(self) -> None:
         """Forget disconnected followers not seen for RECENTLY_SEEN_S, and beyond
@@ -341,7 +358,7 @@ class LeaderStreams:
                     f.last_seen = time.monotonic()
                     f.acked = True
                     self.commit.ack(f.pos, min(msg.ack.flushed_lsn, f.sent), f.last_seen)
-                    self._acks.notify_all()
+                    self._wake_committed()
                     joinable = self._newly_joinable(f)
                 if joinable and self.on_joinable is not None:
                     self.on_joinable()
@@ -350,7 +367,7 @@ class LeaderStreams:
         finally:
             with self._acks:
                 self.commit.disconnect(f.pos)
-                self._acks.notify_all()
+                self._wake_committed()
             with self._data:
                 self._data.notify_all()
 
@@ -394,10 +411,14 @@ class LeaderStreams:
             if self.engine.role != Role.LEADER:
                 raise Unavailable(f"leadership lost before LSN {lsn} was acknowledged; the write was not acknowledged")
             return
-        timeout = self.cfg.sync_timeout_ms / 1000.0
+        deadline = time.monotonic() + self.cfg.sync_timeout_ms / 1000.0
         with self._acks:
-            ok = self._acks.wait_for(
-                lambda: self.engine.role != Role.LEADER or self.commit.try_commit(lsn), timeout)
+            while True:
+                ok = self.engine.role != Role.LEADER or self.commit.try_commit(lsn)
+                left = deadline - time.monotonic()
+                if ok or left <= 0:
+                    break
+                self._committing.sleep(self._acks, lsn, False, left)
             got = self.commit.acknowledged(lsn)
             n = self.commit.required
             connected = len(self.commit.connected())
@@ -423,12 +444,12 @@ class LeaderStreams:
     def sync_adopt(self, published: tuple[str, ...]) -> None:
         with self._acks:
             self.commit.adopt(published)
-            self._acks.notify_all()
+            self._wake_committed()
 
     def sync_count_all(self, members: tuple[str, ...]) -> None:
         with self._acks:
             self.commit.count_all(members)
-            self._acks.notify_all()
+            self._wake_committed()
 
     def retain_floor(self) -> int | None:
         """Lowest flushed LSN of replicas connected or seen recently: the WAL they

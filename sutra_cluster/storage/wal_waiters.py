@@ -7,17 +7,28 @@ durable yet and went back to sleep. ``Waiters`` wakes exactly the writers whose
 record is durable, plus, when a group is buffered and nobody is writing it,
 the first writer that may write it (the group-commit hand-over).
 
-Contract: every method is called with the WAL's ``_mu`` held (``sleep``
-releases it while blocked and holds it again on return). A woken writer always
-re-checks its condition; a writer never woken wakes by itself after
-WAKE_SLICE_S, so a missed wake-up costs latency, never a hang.
+Contract: every method is called with the owner's lock held (the WAL's
+``_mu``; the leader's ``_acks`` for writers waiting for sync replicas, see
+replication/leader.py); ``sleep`` releases it while blocked and holds it again
+on return. A woken writer always re-checks its condition; a writer never
+woken wakes by itself after WAKE_SLICE_S, so a missed wake-up costs latency,
+never a hang.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 WAKE_SLICE_S = 1.0
+
+
+class Mutex(Protocol):
+    """What ``sleep`` releases while blocked: a Lock, or a Condition or RLock held once."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class _Waiter:
@@ -42,7 +53,7 @@ class Waiters:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def sleep(self, mu: threading.Lock, lsn: int, flushes: bool, timeout: float | None) -> None:
+    def sleep(self, mu: Mutex, lsn: int, flushes: bool, timeout: float | None) -> None:
         """Block until woken or ``timeout`` (at most WAKE_SLICE_S) passes. ``mu`` is
         held on entry and on return and released meanwhile. ``flushes``: this
         writer writes a buffered group itself when woken for it."""
