@@ -303,6 +303,8 @@ def main() -> int:
     ap.add_argument("--singles", type=int, default=300)
     ap.add_argument("--threads", type=int, default=32, help="client threads of the concurrent single writes")
     ap.add_argument("--concurrent-writes", type=int, default=1600)
+    ap.add_argument("--concurrent-topologies", default="1",
+                    help="Sutra topologies the concurrent single writes also run on (1; 2: leader + 1 sync replica)")
     ap.add_argument("--systems", default="disk,pg,redis,etcd,sutra,concurrent",
                     help="comma list of disk, pg, redis, etcd, sutra, concurrent")
     ap.add_argument("--topologies", default="1,2,3", help="Sutra topologies: 1 node, 2 leader+1, 3 leader+2")
@@ -379,13 +381,18 @@ def main() -> int:
                 creqs = [single_request(r) for r in make_records(args.concurrent_writes, f"c{rnd}", rng)]
                 conc.setdefault("echo", []).append(concurrent(echo.address, peers.ECHO_METHOD, creqs, args.threads))
                 for co in checkouts:
-                    s = Sutra(base / f"c{rnd}-{int(co is not None)}", "1", False, co, node_env)
-                    try:
-                        s.start()
-                        conc.setdefault(s.key, []).append(concurrent(s.address, SERVICE + "LearnConcept", creqs,
-                                                                     args.threads))
-                    finally:
-                        s.stop()
+                    for topo in args.concurrent_topologies.split(","):
+                        s = Sutra(base / f"c{rnd}-{topo}-{int(co is not None)}", topo, False, co, node_env)
+                        try:
+                            s.start()
+                            w0, c0 = s.wakeups(), s.cpu()
+                            conc.setdefault(s.key, []).append(concurrent(s.address, SERVICE + "LearnConcept", creqs,
+                                                                         args.threads))
+                            w1, c1 = s.wakeups(), s.cpu()
+                            conc.setdefault(s.key + ":leader-wakeups", []).append((w1[0] - w0[0]) / len(creqs))
+                            conc.setdefault(s.key + ":leader-cpu-us", []).append((c1[0] - c0[0]) / len(creqs) * 1e6)
+                        finally:
+                            s.stop()
                 print(f"round {rnd + 1}: concurrent: { {k: v[-1] for k, v in conc.items()} }", flush=True)
     finally:
         for p in started:
@@ -435,6 +442,9 @@ def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc:
             (f"concurrent single writes ({args.threads} threads), 1 node vs bare grpcio{tag}",
              cmed[f"sutra-1-flat{suffix}"] / cmed["echo"] if f"sutra-1-flat{suffix}" in cmed and "echo" in cmed
              else None, "≥ 0.6"),
+            (f"concurrent single writes ({args.threads} threads), leader + 1 sync replica vs bare grpcio{tag}",
+             cmed[f"sutra-2-flat{suffix}"] / cmed["echo"] if f"sutra-2-flat{suffix}" in cmed and "echo" in cmed
+             else None, "(no goal)"),
             (f"batched, 1 node vs the disk's limit{tag}", ratio(f"sutra-1-flat{suffix}", "batched", "disk", "batched"),
              "≥ 0.3"),
             (f"batched, leader + 2 replicas vs 1 node{tag}",
@@ -453,7 +463,10 @@ def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc:
         print("\nHNSW index ready on every node, seconds after the last single write: "
               + ", ".join(f"{k} {v:.1f}" for k, v in ready.items()))
     if cmed:
-        print("\nconcurrent single writes/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in cmed.items()))
+        print("\nconcurrent single writes/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in cmed.items() if ":" not in k))
+        print("per concurrent write, leader wake-ups / CPU µs: " + ", ".join(
+            f"{k} {cmed[k + ':leader-wakeups']:.1f} / {cmed[k + ':leader-cpu-us']:,.0f}"
+            for k in cmed if k + ":leader-wakeups" in cmed))
     return {"medians": med, "runs": runs, "names": names, "concurrent": cmed, "concurrent_runs": conc,
             "ratios": {w: v for w, v, _ in goals if v is not None},
             "args": {k: v for k, v in vars(args).items() if not k.startswith("echo")},
