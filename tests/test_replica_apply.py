@@ -113,3 +113,38 @@ def test_apply_batch_digest_is_that_of_the_first_form() -> None:
             assert np.array_equal(row, want[i]) and norm == lengths[i]
     assert state.matching({"k": ["1"]}) == {"c7", "c13"}  # c1 lost its attributes
     assert state.edges == 1
+
+
+def test_applied_records_are_out_of_the_cyclic_collector() -> None:
+    """The collector would walk every applied concept at each full collection
+    (pauses that grow with the graph): the records are untracked, and being
+    acyclic they are still freed, with the vector index they point to."""
+    import gc
+    import weakref
+
+    from sutra_cluster.storage.vectors import VectorIndex
+
+    store = VectorIndex(DIM, exact_limit=10**9)
+    state = GraphState(store)
+    x = np.delete(vectors(6), 2, axis=0)
+    b = wal_pb2.WalBatch(timestamp_us=5)
+    for i, row in enumerate(x):
+        b.concepts.add(concept_id=f"c{i}", content=f"t{i}", embedding_f32=row.tobytes(),
+                       attributes={"k": "v"} if i % 2 else {})
+    b.concepts.add(concept_id="plain", content="no vector")
+    vec = ApplyResult({}, set())
+    state.apply_batch(b, vec)
+    for keys, mat, norms in iter_vectors(vec.upserts, DIM):
+        store.upsert(keys, mat, norms)
+    for cid, c in state.concepts.items():
+        assert not gc.is_tracked(c), cid
+        assert c.vector is None or not gc.is_tracked(c.vector), cid
+    got = state.concepts["c1"]
+    assert got.attributes == {"k": "v"}
+    assert np.allclose(np.frombuffer(got.embedding, "<f4"), x[1], rtol=1e-5)
+    store.close()
+    gone = weakref.ref(store)
+    del state, store, vec, got, c
+    for _ in range(3):
+        gc.collect()
+    assert gone() is None
