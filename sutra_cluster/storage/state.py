@@ -11,7 +11,6 @@ to read it.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import hashlib
 import struct
@@ -26,6 +25,7 @@ import numpy as np
 
 from sutra_cluster.errors import ResourceExhausted
 from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.untrack import untrack
 from sutra_cluster.storage.vecform import fingerprint, normalise
 
 if TYPE_CHECKING:
@@ -74,32 +74,6 @@ class Concept(NamedTuple):
         return v or b""
 
 
-def _gc_untracker() -> Callable[[object], None]:
-    """CPython's PyObject_GC_UnTrack, or a no-op where it cannot be reached.
-
-    Why: the cyclic collector walks every tracked object at each full
-    collection, and a full collection runs each time the heap grows by a
-    quarter. CPython stops tracking a plain tuple that holds only untracked
-    values, but never a NamedTuple, so every applied concept kept two tracked
-    tuples (Concept, VectorRef): at 60K concepts a full collection stopped the
-    node for 0.1-0.5 s (replication lag, latency tails) and collections took
-    ~20 us of CPU per applied record. A record cannot be part of a reference
-    cycle: it holds strings, numbers, a dict of strings (untracked itself), a
-    VectorRef, and the vector index, which refers to no record or state; so
-    the collector has nothing to find through it. Reference counting still
-    frees it when it is replaced or deleted."""
-    try:
-        fn = ctypes.pythonapi.PyObject_GC_UnTrack
-    except AttributeError:  # not CPython
-        return lambda _obj: None
-    fn.argtypes = [ctypes.py_object]
-    fn.restype = None
-    return fn  # type: ignore[no-any-return]
-
-
-untrack = _gc_untracker()
-
-
 # One stored vector: (normalised float32 row, original length, fingerprint).
 Stored = tuple[np.ndarray, float, int]
 
@@ -145,6 +119,8 @@ class GraphState:
         items = [(c, c.concept_id, c.embedding_f32) for c in batch.concepts]
         forms = iter(stored_forms([emb for _, _, emb in items if emb]))
         make, store = tuple.__new__, self.store  # records without a NamedTuple __new__ call each
+        # Records leave the cyclic collector (storage/untrack.py): one holds strings, numbers, a dict of
+        # strings and a VectorRef, whose vector index refers to no record, so it can be in no cycle.
         is_tracked = gc.is_tracked
         for c, cid, emb in items:
             attrs = c.attributes

@@ -8,6 +8,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from sutra_cluster.storage.untrack import untrack
+
 RECORD_OVERHEAD = 32  # WAL record header bytes, counted in byte positions
 
 
@@ -37,7 +39,9 @@ class WalTail:
             if len(self._items) > self._head and self._items[-1].lsn + 1 != lsn:
                 self._clear()
             self.total += len(payload) + RECORD_OVERHEAD
-            self._items.append(Entry(lsn, term, rtype, payload, time.monotonic(), self.total))
+            entry = Entry(lsn, term, rtype, payload, time.monotonic(), self.total)
+            untrack(entry)  # numbers and bytes, no cycle: up to 64 MB of them stay out of collections
+            self._items.append(entry)
             self._bytes += len(payload) + RECORD_OVERHEAD
             while self._bytes > self.max_bytes and self._head < len(self._items) - 1:
                 self._bytes -= len(self._items[self._head].payload) + RECORD_OVERHEAD
