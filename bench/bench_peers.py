@@ -222,24 +222,81 @@ def warm_record() -> peers.Record:
 
 
 # ---- profiles ---------------------------------------------------------------
+def thread_times(pid: int) -> dict[int, tuple[int, int]]:
+    """CPU clock ticks and voluntary context switches of each thread of ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, StopIteration):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                wake = next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+            out[int(tid)] = (int(parts[11]) + int(parts[12]), wake)
+    return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by OS thread id, from ``py-spy dump`` (threads it does
+    not list are grpcio's and numpy's native threads)."""
+    exe = Path(sys.executable).parent / "py-spy"
+    txt = subprocess.run([str(exe), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60).stdout
+    names = {}
+    for line in txt.splitlines():
+        if line.startswith("Thread ") and '"' in line:
+            tid = line.split()[1]
+            if tid.isdigit():
+                names[int(tid)] = line.split('"')[1]
+    return names
+
+
+class ThreadTable:
+    """Each node's CPU and wake-ups per write, thread by thread, over one phase:
+    unlike py-spy's samples (which count a thread woken and waiting for a CPU
+    as busy), these are the kernel's own counts."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self.before = {p: thread_times(p) for p in self.pids}
+
+    def lines(self, writes: int) -> list[str]:
+        hz = os.sysconf("SC_CLK_TCK")
+        out = ["", f"## per thread, per record written ({writes} records; CPU from /proc, clock ticks of 1/{hz} s)"]
+        for i, pid in enumerate(self.pids):
+            after, names = thread_times(pid), thread_names(pid)
+            rows = []
+            for tid, (cpu, wake) in after.items():
+                c0, w0 = self.before[pid].get(tid, (0, 0))
+                rows.append(((cpu - c0) / hz / writes * 1e6, (wake - w0) / writes, names.get(tid, "(native)")))
+            total_cpu, total_wake = sum(r[0] for r in rows), sum(r[1] for r in rows)
+            out += ["", f"### {'leader' if i == 0 else f'replica {i}'}: {total_cpu:,.0f} µs CPU, "
+                        f"{total_wake:.1f} wake-ups per record", "| CPU µs | wake-ups | thread |", "|---:|---:|---|"]
+            out += [f"| {c:,.0f} | {w:.2f} | {n} |" for c, w, n in sorted(rows, reverse=True) if c > 0 or w >= 0.05]
+        return out
+
+
 class Profiler:
     """py-spy attached to one process for the length of a phase; the summary
-    (top functions by own and by inclusive samples) goes to bench/profiles/."""
+    (top functions by own and by inclusive samples, then every node's CPU and
+    wake-ups per thread) goes to bench/profiles/."""
 
-    def __init__(self, pid: int, out: Path, title: str) -> None:
+    def __init__(self, pid: int, out: Path, title: str, pids: Sequence[int] = ()) -> None:
         self.raw = out.with_suffix(".raw")
         self.out, self.title = out, title
+        self.threads = ThreadTable(pids or [pid])
         exe = Path(sys.executable).parent / "py-spy"
         self.proc = subprocess.Popen([str(exe), "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o",
                                       str(self.raw), "--nonblocking"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # py-spy attaches
 
-    def finish(self) -> None:
+    def finish(self, writes: int) -> None:
+        table = self.threads.lines(writes)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=60)
         summarise(self.raw, self.out, self.title)
         self.raw.unlink(missing_ok=True)
+        with self.out.open("a") as f:
+            f.write("\n".join(table) + "\n")
 
 
 def summarise(raw: Path, out: Path, title: str, top: int = 40) -> None:
@@ -257,7 +314,9 @@ def summarise(raw: Path, out: Path, title: str, top: int = 40) -> None:
         own[frames[-1]] += count
         for f in set(frames):
             incl[f] += count
-    lines = [f"# {title}", f"# py-spy record, 250 Hz, on-CPU samples only: {total} samples", "",
+    lines = [f"# {title}", f"# py-spy record, 250 Hz, on-CPU samples only: {total} samples",
+             "# (a thread woken and waiting for a CPU or the GIL counts as on-CPU: on a busy machine much of",
+             "# Condition.wait's own share is that; the per-thread table at the end has the kernel's CPU counts)", "",
              "## own samples (where the CPU is)", "| % | function (file) |", "|---:|---|"]
     lines += [f"| {100 * c / max(1, total):5.1f} | {f} |" for f, c in own.most_common(top)]
     lines += ["", "## inclusive samples (what it is spent under)", "| % | function (file) |", "|---:|---|"]
@@ -273,13 +332,13 @@ def measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Rec
     p = prof("batched")
     row["batched"] = len(recs) / sys_.batched(recs, size)
     if p:
-        p.finish()
+        p.finish(len(recs))
     cpu1 = sys_.cpu() if cpu0 is not None else None
     w1 = sys_.wakeups() if hasattr(sys_, "wakeups") else None
     p = prof("single")
     row["single"] = len(singles) / sys_.single(singles)
     if p:
-        p.finish()
+        p.finish(len(singles))
     if cpu0 is not None and cpu1 is not None:
         cpu2 = sys_.cpu()
         row["leader_cpu_us_per_batched_record"] = (cpu1[0] - cpu0[0]) / len(recs) * 1e6
@@ -371,7 +430,8 @@ def main() -> int:
                             return None
                         profiles.mkdir(exist_ok=True)
                         return Profiler(s.pids[0], profiles / f"{s.key}-{phase}.txt",
-                                        f"{s.name}: leader process, {phase} writes ({args.batch_size}/batch)")
+                                        f"{s.name}: leader process, {phase} writes ({args.batch_size}/batch)",
+                                        s.pids)
 
                     runs.setdefault(s.key, []).append(measure(s, batch, singles, args.batch_size, prof))
                 finally:
