@@ -3,7 +3,8 @@
     ./dev bench-peers                       # installs PostgreSQL and Redis when missing, then runs this
     .venv/bin/python bench/bench_peers.py [--rounds 3] [--batches 12] [--singles 300] [--systems ...]
     .venv/bin/python bench/bench_peers.py --before /path/to/older/checkout   # also runs that checkout's nodes
-    .venv/bin/python bench/bench_peers.py --profile sutra-1 --rounds 1      # py-spy profile into bench/profiles/
+    .venv/bin/python bench/bench_peers.py --profile sutra-1-flat --rounds 1  # py-spy + per-thread CPU into bench/profiles/
+    .venv/bin/python bench/bench_peers.py --concurrent-topologies 1,2       # 32 threads also against leader + sync replica
 
 Every system writes the same 3,288-byte records (id, ~200 B content, 768-d
 float32) durably: batches of --batch-size (1,000) and then --singles sequential
