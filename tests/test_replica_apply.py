@@ -14,6 +14,7 @@ import pytest
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage.state import ApplyResult, GraphState, iter_vectors, stored_forms
 from sutra_cluster.storage.vecform import fingerprint, normalise
+from sutra_cluster.storage.wal_format import RT_BATCH
 
 DIM = 64
 
@@ -164,3 +165,42 @@ def test_wal_tail_entries_are_out_of_the_cyclic_collector() -> None:
     assert got is not None and [e.lsn for e in got] == list(range(1, 100))
     assert not any(gc.is_tracked(e) for e in got)
     assert got[5].payload == b"x" * 100
+
+
+def test_installed_snapshot_is_frozen_out_of_collections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A replica bootstrapped from a snapshot holds the loaded records out of
+    later full collections, as a start that loads storage.dat does."""
+    import dataclasses
+    import gc
+
+    from sutra_cluster.config import Config
+    from sutra_cluster.storage.engine import Engine
+
+    def engine(name: str) -> Engine:
+        cfg = dataclasses.replace(Config(), storage_path=str(tmp_path / name), vector_dimension=DIM,
+                                  ann_threshold=10**9)
+        return Engine(cfg)
+
+    src = engine("src")
+    try:
+        b = wal_pb2.WalBatch(timestamp_us=5)
+        x = np.delete(vectors(50), 2, axis=0)
+        for i, row in enumerate(x):
+            b.concepts.add(concept_id=f"c{i}", content=f"t{i}", embedding_f32=row.tobytes())
+        src.append_replicated([(1, 1, RT_BATCH, b.SerializeToString())])  # as a leader's record
+        src.reconcile_once()
+        _, blocks = src.snapshot_blocks()
+        snap = tmp_path / "snap.dat"
+        snap.write_bytes(b"".join(blocks))
+        want = src.digest()[1:]
+    finally:
+        src.close()
+    dst = engine("dst")
+    try:
+        gc.unfreeze()
+        assert dst.install_snapshot(snap) == 1
+        assert gc.get_freeze_count() > len(x)
+        assert gc.isenabled()
+        assert dst.digest()[1:] == want
+    finally:
+        dst.close()
