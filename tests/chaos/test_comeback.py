@@ -66,5 +66,5 @@ def test_clients_follow_a_leader_that_comes_back(make_cluster: Callable[..., Man
     res.assert_no_loss()
     assert target == old.name
     assert seen < BACKOFF_FLOOR_S, (
-        f"clients took {seen:.3f}s, as long as gRPC's reconnect backoff, to write to {old.name} after it became leader again (switchover itself "
-        f"{secs:.3f}s); the successful client's attempts: {trace[:3]} ... {trace[-3:]}")
+        f"clients took {seen:.3f}s, as long as gRPC's reconnect backoff, to write to {old.name} after it "
+        f"became leader again (switchover itself {secs:.3f}s); the successful client's attempts: {trace[:3]} ... {trace[-3:]}")
