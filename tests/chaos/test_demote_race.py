@@ -55,7 +55,10 @@ def test_a_write_in_flight_when_the_leader_demotes_is_not_acknowledged(
 
     def demote_during_fsync(lsn: int, timeout: float | None = None) -> bool:
         ok = durable(lsn, timeout)
-        m.step_down("lease lost")  # what HaLoop._demote does when the lease is lost, on SIGTERM, or in a handover
+        # Only the writer's own wait (no timeout) demotes: the reconciler asks with timeout=0 while it
+        # holds the append lock, which a step-down takes too.
+        if timeout is None:
+            m.step_down("lease lost")  # what HaLoop._demote does when the lease is lost, on SIGTERM, or in a handover
         return ok
 
     eng.wal.wait_durable = demote_during_fsync  # type: ignore[method-assign]
