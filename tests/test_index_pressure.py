@@ -138,3 +138,24 @@ def test_a_node_engine_waits_for_its_writes_and_reports_it(tmp_path: Path, quiet
                       "the graph catches up after the writes")
     finally:
         engine.close()
+
+
+def test_writes_wake_the_maintainer_only_when_graph_work_is_due() -> None:
+    """Below the threshold an upsert or a removal wakes no thread (it used to
+    notify the maintainer on every write, a thread switch per write for nothing);
+    the write that makes a build due does, and the build then runs."""
+    keys, data = _data(300, seed=5)
+    index = VectorIndex(DIM, exact_limit=200, index_batch=64, index_quiet=0.0, index_max_tail=0)
+    wakes = []
+    notify = index._cv.notify_all
+    index._cv.notify_all = lambda: (wakes.append(len(index)), notify())  # type: ignore[method-assign]
+    try:
+        for i in range(50):  # under the build threshold (half the exact limit)
+            index.upsert(keys[i:i + 1], data[i:i + 1])
+        index.remove(keys[:10])
+        assert wakes == [], f"writes below the threshold woke the maintainer {len(wakes)} times"
+        index.upsert(keys[50:300], data[50:300])
+        assert wakes, "the write that made a build due did not wake the maintainer"
+        wait_for(lambda: index.stats()["hnsw_total"] > 0, 60, "the graph build the wake-up started")
+    finally:
+        index.close()

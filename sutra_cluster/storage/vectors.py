@@ -331,7 +331,7 @@ class VectorIndex(Maintainer):
                     self._kill_row_locked(row)
             self._append_locked(keys, vecs, lengths)
             self._maybe_compact_locked()
-            self._cv.notify_all()
+            self._wake_maintainer_locked()
 
     def remove(self, keys: Iterable[str]) -> None:
         """Remove keys; unknown keys are ignored."""
@@ -341,7 +341,14 @@ class VectorIndex(Maintainer):
                 if row is not None:
                     self._kill_row_locked(row)
             self._maybe_compact_locked()
-            self._cv.notify_all()  # may have made a rebuild due
+            self._wake_maintainer_locked()  # may have made a rebuild due
+
+    def _wake_maintainer_locked(self) -> None:
+        """Wake the maintainer thread only when graph work is due: its idle wait
+        ends on nothing else, and below the threshold (or with the graph current)
+        a wake-up per write was a thread switch per write for nothing."""
+        if self._work_locked(auto=True) is not None:
+            self._cv.notify_all()
 
     def search(
         self, query: np.ndarray, k: int, ef_search: int = 0, *,
