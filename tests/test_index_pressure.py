@@ -159,3 +159,28 @@ def test_writes_wake_the_maintainer_only_when_graph_work_is_due() -> None:
         wait_for(lambda: index.stats()["hnsw_total"] > 0, 60, "the graph build the wake-up started")
     finally:
         index.close()
+
+
+def test_the_maintainers_state_is_a_metric() -> None:
+    """sutra_vector_index_state{state} says what the maintainer does: 1 for the
+    current state, 0 for the others (paused here: work due, writes recent)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sutra_cluster.storage.vecstats import INDEX_STATES, VectorCollector
+
+    keys, data = _data(400, seed=7)
+    index = VectorIndex(DIM, exact_limit=200, index_batch=64, index_quiet=HOUR, index_max_tail=100_000)
+    registry = CollectorRegistry()
+    registry.register(VectorCollector(index))
+    try:
+        def series() -> dict[str, float]:
+            text = generate_latest(registry).decode()
+            return {s: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() for s in INDEX_STATES
+                    if line.startswith(f'sutra_vector_index_state{{state="{s}"}}')}
+
+        assert series() == {"idle": 1.0, "paused": 0.0, "indexing": 0.0, "forced": 0.0}
+        index.upsert(keys, data)
+        wait_for(lambda: index.index_state == "paused", 60, "the thread parks with work due")
+        assert series() == {"idle": 0.0, "paused": 1.0, "indexing": 0.0, "forced": 0.0}
+    finally:
+        index.close()

@@ -21,6 +21,9 @@ PARTS = (("vectors", "vector_bytes"), ("vectors_mapped", "mapped_vector_bytes"),
          ("metadata", "metadata_bytes"))
 
 
+# What the maintainer thread is doing (VectorIndex.index_state), one series each.
+INDEX_STATES = ("idle", "paused", "indexing", "forced")
+
 READY_PENDING = 1024  # vectors outside the graph a ready index may still scan exactly (~3 MB at 768-d)
 
 
@@ -41,7 +44,8 @@ def vector_stats(vectors: Any, source: str) -> dict[str, int | str | bool]:
 
 
 class VectorCollector(Collector):
-    """sutra_vector_memory_bytes{part} and sutra_vector_index_ready, read at scrape time."""
+    """sutra_vector_memory_bytes{part}, sutra_vector_index_ready and
+    sutra_vector_index_state{state}, read at scrape time."""
 
     def __init__(self, vectors: Any) -> None:
         self.vectors = vectors
@@ -55,3 +59,11 @@ class VectorCollector(Collector):
         yield GaugeMetricFamily("sutra_vector_index_ready",
                                 "1 when the ANN graph covers all but 1024 vectors (searches are fast), else 0",
                                 value=1 if index_ready(s, self.vectors.exact_limit) else 0)
+        now = self.vectors.index_state
+        state = GaugeMetricFamily("sutra_vector_index_state",
+                                  "1 for what the index maintainer does now: idle, paused (graph work waits for a "
+                                  "lull in writes), indexing, or forced (indexing while writes flow: the "
+                                  "unindexed tail passed SUTRA_INDEX_MAX_TAIL)", labels=["state"])
+        for name in INDEX_STATES:
+            state.add_metric([name], 1 if name == now else 0)
+        yield state
