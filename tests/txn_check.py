@@ -60,9 +60,11 @@ def items_on(address: str, concepts: Iterable[str], edges: Iterable[tuple[str, s
     return present, asked
 
 
-def state_of(c: ShardedCluster, b: XBatch, nodes: str = "all", token: dict[int, int] | None = None) -> str:
+def state_of(c: ShardedCluster, b: XBatch, nodes: str = "all", token: dict[int, int] | None = None,
+             at_durable: bool = False) -> str:
     """'whole', 'absent' or 'partial: ...' across every node (``nodes="leaders"``: leaders only),
-    each shard read at its LSN in ``token`` (the write's shard_sequences)."""
+    each shard read at its LSN in ``token`` (the write's shard_sequences); ``at_durable``: each node
+    read once it has applied all it holds durably (a part decided there may not be applied yet)."""
     present = asked = 0
     per: list[str] = []
     for s in range(c.smap.shards):
@@ -72,7 +74,8 @@ def state_of(c: ShardedCluster, b: XBatch, nodes: str = "all", token: dict[int, 
             continue
         group = [c.leader(s)] if nodes == "leaders" else c.shards[s]
         for n in group:
-            p, a = items_on(n.address, mine, edges, (token or {}).get(s, 0))
+            seq = n.status().durable_lsn if at_durable else (token or {}).get(s, 0)
+            p, a = items_on(n.address, mine, edges, seq)
             present += p
             asked += a
             per.append(f"{n.name} {p}/{a}")
@@ -90,11 +93,14 @@ def settle(c: ShardedCluster, b: XBatch, timeout: float = 60.0, resolved: bool =
     seen: list[str] = []
 
     def done() -> str | None:
-        st = state_of(c, b)
-        seen[:] = [st]
-        if st not in ("whole", "absent"):
+        # Undecided parts first, then the state: read the other way round, a part committed between
+        # the two reads looked absent (the state was read while it was still only prepared).
+        if not resolved and any(open_txns(n.address) for n in c.nodes):
+            seen[:] = ["undecided parts remain"]
             return None
-        return st if resolved or not any(open_txns(n.address) for n in c.nodes) else None
+        st = state_of(c, b, at_durable=True)
+        seen[:] = [st]
+        return st if st in ("whole", "absent") else None
 
     try:
         got = wait_for(done, timeout, f"batch {b.request_id} to be whole or absent on every node", interval=0.1)
