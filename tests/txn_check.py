@@ -98,7 +98,8 @@ def settle(c: ShardedCluster, b: XBatch, timeout: float = 60.0, resolved: bool =
         if not resolved and any(open_txns(n.address) for n in c.nodes):
             seen[:] = ["undecided parts remain"]
             return None
-        st = state_of(c, b, at_durable=True)
+        # (``resolved``: nodes may be down or rewinding, so read as they serve, as before.)
+        st = state_of(c, b, at_durable=not resolved)
         seen[:] = [st]
         return st if st in ("whole", "absent") else None
 
