@@ -108,10 +108,9 @@ class ChaosEtcd(EtcdProcess):
 
 
 class ChaosNode(NodeProcess):
-    def __init__(self, name: str, index: int, base: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, index: int, base: Path, env: dict[str, str], port: int) -> None:
         self.name = name
         self.host = HOSTS[index]
-        port = free_port("0.0.0.0")
         env = {"SUTRA_NODE_ID": name, "SUTRA_HOST": "0.0.0.0", "SUTRA_ADVERTISE": f"{self.host}:{port}", **env}
         super().__init__(base / name, env=env, port=port, log_path=base / f"{name}.log")
         self.paused = False
@@ -248,11 +247,21 @@ class ManagedCluster:
         base.mkdir(parents=True, exist_ok=True)
         self.etcd = ChaosEtcd(base / "etcd", n)
         self.firewall = Firewall()
+        # Every node listens on all addresses: its port must differ from every other node's and etcd's.
+        # The kernel may hand the same free port to two probes made before either is bound (a node on
+        # a port taken by another exits at start), so the ports are picked distinct here.
+        taken = {self.etcd.client_port, self.etcd.peer_port, *self.etcd.node_ports}
+        ports: list[int] = []
+        while len(ports) < n:
+            p = free_port("0.0.0.0")
+            if p not in taken:
+                taken.add(p)
+                ports.append(p)
         self.nodes = [
             ChaosNode(f"n{i}", i, base, {
                 **COMMON_ENV, "SUTRA_COMMIT_MODE": mode, "SUTRA_NODE_ROLE": "leader" if i == 0 else "replica",
                 "SUTRA_ETCD_ENDPOINTS": self.etcd.node_endpoint(i), **(env or {}),
-            }) for i in range(n)
+            }, ports[i]) for i in range(n)
         ]
         self._coord: EtcdCoordinator | None = None
         self.t0 = time.monotonic()
