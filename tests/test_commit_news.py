@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from sutra_cluster import config
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.pb import storage_pb2 as pb
@@ -89,21 +87,6 @@ def _write(eng: Engine, cid: str) -> int:
     batch = wal_pb2.WalBatch()
     batch.concepts.append(pb.LearnConceptRequest(concept_id=cid, content=cid))
     return eng.submit(batch)
-
-
-@pytest.fixture
-def leader(tmp_path: Path) -> Iterator[tuple[Engine, ReplicationManager]]:
-    env = {"STORAGE_PATH": str(tmp_path / "n"), "VECTOR_DIMENSION": "4", "SUTRA_NODE_ID": "n1",
-           "SUTRA_NODE_ROLE": "leader", "SUTRA_COMMIT_MODE": "sync", "SUTRA_SYNC_TIMEOUT_MS": "30000"}
-    cfg = config.load(env)
-    eng = Engine(cfg)
-    m = ReplicationManager(eng, cfg)
-    m.start()
-    try:
-        yield eng, m
-    finally:
-        m.stop()
-        eng.close()
 
 
 def test_records_carry_the_commit_of_every_write_acknowledged_before_them(

@@ -5,13 +5,10 @@ fail. In process, with the test as the replica (tests/test_commit_news.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from sutra_cluster import config
 from sutra_cluster.errors import Unavailable
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.replication.manager import ReplicationManager
@@ -20,22 +17,6 @@ from tests.helpers import wait_for
 from tests.test_commit_news import DEADLINE_S, Replica, _write
 
 WRITERS = 4
-
-
-@pytest.fixture
-def leader(tmp_path: Path) -> Iterator[tuple[Engine, ReplicationManager]]:
-    """A sync-mode leader without etcd (any connected replica counts)."""
-    env = {"STORAGE_PATH": str(tmp_path / "n"), "VECTOR_DIMENSION": "4", "SUTRA_NODE_ID": "n1",
-           "SUTRA_NODE_ROLE": "leader", "SUTRA_COMMIT_MODE": "sync", "SUTRA_SYNC_TIMEOUT_MS": "30000"}
-    cfg = config.load(env)
-    eng = Engine(cfg)
-    m = ReplicationManager(eng, cfg)
-    m.start()
-    try:
-        yield eng, m
-    finally:
-        m.stop()
-        eng.close()
 
 
 def _spy_wakes(m: ReplicationManager) -> list[tuple[int, bool]]:
