@@ -1,0 +1,126 @@
+"""What the leader spends per batched record, in process (no gRPC, no client):
+the LearnBatch handler's path for requests of 1,000 concepts as bench_peers
+sends them (id, ~200 B content, 768-d float32 bytes), stage by stage:
+parse (the request bytes into a WalBatch), log (validation, the shard check,
+the WAL append, fsync and commit: ``StorageServicer._log_batch``) and apply
+(``Engine.reconcile_once``: graph records, stored vector forms, fingerprints,
+the vector index).
+
+    .venv/bin/python bench/bench_leader_batch.py [--rounds 5] [--before ../before] [--profile bench/profiles/leader-batch.txt]
+
+Each round runs in a fresh process per tree, alternating with ``--before``'s
+tree (an older checkout) so both see the same machine load; medians are
+printed, the JSON keeps every round. CPU is the calling thread's CPU time
+(the leader's writer flushes its own group, so the fsync's CPU is in "log").
+``--profile`` writes a cProfile summary of this tree's last round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = r'''
+import cProfile, dataclasses, io, json, pstats, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from sutra_cluster.config import Config
+from sutra_cluster.pb import storage_pb2 as pb
+from sutra_cluster.api.storage_service import StorageServicer, parse_raw_batch
+from sutra_cluster.storage.engine import Engine
+
+batches, size, dim, profile = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+time.time_ns = lambda: 1_764_000_000_000_000_000  # one timestamp: the state digest compares the trees
+rng = np.random.default_rng(1)
+pad = "lorem ipsum dolor sit amet " * 8
+reqs = []
+for b in range(batches):
+    vecs = rng.standard_normal((size, dim), dtype=np.float32).astype("<f4")
+    req = pb.LearnBatchRequest()
+    for i in range(size):
+        req.concepts.add(concept_id=f"r{b}-{i:07d}", content=f"{i} {pad}"[:200], embedding_f32=vecs[i].tobytes())
+    reqs.append(req.SerializeToString())
+with tempfile.TemporaryDirectory() as d:
+    cfg = dataclasses.replace(Config(), storage_path=d, vector_dimension=dim, ann_threshold=1 << 40,
+                              memory_threshold=10**12, reconcile_interval_ms=10**7)
+    eng = Engine(cfg)
+    eng.lead("bench")
+    svc = StorageServicer(eng)
+    t = {"parse": 0.0, "log": 0.0, "apply": 0.0}
+    prof = cProfile.Profile() if profile else None
+    for q in reqs:
+        if prof is not None:
+            prof.enable()
+        c0 = time.thread_time()
+        r = parse_raw_batch(q)
+        c1 = time.thread_time()
+        svc._log_batch(r)
+        c2 = time.thread_time()
+        eng.reconcile_once()
+        c3 = time.thread_time()
+        if prof is not None:
+            prof.disable()
+        t["parse"] += c1 - c0
+        t["log"] += c2 - c1
+        t["apply"] += c3 - c2
+    n = batches * size
+    out = {k + "_us": v / n * 1e6 for k, v in t.items()}
+    out["total_us"] = sum(t.values()) / n * 1e6
+    out["digest"] = eng.digest()[1]
+    eng.close()
+    if prof is not None:
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+        with open(profile, "w") as f:
+            f.write(f"# leader, in process: {batches} LearnBatch requests of {size} {dim}-d concepts "
+                    "(parse, _log_batch, reconcile_once), cProfile sorted by own time\n")
+            f.write(s.getvalue().replace(sys.argv[1] + "/", ""))
+    print(json.dumps(out))
+'''
+
+STAGES = ("parse_us", "log_us", "apply_us", "total_us")
+
+
+def probe(tree: Path, batches: int, size: int, dim: int, profile: str = "") -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(tree), str(batches), str(size), str(dim), profile],
+                         cwd=tree, capture_output=True, text=True, check=True, timeout=900)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--size", type=int, default=1000)
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--before", type=Path, default=None, help="an older checkout, measured alternating with this tree")
+    p.add_argument("--profile", default="", help="write a cProfile summary of this tree's last round here")
+    p.add_argument("--out", default="bench/results/leader_batch.json")
+    a = p.parse_args()
+    trees = {"this tree": ROOT} if a.before is None else {"before": a.before.resolve(), "this tree": ROOT}
+    runs: dict[str, list[dict[str, object]]] = {k: [] for k in trees}
+    for rnd in range(a.rounds):
+        for label, tree in trees.items():
+            prof = str(Path(a.profile).resolve()) if a.profile and label == "this tree" and rnd == a.rounds - 1 else ""
+            runs[label].append(probe(tree, a.batches, a.size, a.dim, prof))
+    digests = {r["digest"] for rs in runs.values() for r in rs}
+    print(f"{a.batches} LearnBatch requests of {a.size} {a.dim}-d concepts per round, medians of {a.rounds} "
+          f"rounds (CPU of the calling thread, µs per record); state digests {'agree' if len(digests) == 1 else 'DIFFER'}")
+    print("| tree | parse | validate + log + fsync | apply | total |")
+    print("|---|---:|---:|---:|---:|")
+    for label, rs in runs.items():
+        med = [statistics.median(float(r[k]) for r in rs) for k in STAGES]  # type: ignore[arg-type]
+        print(f"| {label} | " + " | ".join(f"{m:.1f}" for m in med) + " |")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "runs": runs}, indent=2))
+    return 0 if len(digests) == 1 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
