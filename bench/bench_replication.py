@@ -3,6 +3,7 @@ at a fixed write rate.
 
     .venv/bin/python bench/bench_replication.py [--seconds 8] [--rate 10000] [--out bench/results/replication.json]
     .venv/bin/python bench/bench_replication.py --lag-only --rounds 3 --before ../before   # an older tree beside
+    .venv/bin/python bench/bench_replication.py --lag-only --trace   # and where the lag goes, stage by stage
 
 Every configuration ingests the same batches (768-d vectors, LearnBatch of
 --batch concepts from --threads client threads, for --seconds). Replicated
@@ -28,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lag_stages  # noqa: E402  (this folder is on sys.path: the script runs from it)
 
 from sutra_cluster.client import Concept, SutraClient  # noqa: E402
 from tests import cluster as tc  # noqa: E402
@@ -112,12 +115,18 @@ def run_tree(tmp: Path, a: argparse.Namespace, node_env: dict[str, str]) -> dict
         finally:
             single.stop()
     for mode in ("async",) if a.lag_only else ("async", "sync"):
-        with tc.running_cluster(tmp / mode, replicas=2, mode=mode, env=node_env) as c:
+        env = dict(node_env)
+        trace = str(tmp / f"trace-{mode}")
+        if a.trace:
+            env["SUTRA_LAG_TRACE"] = trace  # an older tree without lagtrace ignores it
+        with tc.running_cluster(tmp / mode, replicas=2, mode=mode, env=env) as c:
             tc.wait_streaming(c.leader, ["r1", "r2"])
             if not a.lag_only:
                 out[f"{mode}_per_s"] = ingest(c.leader.address, a.seconds, a.threads, a.batch)
             if mode == "async":
                 out["lag"] = lag_at_rate(c, a.rate, a.seconds)
+        if a.trace and mode == "async":  # the nodes wrote their marks out as they stopped
+            out["stages"] = lag_stages.summary(trace)
     if not a.lag_only:
         base = float(out["single_node_per_s"])  # type: ignore[arg-type]
         out["async_ratio"] = float(out["async_per_s"]) / base  # type: ignore[arg-type]
@@ -161,6 +170,8 @@ def main() -> int:
     p.add_argument("--before", type=Path, default=None,
                    help="another checkout: its nodes are measured too, alternating with this tree's in every round")
     p.add_argument("--lag-only", action="store_true", help="only the async lag at --rate (no ingest ratios)")
+    p.add_argument("--trace", action="store_true",
+                   help="nodes mark each record's stages (SUTRA_LAG_TRACE); prints where the async lag goes")
     p.add_argument("--out", default="bench/results/replication.json")
     a = p.parse_args()
     tc.DIM = DIM
@@ -187,6 +198,9 @@ def main() -> int:
                     helpers.ROOT = trees["this tree"]
     for label, rs in rounds.items():
         report(label, rs, a.lag_only)
+        for i, r in enumerate(rs):
+            if r.get("stages"):
+                lag_stages.print_summary(f"{label}, round {i + 1}", r["stages"])  # type: ignore[arg-type]
     results["runs"] = rounds
     if a.before is None:  # the earlier file's keys, for whoever reads them
         results.update(rounds["this tree"][0])

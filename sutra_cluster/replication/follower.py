@@ -20,6 +20,7 @@ from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.pb import replication_pb2_grpc
 from sutra_cluster.roles import MAX_TERM
 from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage import lagtrace
 from sutra_cluster.storage.engine import Engine
 from sutra_cluster.storage.identity import ClusterIdentity, ForeignCluster
 
@@ -218,6 +219,8 @@ class FollowerLoop:
         kind = msg.WhichOneof("kind")
         if kind == "records":
             entries = [(e.lsn, e.term, e.rtype, e.payload) for e in msg.records.entries]
+            if lagtrace.ON and entries:
+                lagtrace.mark("recv", entries[-1][0])
             if any(e[1] > msg.term for e in entries):
                 call.cancel()
                 raise StaleLeader(f"leader {msg.leader_id} sent a record from a term above its own ({msg.term})")
@@ -239,7 +242,10 @@ class FollowerLoop:
             return
         if eng.wal.durable_lsn >= self.leader_last:
             self.caught_up_at = time.monotonic()
-        acks.put(self._ack())
+        ack = self._ack()
+        acks.put(ack)
+        if lagtrace.ON:
+            lagtrace.mark("ackq", ack.ack.flushed_lsn)
 
     def _rewind(self, msg: rpb.LeaderMessage, stub) -> None:  # type: ignore[no-untyped-def]
         eng = self.engine

@@ -21,6 +21,7 @@ from sutra_cluster.errors import Unavailable
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.replication.commit import ReplicaPosition, SyncCommit
 from sutra_cluster.roles import MAX_TERM, CommitMode, Role
+from sutra_cluster.storage import lagtrace
 from sutra_cluster.storage.engine import Engine
 from sutra_cluster.storage.identity import ClusterIdentity
 from sutra_cluster.storage.terms import TermHistory
@@ -295,6 +296,8 @@ class LeaderStreams:
                 # before this generator runs again, and acks above ``sent`` are cut.
                 with self._acks:
                     pos = f.sent = entries[-1].lsn
+                if lagtrace.ON:
+                    lagtrace.mark(f"sent:{f.node_id}", pos)
                 yield msg
                 last_send = time.monotonic()
                 if last_send - last_hb >= HEARTBEAT_S or (
@@ -351,6 +354,8 @@ class LeaderStreams:
             for msg in requests:
                 if msg.WhichOneof("kind") != "ack":
                     continue
+                if lagtrace.ON:
+                    lagtrace.mark(f"ack:{f.node_id}", msg.ack.flushed_lsn)
                 with self._acks:
                     # Never count an LSN this stream has not been sent.
                     f.written = min(msg.ack.written_lsn, f.sent)

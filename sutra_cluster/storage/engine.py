@@ -33,7 +33,7 @@ from sutra_cluster.errors import NoLeader, NotLeader, NotVisible, StorageFailure
 from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.roles import Role
-from sutra_cluster.storage import annfile
+from sutra_cluster.storage import annfile, lagtrace
 from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint, same_request
 from sutra_cluster.storage.history import HistoryOps
@@ -345,6 +345,8 @@ class Engine(HistoryOps, TxnOps):
             self.applied_lsn = entries[-1][0]
             self._since_checkpoint += items
             self._applied.notify_all()
+        if lagtrace.ON:
+            lagtrace.mark("visible", entries[-1][0])
 
     def reconcile_once(self) -> int:
         """Make every committed record visible; returns how many were applied.

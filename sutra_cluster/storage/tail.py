@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from sutra_cluster.storage import lagtrace
 from sutra_cluster.storage.untrack import untrack
 
 RECORD_OVERHEAD = 32  # WAL record header bytes, counted in byte positions
@@ -52,6 +53,8 @@ class WalTail:
             if self._head * 4 > len(self._items):
                 del self._items[: self._head]
                 self._head = 0
+        if lagtrace.ON:
+            lagtrace.mark("tail", lsn)
 
     def _clear(self) -> None:
         self._items, self._head, self._bytes = [], 0, 0

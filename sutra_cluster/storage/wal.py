@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Self
 
+from sutra_cluster.storage import lagtrace
 from sutra_cluster.storage.fsio import fsync_dir, write_file_synced
 from sutra_cluster.storage.wal_format import (
     SEALED_DIR,
@@ -311,6 +312,8 @@ class WriteAheadLog:
             if durable <= self._notified:
                 return
             self._notified = durable
+            if lagtrace.ON:
+                lagtrace.mark("durable", durable)
             with self._mu:
                 listeners = list(self._listeners)
             for fn in listeners:
