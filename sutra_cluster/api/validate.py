@@ -147,6 +147,37 @@ def check_concept(req: storage_pb2.LearnConceptRequest, limits: Limits, prefix: 
         _check_attributes(prefix, req.attributes)
 
 
+def _concepts_pass(concepts: Any) -> bool:
+    """True when every concept passes ``check_concept`` (without its attributes'
+    own checks, run here for the few that have any). Whole columns at a time,
+    each field read once: a Python call per concept cost ~6 us of a batched
+    record's ~45. False means "look one by one" (a pre-test can be unsure): the
+    caller then raises exactly the error ``check_concept`` names first."""
+    ids = [c.concept_id for c in concepts]
+    contents = [c.content for c in concepts]
+    if not all(ids) or not all(contents) or "\0" in "".join(ids):
+        return False
+    # A character is 1..4 UTF-8 bytes: only long strings need encoding to know.
+    if max(map(len, ids)) * 4 > MAX_ID_BYTES and any(len(s.encode("utf-8")) > MAX_ID_BYTES for s in ids):
+        return False
+    if max(map(len, contents)) * 4 > MAX_CONTENT_BYTES and any(
+            len(s.encode("utf-8")) > MAX_CONTENT_BYTES for s in contents):
+        return False
+    # NaN fails every comparison, infinity the upper bounds: as math.isfinite does.
+    strength = np.array([c.strength for c in concepts], dtype=np.float64)
+    confidence = np.array([c.confidence for c in concepts], dtype=np.float64)
+    if not ((strength >= 0.0) & (strength < math.inf)).all():
+        return False
+    if not ((confidence >= 0.0) & (confidence <= 1.0)).all():
+        return False
+    try:
+        for attrs in [a for c in concepts if (a := c.attributes)]:
+            _check_attributes("", attrs)
+    except InvalidArgument:
+        return False  # the caller names the concept
+    return True
+
+
 def check_association(req: storage_pb2.LearnAssociationRequest, prefix: str = "") -> None:
     check_id(f"{prefix}source_id", req.source_id)
     check_id(f"{prefix}target_id", req.target_id)
@@ -218,8 +249,10 @@ def check_batch(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch, limits:
         raise InvalidArgument("batch is empty")
     if items > limits.max_batch:
         raise InvalidArgument(f"batch has {items} items, SUTRA_MAX_BATCH is {limits.max_batch}")
-    for i, c in enumerate(batch.concepts):
-        check_concept(c, limits, f"concepts[{i}].")
+    concepts = batch.concepts
+    if concepts and not _concepts_pass(concepts):
+        for i, c in enumerate(concepts):  # the first bad concept, named as ever
+            check_concept(c, limits, f"concepts[{i}].")
     for i, a in enumerate(batch.associations):
         check_association(a, f"associations[{i}].")
     for i, cid in enumerate(batch.delete_concept_ids):

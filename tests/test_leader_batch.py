@@ -1,0 +1,203 @@
+"""The batched write path's whole-batch forms (issue 13): validation over
+columns and the apply of new concepts at once must refuse exactly what the
+per-concept checks refused, with the same message, and leave exactly the state
+the per-concept apply left (records, stored vector bits, fingerprints, digest),
+so nodes of two versions agree during a rolling upgrade."""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sutra_cluster.api import validate as model
+from sutra_cluster.errors import InvalidArgument
+from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.state import ApplyResult, GraphState, Upserts, iter_vectors
+from tests.test_replica_apply import reference_fingerprint, reference_normalise
+
+DIM = 16
+LIMITS = model.Limits(DIM, 1000, 64 << 20)
+
+
+def good_batch(n: int = 6, seed: int = 3) -> wal_pb2.WalBatch:
+    rng = np.random.default_rng(seed)
+    b = wal_pb2.WalBatch(request_id="r")
+    for i in range(n):
+        b.concepts.add(concept_id=f"c{i}", content=f"text {i}", strength=float(i), confidence=i / n,
+                       embedding_f32=rng.standard_normal(DIM).astype("<f4").tobytes())
+    return b
+
+
+def per_concept_error(batch: wal_pb2.WalBatch) -> str | None:
+    """What the checks said one concept at a time (the form before columns)."""
+    for i, c in enumerate(batch.concepts):
+        try:
+            model.check_concept(c, LIMITS, f"concepts[{i}].")
+        except InvalidArgument as exc:
+            return str(exc)
+    return None
+
+
+def _set(field: str, value: Any) -> Callable[[Any], None]:
+    def mutate(c: Any) -> None:
+        setattr(c, field, value)
+    return mutate
+
+
+def _attrs(attrs: dict[str, str]) -> Callable[[Any], None]:
+    return lambda c: c.attributes.update(attrs)
+
+
+BAD = {
+    "empty id": _set("concept_id", ""),
+    "id of 257 bytes": _set("concept_id", "x" * 257),
+    "id of 65 four-byte characters": _set("concept_id", "\U0001F600" * 65),
+    "NUL in the id": _set("concept_id", "a\0b"),
+    "empty content": _set("content", ""),
+    "content past the limit": _set("content", "y" * (model.MAX_CONTENT_BYTES + 1)),
+    "negative strength": _set("strength", -1.0),
+    "NaN strength": _set("strength", math.nan),
+    "infinite strength": _set("strength", math.inf),
+    "confidence above 1": _set("confidence", 1.5),
+    "negative confidence": _set("confidence", -0.25),
+    "NaN confidence": _set("confidence", math.nan),
+    "infinite confidence": _set("confidence", -math.inf),
+    "an empty attribute key": _attrs({"": "v"}),
+    "an attribute value past the limit": _attrs({"k": "v" * (model.MAX_ATTRIBUTE_VALUE_BYTES + 1)}),
+    "too many attributes": _attrs({f"k{i}": "v" for i in range(model.MAX_ATTRIBUTES + 1)}),
+}
+
+
+@pytest.mark.parametrize("where", [0, 3, 5])
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_concept_is_named_as_one_by_one(case: str, where: int) -> None:
+    b = good_batch()
+    BAD[case](b.concepts[where])
+    want = per_concept_error(b)
+    assert want is not None and want.startswith(f"concepts[{where}].")
+    with pytest.raises(InvalidArgument) as info:
+        model.check_batch(b, LIMITS)
+    assert str(info.value) == want
+
+
+def test_the_first_of_two_bad_concepts_is_named() -> None:
+    b = good_batch()
+    b.concepts[4].concept_id = ""
+    b.concepts[2].confidence = 2.0
+    with pytest.raises(InvalidArgument, match=r"^concepts\[2\]\.confidence is 2\.0"):
+        model.check_batch(b, LIMITS)
+
+
+def test_edge_values_pass_as_one_by_one() -> None:
+    b = good_batch()
+    b.concepts[0].concept_id = "\u00e9" * 128  # 256 bytes: at the limit
+    b.concepts[1].strength = -0.0
+    b.concepts[2].confidence = 0.0
+    b.concepts[3].confidence = 1.0
+    b.concepts[4].attributes["k"] = "v"
+    b.concepts[5].strength = 3.0e38
+    assert per_concept_error(b) is None
+    assert model.check_batch(b, LIMITS) is False
+
+
+def test_a_bad_vector_is_still_named_after_the_concept_checks() -> None:
+    b = good_batch()
+    b.concepts[1].embedding_f32 = np.zeros(DIM, "<f4").tobytes()
+    with pytest.raises(InvalidArgument, match="concepts embedding #1 is all zeros"):
+        model.check_batch(b, LIMITS)
+    b.concepts[3].content = ""
+    with pytest.raises(InvalidArgument, match=r"^concepts\[3\]\.content is empty"):
+        model.check_batch(b, LIMITS)
+
+
+# ---- apply -----------------------------------------------------------------
+def per_concept_apply(state: GraphState, batch: wal_pb2.WalBatch, vec: ApplyResult,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(GraphState, "_apply_new", lambda *a: False)
+        state.apply_batch(batch, vec)
+
+
+def bits(vec: ApplyResult) -> list[tuple[str, bytes, float]]:
+    return [(k, m[i].tobytes(), float(n[i])) for keys, m, n in iter_vectors(vec.upserts, DIM)
+            for i, k in enumerate(keys)]
+
+
+def stamped(b: wal_pb2.WalBatch, ts: int) -> wal_pb2.WalBatch:
+    b.timestamp_us = ts
+    return b
+
+
+def test_new_concepts_at_once_leave_the_state_one_by_one_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = stamped(good_batch(40), 5), stamped(good_batch(40, seed=4), 6)
+    for c in second.concepts:
+        c.concept_id += "-2"
+    fast, slow = GraphState(), GraphState()
+    fv, sv = ApplyResult({}, set()), ApplyResult({}, set())
+    for b in (first, second):  # the second lands beside a block already there
+        fast.apply_batch(b, fv)
+        per_concept_apply(slow, b, sv, monkeypatch)
+    assert fast.concepts == slow.concepts and fast.digest() == slow.digest()
+    assert bits(fv) == bits(sv)
+    x = np.frombuffer(b"".join(c.embedding_f32 for c in first.concepts), "<f4").reshape(40, DIM)
+    want, lengths = reference_normalise(x)
+    for i in range(40):
+        c = fast.concepts[f"c{i}"]
+        assert c.created_us == c.updated_us == 5 and c.attributes == {} and not gc.is_tracked(c)
+        assert c.vector is not None and not isinstance(c.vector, bytes) and not gc.is_tracked(c.vector)
+        assert c.vector.fingerprint == reference_fingerprint(want[i].tobytes(), float(lengths[i]))
+
+
+def test_one_batch_is_handed_to_the_index_as_one_block() -> None:
+    b = stamped(good_batch(30), 5)
+    state, vec = GraphState(), ApplyResult({}, set())
+    state.apply_batch(b, vec)
+    assert isinstance(vec.upserts, Upserts) and vec.upserts.block is not None
+    [(keys, mat, norms)] = list(iter_vectors(vec.upserts, DIM))
+    want, lengths = reference_normalise(np.frombuffer(b"".join(c.embedding_f32 for c in b.concepts), "<f4")
+                                        .reshape(30, DIM))
+    assert keys == [f"c{i}" for i in range(30)]
+    assert np.array_equal(mat.view(np.uint32), want.view(np.uint32)) and np.array_equal(norms, lengths)
+    assert mat.shape == (30, DIM) and mat.flags.c_contiguous
+
+
+@pytest.mark.parametrize("later", ["delete", "update", "update without vector", "repeat in batch"])
+def test_what_the_per_concept_path_must_take(later: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Updates, repeated ids, concepts without vectors or with attributes, and
+    a delete after the block in the same apply: the same state either way."""
+    first = stamped(good_batch(12), 5)
+    nxt = stamped(good_batch(3, seed=9), 6)
+    if later == "delete":
+        nxt = stamped(wal_pb2.WalBatch(delete_concept_ids=["c4"]), 6)
+    elif later == "update without vector":
+        nxt.concepts[1].ClearField("embedding_f32")
+        nxt.concepts[2].attributes["k"] = "v"
+    elif later == "repeat in batch":
+        for c in nxt.concepts:
+            c.concept_id = f"n{c.concept_id}"
+        nxt.concepts[2].concept_id = nxt.concepts[0].concept_id
+    fast, slow = GraphState(), GraphState()
+    fv, sv = ApplyResult({}, set()), ApplyResult({}, set())
+    for b in (first, nxt):
+        fast.apply_batch(b, fv)
+        per_concept_apply(slow, b, sv, monkeypatch)
+    assert fast.concepts == slow.concepts and fast.digest() == slow.digest()
+    assert bits(fv) == bits(sv) and fv.removes == sv.removes
+    assert fv.upserts.block is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("change", ["set", "pop", "del", "update", "setdefault", "clear", "popitem"])
+def test_any_change_to_the_upserts_drops_the_block(change: str) -> None:
+    up = Upserts()
+    rows, norms = np.ones((2, DIM), np.float32), np.ones(2)
+    up.add_block(["a", "b"], rows, norms)
+    assert up.block is not None
+    {"set": lambda: up.__setitem__("a", (rows[0], 2.0)), "pop": lambda: up.pop("a"), "del": lambda: up.__delitem__("a"),
+     "update": lambda: up.update({"c": (rows[0], 1.0)}), "setdefault": lambda: up.setdefault("c", (rows[0], 1.0)),
+     "clear": up.clear, "popitem": up.popitem}[change]()
+    assert up.block is None
