@@ -201,3 +201,61 @@ def test_any_change_to_the_upserts_drops_the_block(change: str) -> None:
      "update": lambda: up.update({"c": (rows[0], 1.0)}), "setdefault": lambda: up.setdefault("c", (rows[0], 1.0)),
      "clear": up.clear, "popitem": up.popitem}[change]()
     assert up.block is None
+
+
+def test_vectors_given_by_validation_are_taken_only_for_their_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    b = stamped(good_batch(20), 5)
+    mat = np.frombuffer(b"".join(c.embedding_f32 for c in b.concepts), "<f4").reshape(20, DIM)
+    other = wal_pb2.WalBatch()
+    other.CopyFrom(b)  # equal, but not the object the vectors were given for
+    state, vec = GraphState(), ApplyResult({}, set())
+    state.give_vectors(other, np.ones_like(mat))
+    state.give_vectors(b, mat)
+    state.apply_batch(b, vec)
+    assert id(b) not in state.given and id(other) in state.given
+    ref, rv = GraphState(), ApplyResult({}, set())
+    per_concept_apply(ref, b, rv, monkeypatch)
+    assert state.concepts == ref.concepts and bits(vec) == bits(rv)
+
+
+def test_leader_apply_and_recovery_reach_one_digest(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader applies what it validated (columns, handed-over vectors);
+    a restart replays the WAL's bytes, here one concept at a time as an older
+    node does: both must hold the same state."""
+    import dataclasses
+
+    from sutra_cluster.api.storage_service import StorageServicer, parse_raw_batch
+    from sutra_cluster.config import Config
+    from sutra_cluster.pb import storage_pb2 as pb
+    from sutra_cluster.storage.engine import Engine
+
+    cfg = dataclasses.replace(Config(), storage_path=str(tmp_path / "d"), vector_dimension=DIM,
+                              ann_threshold=10**9, reconcile_interval_ms=10**6)
+    rng = np.random.default_rng(5)
+    new = pb.LearnBatchRequest(request_id="new")
+    for i in range(50):
+        new.concepts.add(concept_id=f"c{i}", content=f"t{i}", strength=1.0, confidence=0.5,
+                         embedding_f32=rng.standard_normal(DIM).astype("<f4").tobytes())
+    mixed = pb.LearnBatchRequest(request_id="mixed")
+    mixed.concepts.add(concept_id="c1", content="updated", embedding=rng.standard_normal(DIM).tolist())
+    mixed.concepts.add(concept_id="c2", content="no vector now", attributes={"k": "v"})
+    mixed.concepts.add(concept_id="n1", content="new", embedding_f32=rng.standard_normal(DIM).astype("<f4").tobytes())
+    mixed.associations.add(source_id="c3", target_id="c4", assoc_type=2, confidence=0.5)
+    gone = pb.LearnBatchRequest(request_id="gone", delete_concept_ids=["c5"])
+    eng = Engine(cfg)
+    try:
+        eng.lead("here")
+        svc = StorageServicer(eng)
+        for req in (new, mixed, gone):
+            svc._log_batch(parse_raw_batch(req.SerializeToString()))
+            eng.reconcile_once()
+        _, digest, concepts, edges = eng.digest()
+        assert (concepts, edges) == (50, 1) and not eng.state.given
+    finally:
+        eng.close()
+    monkeypatch.setattr(GraphState, "_apply_new", lambda *a: False)
+    again = Engine(cfg)
+    try:
+        assert again.digest()[1:] == (digest, concepts, edges)
+    finally:
+        again.close()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import numpy as np
 
 from sutra_cluster.api import reads, wire
 from sutra_cluster.api import validate as model
@@ -92,9 +93,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             batch, raw = request
         else:
             batch, raw = wal_pb2.WalBatch.FromString(request.SerializeToString()), None
-        converted = model.check_batch(batch, self.limits, None if raw is None else len(raw))
+        vectors: list[np.ndarray] = []  # the checked vectors, handed to the apply
+        converted = model.check_batch(batch, self.limits, None if raw is None else len(raw), vectors)
         self.guard.check_batch(batch)
-        return self.engine.submit(batch, raw=None if converted else raw), batch
+        return self.engine.submit(batch, raw=None if converted else raw, vectors=vectors[0] if vectors else None), batch
 
     @grpc_errors
     def LearnBatch(self, request: RawBatch | pb.LearnBatchRequest, context: grpc.ServicerContext) -> pb.LearnBatchResponse:

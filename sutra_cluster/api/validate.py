@@ -189,12 +189,16 @@ def check_association(req: storage_pb2.LearnAssociationRequest, prefix: str = ""
     _check_unit(f"{prefix}confidence", req.confidence)
 
 
-def normalise_embeddings(concepts: Iterable[Any], dim: int, prefix: str = "concepts") -> bool:
+def normalise_embeddings(concepts: Iterable[Any], dim: int, prefix: str = "concepts",
+                         vectors_out: list[np.ndarray] | None = None) -> bool:
     """Validate every concept's vector and move it to ``embedding_f32`` in place.
 
     The fast path (all float32 bytes) is checked with one numpy pass over the
     joined bytes; only concepts sent with a float list are converted one by one.
     Returns True when it converted any (the request's bytes then changed).
+    ``vectors_out``: when every concept came with float32 bytes, the checked
+    (concepts, dim) matrix of them, in order, is appended there (the engine's
+    apply takes it instead of reading and joining the bytes again).
     """
     concepts = list(concepts)
     # One pass reads each field once (every read of a bytes field copies it).
@@ -207,6 +211,8 @@ def normalise_embeddings(concepts: Iterable[Any], dim: int, prefix: str = "conce
             return _normalise_each(concepts, dim, prefix)  # names the first wrong one
         mat = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(raws), dim)
         _check_vectors(f"{prefix} embedding", mat)
+        if vectors_out is not None and len(raws) == len(pairs):
+            vectors_out.append(mat)
     return False
 
 
@@ -234,10 +240,11 @@ def _normalise_each(concepts: list[Any], dim: int, prefix: str) -> bool:
 
 
 def check_batch(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch, limits: Limits,
-                size: int | None = None) -> bool:
+                size: int | None = None, vectors_out: list[np.ndarray] | None = None) -> bool:
     """Validate a whole batch; it is accepted entirely or not at all. Returns
     True when float-list embeddings were converted to float32 bytes in place.
-    ``size``: the request's length when the caller has its bytes (saves a pass)."""
+    ``size``: the request's length when the caller has its bytes (saves a pass).
+    ``vectors_out``: as for ``normalise_embeddings``."""
     size = batch.ByteSize() if size is None else size
     if size > limits.max_message_bytes:
         raise InvalidArgument(
@@ -257,7 +264,7 @@ def check_batch(batch: storage_pb2.LearnBatchRequest | wal_pb2.WalBatch, limits:
         check_association(a, f"associations[{i}].")
     for i, cid in enumerate(batch.delete_concept_ids):
         check_id(f"delete_concept_ids[{i}]", cid)
-    return normalise_embeddings(batch.concepts, limits.dimension)
+    return normalise_embeddings(batch.concepts, limits.dimension, vectors_out=vectors_out)
 
 
 def check_k(k: int) -> None:

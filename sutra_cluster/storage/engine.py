@@ -425,20 +425,22 @@ class Engine(HistoryOps, TxnOps):
         with self._append_lock:
             self.write_pause = None
 
-    def submit(self, batch: wal_pb2.WalBatch, raw: bytes | None = None) -> int:
+    def submit(self, batch: wal_pb2.WalBatch, raw: bytes | None = None, vectors: np.ndarray | None = None) -> int:
         """Log a validated batch and return its LSN once it is committed.
 
         Raises NotLeader on a replica, Unavailable when the write could
         not be made durable (it is then not acknowledged and may be retried).
         ``raw``, when given, is ``batch`` as serialized bytes: it is logged as it
         is, with the timestamp field appended (protobuf keeps the last value).
+        ``vectors``: the (concepts, dim) float32 matrix of every concept's
+        ``embedding_f32``, in order, as validation read it (GraphState.give_vectors).
         """
         t0 = time.perf_counter()
         self.check_writable()
         with self._append_lock:
             self.inflight += 1
         try:
-            return self._submit(batch, t0, raw)
+            return self._submit(batch, t0, raw, vectors)
         finally:
             with self._append_lock:
                 self.inflight -= 1
@@ -449,7 +451,8 @@ class Engine(HistoryOps, TxnOps):
             if len(self.request_ids) > REQUEST_IDS_KEPT:
                 self.request_ids.popitem(last=False)
 
-    def _submit(self, batch: wal_pb2.WalBatch, t0: float, raw: bytes | None) -> int:
+    def _submit(self, batch: wal_pb2.WalBatch, t0: float, raw: bytes | None,
+                vectors: np.ndarray | None = None) -> int:
         rid = batch.request_id
         ts = time.time_ns() // 1000
         body = raw or batch.SerializeToString()  # the request as logged, before the timestamp
@@ -472,6 +475,8 @@ class Engine(HistoryOps, TxnOps):
                 lsn = self.wal.append(RT_BATCH, payload, term, wake=False)  # we wait below: this thread flushes
                 self._remember(rid, lsn, fp)
                 self.recent.append(lsn, term, RT_BATCH, payload)
+                if vectors is not None:
+                    self.state.give_vectors(batch, vectors)
                 self._unapplied.append((lsn, batch, items))
                 self.pending_items += items
         if earlier is not None:

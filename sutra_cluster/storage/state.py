@@ -157,6 +157,20 @@ class GraphState:
         self.edges = 0
         # Attribute inverted index for filtered search: key -> value -> ids.
         self.by_attr: dict[str, dict[str, set[str]]] = {}
+        # Batches logged here, by id(), with the vectors validation read from them (give_vectors).
+        self.given: dict[int, tuple[wal_pb2.WalBatch, np.ndarray]] = {}
+
+    def give_vectors(self, batch: wal_pb2.WalBatch, vectors: np.ndarray) -> None:
+        """The leader's hand-off: ``vectors`` is the (concepts, dim) float32
+        matrix of ``batch``'s ``embedding_f32`` fields, in order, as validation
+        read them, so applying ``batch`` (this very object) does not read and
+        join them again. Only a saving: a batch without one reads its fields.
+        The batch is held, so its id() cannot name another object while the
+        entry lives; entries of batches never applied (a failed write) are
+        dropped past a few dozen."""
+        if len(self.given) >= 64:
+            self.given.clear()
+        self.given[id(batch)] = (batch, vectors)
 
     # ---- mutation -------------------------------------------------------
     def apply_batch(self, batch: wal_pb2.WalBatch, vec: ApplyResult) -> None:
@@ -164,7 +178,9 @@ class GraphState:
         ts = batch.timestamp_us
         concepts = self.concepts
         upserts, removes = vec.upserts, vec.removes
-        if self._apply_new(batch.concepts, ts, vec):
+        given = self.given.pop(id(batch), None) if self.given else None
+        vectors = given[1] if given is not None and given[0] is batch else None
+        if self._apply_new(batch.concepts, ts, vec, vectors):
             items = []
         else:
             # Each protobuf field read copies: read every one once.
@@ -207,7 +223,7 @@ class GraphState:
         for cid in batch.drop_concept_ids:
             self.drop_concept(cid, vec)
 
-    def _apply_new(self, batch_concepts: Any, ts: int, vec: ApplyResult) -> bool:
+    def _apply_new(self, batch_concepts: Any, ts: int, vec: ApplyResult, vectors: np.ndarray | None = None) -> bool:
         """Apply the concepts of a batch at once when they are the common case
         of bulk ingest: new ids (none held, none repeated), each with a vector
         and without attributes. The records, stored forms and fingerprints are
@@ -218,13 +234,17 @@ class GraphState:
         if not n:
             return False
         ids = [c.concept_id for c in batch_concepts]
-        embs = [c.embedding_f32 for c in batch_concepts]
-        if not all(embs) or any(c.attributes for c in batch_concepts):
+        if vectors is None or vectors.shape[0] != n:
+            embs = [c.embedding_f32 for c in batch_concepts]
+            if not all(embs):
+                return False
+            vectors = np.frombuffer(b"".join(embs), dtype="<f4").reshape(n, -1)
+        if any(c.attributes for c in batch_concepts):
             return False
         concepts = self.concepts
         if len(set(ids)) != n or not concepts.keys().isdisjoint(ids):
             return False
-        normed, lengths = normalise(np.frombuffer(b"".join(embs), dtype="<f4").reshape(n, -1))
+        normed, lengths = normalise(vectors)
         make = tuple.__new__
         refs = list(map(make, repeat(VectorRef), zip(ids, map(fingerprint, normed, lengths.tolist()),
                                                       repeat(self.store))))
