@@ -172,6 +172,8 @@ def main() -> int:
     p.add_argument("--lag-only", action="store_true", help="only the async lag at --rate (no ingest ratios)")
     p.add_argument("--trace", action="store_true",
                    help="nodes mark each record's stages (SUTRA_LAG_TRACE); prints where the async lag goes")
+    p.add_argument("--node-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment setting for every node (both trees; a tree that lacks it ignores it)")
     p.add_argument("--out", default="bench/results/replication.json")
     a = p.parse_args()
     tc.DIM = DIM
@@ -180,6 +182,10 @@ def main() -> int:
     node_env = {"MEMORY_THRESHOLD": "10000000"}
     if a.ann_threshold:
         node_env["SUTRA_ANN_THRESHOLD"] = str(a.ann_threshold)
+    for kv in a.node_env:
+        name, _, value = kv.partition("=")
+        node_env[name] = value
+    results["node_env"] = a.node_env
     if a.index_yield >= 0:
         node_env["SUTRA_INDEX_YIELD"] = str(a.index_yield)
         results["index_yield"] = a.index_yield

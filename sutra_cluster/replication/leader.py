@@ -5,10 +5,12 @@ replicas report, and holds sync-mode writes until enough replicas flushed them.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,7 @@ MAX_MESSAGE_BYTES = 4 << 20
 RECENTLY_SEEN_S = 300.0
 MAX_FOLLOWERS = 64  # remembered streams, connected or recently gone
 COMMIT_NEWS_S = 0.01  # under load, a moved commit LSN reaches replicas at most this often
+DURABLE_TIMES_KEPT = 8192  # recent fsync groups whose time lag is measured from
 
 
 @dataclass
@@ -111,9 +114,17 @@ class LeaderStreams:
         # acknowledged write: the HA loop publishes it now instead of a tick later
         # (right after an election, writes wait for exactly that).
         self.on_joinable: Callable[[], None] | None = None
+        # (last LSN of a group, when it became durable here), oldest first.
+        self._durable_at: deque[tuple[int, float]] = deque(maxlen=DURABLE_TIMES_KEPT)
         engine.durable_listeners.append(self._on_durable)
 
     def _on_durable(self, lsn: int) -> None:
+        # Lag is counted from when a record became durable here (PostgreSQL's
+        # flush_lag does the same): until then no replica could have had it.
+        times = self._durable_at
+        if times and times[-1][0] >= lsn:
+            times.clear()  # the log was cut back and LSNs are reused: older times no longer apply
+        times.append((lsn, time.monotonic()))
         with self._data:
             self._data.notify_all()
 
@@ -467,7 +478,9 @@ class LeaderStreams:
 
     # ---- status --------------------------------------------------------------
     def lag(self, f: Follower) -> tuple[int, float]:
-        """(bytes, seconds) a replica's flushed position is behind this leader."""
+        """(bytes, seconds) a replica's flushed position is behind this leader: the
+        bytes logged here after it, and how long the first record it lacks has
+        been durable here (from its append when that is no longer remembered)."""
         eng = self.engine
         if f.flushed >= eng.wal.durable_lsn:
             return 0, 0.0
@@ -477,7 +490,14 @@ class LeaderStreams:
             pos = eng.recent.oldest()
         if pos is None:
             return 0, 0.0
-        return max(0, eng.recent.total - pos[0]), max(0.0, now - pos[1])
+        since = pos[1]
+        groups = list(self._durable_at)  # appended to by the WAL's flushing thread
+        i = bisect.bisect_right(groups, (f.flushed, float("inf")))
+        if 0 < i < len(groups) or (i == 0 and groups and groups[0][0] == f.flushed + 1):
+            since = max(since, groups[i][1])
+        elif groups and i == len(groups):
+            since = now  # durable a moment ago: its listeners are being told right now
+        return max(0, eng.recent.total - pos[0]), max(0.0, now - since)
 
     def status(self) -> list[rpb.ReplicaStatus]:
         out = []
