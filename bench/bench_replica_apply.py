@@ -5,6 +5,7 @@ fingerprints, the vector index), and what the cyclic collector costs as the
 graph grows.
 
     .venv/bin/python bench/bench_replica_apply.py [--rounds 5] [--before ../before] [--out bench/results/replica_apply.json]
+    .venv/bin/python bench/bench_replica_apply.py --size 1 --batches 2000 --reconcile-every 4   # single writes
 
 Each round runs in a fresh process per tree, alternating with ``--before``'s
 tree (an older checkout) so both see the same machine load; medians are printed,
@@ -31,7 +32,7 @@ from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage.engine import Engine
 from sutra_cluster.storage.wal_format import RT_BATCH
 
-batches, size, dim = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+batches, size, dim, every = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rng = np.random.default_rng(1)
 vecs = rng.standard_normal((size, dim)).astype("<f4")
 gc_cpu, full = [0.0], []
@@ -57,7 +58,8 @@ with tempfile.TemporaryDirectory() as d:
         c0 = time.process_time()
         eng.append_replicated([(b + 1, 1, RT_BATCH, payload)])
         c1 = time.process_time()
-        eng.reconcile_once()
+        if (b + 1) % every == 0 or b + 1 == batches:
+            eng.reconcile_once()
         c2 = time.process_time()
         t_app += c1 - c0
         t_apply += c2 - c1
@@ -69,8 +71,8 @@ with tempfile.TemporaryDirectory() as d:
 '''
 
 
-def probe(tree: Path, batches: int, size: int, dim: int) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(tree), str(batches), str(size), str(dim)],
+def probe(tree: Path, batches: int, size: int, dim: int, every: int = 1) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(tree), str(batches), str(size), str(dim), str(every)],
                          cwd=tree, capture_output=True, text=True, check=True, timeout=900)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -81,6 +83,9 @@ def main() -> int:
     p.add_argument("--batches", type=int, default=60, help="batches per round (60 x 1,000: the collector's growth shows)")
     p.add_argument("--size", type=int, default=1000)
     p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--reconcile-every", type=int, default=1,
+                   help="batches appended per reconcile_once (a reconciler tick applies all it finds: "
+                        "with --size 1 this shows the fixed cost of one apply)")
     p.add_argument("--before", type=Path, default=None, help="an older checkout, measured alternating with this tree")
     p.add_argument("--out", default="bench/results/replica_apply.json")
     a = p.parse_args()
@@ -88,8 +93,9 @@ def main() -> int:
     runs: dict[str, list[dict[str, object]]] = {k: [] for k in trees}
     for _ in range(a.rounds):
         for label, tree in trees.items():
-            runs[label].append(probe(tree, a.batches, a.size, a.dim))
-    print(f"{a.batches} batches of {a.size} {a.dim}-d concepts per round, medians of {a.rounds} rounds (CPU)")
+            runs[label].append(probe(tree, a.batches, a.size, a.dim, a.reconcile_every))
+    print(f"{a.batches} batches of {a.size} {a.dim}-d concepts per round, {a.reconcile_every} per reconcile, "
+          f"medians of {a.rounds} rounds (CPU)")
     print("| tree | append µs/record | apply µs/record | collector ms per round | full collections, ms each |")
     print("|---|---:|---:|---:|---|")
     for label, rs in runs.items():
