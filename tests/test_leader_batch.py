@@ -259,3 +259,34 @@ def test_leader_apply_and_recovery_reach_one_digest(tmp_path: Any, monkeypatch: 
         assert again.digest()[1:] == (digest, concepts, edges)
     finally:
         again.close()
+
+
+def reference_check_vectors(field: str, mat: np.ndarray) -> str | None:
+    """validate._check_vectors as first written (a pass over every value first)."""
+    finite = np.isfinite(mat).all(axis=1)
+    if not finite.all():
+        return f"{field} #{int(np.argmin(finite))} contains NaN or infinite values"
+    norms = np.einsum("ij,ij->i", mat, mat)
+    if (norms == 0).any():
+        return f"{field} #{int(np.argmin(norms))} is all zeros; cosine similarity needs a non-zero vector"
+    return None
+
+
+@pytest.mark.parametrize("rows", [
+    {}, {1: math.nan}, {0: math.inf}, {3: -math.inf}, {2: 1e30}, {2: 1e-30}, {4: 0.0}, {1: 0.0, 3: math.nan},
+    {1: 1e30, 2: math.inf}, {0: 1e-30, 4: 1e30},
+])
+def test_vector_checks_refuse_as_the_first_form(rows: dict[int, float]) -> None:
+    mat = np.random.default_rng(2).standard_normal((5, DIM)).astype("<f4")
+    for row, value in rows.items():
+        if value in (0.0, 1e-30, 1e30):
+            mat[row] = value  # the whole row: zero, underflowing to a zero sum, overflowing to infinity
+        else:
+            mat[row, 3] = value
+    want = reference_check_vectors("concepts embedding", mat)
+    if want is None:
+        model._check_vectors("concepts embedding", mat)
+    else:
+        with pytest.raises(InvalidArgument) as info:
+            model._check_vectors("concepts embedding", mat)
+        assert str(info.value) == want

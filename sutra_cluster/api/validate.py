@@ -109,6 +109,11 @@ def vector_from_request(field: str, floats: object, raw: bytes, dim: int) -> np.
 
 
 def _check_vectors(field: str, mat: np.ndarray) -> None:
+    norms = np.einsum("ij,ij->i", mat, mat)
+    # A NaN or infinite value makes its row's sum of squares NaN or infinite, so
+    # finite non-zero sums clear every row at once, without a pass over each value.
+    if np.isfinite(norms).all() and norms.all():
+        return
     finite = np.isfinite(mat).all(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
