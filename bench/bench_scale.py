@@ -14,7 +14,8 @@ search p50/p99 in the first 10 s after the restart.
 ``--restart-only`` skips the load and the graph build (an hour of CPU at 1M on
 two shared cores): it writes storage.dat (the current format, clustered vectors
 and contents like a load's) and a storage.hnsw shaped like a built M=32 graph
-but with random links straight into a data directory, and times a real node's
+but with random links (sq8: random codes too; pq: an IVF-PQ index trained as a node trains
+it, with random codes in random lists) straight into a data directory, and times a real node's
 start until every concept is visible and the graph adopted, with the node's own
 CPU seconds (what a quiet machine would take) and its memory. No searches (the
 links are random). ``--no-graph``: no storage.hnsw, and SUTRA_ANN_THRESHOLD
@@ -221,7 +222,8 @@ def _write_synthetic_graph(data: Path, n: int, dim: int, quantization: str = "no
     adoption cost what a built graph's do, without the hour of CPU a build takes at 1M.
     Searches through it find nothing useful, so ``--restart-only`` times no searches.
     ``sq8``: an IndexHNSWSQ with trained ranges and random 8-bit codes (version 2 of the
-    file, the whole index), so the memory a quantized node keeps after a start is measured."""
+    file, the whole index), so the memory a quantized node keeps after a start is measured;
+    ``pq``: an IndexIVFPQ (``_write_synthetic_pq``)."""
     import contextlib
 
     import faiss
@@ -242,7 +244,7 @@ def _write_synthetic_graph(data: Path, n: int, dim: int, quantization: str = "no
     elif quantization == "none":
         index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
     else:
-        raise SystemExit(f"--restart-only writes none or sq8 graphs, not {quantization}")
+        return _write_synthetic_pq(data, n, dim, rng)
     hnsw = index.hnsw
     levels = (1 + np.floor(-np.log(rng.random(n)) / np.log(m))).astype(np.int32)  # P(level > l) = M^-l
     per_level = np.array([hnsw.cum_nb_neighbors(int(lv)) for lv in range(int(levels.max()) + 1)], dtype=np.uint64)
@@ -256,6 +258,36 @@ def _write_synthetic_graph(data: Path, n: int, dim: int, quantization: str = "no
     unlocked = SimpleNamespace(read=contextlib.nullcontext)  # nothing else touches this index
     cap = annfile.GraphCapture(index, unlocked, n, np.ones(n, dtype=bool),
                                annfile.keys_hash(f"c{i:07d}" for i in range(n)), quantization)
+    return annfile.write_graph(data, cap, 1, dim)
+
+
+def _write_synthetic_pq(data: Path, n: int, dim: int, rng: np.random.Generator) -> int:
+    """storage.hnsw of a pq node (IndexIVFPQ, version 2): trained as a node trains it (on the
+    first build's 5,000 vectors: 128 lists), then ``n`` random codes spread over random lists, so
+    the file, its read and the inverted lists' memory are a real 1M pq index's."""
+    import contextlib
+
+    import faiss
+
+    from sutra_cluster.storage import annfile
+    from sutra_cluster.storage.quant import new_pq
+
+    sample = rng.standard_normal((5000, dim), dtype=np.float32)
+    index = new_pq(dim, len(sample))
+    index.pq.cp.min_points_per_centroid = 1  # a node trains on as few, only without faiss' warning
+    index.train(sample / np.linalg.norm(sample, axis=1, keepdims=True))
+    invlists = index.invlists
+    lists = rng.integers(0, index.nlist, n)
+    order = np.argsort(lists, kind="stable").astype(np.int64)
+    bounds = np.searchsorted(lists[order], np.arange(index.nlist + 1))
+    for no in range(index.nlist):
+        ids = np.ascontiguousarray(order[bounds[no] : bounds[no + 1]])
+        codes = rng.integers(0, 256, (len(ids), index.code_size), dtype=np.uint8)
+        invlists.add_entries(no, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+    index.ntotal = n
+    unlocked = SimpleNamespace(read=contextlib.nullcontext)  # nothing else touches this index
+    cap = annfile.GraphCapture(index, unlocked, n, np.ones(n, dtype=bool),
+                               annfile.keys_hash(f"c{i:07d}" for i in range(n)), "pq")
     return annfile.write_graph(data, cap, 1, dim)
 
 
