@@ -286,7 +286,10 @@ class Engine(HistoryOps, TxnOps):
 
     def _load_snapshot_file(self, path: Path) -> tuple[int, int]:
         with open(path, "rb", buffering=1 << 20) as f:
-            dec = ckpt.SnapshotDecoder(f, str(path), reuse_buffer=True)  # _load_snapshot copies what it keeps
+            # _load_snapshot copies what it keeps from a reused buffer; under SUTRA_VECTOR_STORAGE=mmap the
+            # file is mapped instead and its vector blocks become the flat store's chunks (no copy).
+            mapped = getattr(self.vectors, "storage", "memory") == "mmap"
+            dec = ckpt.SnapshotDecoder(f, str(path), reuse_buffer=True, mapped=mapped)
             if path.name == ckpt.STORAGE_FILE:  # its stored graph's storage receives the vectors: one copy
                 annfile.reserve_graph_storage(self.dir, dec.header.lsn, self.cfg.vector_dimension, self.vectors)
             self._load_snapshot(dec)
@@ -303,7 +306,9 @@ class Engine(HistoryOps, TxnOps):
         for chunk in dec:
             vec = ApplyResult({}, set())
             self.state.load_chunk(chunk, vec)
-            for keys, mat, norms in [*vec.blocks, *iter_vectors(vec.upserts, dim)]:  # blocks: storage.dat v2
+            for keys, mat, norms in vec.blocks:  # storage.dat v2's columns: views of the mapped file, if mapped
+                self.vectors.upsert(keys, mat, norms, mapped=dec.mapped)
+            for keys, mat, norms in iter_vectors(vec.upserts, dim):
                 self.vectors.upsert(keys, mat, norms)
 
     def _on_fsync(self, seconds: float) -> None:

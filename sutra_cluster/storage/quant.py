@@ -3,12 +3,18 @@
 ``SUTRA_VECTOR_STORAGE``:
 
 * ``memory``: the flat store's row chunks are heap arrays.
-* ``mmap``: each chunk is a shared mapping of a file under ``<data>/vectors.map``
-  that is unlinked as soon as it is mapped, so the page cache (which the kernel
-  may write back and evict) holds the vectors, not the heap.  The map is
-  derived state only: it is filled from storage.dat + the WAL at every start
-  and never read back (an unlinked file cannot be; stray files a crash left
-  behind are deleted at start), so it can never be trusted stale.
+* ``mmap``: the page cache, not the heap, holds the vectors.  A start maps
+  storage.dat read-only and keeps each whole 4,096-row vector block of it
+  (CRC-checked in place) as a chunk, a view of the file: no copy, and clean
+  pages the kernel may drop and read back.  The mapping lives as long as its
+  chunks, also after later checkpoints have rotated that storage.dat out of
+  the directory (its blocks stay allocated until then: at most one copy of the
+  vectors, as the map files below always held).  Every other chunk (a partial
+  last block, the WAL tail, later writes, compactions) is a shared mapping of
+  a file under ``<data>/vectors.map`` that is unlinked as soon as it is
+  mapped.  Those files are derived state only: filled from storage.dat + the
+  WAL and never read back (stray files a crash left behind are deleted at
+  start), so they can never be trusted stale.
 
 ``SUTRA_QUANTIZATION``:
 

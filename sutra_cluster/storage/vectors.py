@@ -182,9 +182,10 @@ class VectorIndex(Maintainer):
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim or x.shape[0] != len(keys):
             raise ValueError(f"vectors must have shape ({len(keys)}, {self.dim}), got {x.shape}")
-        for key in keys:
-            if not isinstance(key, str):
-                raise TypeError(f"keys must be str, got {type(key).__name__}")
+        if not set(map(type, keys)) <= {str}:  # one C-level pass (a load checks a million keys)
+            for key in keys:
+                if not isinstance(key, str):
+                    raise TypeError(f"keys must be str, got {type(key).__name__}")
         finite = np.isfinite(x).all(axis=1)
         if not finite.all():
             raise ValueError(f"vector for {keys[int(np.argmin(finite))]!r} has NaN/inf")
@@ -211,9 +212,16 @@ class VectorIndex(Maintainer):
         if ann is not None and self._seq[row] < ann.watermark:
             ann.dead += 1
 
-    def _append_locked(self, keys: list[str], vecs: np.ndarray | None, norms: np.ndarray) -> None:
+    def _append_locked(self, keys: list[str], vecs: np.ndarray | None, norms: np.ndarray,
+                       shared: bool = False) -> None:
         """Append rows; ``vecs`` None appends rows the graph already covers
-        (compaction), whose chunk slots stay unfilled."""
+        (compaction), whose chunk slots stay unfilled.  ``shared``: ``vecs``
+        is a read-only file mapping nothing rewrites (``upsert``'s ``mapped``):
+        a whole chunk of it starting a new chunk is kept as that chunk.  It is
+        never written to (rows below the count never are; the next append
+        starts a new chunk), and a start under ``mmap`` then copies no vector
+        into a fresh mapping (at 1M x 768-d that copy, 3 GB of page faults on
+        new file pages, was over a third of the start)."""
         n, m = self._n, len(keys)
         if n + m > len(self._seq):
             cap = max(n + m, 2 * len(self._seq), 1024)
@@ -221,6 +229,15 @@ class VectorIndex(Maintainer):
             self._alive = np.concatenate([self._alive[:n], np.zeros(cap - n, dtype=bool)])
             self._norms = np.concatenate([self._norms[:n], np.empty(cap - n, dtype=np.float64)])
         if vecs is not None:
+            if shared and not vecs.flags.writeable and self._reserved is None and n % CHUNK_ROWS == 0 \
+                    and len(self._chunks) * CHUNK_ROWS == n:
+                whole = m - m % CHUNK_ROWS
+                for lo in range(0, whole, CHUNK_ROWS):
+                    self._chunks.append(vecs[lo : lo + CHUNK_ROWS])  # a view: it keeps the mapping alive
+                if whole:
+                    self._append_rows_locked(keys[:whole], norms[:whole])
+                    keys, vecs, norms = keys[whole:], vecs[whole:], norms[whole:]
+                    n, m = self._n, len(keys)
             while len(self._chunks) * CHUNK_ROWS < n + m:
                 slots = None if self._reserved is None else self._reserved.chunk(len(self._chunks))
                 self._chunks.append(self._alloc.chunk(CHUNK_ROWS, self.dim) if slots is None else slots)
@@ -233,13 +250,18 @@ class VectorIndex(Maintainer):
                     chunk = self._chunks[c] = self._alloc.chunk(CHUNK_ROWS, self.dim)
                 chunk[off : off + take] = vecs[row - n : row - n + take]
                 row += take
+        self._append_rows_locked(keys, norms)
+
+    def _append_rows_locked(self, keys: list[str], norms: np.ndarray) -> None:
+        """The bookkeeping of an append whose vectors are in place: sequence
+        numbers, liveness, norms, keys."""
+        n, m = self._n, len(keys)
         self._seq[n : n + m] = np.arange(self._next_seq, self._next_seq + m)
         self._alive[n : n + m] = True
         self._norms[n : n + m] = norms
         self._next_seq += m
         self._keys.extend(keys)
-        for i, key in enumerate(keys):
-            self._row_of[key] = n + i
+        self._row_of.update(zip(keys, range(n, n + m)))
         self._n += m
         self._live += m
 
@@ -306,30 +328,35 @@ class VectorIndex(Maintainer):
 
     # ------------------------------------------------------------ public API
 
-    def upsert(self, keys: Sequence[str], vectors: np.ndarray, norms: np.ndarray | None = None) -> None:
+    def upsert(self, keys: Sequence[str], vectors: np.ndarray, norms: np.ndarray | None = None, *,
+               mapped: bool = False) -> None:
         """Insert or replace vectors; within one call the last duplicate wins.
 
         ``norms``: the vectors are already normalised and these are their
-        original lengths (a stored form being reloaded).  Validates the whole
-        batch first (ValueError on shape, NaN/inf or zero vectors), so a
-        rejected call changes nothing.
+        original lengths (a stored form being reloaded).  ``mapped``: the
+        vectors are a read-only view of a file mapping that nothing rewrites
+        (storage.dat mapped by a start, checkpoint.SnapshotDecoder): under
+        ``mmap`` storage, whole chunk-aligned blocks of it become chunks as
+        they are, without a copy.  Validates the whole batch first (ValueError
+        on shape, NaN/inf or zero vectors), so a rejected call changes nothing.
         """
         keys = list(keys)
         vecs, lengths = self._check_vectors(keys, vectors, norms)
         if not keys:
             return
-        last = {key: i for i, key in enumerate(keys)}
+        last = dict(zip(keys, range(len(keys))))  # the last duplicate wins
         if len(last) != len(keys):
             idx = np.fromiter(sorted(last.values()), dtype=np.int64, count=len(last))
             keys = [keys[i] for i in idx]
             vecs, lengths = vecs[idx], lengths[idx]
         with self._cv:
             self._last_upsert = time.monotonic()
-            for key in keys:
-                row = self._row_of.get(key)
-                if row is not None:
-                    self._kill_row_locked(row)
-            self._append_locked(keys, vecs, lengths)
+            if not self._row_of.keys().isdisjoint(keys):  # a load's keys are all new: no Python step per key
+                for key in keys:
+                    row = self._row_of.get(key)
+                    if row is not None:
+                        self._kill_row_locked(row)
+            self._append_locked(keys, vecs, lengths, shared=mapped and self._alloc.mapped)
             self._maybe_compact_locked()
             self._wake_maintainer_locked()
 
