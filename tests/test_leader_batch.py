@@ -166,7 +166,8 @@ def test_one_batch_is_handed_to_the_index_as_one_block() -> None:
     assert mat.shape == (30, DIM) and mat.flags.c_contiguous
 
 
-@pytest.mark.parametrize("later", ["delete", "update", "update without vector", "repeat in batch"])
+@pytest.mark.parametrize("later", ["delete", "update", "update without vector", "repeat in batch",
+                                   "edges and a delete in the block's own batch"])
 def test_what_the_per_concept_path_must_take(later: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Updates, repeated ids, concepts without vectors or with attributes, and
     a delete after the block in the same apply: the same state either way."""
@@ -177,6 +178,12 @@ def test_what_the_per_concept_path_must_take(later: str, monkeypatch: pytest.Mon
     elif later == "update without vector":
         nxt.concepts[1].ClearField("embedding_f32")
         nxt.concepts[2].attributes["k"] = "v"
+    elif later == "edges and a delete in the block's own batch":
+        first.associations.add(source_id="c1", target_id="c2", assoc_type=1, confidence=0.5)
+        first.associations.add(source_id="c3", target_id="c1", assoc_type=0, confidence=0.5)
+        first.delete_concept_ids.append("c1")
+        for c in nxt.concepts:
+            c.concept_id = f"n{c.concept_id}"
     elif later == "repeat in batch":
         for c in nxt.concepts:
             c.concept_id = f"n{c.concept_id}"
