@@ -89,6 +89,20 @@ def divergence(terms: TermHistory, leader_last: int, node_id: str, last_lsn: int
     return reason, branch
 
 
+def records_message(head: dict[str, Any], entries: list[Any], commit_lsn: int) -> rpb.LeaderMessage:
+    """A records message, built in place: the same bytes as nesting
+    ``LeaderMessage(records=Records(entries=[WalEntry(...)]))``, which copies each
+    submessage into its parent and cost 8.5 ms of CPU per 3.3 MB record here
+    (against 0.1 ms in place): most of what a feeder spent per batched record."""
+    msg = rpb.LeaderMessage(**head)
+    records = msg.records
+    add = records.entries.add
+    for e in entries:
+        add(lsn=e.lsn, term=e.term, rtype=e.rtype, payload=e.payload)
+    records.commit_lsn = commit_lsn
+    return msg
+
+
 class LeaderStreams:
     """Feeds replicas and decides what may be acknowledged. Commit bookkeeping is
     ``SyncCommit`` (pure), always used under ``self._acks``."""
@@ -300,9 +314,7 @@ class LeaderStreams:
                 # In sync mode a replica shows only what the leader committed: every
                 # records message carries the commit LSN, so a stream of writes tells
                 # it without a heartbeat (and an acknowledgement of it) per write.
-                msg = rpb.LeaderMessage(**head, records=rpb.Records(entries=[
-                    rpb.WalEntry(lsn=e.lsn, term=e.term, rtype=e.rtype, payload=e.payload) for e in entries],
-                    commit_lsn=self._commit_for(f)))
+                msg = records_message(head, entries, self._commit_for(f))
                 # Set before the message leaves: its acknowledgement may come back
                 # before this generator runs again, and acks above ``sent`` are cut.
                 with self._acks:
