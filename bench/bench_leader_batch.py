@@ -7,6 +7,7 @@ the WAL append, fsync and commit: ``StorageServicer._log_batch``) and apply
 the vector index).
 
     .venv/bin/python bench/bench_leader_batch.py [--rounds 5] [--before ../before] [--profile bench/profiles/leader-batch.txt]
+    .venv/bin/python bench/bench_leader_batch.py --instructions [--before ../before]   # valgrind: instructions per record
 
 Each round runs in a fresh process per tree, alternating with ``--before``'s
 tree (an older checkout) so both see the same machine load; medians are
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,7 @@ from sutra_cluster.api.storage_service import StorageServicer, parse_raw_batch
 from sutra_cluster.storage.engine import Engine
 
 batches, size, dim, profile = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+submit = int(sys.argv[6]) if len(sys.argv) > 6 else batches  # requests built, requests written
 time.time_ns = lambda: 1_764_000_000_000_000_000  # one timestamp: the state digest compares the trees
 rng = np.random.default_rng(1)
 pad = "lorem ipsum dolor sit amet " * 8
@@ -54,7 +57,7 @@ with tempfile.TemporaryDirectory() as d:
     svc = StorageServicer(eng)
     t = {"parse": 0.0, "log": 0.0, "apply": 0.0}
     prof = cProfile.Profile() if profile else None
-    for q in reqs:
+    for q in reqs[:submit]:
         if prof is not None:
             prof.enable()
         c0 = time.thread_time()
@@ -69,7 +72,7 @@ with tempfile.TemporaryDirectory() as d:
         t["parse"] += c1 - c0
         t["log"] += c2 - c1
         t["apply"] += c3 - c2
-    n = batches * size
+    n = submit * size
     out = {k + "_us": v / n * 1e6 for k, v in t.items()}
     out["total_us"] = sum(t.values()) / n * 1e6
     out["digest"] = eng.digest()[1]
@@ -93,6 +96,31 @@ def probe(tree: Path, batches: int, size: int, dim: int, profile: str = "") -> d
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def instructions(tree: Path, size: int, dim: int, out_dir: Path) -> tuple[float, dict[str, float]]:
+    """Instructions per record (valgrind's callgrind: deterministic, where CPU
+    time on a shared machine is not), total and by function: a run writing 5
+    requests minus one writing 1, both building the same 5."""
+    totals: dict[int, int] = {}
+    funcs: dict[int, dict[str, int]] = {}
+    for k in (1, 5):
+        cg = out_dir / f"callgrind.{tree.name}.{k}"
+        run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", sys.executable, "-c",
+                              PROBE, str(tree), "5", str(size), str(dim), "", str(k)],
+                             cwd=tree, capture_output=True, text=True, check=True, timeout=1800)
+        totals[k] = int(re.findall(r"Collected : (\d+)", run.stderr)[-1])
+        ann = subprocess.run(["callgrind_annotate", "--threshold=100", str(cg)], capture_output=True, text=True,
+                             check=True).stdout
+        funcs[k] = {}
+        for line in ann.splitlines():
+            m = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+(.*?)(\s+\[[^\]]*\])?$", line)
+            if m and "PROGRAM TOTALS" not in m.group(2):
+                name = re.sub(r"^.*/Python-3[^/]*/", "cpython/", m.group(2))
+                funcs[k][name] = funcs[k].get(name, 0) + int(m.group(1).replace(",", ""))
+    n = 4 * size
+    by_fn = {f: (funcs[5].get(f, 0) - funcs[1].get(f, 0)) / n for f in set(funcs[1]) | set(funcs[5])}
+    return (totals[5] - totals[1]) / n, by_fn
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -102,7 +130,11 @@ def main() -> int:
     p.add_argument("--before", type=Path, default=None, help="an older checkout, measured alternating with this tree")
     p.add_argument("--profile", default="", help="write a cProfile summary of this tree's last round here")
     p.add_argument("--out", default="bench/results/leader_batch.json")
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions per record with valgrind instead (each tree once; minutes)")
     a = p.parse_args()
+    if a.instructions:
+        return count_instructions(a)
     trees = {"this tree": ROOT} if a.before is None else {"before": a.before.resolve(), "this tree": ROOT}
     runs: dict[str, list[dict[str, object]]] = {k: [] for k in trees}
     for rnd in range(a.rounds):
@@ -120,6 +152,23 @@ def main() -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "runs": runs}, indent=2))
     return 0 if len(digests) == 1 else 1
+
+
+def count_instructions(a: argparse.Namespace) -> int:
+    trees = {"this tree": ROOT} if a.before is None else {"before": a.before.resolve(), "this tree": ROOT}
+    out_dir = Path(a.out).resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    got = {label: instructions(tree, a.size, a.dim, out_dir) for label, tree in trees.items()}
+    labels = list(got)
+    print(f"instructions per batched record (callgrind; LearnBatch requests of {a.size} {a.dim}-d concepts): " +
+          ", ".join(f"{k} {v[0]:,.0f}" for k, v in got.items()))
+    print("| " + " | ".join(labels) + " | function (own instructions per record) |")
+    print("|" + "---:|" * len(labels) + "---|")
+    names = sorted({f for _, fns in got.values() for f in fns}, key=lambda f: -max(got[k][1].get(f, 0) for k in labels))
+    for f in names[:30]:
+        print("| " + " | ".join(f"{got[k][1].get(f, 0):,.0f}" for k in labels) + f" | {f[:120]} |")
+    Path(a.out).write_text(json.dumps({k: {"total": v[0], "functions": v[1]} for k, v in got.items()}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
