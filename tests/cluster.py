@@ -29,6 +29,7 @@ from sutra_cluster import admin
 from sutra_cluster.client import Association, Concept, SutraClient
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.pb import storage_pb2 as pb
+from sutra_cluster.storage.identity import IDENTITY_FILE
 from tests.helpers import NodeProcess, free_port, wait_for
 
 DIM = 8
@@ -162,11 +163,21 @@ def running_cluster(base: Path, replicas: int = 2, mode: str = "async", env: dic
 
 # ---- waiting and comparing ----------------------------------------------------
 def wait_streaming(leader: Node, names: Sequence[str], timeout: float = 30.0) -> rpb.ReplicationStatus:
-    """Until the leader reports every named replica connected and streaming."""
+    """Until the leader reports every named replica connected and streaming, and
+    each (its data directory beside the leader's, as running_cluster lays them
+    out) has taken the leader's cluster id. A leader counts a stream from the
+    replica's hello, before the replica has had a message back; a replica
+    promoted before its first message would found a cluster of its own, which
+    the other replicas then refuse."""
+    def adopted(name: str) -> bool:
+        mine = leader.data_dir / IDENTITY_FILE
+        theirs = leader.data_dir.parent / name / IDENTITY_FILE
+        return not mine.exists() or (theirs.exists() and theirs.read_bytes() == mine.read_bytes())
+
     def ok() -> rpb.ReplicationStatus | None:
         st = leader.status()
         states = {r.node_id: r.state for r in st.replicas}
-        return st if all(states.get(n) == "streaming" for n in names) else None
+        return st if all(states.get(n) == "streaming" and adopted(n) for n in names) else None
 
     st = wait_for(ok, timeout, f"replicas {list(names)} streaming from {leader.name}")
     assert st is not None
