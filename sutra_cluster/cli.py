@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -11,7 +12,15 @@ from sutra_cluster import config
 from sutra_cluster.errors import ConfigError, StartupError, StorageFailure
 
 
+def install_fault_trace() -> None:
+    """A node killed by a fatal signal (SIGSEGV, SIGBUS: under
+    SUTRA_VECTOR_STORAGE=mmap a data file cut in place, or a disk read error on
+    a mapped page) writes every thread's Python stack to stderr, its log, first."""
+    faulthandler.enable(all_threads=True)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    install_fault_trace()
     # One BLAS thread per search: concurrent gRPC workers already use the cores,
     # and BLAS threads per call contend (measured: 4 concurrent exact searches
     # ~160 q/s with a thread per core, ~1,400 q/s with one). Set before numpy loads.

@@ -60,6 +60,11 @@ class SnapshotError(Exception):
         self.where, self.offset, self.reason = where, offset, reason
 
 
+class DamagedVector(StorageFailure):
+    """A stored vector no longer hashes to the fingerprint it was loaded or
+    written with: a data file changed under the running node (``verify``)."""
+
+
 def _frame(kind: int, payload: bytes) -> bytes:
     return FRAME.pack(len(payload), crc32c.crc32c(payload), kind) + payload
 
@@ -74,6 +79,7 @@ def encode_snapshot(
     edges: list[tuple[str, str, int, float]],
     vectors: VectorBatches | None = None,
     version: int = VERSION,
+    verify: bool = False,
 ) -> Iterator[bytes]:
     """Yield the snapshot as byte blocks: file header, header frame, chunks, end frame.
 
@@ -85,7 +91,13 @@ def encode_snapshot(
     default) writes concepts as columns frames; ``version=1`` writes the old
     one-message-per-concept chunks (kept to test that old files still load).
     Raises StorageFailure when the batches and the concepts disagree (a
-    checkpoint must never drop a vector silently).
+    checkpoint must never drop a vector silently). ``verify``: hash every
+    stored row again and refuse (StorageFailure) when one no longer matches the
+    fingerprint it was loaded or written with: under ``mmap`` storage the rows
+    are file pages (storage.dat itself, mapped at the start, and vectors.map/),
+    read back from disk whenever the kernel dropped them, so damage done to a
+    file after it was checked would otherwise be written into the next
+    checkpoint with a fresh, valid CRC, and sent to replicas.
     """
     if version not in READABLE_VERSIONS:
         raise ValueError(f"snapshot version {version} is not one of {READABLE_VERSIONS}")
@@ -94,7 +106,7 @@ def encode_snapshot(
     if version == 1:
         yield from _encode_v1(concepts, edges, vectors)
     else:
-        yield from _column_frames(concepts, _own_vectors(concepts) if vectors is None else vectors)
+        yield from _column_frames(concepts, _own_vectors(concepts) if vectors is None else vectors, verify)
         for i in range(0, len(edges), CHUNK_EDGES):
             chunk = wal_pb2.SnapshotChunk()
             for s, d, t, conf in edges[i : i + CHUNK_EDGES]:
@@ -124,17 +136,28 @@ def _own_vectors(concepts: dict[str, Concept], batch: int = CHUNK_CONCEPTS) -> V
         yield keys[lo : lo + batch], np.stack(rows[lo : lo + batch]), np.asarray(norms[lo : lo + batch])
 
 
-def _fingerprints(picked: list[Concept], rows: np.ndarray, norms: np.ndarray) -> list[int]:
+def _fingerprints(picked: list[Concept], rows: np.ndarray, norms: np.ndarray, verify: bool = False) -> list[int]:
     """Each vector's fingerprint: its VectorRef's (the state captured with the
-    rows), or computed from the stored bytes (a hand-made concept)."""
+    rows), or computed from the stored bytes (a hand-made concept). ``verify``:
+    a VectorRef's must also be the hash of the row about to be written."""
     out = []
     for c, row, norm in zip(picked, rows, norms):
         v = c.vector
-        out.append(v.fingerprint if isinstance(v, VectorRef) else fingerprint(row.astype("<f4").tobytes(), float(norm)))
+        if not isinstance(v, VectorRef):
+            out.append(fingerprint(row.astype("<f4").tobytes(), float(norm)))
+            continue
+        if verify and fingerprint(row.astype("<f4").tobytes(), float(norm)) != v.fingerprint:
+            raise DamagedVector(
+                f"snapshot not written: the stored vector of concept {v.key!r} no longer matches the "
+                "fingerprint it was loaded or written with: its bytes changed in a data file after they were "
+                "checked (storage.dat or vectors.map/ edited or damaged on disk while the node ran). The previous "
+                "checkpoint and the WAL are kept; this node takes no more writes (its replicas hold good copies): "
+                "restart it to load its files again")
+        out.append(v.fingerprint)
     return out
 
 
-def _column_frames(concepts: dict[str, Concept], vectors: VectorBatches) -> Iterator[bytes]:
+def _column_frames(concepts: dict[str, Concept], vectors: VectorBatches, verify: bool = False) -> Iterator[bytes]:
     """Version 2: concepts with a vector in the batches' order, then the rest."""
     def block(keys: list[str], picked: list[Concept], **vec: object) -> bytes:
         return _frame(KIND_COLUMNS, columns.pack(
@@ -148,7 +171,7 @@ def _column_frames(concepts: dict[str, Concept], vectors: VectorBatches) -> Iter
         with_vector += len(keys)
         rows32 = np.asarray(rows, dtype=np.float32)
         yield block(list(keys), picked, vectors=rows32, norms=norms,
-                    fingerprints=_fingerprints(picked, rows32, np.asarray(norms)))
+                    fingerprints=_fingerprints(picked, rows32, np.asarray(norms), verify))
     _check_count(concepts, with_vector)
     rest = [cid for cid, c in concepts.items() if not c.vector]
     for lo in range(0, len(rest), CHUNK_CONCEPTS):
@@ -362,6 +385,9 @@ def write_checkpoint(
                 f"checkpoint not written: {tmp}: {os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}); free space "
                 f"on the disk holding {directory}: the previous checkpoint and the WAL still hold every write"
             ) from exc
+        raise
+    except BaseException:  # the encoder refused (StorageFailure) or the writer was stopped: no half file kept
+        tmp.unlink(missing_ok=True)
         raise
     step("tmp-written")
     current = directory / STORAGE_FILE

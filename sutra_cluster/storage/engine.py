@@ -390,7 +390,7 @@ class Engine(HistoryOps, TxnOps):
             self._kick.clear()
             try:
                 self.reconcile_once()
-                if self._since_checkpoint >= self.cfg.memory_threshold:
+                if self._since_checkpoint >= self.cfg.memory_threshold and not self.write_failure:
                     self._start_background_checkpoint()
             except Exception:  # a bug here must not silently stop visibility
                 log.exception("reconciler failed")
@@ -582,7 +582,22 @@ class Engine(HistoryOps, TxnOps):
             vector_dimension=self.cfg.vector_dimension, created_at_us=time.time_ns() // 1000,
             node_id=self.cfg.node_id,
         )
-        return header, ckpt.encode_snapshot(header, concepts, edges, vectors)
+        # Under mmap the rows are file pages, read back from disk after the kernel drops them: hash
+        # them again rather than write damage done to a file since it was checked (tests/test_review_s20_mapped.py).
+        verify = getattr(self.vectors, "storage", "memory") == "mmap"
+        return header, self._fail_stop_on_damage(ckpt.encode_snapshot(header, concepts, edges, vectors, verify=verify))
+
+    def _fail_stop_on_damage(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
+        """Pass ``blocks`` on; a vector found damaged while they are encoded
+        makes this node fail-stop for writes, as a WAL write failure does: it is
+        then unhealthy to the HA loop, so a replica with good copies takes over
+        its leadership, and no automatic checkpoint retries the refused one."""
+        try:
+            yield from blocks
+        except ckpt.DamagedVector as exc:
+            self.write_failure = str(exc)
+            log.error("node %s: %s", self.cfg.node_id, exc)
+            raise
 
     # ---- reads -----------------------------------------------------------
     def wait_visible(self, sequence: int, timeout_s: float | None = None) -> None:
