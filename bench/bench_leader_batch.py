@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -100,6 +101,9 @@ def instructions(tree: Path, size: int, dim: int, out_dir: Path) -> tuple[float,
     """Instructions per record (valgrind's callgrind: deterministic, where CPU
     time on a shared machine is not), total and by function: a run writing 5
     requests minus one writing 1, both building the same 5."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
+        raise SystemExit("--instructions needs valgrind and callgrind_annotate (Debian's valgrind package: "
+                         "apt-get install valgrind)")
     totals: dict[int, int] = {}
     funcs: dict[int, dict[str, int]] = {}
     for k in (1, 5):
