@@ -17,8 +17,10 @@ import argparse
 import functools
 import getpass
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -143,8 +145,14 @@ def status(args: argparse.Namespace) -> int:
     clear = fmt == "table" and sys.stdout.isatty()
     code = OK
     n = 0
+    # Ctrl-C (SIGINT) or SIGTERM stops the watch between two refreshes: a KeyboardInterrupt raised
+    # inside a refresh (etcd's client, the thread pool asking the nodes) could leave a library's
+    # threads blocked, and the process hung on exit (a CI run saw `status --watch` ignore SIGINT).
+    # A refresh is bounded by its etcd and RPC timeouts.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while args.count is None or n < args.count:
+        while not stop.is_set() and (args.count is None or n < args.count):
             t0 = time.monotonic()
             if clear:
                 sys.stdout.write("\033[H\033[2J")
@@ -154,10 +162,11 @@ def status(args: argparse.Namespace) -> int:
             n += 1
             if args.count is not None and n >= args.count:
                 break
-            time.sleep(max(0.0, args.watch - (time.monotonic() - t0)))
-    except KeyboardInterrupt:
-        return OK  # the operator stopped watching: not a failure
-    return code
+            stop.wait(max(0.0, args.watch - (time.monotonic() - t0)))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return OK if stop.is_set() else code  # the operator stopped watching: not a failure
 
 
 def _status_once(args: argparse.Namespace, fmt: str) -> int:
