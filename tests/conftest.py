@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from sutra_cluster import config
 from sutra_cluster.replication.manager import ReplicationManager
 from sutra_cluster.storage.engine import Engine
-from tests.helpers import NodeProcess
+from tests.helpers import NodeProcess, in_process_leader
 
 
 @pytest.fixture
@@ -17,15 +16,8 @@ def leader(tmp_path: Path) -> Iterator[tuple[Engine, ReplicationManager]]:
     A test module may define its own ``leader`` (tests/chaos/test_demote_race.py does)."""
     env = {"STORAGE_PATH": str(tmp_path / "n"), "VECTOR_DIMENSION": "4", "SUTRA_NODE_ID": "n1",
            "SUTRA_NODE_ROLE": "leader", "SUTRA_COMMIT_MODE": "sync", "SUTRA_SYNC_TIMEOUT_MS": "30000"}
-    cfg = config.load(env)
-    eng = Engine(cfg)
-    m = ReplicationManager(eng, cfg)
-    m.start()
-    try:
-        yield eng, m
-    finally:
-        m.stop()
-        eng.close()
+    with in_process_leader(env) as pair:
+        yield pair
 
 
 @pytest.fixture

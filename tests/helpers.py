@@ -10,14 +10,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
 from sutra_cluster.client import SutraClient
 from sutra_cluster.pb import storage_pb2 as pb
+
+if TYPE_CHECKING:
+    from sutra_cluster.replication.manager import ReplicationManager
+    from sutra_cluster.storage.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -155,3 +160,22 @@ class NodeProcess:
 def rpc_code(exc: BaseException) -> grpc.StatusCode:
     assert isinstance(exc, grpc.RpcError), exc
     return exc.code()  # type: ignore[attr-defined,no-any-return]
+
+
+@contextmanager
+def in_process_leader(env: dict[str, str]) -> Iterator[tuple[Engine, ReplicationManager]]:
+    """An engine and its replication manager started in process from ``env``
+    (a node's settings), stopped and closed on the way out."""
+    from sutra_cluster import config
+    from sutra_cluster.replication.manager import ReplicationManager
+    from sutra_cluster.storage.engine import Engine
+
+    cfg = config.load(env)
+    eng = Engine(cfg)
+    m = ReplicationManager(eng, cfg)
+    m.start()
+    try:
+        yield eng, m
+    finally:
+        m.stop()
+        eng.close()

@@ -15,30 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from sutra_cluster import config
 from sutra_cluster.errors import SutraError
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.replication.manager import ReplicationManager
 from sutra_cluster.storage.engine import Engine
+from tests.helpers import in_process_leader
 
 pytestmark = pytest.mark.slow  # starts etcd and a node cluster
 
 
 @pytest.fixture(params=["sync", "async"])
 def leader(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engine, ReplicationManager]]:
-    cfg = config.load({
+    with in_process_leader({
         "STORAGE_PATH": str(tmp_path / "n"), "VECTOR_DIMENSION": "8", "SUTRA_NODE_ID": "n0",
         "SUTRA_COMMIT_MODE": request.param, "SUTRA_NODE_ROLE": "leader", "SUTRA_REPLICAS": "127.0.0.1:9",
-    })
-    eng = Engine(cfg)
-    m = ReplicationManager(eng, cfg)
-    m.start()
-    try:
-        yield eng, m
-    finally:
-        m.stop()
-        eng.close()
+    }) as pair:
+        yield pair
 
 
 def _batch(cid: str) -> wal_pb2.WalBatch:
