@@ -87,6 +87,7 @@ class Maintainer:
     _ann_start: int
     _batch: int
     _index_threads: int
+    _quiet_threads: int
     _index_yield: float
     _last_upsert: float
     _quiet_cv: threading.Condition
@@ -154,6 +155,7 @@ class Maintainer:
     # ----------------------------------------------------------- maintainer
 
     _state = "idle"  # index_state; written under _lock by the background thread only
+    build_threads = 0  # faiss threads of the background thread's latest graph work (0: none yet)
 
     def _tail_locked(self) -> int:
         """Rows a search scans exactly: those past the published graph's prefix."""
@@ -181,6 +183,10 @@ class Maintainer:
             logger.info("vector index: %d vectors wait outside the HNSW graph (SUTRA_INDEX_MAX_TAIL %d): "
                         "indexing while writes flow", tail, self._max_tail)
         self._state = "forced" if idle_for < self._quiet else "indexing"
+        # Quiet: every core (the thread is at nice +10, so requests still win the CPU); forced
+        # while writes flow: one, as before.  OpenMP's thread count is per calling thread.
+        self.build_threads = self._index_threads if self._state == "forced" else self._quiet_threads
+        faiss.omp_set_num_threads(self.build_threads)
 
     def _work_locked(self, auto: bool) -> str | None:
         """What the maintainer should do next: 'build', 'rebuild', 'extend' or None."""

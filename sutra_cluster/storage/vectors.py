@@ -35,6 +35,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -108,7 +109,9 @@ class VectorIndex(Maintainer):
         ``search_threads``/``index_threads`` are faiss OpenMP threads per
         search call and for the maintainer: one query gains nothing from
         more (faiss parallelises across queries), and on a small box the
-        maintainer should leave cores to request threads.
+        maintainer should leave cores to request threads while writes flow
+        (``index_threads``); once they are quiet it uses every core this
+        process may run on (its thread is at nice +10, so requests still win).
         ``index_yield``: while vectors keep arriving, the maintainer rests
         ``index_yield`` times as long as each step took (1.0: at most half a
         core), so writes and replication keep the CPU; search stays correct
@@ -137,6 +140,8 @@ class VectorIndex(Maintainer):
         self._batch = index_batch
         self._search_threads = max(1, search_threads)
         self._index_threads = max(1, index_threads)
+        # While no write arrived for index_quiet, the maintainer builds with every core it may use.
+        self._quiet_threads = max(self._index_threads, len(os.sched_getaffinity(0)))
         self._index_yield = max(0.0, index_yield)
         self._quiet, self._max_tail = max(0.0, index_quiet), max(0, index_max_tail)
         self._last_upsert = 0.0
