@@ -78,8 +78,9 @@ def _wait(cond: Any, timeout: float, what: str, node: NodeProcess) -> float:
 class Run:
     """One node, one size."""
 
-    def __init__(self, base: Path, n: int, dim: int, queries: int, env: dict[str, str], ef: int = 0) -> None:
-        self.n, self.dim, self.ef = n, dim, ef
+    def __init__(self, base: Path, n: int, dim: int, queries: int, env: dict[str, str],
+                 efs: tuple[int, ...] = ()) -> None:
+        self.n, self.dim, self.efs = n, dim, efs
         self.data = base / "data"
         self.env = {"VECTOR_DIMENSION": str(dim), "MEMORY_THRESHOLD": str(1 << 40), "SUTRA_WAL_FSYNC": "on",
                     "SUTRA_LOG_LEVEL": "info", **env}
@@ -149,8 +150,8 @@ class Run:
             out["memory_by_part"] = {"vectors": st.vector_memory_bytes, "index": st.index_memory_bytes,
                                      "metadata": st.metadata_memory_bytes}
             out["search_before"] = self.search(stub)
-            if self.ef:
-                out[f"search_before_ef_{self.ef}"] = self.search(stub, ef=self.ef)
+            for ef in self.efs:  # the recall-vs-beam curve on the same graph
+                out[f"search_before_ef_{ef}"] = self.search(stub, ef=ef)
             stub.Flush(pb.FlushRequest(), timeout=600)
             out["data_dir_bytes"] = _du(self.data)
         finally:
@@ -367,7 +368,7 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--quick", action="store_true", help="3,000 x 64-d, 50 queries: a smoke run")
-    p.add_argument("--ef", type=int, default=0, help="also search with this ef_search before the restart")
+    p.add_argument("--ef", default="", help="also search with these ef_search (comma-separated) before the restart")
     p.add_argument("--storage", choices=("memory", "mmap"), default=None, help="SUTRA_VECTOR_STORAGE")
     p.add_argument("--quantization", choices=("none", "sq8", "pq"), default=None, help="SUTRA_QUANTIZATION")
     p.add_argument("--out", default="bench/results/scale.json")
@@ -401,7 +402,8 @@ def main() -> int:
                       f"{r['rss_after_restart_anon_bytes'] / r['raw_vector_bytes']:.2f}x raw), parts "
                       + "/".join(f"{v / 1e6:,.0f}" for v in r["memory_by_part"].values()) + " MB")
             else:
-                results.append(Run(base, n, dim, queries, env, a.ef).run())
+                efs = tuple(int(e) for e in a.ef.split(",") if e)
+                results.append(Run(base, n, dim, queries, env, efs).run())
         finally:
             shutil.rmtree(base, ignore_errors=True)
         print(f"done: {n:,} concepts", file=sys.stderr)

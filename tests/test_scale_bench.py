@@ -24,7 +24,7 @@ def test_bench_scale_quick_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     try:
         res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_scale.py"), "--quick", "--out", str(out),
-                              "--tmp", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+                              "--tmp", str(tmp_path), "--ef", "16,64"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     finally:
         assert nodes_under(tmp_path) == [], "the bench left a node running"
     assert res.returncode == 0, res.stderr[-3000:]
@@ -33,3 +33,6 @@ def test_bench_scale_quick_reports_every_figure(tmp_path: Path) -> None:
     assert r["index_source_after_restart"] == "storage.hnsw"  # the restart did not rebuild the graph
     assert r["search_before"]["recall_at_10"] >= 0.9 and r["memory_by_part"]["vectors"] >= 3000 * 64 * 4
     assert "restart: visible / ready" in res.stdout
+    # --ef: the recall-vs-beam curve over the same graph, one entry per beam
+    assert r["search_before_ef_64"]["recall_at_10"] >= r["search_before_ef_16"]["recall_at_10"] - 0.05
+    assert r["search_before_ef_64"]["queries"] == r["search_before_ef_16"]["queries"] == 50
