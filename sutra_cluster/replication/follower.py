@@ -113,7 +113,12 @@ class FollowerLoop:
                                       retry.FOREIGN_CLUSTER: "rejected-foreign-cluster"}.get(why or "", "rejected")
                         if why == retry.FOREIGN_CLUSTER:
                             log.error("leader %s refused this node: %s", self.leader_address, details)
-                        backoff = 1.0
+                        # "Not the leader" is mostly an election seen early: etcd's key names
+                        # the winner milliseconds before it leads, and in sync mode it acknowledges
+                        # nothing until a replica streams. So it backs off from 50 ms as a network
+                        # error does; a stale or foreign leader waits the full second.
+                        if why != retry.NOT_LEADER:
+                            backoff = 1.0
                     else:
                         self.state = "disconnected"
                     log.info("stream from %s ended: %s", self.leader_address, self.last_error)
