@@ -38,14 +38,16 @@ def kill_rounds(cluster: ManagedCluster, load: WriteLoad, ledger: Ledger, rounds
         lead = cluster.wait_healthy(60)  # every node up, replicas streaming, (sync) a sync set
         load.wait_acks(10, since=time.monotonic(), node=lead.name)  # the load flows through this leader
         term = lead.status().term
-        t = time.monotonic()
+        t, wall = time.monotonic(), time.time()
         lead.kill()
         first = load.first_ack(t, exclude=[lead], what=f"round {r}: the first write acknowledged after "
                                                          f"killing {lead.name}")
         rto = first.acked - t
-        out.append({"round": r, "killed": lead.name, "term": term, "new_leader": first.node,
+        out.append({"round": r, "killed": lead.name, "term": term, "new_leader": first.node, "killed_at": wall,
                     "rto_s": round(rto, 3), "first_ack_attempts": _summary(load.traces.get(first.rid, []))})
-        print(f"kill {r}: {lead.name} (term {term}) killed, {first.node} acknowledged after {rto:.3f}s")
+        # The wall-clock time of the kill, to find the round in the nodes' logs (time-stamped).
+        print(f"kill {r}: {lead.name} (term {term}) killed at {time.strftime('%H:%M:%S', time.localtime(wall))}"
+              f".{int(wall % 1 * 1000):03d}, {first.node} acknowledged after {rto:.3f}s")
         lead.start(wait=False)  # rejoins as a replica; the next round waits until it streams
     return out
 
