@@ -8,6 +8,7 @@ the vector index).
 
     .venv/bin/python bench/bench_leader_batch.py [--rounds 5] [--before ../before] [--profile bench/profiles/leader-batch.txt]
     .venv/bin/python bench/bench_leader_batch.py --instructions [--before ../before]   # valgrind: instructions per record
+    .venv/bin/python bench/bench_leader_batch.py --damage-check 20000 [--before ../before]  # a snapshot's check per vector
 
 Each round runs in a fresh process per tree, alternating with ``--before``'s
 tree (an older checkout) so both see the same machine load; medians are
@@ -40,6 +41,7 @@ from sutra_cluster.storage.engine import Engine
 
 batches, size, dim, profile = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 submit = int(sys.argv[6]) if len(sys.argv) > 6 else batches  # requests built, requests written
+digest = len(sys.argv) <= 7  # --instructions leaves it out: its cost would count as the records' own
 time.time_ns = lambda: 1_764_000_000_000_000_000  # one timestamp: the state digest compares the trees
 rng = np.random.default_rng(1)
 pad = "lorem ipsum dolor sit amet " * 8
@@ -76,7 +78,10 @@ with tempfile.TemporaryDirectory() as d:
     n = submit * size
     out = {k + "_us": v / n * 1e6 for k, v in t.items()}
     out["total_us"] = sum(t.values()) / n * 1e6
-    out["digest"] = eng.digest()[1]
+    try:  # the fingerprint's version 1 (blake2b): what a tree from before version 2 digests, so trees compare
+        out["digest"] = eng.state.digest(version=1) if digest else ""
+    except TypeError:
+        out["digest"] = eng.digest()[1]
     eng.close()
     if prof is not None:
         s = io.StringIO()
@@ -87,6 +92,49 @@ with tempfile.TemporaryDirectory() as d:
             f.write(s.getvalue().replace(sys.argv[1] + "/", ""))
     print(json.dumps(out))
 '''
+
+CHECK_PROBE = r'''
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from sutra_cluster.pb import storage_pb2 as pb, wal_pb2
+from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage.state import ApplyResult, GraphState, iter_vectors
+from sutra_cluster.storage.vectors import VectorIndex
+
+n, dim, rounds = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+store = VectorIndex(dim, background=False)
+state = GraphState(store)
+rng = np.random.default_rng(2)
+for lo in range(0, n, 1000):
+    batch = wal_pb2.WalBatch(timestamp_us=1)
+    vecs = rng.standard_normal((min(n, lo + 1000) - lo, dim), dtype=np.float32)
+    for i, v in enumerate(vecs):
+        batch.concepts.append(pb.LearnConceptRequest(concept_id=f"c{lo + i}", content="x", embedding_f32=v.tobytes()))
+    vec = ApplyResult({}, set())
+    state.apply_batch(batch, vec)
+    for keys, mat, norms in iter_vectors(vec.upserts, dim):
+        store.upsert(keys, mat, norms)
+concepts, edges = state.capture()
+header = wal_pb2.SnapshotHeader(lsn=1, term=1, concepts=n, vector_dimension=dim)
+out = {}
+for verify in (False, True) * rounds:
+    c0 = time.thread_time()
+    size = sum(map(len, ckpt.encode_snapshot(header, concepts, edges, store.stored_batches(ckpt.CHUNK_CONCEPTS),
+                                             verify=verify)))
+    out.setdefault(str(verify), []).append((time.thread_time() - c0) / n * 1e6)
+print(json.dumps({"plain_us": min(out["False"]), "verify_us": min(out["True"]),
+                  "check_us": min(out["True"]) - min(out["False"])}))
+'''
+
+
+def damage_check(tree: Path, n: int, dim: int) -> dict[str, float]:
+    """CPU per vector of encoding a snapshot (version 3 here, 2 before) without and
+    with the mapped storage's damage check (encode_snapshot's verify), in process."""
+    out = subprocess.run([sys.executable, "-c", CHECK_PROBE, str(tree), str(n), str(dim), "3"], cwd=tree,
+                         capture_output=True, text=True, check=True, timeout=900)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
 
 STAGES = ("parse_us", "log_us", "apply_us", "total_us")
 
@@ -100,7 +148,8 @@ def probe(tree: Path, batches: int, size: int, dim: int, profile: str = "") -> d
 def instructions(tree: Path, size: int, dim: int, out_dir: Path) -> tuple[float, dict[str, float]]:
     """Instructions per record (valgrind's callgrind: deterministic, where CPU
     time on a shared machine is not), total and by function: a run writing 5
-    requests minus one writing 1, both building the same 5."""
+    requests minus one writing 1, both building the same 5 (and neither
+    computing the state digest, whose cost grows with the records written)."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         raise SystemExit("--instructions needs valgrind and callgrind_annotate (Debian's valgrind package: "
                          "apt-get install valgrind)")
@@ -109,7 +158,7 @@ def instructions(tree: Path, size: int, dim: int, out_dir: Path) -> tuple[float,
     for k in (1, 5):
         cg = out_dir / f"callgrind.{tree.name}.{k}"
         run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", sys.executable, "-c",
-                              PROBE, str(tree), "5", str(size), str(dim), "", str(k)],
+                              PROBE, str(tree), "5", str(size), str(dim), "", str(k), "no-digest"],
                              cwd=tree, capture_output=True, text=True, check=True, timeout=1800)
         totals[k] = int(re.findall(r"Collected : (\d+)", run.stderr)[-1])
         ann = subprocess.run(["callgrind_annotate", "--threshold=100", str(cg)], capture_output=True, text=True,
@@ -136,9 +185,14 @@ def main() -> int:
     p.add_argument("--out", default="bench/results/leader_batch.json")
     p.add_argument("--instructions", action="store_true",
                    help="count instructions per record with valgrind instead (each tree once; minutes)")
+    p.add_argument("--damage-check", type=int, default=0, metavar="N",
+                   help="instead: CPU per vector of a snapshot of N vectors without and with the damage check "
+                        "(SUTRA_VECTOR_STORAGE=mmap hashes every stored row again)")
     a = p.parse_args()
     if a.instructions:
         return count_instructions(a)
+    if a.damage_check:
+        return measure_damage_check(a)
     trees = {"this tree": ROOT} if a.before is None else {"before": a.before.resolve(), "this tree": ROOT}
     runs: dict[str, list[dict[str, object]]] = {k: [] for k in trees}
     for rnd in range(a.rounds):
@@ -147,7 +201,8 @@ def main() -> int:
             runs[label].append(probe(tree, a.batches, a.size, a.dim, prof))
     digests = {r["digest"] for rs in runs.values() for r in rs}
     print(f"{a.batches} LearnBatch requests of {a.size} {a.dim}-d concepts per round, medians of {a.rounds} "
-          f"rounds (CPU of the calling thread, µs per record); state digests {'agree' if len(digests) == 1 else 'DIFFER'}")
+          f"rounds (CPU of the calling thread, µs per record); state digests (version 1) "
+          f"{'agree' if len(digests) == 1 else 'DIFFER'}")
     print("| tree | parse | validate + log + fsync | apply | total |")
     print("|---|---:|---:|---:|---:|")
     for label, rs in runs.items():
@@ -156,6 +211,22 @@ def main() -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "runs": runs}, indent=2))
     return 0 if len(digests) == 1 else 1
+
+
+def measure_damage_check(a: argparse.Namespace) -> int:
+    trees = {"this tree": ROOT} if a.before is None else {"before": a.before.resolve(), "this tree": ROOT}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in trees}
+    for _ in range(a.rounds):
+        for label, tree in trees.items():
+            runs[label].append(damage_check(tree, a.damage_check, a.dim))
+    print(f"snapshot of {a.damage_check} {a.dim}-d vectors, CPU µs per vector, medians of {a.rounds} rounds "
+          "(each the best of 3 encodings)")
+    print("| tree | encode | encode with the damage check | the check |")
+    print("|---|---:|---:|---:|")
+    for label, rs in runs.items():
+        med = [statistics.median(r[k] for r in rs) for k in ("plain_us", "verify_us", "check_us")]
+        print(f"| {label} | " + " | ".join(f"{m:.2f}" for m in med) + " |")
+    return 0
 
 
 def count_instructions(a: argparse.Namespace) -> int:

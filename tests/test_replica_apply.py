@@ -5,9 +5,6 @@ stored vectors and their digests would disagree."""
 
 from __future__ import annotations
 
-import hashlib
-import struct
-
 import numpy as np
 import pytest
 
@@ -15,6 +12,7 @@ from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage.state import ApplyResult, GraphState, iter_vectors, stored_forms
 from sutra_cluster.storage.vecform import fingerprint, normalise
 from sutra_cluster.storage.wal_format import RT_BATCH
+from tests.test_fingerprint_v2 import reference_fingerprint as reference_fingerprint_v2
 
 DIM = 64
 
@@ -28,8 +26,8 @@ def reference_normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_fingerprint(stored: bytes, norm: float) -> int:
-    h = int.from_bytes(hashlib.blake2b(stored + struct.pack("<d", norm), digest_size=8).digest(), "little")
-    return h or 1
+    """The fingerprint every node computes (version 2; an independent reference: tests/test_fingerprint_v2.py)."""
+    return reference_fingerprint_v2(stored, norm)
 
 
 def vectors(n: int, seed: int = 7) -> np.ndarray:

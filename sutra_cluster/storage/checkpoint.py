@@ -30,17 +30,21 @@ from sutra_cluster.storage import columns
 from sutra_cluster.storage.fsio import fsync_dir as fsync_dir  # kept importable from here
 from sutra_cluster.storage.fsio import replace_durably, write_file_synced
 from sutra_cluster.storage.state import Concept, VectorRef, stored_forms
-from sutra_cluster.storage.vecform import fingerprint
+from sutra_cluster.storage.vecform import FINGERPRINT_VERSION, fingerprints, fingerprints_v1
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"SUTRADAT"
-VERSION = 2  # what is written; 1 (a protobuf message per concept) is still read
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # what is written; 1 (a protobuf message per concept) and 2 are still read
+READABLE_VERSIONS = (1, 2, 3)
+# The fingerprint version (vecform.py) a file version's columns frames hold: 2 holds
+# blake2b's, 3 the vectorised hash's; otherwise the two are the same format.
+FILE_FINGERPRINTS = {2: 1, 3: 2}
 FILE_HEADER = struct.Struct("<8sII")  # magic, version, reserved
 FRAME = struct.Struct("<IIB7x")  # payload length, crc32c(payload), kind
 KIND_HEADER, KIND_CHUNK, KIND_END, KIND_COLUMNS = 1, 2, 3, 4
 KINDS = {1: (KIND_HEADER, KIND_CHUNK, KIND_END), 2: (KIND_HEADER, KIND_CHUNK, KIND_END, KIND_COLUMNS)}
+KINDS[3] = KINDS[2]
 # Concepts per frame. Version 2: 4,096 x 768-d is a 12.6 MB vector block, large
 # enough that per-frame costs vanish, small enough to stream to a replica.
 CHUNK_CONCEPTS = 4096
@@ -87,9 +91,11 @@ def encode_snapshot(
     norms)`` batches captured with ``concepts`` (VectorIndex.stored_batches);
     those concepts are written first, in that order (a stored graph's labels
     follow it). Without it, each concept's own vector is used (its VectorRef's
-    stored form, or raw original bytes normalised here). Version 2 (the
-    default) writes concepts as columns frames; ``version=1`` writes the old
-    one-message-per-concept chunks (kept to test that old files still load).
+    stored form, or raw original bytes normalised here). Version 3 (the
+    default) writes concepts as columns frames with version 2 fingerprints
+    (vecform.py); ``version=2`` writes the same frames with the blake2b
+    fingerprints older nodes read, ``version=1`` the old one-message-per-concept
+    chunks (kept to test that old files still load).
     Raises StorageFailure when the batches and the concepts disagree (a
     checkpoint must never drop a vector silently). ``verify``: hash every
     stored row again and refuse (StorageFailure) when one no longer matches the
@@ -106,7 +112,7 @@ def encode_snapshot(
     if version == 1:
         yield from _encode_v1(concepts, edges, vectors)
     else:
-        yield from _column_frames(concepts, _own_vectors(concepts) if vectors is None else vectors, verify)
+        yield from _column_frames(concepts, _own_vectors(concepts) if vectors is None else vectors, verify, version)
         for i in range(0, len(edges), CHUNK_EDGES):
             chunk = wal_pb2.SnapshotChunk()
             for s, d, t, conf in edges[i : i + CHUNK_EDGES]:
@@ -136,29 +142,35 @@ def _own_vectors(concepts: dict[str, Concept], batch: int = CHUNK_CONCEPTS) -> V
         yield keys[lo : lo + batch], np.stack(rows[lo : lo + batch]), np.asarray(norms[lo : lo + batch])
 
 
-def _fingerprints(picked: list[Concept], rows: np.ndarray, norms: np.ndarray, verify: bool = False) -> list[int]:
-    """Each vector's fingerprint: its VectorRef's (the state captured with the
-    rows), or computed from the stored bytes (a hand-made concept). ``verify``:
-    a VectorRef's must also be the hash of the row about to be written."""
-    out = []
-    for c, row, norm in zip(picked, rows, norms):
-        v = c.vector
-        if not isinstance(v, VectorRef):
-            out.append(fingerprint(row.astype("<f4").tobytes(), float(norm)))
-            continue
-        if verify and fingerprint(row.astype("<f4").tobytes(), float(norm)) != v.fingerprint:
+def _fingerprints(picked: list[Concept], rows: np.ndarray, norms: np.ndarray, verify: bool = False,
+                  version: int = FINGERPRINT_VERSION) -> np.ndarray:
+    """Each vector's fingerprint of ``version`` (vecform.py): its VectorRef's
+    (the state captured with the rows), or computed from the stored rows (a
+    hand-made concept, or version 1 for a version 2 file). ``verify``: a
+    VectorRef's must also be the fingerprint of the row about to be written
+    (one vectorised pass over the block; raises DamagedVector)."""
+    refs = [c.vector.fingerprint if isinstance(c.vector, VectorRef) else 0 for c in picked]
+    held = np.array(refs, dtype=np.uint64)
+    computed = fingerprints(rows, norms) if verify or not all(refs) else held
+    if verify:
+        bad = np.flatnonzero((held != computed) & (held != 0))
+        if len(bad):
+            v = picked[int(bad[0])].vector
+            assert isinstance(v, VectorRef)
             raise DamagedVector(
                 f"snapshot not written: the stored vector of concept {v.key!r} no longer matches the "
                 "fingerprint it was loaded or written with: its bytes changed in a data file after they were "
                 "checked (storage.dat or vectors.map/ edited or damaged on disk while the node ran). The previous "
                 "checkpoint and the WAL are kept; this node takes no more writes (its replicas hold good copies): "
                 "restart it to load its files again")
-        out.append(v.fingerprint)
-    return out
+    if version != FINGERPRINT_VERSION:
+        return fingerprints_v1(rows, norms)
+    return np.where(held != 0, held, computed)
 
 
-def _column_frames(concepts: dict[str, Concept], vectors: VectorBatches, verify: bool = False) -> Iterator[bytes]:
-    """Version 2: concepts with a vector in the batches' order, then the rest."""
+def _column_frames(concepts: dict[str, Concept], vectors: VectorBatches, verify: bool = False,
+                   version: int = VERSION) -> Iterator[bytes]:
+    """Versions 2 and 3: concepts with a vector in the batches' order, then the rest."""
     def block(keys: list[str], picked: list[Concept], **vec: object) -> bytes:
         return _frame(KIND_COLUMNS, columns.pack(
             keys, [c.content for c in picked], [c.strength for c in picked], [c.confidence for c in picked],
@@ -171,7 +183,7 @@ def _column_frames(concepts: dict[str, Concept], vectors: VectorBatches, verify:
         with_vector += len(keys)
         rows32 = np.asarray(rows, dtype=np.float32)
         yield block(list(keys), picked, vectors=rows32, norms=norms,
-                    fingerprints=_fingerprints(picked, rows32, np.asarray(norms), verify))
+                    fingerprints=_fingerprints(picked, rows32, np.asarray(norms), verify, FILE_FINGERPRINTS[version]))
     _check_count(concepts, with_vector)
     rest = [cid for cid, c in concepts.items() if not c.vector]
     for lo in range(0, len(rest), CHUNK_CONCEPTS):
@@ -266,15 +278,21 @@ def _populate(mapping: mmap.mmap, offset: int, n: int) -> None:
 
 
 class SnapshotDecoder:
-    """Decode a snapshot (version 1 or 2) from a file-like object, validating every frame.
+    """Decode a snapshot (version 1, 2 or 3) from a file-like object, validating every frame.
 
     Iterating yields chunks in file order: SnapshotChunk messages (version 1
-    concepts, and edges in both versions) and ColumnChunk blocks (version 2
-    concepts); ``header`` is set once the first frame is read. Raises
+    concepts, and edges in every version) and ColumnChunk blocks (versions 2
+    and 3 concepts); ``header`` is set once the first frame is read. Raises
     SnapshotError on any damage, a malformed columns block or a missing end frame.
+    A ColumnChunk's fingerprints are of ``fingerprint_version`` (vecform.py):
+    those of a file holding another version are computed again from its rows
+    (the frame's CRC has covered those rows), so a version 2 file, whose
+    fingerprints are blake2b's, loads with this build's and its next
+    checkpoint rewrites them.
     """
 
-    def __init__(self, stream: BinaryIO, where: str, reuse_buffer: bool = False, mapped: bool = False) -> None:
+    def __init__(self, stream: BinaryIO, where: str, reuse_buffer: bool = False, mapped: bool = False,
+                 fingerprint_version: int = FINGERPRINT_VERSION) -> None:
         """``reuse_buffer``: read columns frames into one buffer reused frame after
         frame (a start then touches no fresh memory per frame: 3 GB less at 1M
         concepts); a yielded ColumnChunk's arrays are then valid only until the
@@ -298,6 +316,7 @@ class SnapshotDecoder:
             raise SnapshotError(where, 0, f"snapshot version {version} is not readable by this build (it reads "
                                           f"versions {', '.join(map(str, READABLE_VERSIONS))})")
         self.version = version
+        self.fingerprint_version = fingerprint_version
         kind, payload = self._next()
         if kind != KIND_HEADER:
             raise SnapshotError(where, self.offset, "first frame is not a header")
@@ -354,13 +373,22 @@ class SnapshotDecoder:
                 return
             if kind == KIND_COLUMNS:
                 try:
-                    yield columns.unpack(payload, self.header.vector_dimension)
+                    block = columns.unpack(payload, self.header.vector_dimension)
                 except columns.ColumnsError as exc:
                     raise SnapshotError(self.where, at, str(exc)) from exc
+                yield self._with_fingerprints(block)
                 continue
             if kind != KIND_CHUNK:
                 raise SnapshotError(self.where, at, "unexpected header frame")
             yield wal_pb2.SnapshotChunk.FromString(payload)
+
+
+    def _with_fingerprints(self, block: columns.ColumnChunk) -> columns.ColumnChunk:
+        if block.vectors is None or block.norms is None or FILE_FINGERPRINTS[self.version] == self.fingerprint_version:
+            return block
+        again = fingerprints if self.fingerprint_version == FINGERPRINT_VERSION else fingerprints_v1
+        block.fingerprints = again(block.vectors, block.norms).tolist()
+        return block
 
 
 def write_checkpoint(

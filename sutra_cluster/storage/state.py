@@ -26,7 +26,14 @@ import numpy as np
 from sutra_cluster.errors import ResourceExhausted
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage.untrack import untrack
-from sutra_cluster.storage.vecform import fingerprint, normalise
+from sutra_cluster.storage.vecform import (
+    FINGERPRINT_VERSION,
+    fingerprint,
+    fingerprint_v1,
+    fingerprints,
+    fingerprints_v1,
+    normalise,
+)
 
 if TYPE_CHECKING:
     from sutra_cluster.storage.columns import ColumnChunk
@@ -83,7 +90,7 @@ def stored_forms(raws: list[bytes]) -> list[Stored]:
     if not raws:
         return []
     normed, lengths = normalise(np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(raws), -1))
-    return [(row, n, fingerprint(row, n)) for row, n in zip(normed, lengths.tolist())]
+    return list(zip(normed, lengths.tolist(), fingerprints(normed, lengths).tolist()))
 
 
 class Upserts(dict[str, tuple[np.ndarray, float]]):
@@ -148,9 +155,15 @@ class ApplyResult:
             self.upserts = Upserts(self.upserts)
 
 
+DIGEST_VERSIONS = (1, 2)  # a digest's version is that of the fingerprints it covers (vecform.py)
+
+
 class GraphState:
-    def __init__(self, store: VectorIndex | None = None) -> None:
+    def __init__(self, store: VectorIndex | None = None, fingerprint_version: int = FINGERPRINT_VERSION) -> None:
         self.store = store  # where concepts' VectorRefs read their vectors
+        # The version of every VectorRef's fingerprint: this build's, except in a state
+        # loaded only to digest an older node's snapshot (backup.py).
+        self.fingerprint_version = fingerprint_version
         self.concepts: dict[str, Concept] = {}
         self.out: dict[str, dict[EdgeKey, float]] = {}
         self.inc: dict[str, dict[EdgeKey, float]] = {}
@@ -246,8 +259,7 @@ class GraphState:
             return False
         normed, lengths = normalise(vectors)
         make = tuple.__new__
-        refs = list(map(make, repeat(VectorRef), zip(ids, map(fingerprint, normed, lengths.tolist()),
-                                                      repeat(self.store))))
+        refs = list(map(make, repeat(VectorRef), zip(ids, fingerprints(normed, lengths).tolist(), repeat(self.store))))
         records = list(map(make, repeat(Concept), zip(
             [c.content for c in batch_concepts], [c.strength for c in batch_concepts],
             [c.confidence for c in batch_concepts], [{} for _ in range(n)], refs, repeat(ts), repeat(ts))))
@@ -325,6 +337,7 @@ class GraphState:
             return
         originals = iter(stored_forms([c.embedding_f32 for c in chunk.concepts
                                        if c.embedding_f32 and not c.embedding_norm > 0]))
+        fp_of = fingerprint if self.fingerprint_version == FINGERPRINT_VERSION else fingerprint_v1
         for c in chunk.concepts:
             old = self.concepts.get(c.concept_id)
             if old is not None and old.attributes:
@@ -336,9 +349,11 @@ class GraphState:
             if emb:
                 norm = c.embedding_norm
                 if norm > 0:
-                    row, fp = np.frombuffer(emb, dtype="<f4"), fingerprint(emb, norm)
+                    row, fp = np.frombuffer(emb, dtype="<f4"), fp_of(emb, norm)
                 else:
                     row, norm, fp = next(originals)
+                    if fp_of is not fingerprint:
+                        fp = fp_of(row, norm)
                 ref = VectorRef(c.concept_id, fp, self.store)
                 vec.upserts[c.concept_id] = (row, norm)
             self.concepts[c.concept_id] = Concept(
@@ -372,7 +387,7 @@ class GraphState:
             vec.blocks.append((ids, block.vectors, block.norms))
 
     def clear(self) -> None:
-        self.__init__(self.store)  # type: ignore[misc]
+        self.__init__(self.store, self.fingerprint_version)  # type: ignore[misc]
 
     # ---- reads ----------------------------------------------------------
     def matching(self, where: Mapping[str, Collection[str]]) -> set[str]:
@@ -461,8 +476,20 @@ class GraphState:
         edges = [(s, d, t, c) for s, outs in self.out.items() for (d, t), c in outs.items()]
         return dict(self.concepts), edges
 
-    def digest(self) -> str:
-        """sha256 over every concept and edge in a canonical order, hex-encoded."""
+    def digest(self, version: int | None = None) -> str:
+        """sha256 over every concept and edge in a canonical order, hex-encoded.
+
+        A vector counts by its fingerprint, so a digest has that fingerprint's
+        version (vecform.py): equal digests of one version mean equal data,
+        digests of two versions are not comparable. ``version``: None, the
+        state's own (``fingerprint_version``); another is computed from the
+        vector index's stored rows (about as costly per vector as the hash
+        itself: on demand only), so a node can answer an older node's digest
+        during a rolling upgrade. Raises ValueError for a version this build
+        does not know, or another version of a state without a vector index."""
+        if version is not None and version not in DIGEST_VERSIONS:
+            raise ValueError(f"digest version {version} is not one of {DIGEST_VERSIONS}")
+        again = None if version in (None, self.fingerprint_version) else self._fingerprints_of(version)
         h = hashlib.sha256()
         pack = struct.Struct("<ffqq").pack
         for cid in sorted(self.concepts):
@@ -473,7 +500,7 @@ class GraphState:
                 h.update(k.encode() + b"\1" + c.attributes[k].encode() + b"\2")
             v = c.vector
             if isinstance(v, VectorRef):  # the stored form's fingerprint: same bits on every node
-                h.update(b"v" + v.fingerprint.to_bytes(8, "little"))
+                h.update(b"v" + (v.fingerprint if again is None else again[cid]).to_bytes(8, "little"))
             else:
                 h.update(len(v or b"").to_bytes(4, "little") + (v or b""))
         h.update(b"edges")
@@ -481,6 +508,23 @@ class GraphState:
             for (dst, t), conf in sorted(self.out[src].items()):
                 h.update(src.encode() + b"\0" + dst.encode() + b"\0" + struct.pack("<If", t, conf))
         return h.hexdigest()
+
+
+    def _fingerprints_of(self, version: int) -> dict[str, int]:
+        """Every vector's fingerprint of ``version``, from the stored rows."""
+        keys = [cid for cid, c in self.concepts.items() if isinstance(c.vector, VectorRef)]
+        if not keys:
+            return {}
+        if self.store is None:
+            raise ValueError(f"a digest of version {version} needs the vector index, this state has none")
+        got = [self.store.stored(k) for k in keys]
+        missing = [k for k, g in zip(keys, got) if g is None]
+        if missing:
+            raise ValueError(f"digest version {version}: the vector index holds no vector for {missing[0]!r}")
+        rows = np.stack([g[0] for g in got if g is not None])
+        norms = np.array([g[1] for g in got if g is not None], dtype=np.float64)
+        fps = fingerprints_v1(rows, norms) if version == 1 else fingerprints(rows, norms)
+        return dict(zip(keys, fps.tolist()))
 
 
 @dataclass
