@@ -36,9 +36,10 @@ from sutra_cluster.ops.progress import Progress  # noqa: F401 - also bulkload's 
 from sutra_cluster.pb import replication_pb2 as rpb
 from sutra_cluster.pb import replication_pb2_grpc
 from sutra_cluster.storage import checkpoint as ckpt
-from sutra_cluster.storage.state import ApplyResult, GraphState
+from sutra_cluster.storage.state import DIGEST_VERSIONS, ApplyResult, GraphState
 from sutra_cluster.storage.terms import FILE as TERMS_FILE
 from sutra_cluster.storage.terms import TermHistory
+from sutra_cluster.storage.vecform import FINGERPRINT_VERSION
 from sutra_cluster.storage.wal import wal_files
 
 MANIFEST = "manifest.json"
@@ -73,6 +74,9 @@ class BackupInfo:
     edges: int
     vector_dimension: int
     seconds: float = 0.0
+    # The version of ``digest`` (GetDigest's digest_version); manifests written
+    # before version 2 existed have none: their digests are version 1.
+    digest_version: int = FINGERPRINT_VERSION
 
 
 def _fsync_file(f: BinaryIO) -> None:
@@ -118,14 +122,14 @@ class _Tee:
         return len(self.buf) - self.pos == 0
 
 
-def _decode(tee: _Tee, where: str, progress: Progress, digest: bool,
-            total_of: str = "items") -> tuple[ckpt.SnapshotDecoder, int, int, str]:
-    """Read and check every frame; returns (decoder, concepts, edges, digest)."""
-    dec = ckpt.SnapshotDecoder(tee, where)  # type: ignore[arg-type]
+def _decode(tee: _Tee, where: str, progress: Progress, digest: bool, total_of: str = "items",
+            digest_version: int = FINGERPRINT_VERSION) -> tuple[ckpt.SnapshotDecoder, int, int, str]:
+    """Read and check every frame; returns (decoder, concepts, edges, digest of ``digest_version``)."""
+    dec = ckpt.SnapshotDecoder(tee, where, fingerprint_version=digest_version)  # type: ignore[arg-type]
     h = dec.header
     if total_of == "items":
         progress.total = h.concepts + h.edges
-    state = GraphState() if digest else None
+    state = GraphState(fingerprint_version=digest_version) if digest else None
     concepts = edges = 0
     for chunk in dec:
         concepts += len(chunk.concepts)
@@ -304,6 +308,10 @@ def restore(source: str | Path, data_dir: str | Path, *, force: bool = False, pr
         src = _manifest_file(src, manifest) if manifest else src / SNAPSHOT_FILE
     if not src.is_file():
         raise BackupError(f"{src}: no such backup file")
+    version = int(manifest.get("digest_version", 1)) if manifest else FINGERPRINT_VERSION  # type: ignore[call-overload]
+    if version not in DIGEST_VERSIONS:
+        raise BackupError(f"{source}: the manifest's digest_version {version} is not one this build computes "
+                          f"({', '.join(map(str, DIGEST_VERSIONS))})")
     target = Path(data_dir)
     if target.exists() and not target.is_dir():
         raise BackupError(f"{target} is not a folder")
@@ -317,7 +325,7 @@ def restore(source: str | Path, data_dir: str | Path, *, force: bool = False, pr
     try:
         with open(src, "rb", buffering=1 << 20) as inp, open(tmp, "wb", buffering=1 << 20) as f:
             tee = _Tee(iter(lambda: inp.read(1 << 20), b""), f)
-            dec, concepts, edges, dig = _decode(tee, str(src), bar, True, total_of="bytes")
+            dec, concepts, edges, dig = _decode(tee, str(src), bar, True, total_of="bytes", digest_version=version)
             _fsync_file(f)
         sha = tee.sha.hexdigest()
         if manifest:

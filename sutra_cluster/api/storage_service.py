@@ -304,5 +304,6 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     @grpc_errors
     def GetDigest(self, request: pb.GetDigestRequest, context: grpc.ServicerContext) -> pb.GetDigestResponse:
         self._wait(request.sequence, context)
-        lsn, digest, concepts, edges = self.engine.digest()
-        return pb.GetDigestResponse(lsn=lsn, digest=digest, concepts=concepts, edges=edges)
+        version = request.digest_version or self.engine.state.fingerprint_version
+        lsn, digest, concepts, edges = self.engine.digest(version=version)
+        return pb.GetDigestResponse(lsn=lsn, digest=digest, concepts=concepts, edges=edges, digest_version=version)

@@ -294,5 +294,5 @@ class AsyncSutraClient(Calls):
     async def stats(self) -> Stats:
         return await self._run(self._stats())  # type: ignore[no-any-return]
 
-    async def digest(self, sequence: int = 0) -> Digest:
-        return await self._run(self._digest(sequence))  # type: ignore[no-any-return]
+    async def digest(self, sequence: int = 0, version: int = 0) -> Digest:
+        return await self._run(self._digest(sequence, version))  # type: ignore[no-any-return]

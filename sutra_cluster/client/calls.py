@@ -208,9 +208,9 @@ class Calls:
         return Call("GetStats", pb.GetStatsRequest(), Stats.from_pb)
 
     @staticmethod
-    def _digest(sequence: int) -> Call:
-        return Call("GetDigest", pb.GetDigestRequest(sequence=sequence),
-                    lambda r: Digest(r.lsn, r.digest, r.concepts, r.edges))
+    def _digest(sequence: int, version: int = 0) -> Call:
+        return Call("GetDigest", pb.GetDigestRequest(sequence=sequence, digest_version=version),
+                    lambda r: Digest(r.lsn, r.digest, r.concepts, r.edges, r.digest_version or 1))
 
     @staticmethod
     def _bulk_result(r: pb.LearnStreamResponse) -> BulkLoadResult:

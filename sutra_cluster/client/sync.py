@@ -349,9 +349,10 @@ class SutraClient(Calls):
     def stats(self) -> Stats:
         return self._run(self._stats())  # type: ignore[no-any-return]
 
-    def digest(self, sequence: int = 0) -> Digest:
-        """The state digest at (at least) ``sequence``: equal on nodes with the same data."""
-        return self._run(self._digest(sequence))  # type: ignore[no-any-return]
+    def digest(self, sequence: int = 0, version: int = 0) -> Digest:
+        """The state digest at (at least) ``sequence``: equal on nodes with the same data.
+        ``version``: the digest version (0: the node's own; 1: what older builds report)."""
+        return self._run(self._digest(sequence, version))  # type: ignore[no-any-return]
 
 
 def batches_of(concepts: Iterable[Concept], size: int) -> Iterator[pb.LearnBatchRequest]:

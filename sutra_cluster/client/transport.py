@@ -164,7 +164,7 @@ class Routed:
             "ScrollConcepts": partial(concept_reads.scroll_concepts, ss),
             "CountConcepts": partial(concept_reads.count_concepts, ss),
             "Flush": lambda r: ss.flush(), "HealthCheck": self._health, "GetStats": self._stats,
-            "GetDigest": lambda r: ss.digest({0: r.sequence} if r.sequence else {}),
+            "GetDigest": lambda r: ss.digest({0: r.sequence} if r.sequence else {}, r.digest_version),
         }
 
     def _health(self, request: Any) -> pb.HealthCheckResponse:

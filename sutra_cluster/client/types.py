@@ -144,10 +144,14 @@ class FlushResult:
 
 @dataclass
 class Digest:
+    """A state digest: equal digests of one ``version`` mean equal data; digests of
+    two versions (nodes of two builds) do not compare: ask for the older version."""
+
     lsn: int
     digest: str
     concepts: int
     edges: int
+    version: int = 1
 
 
 @dataclass

@@ -450,22 +450,26 @@ class GetStatsResponse(_message.Message):
     def __init__(self, concepts: _Optional[int] = ..., edges: _Optional[int] = ..., written: _Optional[int] = ..., dropped: _Optional[int] = ..., pending: _Optional[int] = ..., reconciliations: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., vectors: _Optional[int] = ..., last_lsn: _Optional[int] = ..., durable_lsn: _Optional[int] = ..., applied_lsn: _Optional[int] = ..., checkpoint_lsn: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., node_id: _Optional[str] = ..., wal_bytes: _Optional[int] = ..., flushes: _Optional[int] = ..., leader: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[GetStatsResponse, _Mapping]]] = ..., shard_count: _Optional[int] = ..., missing_shards: _Optional[_Iterable[int]] = ..., shard_map_version: _Optional[int] = ..., vector_dimension: _Optional[int] = ..., vector_memory_bytes: _Optional[int] = ..., index_memory_bytes: _Optional[int] = ..., metadata_memory_bytes: _Optional[int] = ..., vector_index_ready: _Optional[bool] = ..., vector_index_source: _Optional[str] = ...) -> None: ...
 
 class GetDigestRequest(_message.Message):
-    __slots__ = ("sequence",)
+    __slots__ = ("sequence", "digest_version")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     sequence: int
-    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
+    digest_version: int
+    def __init__(self, sequence: _Optional[int] = ..., digest_version: _Optional[int] = ...) -> None: ...
 
 class GetDigestResponse(_message.Message):
-    __slots__ = ("lsn", "digest", "concepts", "edges")
+    __slots__ = ("lsn", "digest", "concepts", "edges", "digest_version")
     LSN_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     lsn: int
     digest: str
     concepts: int
     edges: int
-    def __init__(self, lsn: _Optional[int] = ..., digest: _Optional[str] = ..., concepts: _Optional[int] = ..., edges: _Optional[int] = ...) -> None: ...
+    digest_version: int
+    def __init__(self, lsn: _Optional[int] = ..., digest: _Optional[str] = ..., concepts: _Optional[int] = ..., edges: _Optional[int] = ..., digest_version: _Optional[int] = ...) -> None: ...
 
 class GetConceptsRequest(_message.Message):
     __slots__ = ("concept_ids", "sequence", "include_embedding", "shard_sequences", "read_preference", "allow_partial")

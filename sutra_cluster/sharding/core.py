@@ -525,12 +525,22 @@ class ShardSet:
         got, missing = self._parallel(range(self.shards), ask, allow_partial=True)
         return [got[s] for s in sorted(got)], missing
 
-    def digest(self, tok: Mapping[int, int]) -> pb.GetDigestResponse:
-        """A digest of the per-shard digests (not comparable with one node's digest)."""
-        got, _ = self._parallel(range(self.shards), lambda s: self._read(
-            s, "GetDigest", pb.GetDigestRequest(sequence=tok.get(s, 0)), pb.READ_LEADER))
+    def digest(self, tok: Mapping[int, int], version: int = 0) -> pb.GetDigestResponse:
+        """A digest of the per-shard digests (not comparable with one node's digest),
+        of digest ``version`` (0: the shards' own). When shard leaders of two builds
+        answer two versions (a rolling upgrade), every shard is asked for the older."""
+        def ask(v: int) -> dict[int, pb.GetDigestResponse]:
+            got, _ = self._parallel(range(self.shards), lambda s: self._read(
+                s, "GetDigest", pb.GetDigestRequest(sequence=tok.get(s, 0), digest_version=v), pb.READ_LEADER))
+            return got
+
+        got = ask(version)
+        versions = {r.digest_version or 1 for r in got.values()}
+        if len(versions) > 1:
+            got = ask(min(versions))
+            versions = {r.digest_version or 1 for r in got.values()}
         h = hashlib.sha256()
         for s in sorted(got):
             h.update(f"{s}:{got[s].digest}\n".encode())
         return pb.GetDigestResponse(digest=h.hexdigest(), concepts=sum(r.concepts for r in got.values()),
-                                    edges=sum(r.edges for r in got.values()))
+                                    edges=sum(r.edges for r in got.values()), digest_version=max(versions, default=0))

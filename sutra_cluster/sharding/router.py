@@ -291,7 +291,7 @@ class RouterServicer(storage_pb2_grpc.StorageServiceServicer):
     def GetDigest(self, request: pb.GetDigestRequest, context: Any) -> pb.GetDigestResponse:
         if request.sequence and self.set.shards > 1:
             raise InvalidArgument("sequence is an LSN of one shard; through a router GetDigest takes no sequence")
-        return self.set.digest({0: request.sequence} if request.sequence else {})
+        return self.set.digest({0: request.sequence} if request.sequence else {}, request.digest_version)
 
 
 class _MeteredShardSet(ShardSet):

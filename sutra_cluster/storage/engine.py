@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from sutra_cluster.config import Config
-from sutra_cluster.errors import NoLeader, NotLeader, NotVisible, StorageFailure, Unavailable
+from sutra_cluster.errors import InvalidArgument, NoLeader, NotLeader, NotVisible, StorageFailure, Unavailable
 from sutra_cluster.metrics import NodeMetrics
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.roles import Role
@@ -40,7 +40,7 @@ from sutra_cluster.storage.history import HistoryOps
 from sutra_cluster.storage.maintainer import release_free_heap
 from sutra_cluster.storage.prepared import PreparedTxns, TxnOps
 from sutra_cluster.storage.quant import vector_modes
-from sutra_cluster.storage.state import ApplyResult, Concept, GraphState, PathBound, iter_vectors
+from sutra_cluster.storage.state import DIGEST_VERSIONS, ApplyResult, Concept, GraphState, PathBound, iter_vectors
 from sutra_cluster.storage.tail import WalTail
 from sutra_cluster.storage.terms import TermHistory
 from sutra_cluster.storage.vecstats import VectorCollector, vector_stats
@@ -676,11 +676,15 @@ class Engine(HistoryOps, TxnOps):
         with self._lock:  # a concept re-attributed meanwhile must not slip through
             return [h for h in hits if self.state.matches(h[0], where)], exact
 
-    def digest(self, sequence: int = 0) -> tuple[int, str, int, int]:
-        """(applied LSN, sha256 hex, concepts, edges) of the state, consistent."""
+    def digest(self, sequence: int = 0, version: int | None = None) -> tuple[int, str, int, int]:
+        """(applied LSN, sha256 hex, concepts, edges) of the state, consistent.
+        ``version``: the digest version (GraphState.digest; None: this build's).
+        Raises InvalidArgument for a version this build does not know."""
         self.wait_visible(sequence)
+        if version is not None and version not in DIGEST_VERSIONS:
+            raise InvalidArgument(f"digest_version {version} is not one of {', '.join(map(str, DIGEST_VERSIONS))}")
         with self._lock:
-            return self.applied_lsn, self.state.digest(), len(self.state.concepts), self.state.edges
+            return self.applied_lsn, self.state.digest(version), len(self.state.concepts), self.state.edges
 
     def stats(self) -> dict[str, int | str]:
         return {
