@@ -10,6 +10,7 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import crc32c
 import grpc
@@ -266,3 +267,38 @@ def test_get_digest_answers_either_version_and_says_which(tmp_path: Path) -> Non
             assert "digest_version 7 is not one of 1, 2" in (ei.value.details() or "")
     finally:
         node.stop()
+
+
+class _TwoBuilds:
+    """Two shard leaders for ShardSet.digest: shard 0 of this build, shard 1 of an
+    older one (it ignores digest_version and answers 0, meaning version 1)."""
+
+    shards = 2
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, int]] = []
+
+    def _parallel(self, shards: range, fn: Any) -> tuple[dict[int, pb.GetDigestResponse], list[int]]:
+        return {s: fn(s) for s in shards}, []
+
+    def _read(self, shard: int, method: str, request: pb.GetDigestRequest, pref: int) -> pb.GetDigestResponse:
+        assert method == "GetDigest"
+        self.asked.append((shard, request.digest_version))
+        if shard == 1:
+            return pb.GetDigestResponse(digest="old-1", concepts=1)
+        version = request.digest_version or 2
+        return pb.GetDigestResponse(digest=f"new-{version}", concepts=2, digest_version=version)
+
+
+def test_router_digest_over_two_builds_asks_every_shard_for_the_older_version() -> None:
+    from sutra_cluster.sharding.core import ShardSet
+
+    two = _TwoBuilds()
+    got = ShardSet.digest(two, {})  # type: ignore[arg-type]
+    assert two.asked == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert got.digest_version == 1 and got.concepts == 3
+    want = hashlib.sha256(b"0:new-1\n1:old-1\n").hexdigest()
+    assert got.digest == want
+    one = _TwoBuilds()
+    one._read = lambda s, m, r, p: pb.GetDigestResponse(digest=f"d{s}", digest_version=2)  # type: ignore[method-assign,assignment]
+    assert ShardSet.digest(one, {}).digest_version == 2  # type: ignore[arg-type]
