@@ -200,12 +200,13 @@ def test_state_loaded_at_version_1_digests_as_older_nodes() -> None:
     concepts, edges = state.capture()
     assert state.store is not None
     header = wal_pb2.SnapshotHeader(lsn=1, term=1, concepts=len(concepts), edges=len(edges), vector_dimension=8)
-    data = b"".join(ckpt.encode_snapshot(header, concepts, edges, state.store.stored_batches(), version=2))
-    for asked, want in ((1, OLD_DIGEST), (2, NEW_DIGEST)):
-        loaded = GraphState(fingerprint_version=asked)
-        for chunk in ckpt.SnapshotDecoder(io.BytesIO(data), "mem", fingerprint_version=asked):
-            loaded.load_chunk(chunk, ApplyResult({}, set()))
-        assert loaded.digest() == want
+    for version in (1, 2, 3):  # 1: a message per concept, each vector's fingerprint computed at load
+        data = b"".join(ckpt.encode_snapshot(header, concepts, edges, state.store.stored_batches(), version=version))
+        for asked, want in ((1, OLD_DIGEST), (2, NEW_DIGEST)):
+            loaded = GraphState(fingerprint_version=asked)
+            for chunk in ckpt.SnapshotDecoder(io.BytesIO(data), "mem", fingerprint_version=asked):
+                loaded.load_chunk(chunk, ApplyResult({}, set()))
+            assert loaded.digest() == want, (version, asked)
 
 
 def test_restore_checks_an_older_backups_manifest_with_its_digest_version(tmp_path: Path) -> None:

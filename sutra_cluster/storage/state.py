@@ -28,7 +28,6 @@ from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage.untrack import untrack
 from sutra_cluster.storage.vecform import (
     FINGERPRINT_VERSION,
-    fingerprint,
     fingerprint_v1,
     fingerprints,
     fingerprints_v1,
@@ -337,7 +336,9 @@ class GraphState:
             return
         originals = iter(stored_forms([c.embedding_f32 for c in chunk.concepts
                                        if c.embedding_f32 and not c.embedding_norm > 0]))
-        fp_of = fingerprint if self.fingerprint_version == FINGERPRINT_VERSION else fingerprint_v1
+        given = iter(self._stored_fingerprints([(c.embedding_f32, c.embedding_norm) for c in chunk.concepts
+                                                if c.embedding_f32 and c.embedding_norm > 0]))
+        ours = self.fingerprint_version == FINGERPRINT_VERSION
         for c in chunk.concepts:
             old = self.concepts.get(c.concept_id)
             if old is not None and old.attributes:
@@ -349,11 +350,11 @@ class GraphState:
             if emb:
                 norm = c.embedding_norm
                 if norm > 0:
-                    row, fp = np.frombuffer(emb, dtype="<f4"), fp_of(emb, norm)
+                    row, fp = np.frombuffer(emb, dtype="<f4"), next(given)
                 else:
                     row, norm, fp = next(originals)
-                    if fp_of is not fingerprint:
-                        fp = fp_of(row, norm)
+                    if not ours:
+                        fp = fingerprint_v1(row, norm)
                 ref = VectorRef(c.concept_id, fp, self.store)
                 vec.upserts[c.concept_id] = (row, norm)
             self.concepts[c.concept_id] = Concept(
@@ -362,8 +363,19 @@ class GraphState:
         for e in chunk.edges:
             self.add_edge(e.source_id, e.target_id, e.assoc_type, e.confidence)
 
+    def _stored_fingerprints(self, stored: list[tuple[bytes, float]]) -> list[int]:
+        """Fingerprints (of ``fingerprint_version``) of vectors given in stored
+        form as (float32 bytes, length): one pass when they are rows of one length."""
+        fn = fingerprints if self.fingerprint_version == FINGERPRINT_VERSION else fingerprints_v1
+        if not stored:
+            return []
+        if len({len(e) for e, _ in stored}) != 1:  # rows of two lengths (refused later): one at a time
+            return [int(fn(np.frombuffer(e, dtype="<f4")[None], np.array([n]))[0]) for e, n in stored]
+        rows = np.frombuffer(b"".join(e for e, _ in stored), dtype="<f4").reshape(len(stored), -1)
+        return fn(rows, np.array([n for _, n in stored], dtype=np.float64)).tolist()  # type: ignore[no-any-return]
+
     def _load_columns(self, block: ColumnChunk, vec: ApplyResult) -> None:
-        """A columns block (storage.dat version 2): its vectors are in stored
+        """A columns block (storage.dat versions 2 and 3): its vectors are in stored
         form with their fingerprints, and go to ``vec.blocks`` whole. The
         records are made by C-level iteration (map over tuple.__new__): at a
         million concepts a Python call per concept is seconds of start time."""

@@ -10,6 +10,8 @@ import struct
 import numpy as np
 
 _NORM = struct.Struct("<d")
+_NORM_BITS = struct.Struct("<Q")
+_MASK = (1 << 64) - 1
 
 
 _BLOCK_ROWS = 256  # rows normalised at a time: a 1.5 MB float64 block that stays in cache
@@ -134,11 +136,29 @@ def fingerprints(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
     return out
 
 
+def _mix_int(z: int) -> int:
+    """``mix`` of one Python int (a 64-bit word)."""
+    z ^= z >> 30
+    z = z * 0xBF58476D1CE4E5B9 & _MASK
+    z ^= z >> 27
+    z = z * 0x94D049BB133111EB & _MASK
+    return z ^ (z >> 31)
+
+
 def fingerprint(stored: bytes | memoryview | np.ndarray, norm: float) -> int:
-    """The version 2 fingerprint of one stored vector (as ``fingerprints``).
+    """The version 2 fingerprint of one stored vector (as ``fingerprints``, with
+    the one row's arithmetic on Python ints: a few numpy calls, not a batch's).
     ``stored``: its little-endian float32 bytes, or a float32 row."""
     row = np.frombuffer(stored, dtype="<f4") if not isinstance(stored, np.ndarray) else stored
-    return int(fingerprints(row.reshape(1, -1), np.array([norm], dtype=np.float64))[0])
+    row = np.ascontiguousarray(row, dtype="<f4").reshape(-1)
+    dim = len(row)
+    if dim % 2:
+        row = np.concatenate([row, np.zeros(1, dtype="<f4")])
+    w = row.view("<u8")
+    even, odd = _word_constants(dim)
+    h = (int(w @ even) + int((w >> _S32) @ odd)) & _MASK
+    bits = _NORM_BITS.unpack(_NORM.pack(norm))[0]
+    return _mix_int(h ^ _mix_int((bits + dim * GAMMA) & _MASK)) or 1
 
 
 def fingerprint_v1(stored: bytes | memoryview | np.ndarray, norm: float) -> int:
