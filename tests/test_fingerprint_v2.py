@@ -107,8 +107,9 @@ def test_every_single_bit_flip_of_the_length_changes_it() -> None:
     assert int(fingerprints(rows, norms)[0]) not in got.tolist() and len(set(got.tolist())) == 64
 
 
-def test_single_row_forms_equal_the_batch() -> None:
-    rows, norms = _rows(20, 768)
+@pytest.mark.parametrize("dim", [1, 7, 768])
+def test_single_row_forms_equal_the_batch(dim: int) -> None:
+    rows, norms = _rows(20, dim)
     want = fingerprints(rows, norms).tolist()
     for row, n, w in zip(rows, norms.tolist(), want):
         assert fingerprint(row, n) == fingerprint(row.tobytes(), n) == fingerprint(memoryview(row.tobytes()), n) == w
