@@ -10,7 +10,10 @@ the slow failover seen once in a 60-kill run (3.75 s at kill 50, where the WAL
 held ~75K records). Here the data is small, so the failover stays inside the
 suite's RTO goal; the test pins the scenario (the survivor really was ahead,
 the checker finds no acknowledged write lost) and reports how long the cut
-took, for whoever makes it cheaper or avoids it.
+took, for whoever makes it cheaper or avoids it. SUTRA_CHAOS_AHEAD_PRELOAD
+(concepts written in batches before the first round; default 0) shows the
+cut's cost growing with the data since the last checkpoint (none is taken
+in the chaos suite).
 
 How the survivor is put ahead: the sync member is paused (SIGSTOP), so the
 leader appends writes it cannot commit and streams them to the other replica;
@@ -26,15 +29,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from sutra_cluster.client import ClusterClient, Concept
 from tests.chaos.checker import Ledger, Report, distribution
-from tests.chaos.cluster import ChaosNode, ManagedCluster, PinnedWriter, WriteLoad, finish
+from tests.chaos.cluster import DIM, ChaosNode, ManagedCluster, PinnedWriter, WriteLoad, finish
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow  # starts etcd and a node cluster
 
 ROUNDS = int(os.environ.get("SUTRA_CHAOS_AHEAD_ROUNDS", "2"))
+PRELOAD = int(os.environ.get("SUTRA_CHAOS_AHEAD_PRELOAD", "0"))
 RTO_GOAL_S = 3.0  # test_kill's p99 goal, as a bound on every round here
 AHEAD = 20  # records the other replica must hold beyond what the member acknowledged
 
@@ -53,6 +59,11 @@ def test_sigkill_leader_while_the_replica_outside_the_sync_set_is_ahead(
         make_cluster: Callable[..., ManagedCluster], ledger: Ledger, chaos_report: Report,
         request: pytest.FixtureRequest) -> None:
     cluster = make_cluster("sync", env={"SUTRA_SYNC_REPLICAS": "1", "SUTRA_SYNC_STALL_MS": "600000"})
+    if PRELOAD:
+        with ClusterClient([cluster.etcd.endpoint], timeout=30, failover_deadline=30) as cc:
+            for b in range(0, PRELOAD, 500):
+                cc.learn_batch([Concept(f"pre-{b + i}", f"preloaded {b + i}", np.full(DIM, 0.5, dtype=np.float32))
+                                for i in range(min(500, PRELOAD - b))])
     load = WriteLoad(cluster, ledger).start()
     request.addfinalizer(load.stop_event.set)  # a failing test leaves no writer running
     pinned: list[PinnedWriter] = []
@@ -92,7 +103,8 @@ def test_sigkill_leader_while_the_replica_outside_the_sync_set_is_ahead(
         pin.record(ledger)  # whatever the old leader acknowledged counts too (nothing, with its member paused)
     res = finish(cluster, load, ledger)
     rtos = [float(x["rto_s"]) for x in rounds]  # type: ignore[arg-type]
-    chaos_report.add("sigkill_sync_survivor_ahead", {"rounds": rounds, "rto_s": distribution(rtos), **res.summary()})
+    chaos_report.add("sigkill_sync_survivor_ahead",
+                     {"preload": PRELOAD, "rounds": rounds, "rto_s": distribution(rtos), **res.summary()})
     res.assert_sound()
     res.assert_no_loss()
     assert max(rtos) <= RTO_GOAL_S, f"RTO above {RTO_GOAL_S}s: {rounds}"
