@@ -49,7 +49,7 @@ from sutra_cluster.storage.annfile import GraphCapture, GraphStorage, LoadedGrap
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
 from sutra_cluster.storage.maintainer import DEFAULT_MAX_TAIL, DEFAULT_QUIET_S, Maintainer
-from sutra_cluster.storage.quant import ChunkAllocator, check_modes, rescore_fetch, search_params
+from sutra_cluster.storage.quant import PQ_BEAM_MAX, ChunkAllocator, check_modes, rescore_fetch, search_params
 from sutra_cluster.storage.vecform import normalise, original
 
 logger = logging.getLogger(__name__)
@@ -455,13 +455,20 @@ class VectorIndex(Maintainer):
         assert ann is not None
         split = int(np.searchsorted(rows, view.covered))
         cands = view.candidates(rows[split:], qn, k)
-        beam = default_beam(self._default_ef, view.count)
+        beam = self._beam(view.count)
         graph = ann_filtered(ann, view.count, view.labels(rows[:split]), qn, k, ef_search, beam,
                              self._search_threads, functools.partial(self._live_keys, qn=qn), self._fetch(k))
         if len(graph) < min(k, split):  # the beam ran dry inside the filter: be exact
             graph = view.candidates(rows[:split], qn, k)
         cands.extend(graph)
         return ranked(cands, k), False
+
+    def _beam(self, count: int) -> int:
+        """The default beam over ``count`` labels: HNSW's grows with the graph
+        (ann.default_beam); pq's inverted file probes lists by it (quant.search_params),
+        and its growth stops at PQ_BEAM_MAX, where it was measured."""
+        beam = default_beam(self._default_ef, count)
+        return min(beam, PQ_BEAM_MAX) if self.quantization == "pq" else beam
 
     def _fetch(self, k: int) -> int:
         """Graph hits to fetch at least: sq8/pq over-fetch to rescore exactly."""
@@ -493,7 +500,7 @@ class VectorIndex(Maintainer):
         try:
             while True:
                 # A beam wider than the graph buys nothing; cap caller input.
-                params = search_params(ann.index, min(count, max(ef_search, fetch, default_beam(self._default_ef, count))))
+                params = search_params(ann.index, min(count, max(ef_search, fetch, self._beam(count))))
                 with ann.rw.read():
                     sims, labels = ann.index.search(qn[None, :], fetch, params=params)
                 # Labels >= count were added after our snapshot; the exact
