@@ -18,11 +18,36 @@ bug) is refused with the reason, never half-loaded.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 BLOCK_HEAD = struct.Struct("<IIII")  # concepts, dim (0: none has a vector), attribute pairs, reserved 0
+
+
+# Shared by every concept record without attributes. Records are never changed in place (an
+# update builds a new record with its own dict), so one empty dict serves them all: one each was
+# 64 B of heap per concept, 64 MB at 1M.
+NO_ATTRIBUTES: dict[str, str] = {}
+
+
+def shared_values(values: np.ndarray) -> list[Any]:
+    """``values.tolist()`` with one Python object per distinct value: a float or a large int is
+    24-32 B of heap per element, and a block's strengths, confidences and times mostly repeat
+    (a batch's concepts share its time; most strengths are the default)."""
+    uniq, inverse = np.unique(values, return_inverse=True)
+    if len(uniq) == len(values):
+        return values.tolist()  # type: ignore[no-any-return]
+    return list(map(uniq.tolist().__getitem__, inverse.tolist()))
+
+
+def interned(values: Iterable[Any]) -> list[Any]:
+    """``list(values)`` with equal values sharing one object (what ``shared_values`` does for an
+    array, for the floats a write's protobuf messages hand out one fresh object each)."""
+    seen: dict[Any, Any] = {}
+    return [seen.setdefault(v, v) for v in values]
 
 
 class ColumnsError(ValueError):
@@ -167,10 +192,11 @@ def unpack(payload: bytes | memoryview, dim_expected: int) -> ColumnChunk:
     if pairs:
         at = 0
         for c in counts.tolist():
-            attributes.append({flat[i]: flat[i + 1] for i in range(at, at + 2 * c, 2)} if c else {})
+            attributes.append({flat[i]: flat[i + 1] for i in range(at, at + 2 * c, 2)} if c else NO_ATTRIBUTES)
             at += 2 * c
     else:
-        attributes = [{} for _ in range(n)]
-    return ColumnChunk(ids, contents, strength.astype(np.float64).tolist(), confidence.astype(np.float64).tolist(),
-                       created.tolist(), updated.tolist(), attributes, vectors, norms,
+        attributes = [NO_ATTRIBUTES] * n
+    return ColumnChunk(ids, contents, shared_values(strength.astype(np.float64)),
+                       shared_values(confidence.astype(np.float64)), shared_values(created), shared_values(updated),
+                       attributes, vectors, norms,
                        None if fps is None else fps.tolist())

@@ -25,6 +25,7 @@ import numpy as np
 
 from sutra_cluster.errors import ResourceExhausted
 from sutra_cluster.pb import wal_pb2
+from sutra_cluster.storage.columns import NO_ATTRIBUTES, interned
 from sutra_cluster.storage.untrack import untrack
 from sutra_cluster.storage.vecform import (
     FINGERPRINT_VERSION,
@@ -202,9 +203,11 @@ class GraphState:
         # Records leave the cyclic collector (storage/untrack.py): one holds strings, numbers, a dict of
         # strings and a VectorRef, whose vector index refers to no record, so it can be in no cycle.
         is_tracked = gc.is_tracked
+        strengths: dict[float, float] = {}  # equal numbers share one float object (columns.interned)
+        confidences: dict[float, float] = {}
         for c, cid, emb in items:
             attrs = c.attributes
-            new_attrs = dict(attrs) if attrs else {}
+            new_attrs = dict(attrs) if attrs else NO_ATTRIBUTES
             old = concepts.get(cid)
             created = ts
             if old is not None:
@@ -224,7 +227,8 @@ class GraphState:
                 if old is not None and old.vector:
                     upserts.pop(cid, None)
                     removes.add(cid)
-            record = make(Concept, (c.content, c.strength, c.confidence, new_attrs, ref, created, ts))
+            record = make(Concept, (c.content, strengths.setdefault(c.strength, c.strength),
+                                    confidences.setdefault(c.confidence, c.confidence), new_attrs, ref, created, ts))
             if not is_tracked(new_attrs):  # (a dict of strings is not)
                 untrack(record)
             concepts[cid] = record
@@ -260,8 +264,8 @@ class GraphState:
         make = tuple.__new__
         refs = list(map(make, repeat(VectorRef), zip(ids, fingerprints(normed, lengths).tolist(), repeat(self.store))))
         records = list(map(make, repeat(Concept), zip(
-            [c.content for c in batch_concepts], [c.strength for c in batch_concepts],
-            [c.confidence for c in batch_concepts], [{} for _ in range(n)], refs, repeat(ts), repeat(ts))))
+            [c.content for c in batch_concepts], interned(c.strength for c in batch_concepts),
+            interned(c.confidence for c in batch_concepts), repeat(NO_ATTRIBUTES), refs, repeat(ts), repeat(ts))))
         # Out of the cyclic collector, as apply_batch's records (storage/untrack.py).
         deque(map(untrack, refs), maxlen=0)
         deque(map(untrack, records), maxlen=0)
@@ -343,7 +347,7 @@ class GraphState:
             old = self.concepts.get(c.concept_id)
             if old is not None and old.attributes:
                 self._unindex_attrs(c.concept_id, old.attributes)
-            attrs = dict(c.attributes)
+            attrs = dict(c.attributes) if c.attributes else NO_ATTRIBUTES
             if attrs:
                 self._index_attrs(c.concept_id, attrs)
             emb, ref = c.embedding_f32, None
