@@ -94,7 +94,13 @@ def test_restart_adopts_the_stored_graph_and_replays_the_tail(tmp_path: Path) ->
         # One float32 copy: graph storage (3500 labels) plus at most the one chunk the covered rows end in.
         assert 3500 * DIM * 4 <= int(st["vector_memory_bytes"]) <= (3500 + 4096) * DIM * 4
         assert int(st["index_memory_bytes"]) > 0 and int(st["metadata_memory_bytes"]) > 0
+        # metadata: the vector index's arrays plus the concept records (estimated, ~200+ B each)
+        records = engine.records_memory()
+        assert records > 3400 * 200
+        assert int(st["metadata_memory_bytes"]) == engine.vectors.stats()["metadata_bytes"] + records
         text = generate_latest(engine.metrics.registry).decode()
+        line = next(x for x in text.splitlines() if x.startswith('sutra_vector_memory_bytes{part="metadata"}'))
+        assert float(line.split()[-1]) == float(st["metadata_memory_bytes"])
         assert f'sutra_vector_memory_bytes{{part="vectors"}} {float(st["vector_memory_bytes"])}' in text
         assert 'sutra_vector_memory_bytes{part="index"}' in text and "sutra_vector_index_ready 1.0" in text
         _check(engine, data, live, digest)

@@ -129,7 +129,7 @@ class Engine(HistoryOps, TxnOps):
         self._hooks: ReplicationHooks | None = None
         self._recover()
         self.metrics.add_gauges(self._gauges)
-        self.metrics.registry.register(VectorCollector(self.vectors))
+        self.metrics.registry.register(VectorCollector(self.vectors, self.records_memory))
         self._reconciler = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
         self._reconciler.start()
 
@@ -695,8 +695,14 @@ class Engine(HistoryOps, TxnOps):
             "applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "role": self.role,
             "term": self.term, "node_id": self.cfg.node_id, "wal_bytes": self.wal.total_bytes(),
             "flushes": self.flushes, "leader": self.leader_address, "shard": self.cfg.shard,
-            **vector_stats(self.vectors, self.graph_source),
+            **vector_stats(self.vectors, self.graph_source, self.records_memory()),
         }
+
+    def records_memory(self) -> int:
+        """Estimated heap bytes of the concept records, associations and attribute
+        index (GraphState.memory_estimate): part of GetStats' metadata."""
+        with self._lock:
+            return self.state.memory_estimate()
 
     def _gauges(self) -> dict[str, tuple[str, float]]:
         return {

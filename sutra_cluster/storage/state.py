@@ -14,11 +14,12 @@ from __future__ import annotations
 import gc
 import hashlib
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from sutra_cluster.storage.vectors import VectorIndex
 
 EdgeKey = tuple[str, int]  # (other concept id, assoc_type)
+MEMORY_SAMPLE = 256  # entries GraphState.memory_estimate reads per map
 
 
 class VectorRef(NamedTuple):
@@ -406,6 +408,49 @@ class GraphState:
         self.__init__(self.store, self.fingerprint_version)  # type: ignore[misc]
 
     # ---- reads ----------------------------------------------------------
+    def memory_estimate(self, sample: int = MEMORY_SAMPLE) -> int:
+        """Estimated heap bytes of the concept records, the association maps and
+        the attribute index (GetStats' metadata part, with the vector index's own
+        arrays): each dict's table exactly, and what its entries refer to from the
+        first ``sample`` entries, scaled to the count. An object several sampled
+        entries share (the empty attributes dict, a repeated number, an id used as
+        a key in two maps) counts once. O(sample); call under the engine's lock
+        (the maps must not change meanwhile)."""
+        seen: set[int] = set()
+        inner_sample = max(1, sample // 16)  # per concept's links or per attribute key: O(sample) in all
+
+        def once(*objs: object) -> int:
+            n = 0
+            for obj in objs:
+                if id(obj) not in seen:
+                    seen.add(id(obj))
+                    n += sys.getsizeof(obj)
+            return n
+
+        def scaled(table: Mapping[Any, Any], entry: Callable[[Any, Any], int], most: int = sample) -> int:
+            got = [entry(k, v) for k, v in islice(table.items(), most)]
+            return sys.getsizeof(table) + (sum(got) * len(table) // len(got) if got else 0)
+
+        def record(cid: str, c: Concept) -> int:
+            n = once(cid, c, c.content, c.strength, c.confidence, c.created_us, c.updated_us)
+            if id(c.attributes) not in seen:
+                n += once(c.attributes) + sum(once(k, v) for k, v in c.attributes.items())
+            ref = c.vector
+            if isinstance(ref, VectorRef):
+                n += once(ref, ref.fingerprint)
+            elif ref:
+                n += once(ref)
+            return n
+
+        def links(cid: str, inner: dict[EdgeKey, float]) -> int:
+            return once(cid) + scaled(inner, lambda key, conf: once(key, key[0], conf), inner_sample)
+
+        def values(key: str, by_value: dict[str, set[str]]) -> int:
+            return once(key) + scaled(by_value, lambda value, ids: once(value, ids), inner_sample)
+
+        return (scaled(self.concepts, record) + scaled(self.out, links) + scaled(self.inc, links)
+                + scaled(self.by_attr, values))
+
     def matching(self, where: Mapping[str, Collection[str]]) -> set[str]:
         """Ids of concepts whose attributes satisfy ``where``: for every key,
         the concept's value is one of the listed values (a str counts as one

@@ -2,14 +2,15 @@
 
 Parts: ``vectors`` (the one float32 copy: the flat rows not yet in the graph
 plus the graph's storage), ``index`` (HNSW links), ``metadata`` (per-vector
-arrays and keys; concept records are Python objects outside this count).
+arrays and keys, plus the concept records, association maps and attribute
+index: GraphState.memory_estimate, from a sample).
 "Ready" means the graph covers all but READY_PENDING vectors (or there are
 too few vectors to need one): searches no longer scan a large tail exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -35,11 +36,13 @@ def index_ready(stats: dict[str, int], exact_limit: int) -> bool:
     return stats["hnsw_total"] > 0 and stats["pending"] <= READY_PENDING
 
 
-def vector_stats(vectors: Any, source: str) -> dict[str, int | str | bool]:
-    """GetStats fields: memory by part, readiness, and where the graph came from."""
+def vector_stats(vectors: Any, source: str, records: int = 0) -> dict[str, int | str | bool]:
+    """GetStats fields: memory by part, readiness, and where the graph came from.
+    ``records``: the concept records' estimated bytes, counted in metadata."""
     s = vectors.stats()
     return {"vector_memory_bytes": s["vector_bytes"], "index_memory_bytes": s["index_bytes"],
-            "metadata_memory_bytes": s["metadata_bytes"], "vector_index_ready": index_ready(s, vectors.exact_limit),
+            "metadata_memory_bytes": s["metadata_bytes"] + records,
+            "vector_index_ready": index_ready(s, vectors.exact_limit),
             "vector_index_source": source}
 
 
@@ -47,12 +50,15 @@ class VectorCollector(Collector):
     """sutra_vector_memory_bytes{part}, sutra_vector_index_ready and
     sutra_vector_index_state{state}, read at scrape time."""
 
-    def __init__(self, vectors: Any) -> None:
+    def __init__(self, vectors: Any, records: Callable[[], int] = lambda: 0) -> None:
         self.vectors = vectors
+        self.records = records  # the concept records' estimated bytes, counted in metadata
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         s = self.vectors.stats()
-        mem = GaugeMetricFamily("sutra_vector_memory_bytes", "Memory the vector index holds, by part", labels=["part"])
+        s = {**s, "metadata_bytes": s["metadata_bytes"] + self.records()}
+        mem = GaugeMetricFamily("sutra_vector_memory_bytes", "Memory the vector index holds, by part (metadata: "
+                                "its per-vector arrays and the concept records, estimated)", labels=["part"])
         for part, key in PARTS:
             mem.add_metric([part], s[key])
         yield mem
