@@ -149,3 +149,26 @@ def test_committable_is_the_highest_lsn_try_commit_accepts() -> None:
     assert SyncCommit(CommitMode.ASYNC, 1, managed=False).committable() is None
     fallback = SyncCommit(CommitMode.SYNC, 1, managed=False, fallback=True)
     assert fallback.committable() is None  # degraded while no replica is connected
+
+
+def test_floor_is_what_was_acknowledged_once_no_member_counts() -> None:
+    """Published with an empty set (decide._sync_holders): nothing above it may be
+    acknowledged until a member counts, and one counts only once published."""
+    c = sync()
+    c.lead(10)
+    assert c.floor() == 10  # a new term: the term record; nothing acknowledged in it yet
+    b = c.connect("b", 10, 0.0)
+    c.adopt(("b",))
+    c.ack(b, 15, 0.0)
+    assert c.try_commit(15)
+    c.shrink(())  # b leaves (disconnected): it stops counting before the empty set is published
+    assert c.floor() == 15
+    c.ack(b, 30, 0.1)
+    assert not c.try_commit(16) and c.floor() == 15  # no member: nothing more is acknowledged
+
+
+def test_no_floor_where_a_write_commits_without_a_member() -> None:
+    assert SyncCommit(CommitMode.ASYNC, 1, managed=True).floor() is None
+    assert SyncCommit(CommitMode.SYNC, 1, managed=True, fallback=True).floor() is None
+    assert SyncCommit(CommitMode.SYNC, 0, managed=True).floor() is None
+    assert SyncCommit(CommitMode.SYNC, 1, managed=False).floor() is None

@@ -11,6 +11,7 @@ comparing the value; release and revoke with a compare-and-delete.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -281,6 +282,16 @@ def test_revoke_of_a_stale_key_leaves_the_new_one(coords: Callable[..., Coordina
 # --------------------------------------------------------------------------- sync set, members, switchover
 
 
+def test_sync_state_floor_round_trips_and_older_forms_still_read() -> None:
+    assert SyncState.decode(SyncState("a", 3, (), 40).encode()) == SyncState("a", 3, (), 40)
+    assert SyncState.decode(SyncState("a", 3, ("b",)).encode()) == SyncState("a", 3, ("b",), None)
+    assert "floor" not in SyncState("a", 3, ("b",)).encode()  # what a build before the floor wrote
+    assert SyncState.decode('{"leader": "a", "term": 3, "members": []}') == SyncState("a", 3, (), None)
+    # A build before the floor reads only these three fields, so it sees the set it always did.
+    d = json.loads(SyncState("a", 3, (), 40).encode())
+    assert (d["leader"], d["term"], d["members"]) == ("a", 3, [])
+
+
 def test_set_sync_only_by_the_holder(coords: Callable[..., Coordinator]) -> None:
     a, b = coords("a"), coords("b")
     k = a.acquire(lk("a", 1), 0)
@@ -292,9 +303,11 @@ def test_set_sync_only_by_the_holder(coords: Callable[..., Coordinator]) -> None
     assert b.snapshot().sync == SyncState("a", 1, ("b",))
     assert a.set_sync(k, SyncState("a", 1, ())) is True
     assert b.snapshot().sync == SyncState("a", 1, ())
+    assert a.set_sync(k, SyncState("a", 1, (), 17)) is True  # an empty set with its floor
+    assert b.snapshot().sync == SyncState("a", 1, (), 17)
     assert a.release(k)
     assert a.set_sync(k, SyncState("a", 1, ("b", "c"))) is False
-    assert b.snapshot().sync == SyncState("a", 1, ())  # the sync key outlives the leader key
+    assert b.snapshot().sync == SyncState("a", 1, (), 17)  # the sync key outlives the leader key
 
 
 def test_members_publish_and_are_visible_in_the_snapshot(coords: Callable[..., Coordinator]) -> None:

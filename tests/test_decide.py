@@ -492,6 +492,55 @@ def test_sync_the_leader_that_published_the_set_may_take_over_again() -> None:
         WAIT, "no leader at term 3: n1 (LSN 100) should take over")
 
 
+def _floor_snap(*members: MemberInfo, floor: int | None) -> ClusterSnapshot:
+    """n1 led term 4 and published an empty set with ``floor``, then lost its key."""
+    return ClusterSnapshot(leader=None, term=4, members={m.node_id: m for m in members},
+                           sync=SyncState("n1", 4, (), floor), revision=1)
+
+
+def test_sync_an_empty_set_with_a_floor_lets_a_replica_holding_that_terms_log_take_over() -> None:
+    # The empty set's leader acknowledged nothing above LSN 40 while it stood; n2's log ends in
+    # term 4 (records from n1, after their histories matched) at LSN 45: it holds n1's log up to 40.
+    s = _floor_snap(member("n1", 45, term=4, frozen=3, healthy=False), member("n2", 45, term=4, frozen=4),
+                    member("n3", 30, term=3, frozen=4), floor=40)
+    assert decide(s, as_local(s.members["n2"]), SYNC) == Action(
+        ACQUIRE, "promoted self: leader key acquired at term 5", term=5)
+    assert decide(s, as_local(s.members["n3"]), SYNC) == Action(
+        WAIT, "no leader at term 4: n2 (LSN 45) should take over")
+
+
+def test_sync_the_floor_counts_only_a_log_of_that_term_at_or_past_it() -> None:
+    dead = member("n1", 45, term=4, frozen=3, healthy=False)
+    waiting = ("no leader at term 4: no member of the sync set [] (nor its leader n1) is alive; waiting (no "
+               "acknowledged write may be lost)")
+    # Behind the floor: it may lack writes acknowledged up to it.
+    s = _floor_snap(dead, member("n2", 39, term=4, frozen=4), floor=40)
+    assert decide(s, as_local(s.members["n2"]), SYNC) == Action(WAIT, waiting)
+    # Past the floor but in an older term: its records there are another leader's, not n1's.
+    s = _floor_snap(dead, member("n2", 50, term=3, frozen=4), floor=40)
+    assert decide(s, as_local(s.members["n2"]), SYNC) == Action(WAIT, waiting)
+    # No floor (SUTRA_SYNC_FALLBACK, or a leader of an older build): only n1 holds them.
+    s = _floor_snap(dead, member("n2", 50, term=4, frozen=4), floor=None)
+    assert decide(s, as_local(s.members["n2"]), SYNC) == Action(WAIT, waiting)
+
+
+def test_sync_a_floor_beside_members_changes_nothing() -> None:
+    # A set with members is what holds the writes; a floor there (never published) is ignored.
+    s = ClusterSnapshot(leader=None, term=4, members={m.node_id: m for m in (
+        member("n2", 50, term=4, frozen=4), member("n3", 45, term=4, frozen=4))},
+        sync=SyncState("n1", 4, ("n3",), 40), revision=1)
+    assert decide(s, as_local(s.members["n2"]), SYNC) == Action(
+        WAIT, "no leader at term 4: n3 (LSN 45) should take over")
+
+
+def test_sync_a_replica_the_floor_counts_must_publish_its_final_position_first() -> None:
+    # n3 qualifies by the floor, so the election waits for its final LSN like a member's.
+    s = _floor_snap(member("n1", 45, term=4, frozen=3, healthy=False), member("n2", 45, term=4, frozen=4),
+                    member("n3", 48, term=4, frozen=3), floor=40)
+    assert decide(s, as_local(s.members["n2"]), SYNC) == Action(
+        WAIT, "no leader at term 4: waiting for n3 to publish a final LSN")
+
+
 def test_sync_only_a_sync_member_revokes_a_refusing_leader() -> None:
     # One node whose own link to the leader is refused must not unseat a leader
     # that its sync set still reaches (the simulator saw terms 2..6 in a second).

@@ -187,6 +187,9 @@ class FakeNode:
     def sync_count(self, members: tuple[str, ...]) -> None:
         self.leader.commit.count_all(members)
 
+    def sync_floor(self) -> int | None:
+        return self.leader.commit.floor()
+
     def replica_flushed(self, node_id: str) -> int | None:
         pos = self.leader.followers.get(node_id)
         return pos.flushed if pos is not None and pos.connected else None
@@ -749,10 +752,14 @@ def test_sync_set_member_is_kept_through_the_grace_period_then_replaced(sync_sim
     sim.clock.advance(0.1)
     sim["n1"].tick()
     assert sync_state(sim) == ("n1", 1, ()) and lead.sync_ids == ()
+    sync = sim.snapshot().sync
+    assert sync is not None and sync.floor == 11  # the empty set says what was acknowledged
     lead.followers["n2"].flushed = 11
     sim.clock.advance(0.1)
     sim["n1"].tick()
     assert sync_state(sim) == ("n1", 1, ("n2",)) and lead.sync_ids == ("n2",)
+    sync = sim.snapshot().sync
+    assert sync is not None and sync.floor is None  # a set with a member holds them itself
 
 
 def test_sync_failover_goes_to_the_sync_member_not_the_most_advanced(sync_sim: Sim) -> None:
@@ -773,6 +780,29 @@ def test_sync_failover_goes_to_the_sync_member_not_the_most_advanced(sync_sim: S
     assert acts["n2"] == Action(ACQUIRE, "promoted self: leader key acquired at term 2", term=2)
     # n3 holds everything n2 held (same history, further along), so it may be the first sync member.
     assert sync_state(sim) == ("n2", 2, ("n3",))
+
+
+def test_sync_leader_dead_before_a_replica_joined_its_empty_set_is_replaced(sync_sim: Sim) -> None:
+    """n2 takes term 2 with no peer frozen at its position: it publishes an empty set
+    with its term record's LSN as the floor. n3 streams that term's records past it,
+    then n2 dies before the next tick names n3: n3 holds everything n2 acknowledged
+    (nothing in term 2), so it takes over instead of waiting for n2 to come back."""
+    sim = sync_sim
+    sim.elect_n1()
+    sim["n3"].m.engine.wal.durable_lsn = 8  # n3 was behind n1, outside its sync set
+    kill_leader_and_freeze(sim, "n1", ("n2", "n3"))
+    acts = sim.round("n2", "n3")
+    assert acts["n2"] == Action(ACQUIRE, "promoted self: leader key acquired at term 2", term=2)
+    sync = sim.snapshot().sync
+    assert sync is not None and (sync.leader, sync.term, sync.members, sync.floor) == ("n2", 2, (), 11)
+    # n3 follows n2 and flushes its term record and more; n2 dies before publishing it as a member.
+    sim["n3"].m.engine.wal.durable_lsn, sim["n3"].m.engine.terms.last_term = 12, 2
+    kill_leader_and_freeze(sim, "n2", ("n3",))
+    sim.clock.advance(0.1)
+    # n2 never published itself as leader: its member key (frozen at term 1) lives out its TTL first.
+    assert sim["n3"].tick() == Action(WAIT, "no leader at term 2: waiting for n2 to publish a final LSN")
+    sim.clock.advance(4.1)
+    assert sim["n3"].tick() == Action(ACQUIRE, "promoted self: leader key acquired at term 3", term=3)
 
 
 def test_sync_dead_leader_and_dead_sync_member_leave_the_shard_waiting(sync_sim: Sim) -> None:

@@ -78,9 +78,22 @@ def _sync_holders(snap: ClusterSnapshot) -> set[str]:
     """Nodes that hold every acknowledged write in sync mode: the published sync
     set and the leader that published it (it wrote them). The leader counts too so
     that a set published empty (no replica caught up) cannot strand the shard
-    once that leader loses its key; Patroni treats the /sync leader the same way."""
-    assert snap.sync is not None
-    return set(snap.sync.members) | {snap.sync.leader}
+    once that leader loses its key; Patroni treats the /sync leader the same way.
+
+    A set published empty with its floor (everything that leader acknowledged is
+    at or below it, and it could acknowledge nothing more while that set stood)
+    also counts every member whose log ends in that leader's term at or past the
+    floor: its records of that term came from that leader after their histories
+    were matched, so it holds that leader's log up to the floor, every
+    acknowledged write among it. Without this a leader killed before its first
+    replica joined left the shard waiting for that node to come back."""
+    sync = snap.sync
+    assert sync is not None
+    holders = set(sync.members) | {sync.leader}
+    if not sync.members and sync.floor is not None:
+        holders |= {m.node_id for m in snap.members.values()
+                    if m.last_term == sync.term and m.flushed_lsn >= sync.floor}
+    return holders
 
 
 def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str]:

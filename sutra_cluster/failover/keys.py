@@ -180,14 +180,22 @@ class SyncState:
     leader: str
     term: int
     members: tuple[str, ...]
+    # With no members: every write the leader acknowledged is at or below this LSN, and it can
+    # acknowledge none above it until it publishes a set with a member (SyncCommit.floor). None:
+    # not known (a set with members, SUTRA_SYNC_FALLBACK, or a build before this field).
+    floor: int | None = None
 
     def encode(self) -> str:
-        return json.dumps({"leader": self.leader, "term": self.term, "members": list(self.members)})
+        d: dict[str, object] = {"leader": self.leader, "term": self.term, "members": list(self.members)}
+        if self.floor is not None:
+            d["floor"] = self.floor
+        return json.dumps(d)
 
     @staticmethod
     def decode(raw: str | bytes) -> SyncState:
         d = json.loads(raw)
-        return SyncState(d["leader"], int(d["term"]), tuple(d["members"]))
+        floor = d.get("floor")
+        return SyncState(d["leader"], int(d["term"]), tuple(d["members"]), None if floor is None else int(floor))
 
 
 @dataclass(frozen=True)

@@ -322,9 +322,15 @@ class HaLoop:
         # Members that leave stop counting before the new set is published; new
         # ones count only once it is (so the counted set is always published).
         self.node.sync_shrink(keep)
-        if self.coord.set_sync(self.key, SyncState(self.cfg.node_id, self.key.term, wanted)):
+        if self.coord.set_sync(self.key, self._sync_state(self.key.term, wanted)):
             self.node.sync_adopt(wanted)
             log.info("sync set at term %d is now %s", self.key.term, list(wanted) or "empty")
+
+    def _sync_state(self, term: int, members: tuple[str, ...]) -> SyncState:
+        """The set to publish; one without members carries the floor (read after the
+        members that leave stopped counting), so that a replica holding this term's
+        history up to it may take over if this node dies before a replica joins."""
+        return SyncState(self.cfg.node_id, term, members, None if members else self.node.sync_floor())
 
     def _acquire(self, action: Action, snap: ClusterSnapshot) -> None:
         t0 = self.clock()
@@ -348,7 +354,7 @@ class HaLoop:
                 # never acknowledges a write.
                 self._sync_grace = {m: snap.members[m].flushed_lsn for m in initial}
                 self._sync_grace_until = self.clock() + 2 * self.cfg.lease_ttl_s
-                if self.coord.set_sync(stored, SyncState(self.cfg.node_id, action.term, initial)):
+                if self.coord.set_sync(stored, self._sync_state(action.term, initial)):
                     self.node.sync_count(initial)
             self._note("acquire", action.term, self._acquire_reason(action, snap))
         except Exception:

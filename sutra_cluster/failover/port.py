@@ -49,6 +49,9 @@ class NodePort(Protocol):
 
     def sync_adopt(self, published: tuple[str, ...]) -> None: ...
 
+    def sync_floor(self) -> int | None:
+        """SyncCommit.floor: published with a set that has no member."""
+
     # ---- planned handover --------------------------------------------------------
     def replica_flushed(self, node_id: str) -> int | None:
         """The flushed LSN of a connected replica, None when it is not streaming."""

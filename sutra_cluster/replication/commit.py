@@ -183,6 +183,15 @@ class SyncCommit:
                 ok.append(m)
         self.members = tuple(ok)
 
+    def floor(self) -> int | None:
+        """With no member counted, the highest LSN any acknowledgement covers: nothing
+        above ``committed`` commits until a member is counted, and a member is counted
+        only once a set naming it is published. None where a write may commit without
+        a counted replica (async mode, no required replicas, SUTRA_SYNC_FALLBACK)."""
+        if self.mode != CommitMode.SYNC or self.required <= 0 or self.fallback or not self.managed:
+            return None
+        return self.committed
+
     def count_all(self, members: tuple[str, ...]) -> None:
         """Count exactly ``members`` (the first set at election: replicas that froze
         at this node's position, published before anything is acknowledged)."""

@@ -474,6 +474,12 @@ class LeaderStreams:
             self.commit.adopt(published)
             self._wake_committed()
 
+    def sync_floor(self) -> int | None:
+        """SyncCommit.floor, read under the lock that commits take (a commit that
+        counted a member just shrunk away has finished before it is read)."""
+        with self._acks:
+            return self.commit.floor()
+
     def sync_count_all(self, members: tuple[str, ...]) -> None:
         with self._acks:
             self.commit.count_all(members)

@@ -243,6 +243,9 @@ class ReplicationManager:
     def sync_adopt(self, published: tuple[str, ...]) -> None:
         self.leader.sync_adopt(published)
 
+    def sync_floor(self) -> int | None:
+        return self.leader.sync_floor()
+
     def sync_count(self, members: tuple[str, ...]) -> None:
         self.leader.sync_count_all(members)
 

@@ -225,6 +225,9 @@ class SimNode:
         self.sync.adopt(published)
         self._try_acks()
 
+    def sync_floor(self) -> int | None:
+        return self.sync.floor()
+
     def replica_flushed(self, node_id: str) -> int | None:
         s = self.out.get(node_id)
         if s is None or not s.open or s.pos is None or not s.pos.connected:
