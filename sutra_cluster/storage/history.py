@@ -23,9 +23,10 @@ from sutra_cluster.storage import checkpoint as ckpt
 from sutra_cluster.storage.batch import batch_items, logged_body, request_fingerprint
 from sutra_cluster.storage.tail import Entry, WalTail
 from sutra_cluster.storage.wal import WalWriteError, WriteAheadLog, wal_files
-from sutra_cluster.storage.wal_format import RT_BATCH, RT_TERM
+from sutra_cluster.storage.wal_format import RT_BATCH, RT_TERM, WalRecord
 
 if TYPE_CHECKING:
+    from sutra_cluster.storage.engine import ReplicationHooks
     from sutra_cluster.storage.prepared import PreparedTxns
     from sutra_cluster.storage.state import GraphState
     from sutra_cluster.storage.terms import TermHistory
@@ -50,6 +51,7 @@ class HistoryOps:
     request_ids: OrderedDict[str, tuple[int, int]]
     txns: PreparedTxns
     _unapplied: deque[tuple[int, wal_pb2.WalBatch | None, int]]
+    _hooks: ReplicationHooks | None
     _append_lock: threading.Lock
     _ckpt_lock: threading.Lock
     _lock: threading.RLock
@@ -195,12 +197,29 @@ class HistoryOps:
         ``keep_file`` for the operator, and rebuild the state from the checkpoint
         and the remaining WAL; returns how many records were cut. Raises
         ValueError when the checkpoint is already past ``lsn`` (only a snapshot
-        can help then)."""
+        can help then).
+
+        No rebuild when no cut record was applied and none is part of a
+        cross-shard transaction: a sync replica applies only up to its leader's
+        commit LSN, so a survivor outside the sync set that is ahead of the new
+        leader has its tail appended, not applied. Only what appending did is
+        undone then (``_forget_appended``), in O(records cut), where a rebuild
+        replays everything since the checkpoint (seconds: docs/HA.md, Failover)."""
         with self._ckpt_lock, self._append_lock, self._lock:
             if self.checkpoint_lsn > lsn:
                 raise ValueError(f"checkpoint at LSN {self.checkpoint_lsn} is past LSN {lsn}")
             cut = self.wal.truncate_after(lsn, keep_file)
             self.terms.truncate(lsn)
+            # Sync mode only: a replica there applies nothing past its leader's commit LSN as last
+            # reported (never lowered), and an acknowledged record is in every winner's log, so a
+            # limit at or below the cut means no cut record was applied or is about to be.
+            limit = self._hooks.visible_limit() if self._hooks is not None else None
+            if limit is not None and limit <= lsn and self.applied_lsn <= lsn and self._forget_appended(lsn, cut):
+                if cut:
+                    log.warning("cut %d divergent record(s), LSN %d..%d (terms %s), kept in %s; none was "
+                                "applied, so the state stays as it was", len(cut), cut[0].lsn, cut[-1].lsn,
+                                sorted({r.term for r in cut}), keep_file)
+                return len(cut)
             self.state.clear()
             self.vectors.clear()
             self._unapplied.clear()
@@ -218,3 +237,23 @@ class HistoryOps:
             log.warning("cut %d divergent record(s), LSN %d..%d (terms %s), kept in %s; they are not served",
                         len(cut), cut[0].lsn, cut[-1].lsn, sorted({r.term for r in cut}), keep_file)
         return len(cut)
+
+    def _forget_appended(self, lsn: int, cut: list[WalRecord]) -> bool:
+        """Undo what appending the ``cut`` records (all after ``lsn``, none applied)
+        did: their places in the apply queue and the pending count, their request
+        ids (a retry of a cut write must be written again, not answered from its
+        cut record), and the in-memory tail replicas are fed from. False, having
+        changed nothing, when a cut record is not a plain batch or a term record
+        (cross-shard transaction records: the caller rebuilds instead)."""
+        for r in cut:
+            if r.rtype == RT_TERM:
+                continue
+            if r.rtype != RT_BATCH or wal_pb2.WalBatch.FromString(r.payload).txn_id:
+                return False
+        while self._unapplied and self._unapplied[-1][0] > lsn:
+            _, _, n = self._unapplied.pop()
+            self.pending_items -= n
+        for rid in [rid for rid, (at, _) in self.request_ids.items() if at > lsn]:
+            del self.request_ids[rid]
+        self.recent.clear()  # a cache: a replica fed from here after the cut reads the WAL files
+        return True
