@@ -251,8 +251,10 @@ class HistoryOps:
             if r.rtype != RT_BATCH or wal_pb2.WalBatch.FromString(r.payload).txn_id:
                 return False
         while self._unapplied and self._unapplied[-1][0] > lsn:
-            _, _, n = self._unapplied.pop()
+            _, batch, n = self._unapplied.pop()
             self.pending_items -= n
+            if batch is not None:  # a former leader's own write: the vectors it kept for the apply
+                self.state.given.pop(id(batch), None)
         for rid in [rid for rid, (at, _) in self.request_ids.items() if at > lsn]:
             del self.request_ids[rid]
         self.recent.clear()  # a cache: a replica fed from here after the cut reads the WAL files
