@@ -144,8 +144,9 @@ def test_pause_sigkill_leader_no_failover_until_resume_then_history(tmp_path: Pa
             assert key0 is not None and key0.node_id != first.name
             first = next(n for n in c.shards[0] if n.name == key0.node_id)
             # Kill it once it leads with a sync set. Killed in the ~0.1 s between taking the key and
-            # publishing one (as a CI run at load 4 did), no replica can show it holds every acknowledged
-            # write, and the shard rightly waits for the dead leader (docs/HA.md, Not yet): not this test.
+            # naming a replica (as a CI run at load 4 did), only a replica that already holds its term
+            # record counts by the empty set's floor, else the shard rightly waits for the dead leader
+            # (docs/HA.md, Failover, "Who may take over"): not this test.
             term = key0.term
             wait_for(lambda: (s := coord.snapshot()).sync is not None and s.sync.term == term and s.sync.members,
                      15, f"{key0.node_id} to publish a sync set at term {term}")
