@@ -206,7 +206,7 @@ def encode_segment_header(seq: int, first_lsn: int) -> bytes:
     return head[:_SEGMENT_CRC_SPAN] + struct.pack("<II", crc, 0)
 
 
-def decode_segment_header(data: bytes, path: Path | str = "<bytes>") -> SegmentHeader:
+def decode_segment_header(data: bytes | memoryview, path: Path | str = "<bytes>") -> SegmentHeader:
     """Validate and decode the header at the start of ``data``.
 
     Raises :class:`WalCorruptionError` (offset 0) on a short file, wrong magic
@@ -249,12 +249,15 @@ def encode_record(lsn: int, term: int, rtype: int, payload: bytes) -> bytes:
     )
 
 
-def decode_record(data: bytes, off: int, expected_lsn: int) -> tuple[WalRecord | None, int, str]:
+def decode_record(data: bytes | memoryview, off: int, expected_lsn: int,
+                  payload: bool = True) -> tuple[WalRecord | None, int, str]:
     """Decode and validate the record at ``off`` of ``data`` (docs section 7).
 
     Returns ``(record, next_offset, "")`` when it is valid and has
     ``expected_lsn`` (pass -1 to accept any LSN), else ``(None, off, why)``
     with ``why`` the first rule it breaks. Never raises on bad bytes.
+    ``payload`` False: the record is checked in full but its payload is not
+    copied out (``b""``), for a scan that only validates.
     """
     size = len(data)
     if size - off < RECORD_HEADER_SIZE:
@@ -278,7 +281,7 @@ def decode_record(data: bytes, off: int, expected_lsn: int) -> tuple[WalRecord |
         return None, off, "non-zero padding"
     if expected_lsn >= 0 and lsn != expected_lsn:
         return None, off, f"lsn {lsn} where {expected_lsn} was expected"
-    return WalRecord(lsn, term, rtype, bytes(mv[start : start + n])), end, ""
+    return WalRecord(lsn, term, rtype, bytes(mv[start : start + n]) if payload else b""), end, ""
 
 
 # ---------------------------------------------------------------------------
