@@ -31,7 +31,7 @@ from sutra_cluster.storage.wal_format import (
     record_size,
     sealed_name,
 )
-from sutra_cluster.storage.wal_reader import scan_segment
+from sutra_cluster.storage.wal_reader import iter_file_records, scan_segment
 from tests.mutators import append_bytes, flip_bit, truncate_to, zero_sector
 
 WAIT = 10.0  # deadline for anything that should happen promptly
@@ -604,3 +604,36 @@ def test_fdatasync_failure_is_permanent(tmp_path: Path, opener: Opener, monkeypa
     assert wal.wait_durable(1, WAIT) is True  # already durable before the failure
     assert payloads_of(wal) == [b"durable"]
     wal.close()
+
+
+# --------------------------------------------------------------------------- reading only some payloads
+
+
+def test_records_skip_the_payloads_not_wanted_and_still_check_the_sequence(tmp_path: Path,
+                                                                           opener: Opener) -> None:
+    """A start after the first checkpoint reads the WAL before it only for transaction records
+    (PreparedTxns.wants): the others come with empty payloads, skipped unread, across segments."""
+    wal = opener(tmp_path, segment_bytes=4096)
+    for i in range(40):
+        wal.wait_durable(wal.append(2 if i % 10 == 3 else 1, bytes([i]) * 300, 1))
+    want = {r.lsn: r for r in wal.records(0)}
+    seen: list[int] = []
+
+    def wanted(rtype: int) -> bool:
+        seen.append(rtype)
+        return rtype == 2
+
+    got = list(wal.records(0, wanted=wanted))
+    assert [r.lsn for r in got] == list(range(1, 41)) and len(seen) == 40
+    assert all(r.payload == (want[r.lsn].payload if r.rtype == 2 else b"") for r in got)
+    assert sum(1 for r in got if r.payload) == 4 and [r.term for r in got] == [w.term for w in want.values()]
+    assert [r.lsn for r in wal.records(25, wanted=wanted)] == list(range(26, 41))
+    wal.close()
+    # A record header whose LSN breaks the sequence is damage, even when its payload is skipped.
+    seg = sorted((tmp_path / "wal").iterdir())[0]
+    data = bytearray(seg.read_bytes())
+    at = SEGMENT_HEADER_SIZE + record_size(300) + 16  # the second record's LSN field
+    data[at : at + 8] = (999).to_bytes(8, "little")
+    seg.write_bytes(bytes(data))
+    with open(seg, "rb") as f, pytest.raises(WalCorruptionError, match="lsn 999 where 2 was expected"):
+        list(iter_file_records(f, seg, 0, 40, wanted=lambda rtype: False))

@@ -146,7 +146,7 @@ class Engine(HistoryOps, TxnOps):
                 f"{self.checkpoint_lsn}; records {self.checkpoint_lsn + 1}..{self.wal.first_lsn - 1} are missing"
             )
         if self.wal.first_lsn <= self.checkpoint_lsn:  # a prepare before the checkpoint is not in storage.dat
-            self.txns.rebuild(self.wal.records(0), self.checkpoint_lsn)
+            self.txns.rebuild(self.wal.records(0, wanted=self.txns.wants), self.checkpoint_lsn)
         replayed = self._replay()
         log.info(
             "node %s recovered in %.2fs: checkpoint LSN %d, %d WAL records replayed, last LSN %d, term %d",

@@ -230,7 +230,7 @@ class HistoryOps:
             self.applied_lsn = 0
             self.checkpoint_lsn, _ = self._load_checkpoint()
             if self.wal.first_lsn <= self.checkpoint_lsn:  # prepared parts logged before the checkpoint
-                self.txns.rebuild(self.wal.records(0), self.checkpoint_lsn)
+                self.txns.rebuild(self.wal.records(0, wanted=self.txns.wants), self.checkpoint_lsn)
             self._replay()
             self._applied.notify_all()
         if cut:

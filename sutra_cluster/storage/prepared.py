@@ -213,6 +213,12 @@ class PreparedTxns:
         with self._mu:
             return sorted(self.open.values(), key=lambda p: p.lsn)
 
+    def wants(self, rtype: int) -> bool:
+        """The records ``rebuild`` reads the payload of (the others it only passes):
+        at a start after the first checkpoint, the WAL before it is all bulk
+        batches, whose payloads need not be read again (3 GB at 1M concepts)."""
+        return rtype in (RT_PREPARE, RT_TXN_ABORT) or (rtype == RT_BATCH and bool(self.open))
+
     def rebuild(self, records: Iterable[WalRecord], upto: int) -> int:
         """Follow the transaction records at or below ``upto`` (the checkpoint LSN):
         a prepare before the checkpoint is not in storage.dat. Returns how many were read."""

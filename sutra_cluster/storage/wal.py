@@ -531,17 +531,19 @@ class WriteAheadLog:
 
     # ------------------------------------------------------------------ read
 
-    def records(self, after_lsn: int = 0) -> Iterator[WalRecord]:
+    def records(self, after_lsn: int = 0, wanted: Callable[[int], bool] | None = None) -> Iterator[WalRecord]:
         """Every durable record with ``lsn > after_lsn``, in order, read from disk.
 
         Bounded by ``durable_lsn`` at call time, so it is safe during appends
         and rotation (files are opened here, before returning). Records below
         ``first_lsn`` are gone; callers needing a gap-free stream check that.
+        ``wanted(rtype)`` False: that record comes with an empty payload, skipped
+        unread and not CRC-checked again (``wal_reader.iter_file_records``).
         """
         with self._io:
             with self._mu:
                 limit = self._durable_lsn
-            return self._segs.records(after_lsn, limit)
+            return self._segs.records(after_lsn, limit, wanted)
 
     # ---------------------------------------------------------------- repair
 

@@ -200,7 +200,8 @@ def scan_segment(
 
 
 def iter_file_records(
-    f: BinaryIO, path: Path | str, after_lsn: int, limit_lsn: int
+    f: BinaryIO, path: Path | str, after_lsn: int, limit_lsn: int,
+    wanted: Callable[[int], bool] | None = None,
 ) -> Iterator[WalRecord]:
     """Stream the records of an open, already validated segment file.
 
@@ -209,6 +210,11 @@ def iter_file_records(
     written past the durable point is never reached). Re-checks every CRC
     and the LSN sequence, raising :class:`WalCorruptionError` on a mismatch
     (the file changed on disk since it was validated at open).
+
+    ``wanted(rtype)`` False: the record's payload is skipped unread and it is
+    yielded with an empty one (its header's LSN is still checked). For a scan
+    right after the open, which CRC-checked every record, that only needs a
+    few kinds of record (``PreparedTxns.rebuild``).
     """
     head = f.read(SEGMENT_HEADER_SIZE)
     header = decode_segment_header(head, path)
@@ -218,9 +224,18 @@ def iter_file_records(
         raw = f.read(RECORD_HEADER_SIZE)
         if len(raw) < RECORD_HEADER_SIZE:
             return
-        n = RECORD_HEADER.unpack_from(raw, 0)[0]
+        n, _crc, rtype, _flags, _r16, _r32, lsn, term = RECORD_HEADER.unpack_from(raw, 0)
         if n > MAX_PAYLOAD:
             raise WalCorruptionError(path, off, f"absurd payload length {n} while reading")
+        if wanted is not None and not wanted(rtype):
+            if lsn != expected:
+                raise WalCorruptionError(path, off, f"lsn {lsn} where {expected} was expected while reading")
+            f.seek(padded_len(n), os.SEEK_CUR)
+            if lsn > after_lsn:
+                yield WalRecord(lsn, term, rtype, b"")
+            expected += 1
+            off += RECORD_HEADER_SIZE + padded_len(n)
+            continue
         body = f.read(padded_len(n))
         if len(body) < padded_len(n):
             return
@@ -311,7 +326,8 @@ def load_log_dir(directory: Path, on_dropped: DropCallback | None = None) -> Log
     return LogDir(sealed, active, torn, leftover)
 
 
-def open_records(segments: list[SegmentInfo], after_lsn: int, limit_lsn: int) -> Iterator[WalRecord]:
+def open_records(segments: list[SegmentInfo], after_lsn: int, limit_lsn: int,
+                 wanted: Callable[[int], bool] | None = None) -> Iterator[WalRecord]:
     """Records with ``after_lsn < lsn <= limit_lsn`` from ``segments``, in order.
 
     The files are opened now, before this returns: a file renamed (rotation)
@@ -323,12 +339,13 @@ def open_records(segments: list[SegmentInfo], after_lsn: int, limit_lsn: int) ->
             (seg.path, stack.enter_context(open(seg.path, "rb"))) for seg in segments
         ]
         owned = stack.pop_all()  # on success the iterator owns the files
-    return _stream(owned, files, after_lsn, limit_lsn)
+    return _stream(owned, files, after_lsn, limit_lsn, wanted)
 
 
 def _stream(
-    stack: ExitStack, files: list[tuple[Path, BinaryIO]], after_lsn: int, limit_lsn: int
+    stack: ExitStack, files: list[tuple[Path, BinaryIO]], after_lsn: int, limit_lsn: int,
+    wanted: Callable[[int], bool] | None,
 ) -> Iterator[WalRecord]:
     with stack:
         for path, f in files:
-            yield from iter_file_records(f, path, after_lsn, limit_lsn)
+            yield from iter_file_records(f, path, after_lsn, limit_lsn, wanted)

@@ -134,12 +134,14 @@ class SegmentFiles:
         except FileNotFoundError:
             return 0
 
-    def records(self, after_lsn: int, limit: int) -> Iterator[WalRecord]:
-        """Records with ``after_lsn < lsn <= limit``; the files are opened before this returns."""
+    def records(self, after_lsn: int, limit: int,
+                wanted: Callable[[int], bool] | None = None) -> Iterator[WalRecord]:
+        """Records with ``after_lsn < lsn <= limit``; the files are opened before this returns.
+        ``wanted``: see ``wal_reader.iter_file_records``."""
         segs = [s for s in self.sealed if s.count and s.last_lsn > after_lsn]
         if limit > after_lsn and limit >= self.active.first_lsn:
             segs.append(self.active)
-        return open_records(segs, after_lsn, limit)
+        return open_records(segs, after_lsn, limit, wanted)
 
     # --------------------------------------------------------- group commits
 
