@@ -49,6 +49,7 @@ from sutra_cluster.storage.wal import WalRecord, WalWriteError, WriteAheadLog
 from sutra_cluster.storage.wal_format import RT_BATCH
 
 log = logging.getLogger(__name__)
+RECORDS_MEMORY_TTL_S = 5.0  # how long records_memory keeps its estimate
 
 REQUEST_IDS_KEPT = 200_000
 
@@ -104,6 +105,7 @@ class Engine(HistoryOps, TxnOps):
         self._leadership: Leadership | None = None
         self._leader_address = cfg.leader
         self.recent = WalTail()
+        self._records_memory: tuple[float, int] | None = None  # (when, bytes): records_memory's last estimate
         # Recent client request ids -> LSN, so a write retried across a failover applies once.
         self.request_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()  # id -> (LSN, request fingerprint)
         self.terms = TermHistory(self.dir)
@@ -700,9 +702,14 @@ class Engine(HistoryOps, TxnOps):
 
     def records_memory(self) -> int:
         """Estimated heap bytes of the concept records, associations and attribute
-        index (GraphState.memory_estimate): part of GetStats' metadata."""
-        with self._lock:
-            return self.state.memory_estimate()
+        index (GraphState.memory_estimate): part of GetStats' metadata. Kept for
+        RECORDS_MEMORY_TTL_S: the estimate takes several ms under the lock the
+        apply path needs, and every GetStats and every scrape asks for it."""
+        now = time.monotonic()
+        if self._records_memory is None or now - self._records_memory[0] > RECORDS_MEMORY_TTL_S:
+            with self._lock:
+                self._records_memory = (now, self.state.memory_estimate())
+        return self._records_memory[1]
 
     def _gauges(self) -> dict[str, tuple[str, float]]:
         return {
