@@ -373,6 +373,8 @@ def main() -> int:
     p.add_argument("--quantization", choices=("none", "sq8", "pq"), default=None, help="SUTRA_QUANTIZATION")
     p.add_argument("--out", default="bench/results/scale.json")
     p.add_argument("--tmp", default=None, help="folder for the data directories (default: the system's)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep each size's data directory (its path is printed), to time more starts of it")
     p.add_argument("--restart-only", action="store_true",
                    help="write storage.dat and a random-link storage.hnsw directly; time a start to ready (no load)")
     p.add_argument("--no-graph", action="store_true", help="with --restart-only: no storage.hnsw (and none built)")
@@ -405,7 +407,10 @@ def main() -> int:
                 efs = tuple(int(e) for e in a.ef.split(",") if e)
                 results.append(Run(base, n, dim, queries, env, efs).run())
         finally:
-            shutil.rmtree(base, ignore_errors=True)
+            if a.keep:
+                print(f"kept {base}", file=sys.stderr)
+            else:
+                shutil.rmtree(base, ignore_errors=True)
         print(f"done: {n:,} concepts", file=sys.stderr)
     if not a.restart_only:
         print(_table(results))
