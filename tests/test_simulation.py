@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from sutra_cluster.failover import decide
+from sutra_cluster.failover.coordinator import ClusterSnapshot
 from sutra_cluster.replication.commit import SyncCommit
 from tests.sim.cluster import Rules, default_loop
 from tests.sim.run import Shape, endless, report, run_one, search
@@ -26,6 +28,9 @@ from tests.sim.run import Shape, endless, report, run_one, search
 SAFETY = frozenset({"sync durability", "two acknowledgers", "terms", "reads"})
 BUDGET = int(os.environ.get("SUTRA_SIM_SCHEDULES", "500"))
 SHAPE = Shape()
+# The scripted family aimed at an empty sync set's floor (nemesis.empty_set_plan): its
+# faults need longer than random ones (a lease runs out, a replica catches up and joins).
+EMPTY_SET = Shape(plan="empty_set", start=0.6, heal=9.0, settle=5.0)
 
 
 class CommittedStartsAtZero(SyncCommit):
@@ -45,16 +50,16 @@ def revoke_on_refusal(*args: Any) -> Any:
     return loop
 
 
-def _found(rules: Rules, kind: str, limit: int) -> str:
+def _found(rules: Rules, kind: str, limit: int, shape: Shape = SHAPE) -> str:
     t0 = time.monotonic()
-    res = search(range(1, limit + 1), rules, SHAPE, kinds=frozenset({kind}), shrink_s=30.0)
-    text = report(res, rules, SHAPE)
+    res = search(range(1, limit + 1), rules, shape, kinds=frozenset({kind}), shrink_s=30.0)
+    text = report(res, rules, shape)
     print(f"\n{text}\n  time to find: {res.seconds:.2f}s; with shrinking: {time.monotonic() - t0:.2f}s")
     assert res.failure is not None and res.minimal is not None, f"{rules.name} was not caught: {text}"
     m = res.minimal
     assert m.violation is not None and m.violation.kind == kind
     # The minimal schedule replays: same seed, same faults, same violation.
-    again = run_one(m.seed, rules, SHAPE, m.faults)
+    again = run_one(m.seed, rules, shape, m.faults)
     assert again.violation is not None and str(again.violation) == str(m.violation)
     assert len(m.faults) <= len(res.failure.faults)
     return text
@@ -175,6 +180,72 @@ def test_finds_defect_3_sync_replica_shows_what_it_holds() -> None:
     leader said are committed, serves a read of a write that a failover then cuts."""
     _found(Rules(mode="sync", replica_shows="durable", name="Defect 3 (sync replica shows what it holds)"),
            "reads", 2000)
+
+
+# --------------------------------------------------------------------------- an empty sync set's floor
+
+
+def _floor_without_term_check(snap: ClusterSnapshot) -> set[str]:
+    """The floor rule without its term check: any member at or past the floor holds
+    the acknowledged writes, even one whose log ends in an older term."""
+    sync = snap.sync
+    assert sync is not None
+    holders = set(sync.members) | {sync.leader}
+    if not sync.members and sync.floor is not None:
+        holders |= {m.node_id for m in snap.members.values() if m.flushed_lsn >= sync.floor}
+    return holders
+
+
+def _floor_without_floor_check(snap: ClusterSnapshot) -> set[str]:
+    """The floor rule without the floor: any member whose log ends in the leader's
+    term holds the acknowledged writes, however far behind."""
+    sync = snap.sync
+    assert sync is not None
+    holders = set(sync.members) | {sync.leader}
+    if not sync.members and sync.floor is not None:
+        holders |= {m.node_id for m in snap.members.values() if m.last_term == sync.term}
+    return holders
+
+
+def test_real_rules_hold_where_a_sync_set_empties(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripted family (a replica behind in the term, or an old leader with a
+    longer log of an older term; the set's member lost; then its leader): no
+    violation of any kind, liveness included, and the floor did admit members."""
+    admitted: list[int] = []
+    real = decide._sync_holders
+
+    def counting(snap: ClusterSnapshot) -> set[str]:
+        holders = real(snap)
+        assert snap.sync is not None
+        if holders - set(snap.sync.members) - {snap.sync.leader}:
+            admitted.append(snap.sync.term)
+        return holders
+
+    monkeypatch.setattr(decide, "_sync_holders", counting)
+    rules = Rules(mode="sync", name="real rules, empty-set schedules")
+    budget = max(100, BUDGET // 2)
+    res = search(range(1, budget + 1), rules, EMPTY_SET)
+    print(f"\n{report(res, rules, EMPTY_SET)}: {res.acked} writes acknowledged, {res.failovers} promotions, "
+          f"{len(admitted)} decisions with members admitted by a floor")
+    assert res.failure is None, report(res, rules, EMPTY_SET)
+    assert res.acked > 20 * budget and res.failovers > budget
+    assert len(admitted) > budget // 10
+
+
+@pytest.mark.slow
+def test_finds_the_floor_without_its_term_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop 22's random schedules did not catch this variant in 4,000 tries; the
+    scripted family catches it: an old leader's longer log of an older term is not
+    the new leader's history, and electing it cuts writes the new one acknowledged."""
+    monkeypatch.setattr(decide, "_sync_holders", _floor_without_term_check)
+    _found(Rules(mode="sync", name="floor without its term check"), "sync durability", 400, EMPTY_SET)
+
+
+@pytest.mark.slow
+def test_finds_the_floor_without_its_floor_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica of the leader's term that fell behind the floor lacks acknowledged writes."""
+    monkeypatch.setattr(decide, "_sync_holders", _floor_without_floor_check)
+    _found(Rules(mode="sync", name="floor without its floor check"), "sync durability", 400, EMPTY_SET)
 
 
 # --------------------------------------------------------------------------- liveness

@@ -64,6 +64,68 @@ def generate(seed: int, ids: list[str], count: int, start: float, end: float) ->
     return sorted(out, key=lambda f: (f.t, f.ep))
 
 
+def empty_set_plan(seed: int, start: float, end: float) -> list[Fault]:
+    """A schedule aimed at a sync set that shrinks to empty after it acknowledged
+    writes, and then loses its leader: the corner where an empty set's floor
+    decides who may take over (``decide._sync_holders``). Random schedules
+    reach it rarely (it needs three faults in this order), so here the order is
+    fixed and the timing, targets and ways of failing are drawn:
+
+    1. a replica is put in a position the floor must not count: behind within the
+       leader's term (its link from the leader dropped, or its disk slow), or with a
+       longer log of an older term (a leader cut from both replicas and etcd logs
+       writes it cannot acknowledge until its lease ends, while a replica takes over
+       and acknowledges writes with a new set; it then reaches etcd again);
+    2. the sync set loses its member (crash, pause, or its link from the leader
+       cut), so the leader publishes the set empty, with its floor;
+    3. the leader dies (crash or pause), and maybe comes back later.
+    """
+    rng = random.Random(seed * 104729 + 3)
+    out: list[Fault] = []
+
+    def episode(ep: int, t0: float, begin: str, finish: str, a: str, b: str = "", mode: str = "",
+                last: float = 0.0, ends: float = 0.6) -> None:
+        if t0 >= end:  # past the heal: every fault is healed then, and one after it would never be
+            return
+        out.append(Fault(round(t0, 3), begin, a, b, mode, ep))
+        if rng.random() < ends:
+            t1 = round(rng.uniform(max(t0, last) + 0.2, end + 0.5), 3)
+            if t1 < end:
+                out.append(Fault(t1, finish, ep=ep))
+
+    t = rng.uniform(start, start + 0.8)
+    older = rng.random() < 0.5
+    if not older:  # behind within the term
+        if rng.random() < 0.5:
+            episode(1, t, "cut", "heal", "leader", "other", DROP, last=end)
+        else:
+            episode(1, t, "slow_disk", "fast_disk", "other", last=end)
+        t += rng.uniform(0.3, 1.2)
+    else:  # an older term's longer log. The other replica falls behind (so the next leader's set starts
+        # empty); the leader, cut from both replicas (reset links) and from etcd, logs writes it cannot
+        # acknowledge until its lease runs out; its sync member takes over, the other catches up, joins
+        # and acknowledges writes; the old leader reaches etcd again, still cut from the replicas.
+        episode(5, t, "slow_disk", "fast_disk", "other", ends=0.0)
+        out.append(Fault(round(t + rng.uniform(0.8, 1.8), 3), "fast_disk", ep=5))
+        t += rng.uniform(0.2, 0.5)
+        episode(1, t, "isolate", "rejoin", "leader", mode=REJECT, last=end)
+        out.append(Fault(round(t, 3), "etcd_cut", "leader", ep=4))
+        out.append(Fault(round(t + rng.uniform(1.6, 2.6), 3), "etcd_heal", ep=4))
+        t += rng.uniform(1.0, 2.4)
+    # A crash or a reset link ends the member's stream, so the set shrinks; a pause or dropped
+    # packets only stall it, and a stalled member stays while no caught-up replica can replace it.
+    # With an older term's log waiting, the member that would outrank it (a newer term) is crashed.
+    how = "crash" if older else rng.choices(("crash", "cut", "pause"), (6, 3, 1))[0]
+    if how == "cut":
+        episode(2, t, "cut", "heal", "leader", "sync", rng.choice((REJECT, REJECT, DROP)), last=t + 1.0, ends=0.4)
+    else:
+        episode(2, t, how, "restart" if how == "crash" else "resume", "sync", last=t + 1.0, ends=0.4)
+    t += rng.uniform(0.2, 1.5)  # the leader sees the member go and publishes the set empty
+    how = rng.choice(("crash", "crash", "pause"))
+    episode(3, t, how, "restart" if how == "crash" else "resume", "leader", last=t + 1.0)
+    return sorted(out, key=lambda f: (f.t, f.ep))
+
+
 class Resolver:
     """Turns role names into node ids when a fault happens, and remembers them
     per episode for its end."""

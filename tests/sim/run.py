@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from tests.sim.checker import Violation
 from tests.sim.cluster import Rules, SimCluster, Stats
-from tests.sim.nemesis import Fault, Resolver, apply, generate
+from tests.sim.nemesis import Fault, Resolver, apply, empty_set_plan, generate
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class Shape:
     start: float = 0.6
     heal: float = 4.0
     settle: float = 4.0
+    # "random": ``faults`` episodes drawn from every kind (nemesis.generate); "empty_set": the
+    # scripted shrink-to-empty-then-lose-the-leader family (nemesis.empty_set_plan).
+    plan: str = "random"
 
 
 @dataclass
@@ -58,7 +61,9 @@ def run_one(seed: int, rules: Rules, shape: Shape = Shape(), faults: list[Fault]
 def _run_one(seed: int, rules: Rules, shape: Shape, faults: list[Fault] | None, strict_reads: bool) -> Outcome:
     c = SimCluster(seed, rules)
     c.check.strict_reads = strict_reads
-    if faults is None:
+    if faults is None and shape.plan == "empty_set":
+        faults = empty_set_plan(seed, shape.start, shape.heal)
+    elif faults is None:
         faults = generate(seed, c.ids, shape.faults, shape.start, shape.heal)
     resolver = Resolver()
     for f in faults:
