@@ -179,6 +179,28 @@ def test_zeroed_sector_in_sealed_segment_is_corruption(tmp_path: Path) -> None:
     assert seg.read_bytes() == data
 
 
+def test_sealed_segments_are_validated_through_a_mapping(tmp_path: Path) -> None:
+    """Sealed segments are scanned mapped (``wal_reader._scan_sealed``): megabytes of
+    records open as they did read, and a segment cut short, or emptied, is still
+    corruption naming it, with nothing changed on disk."""
+    big = [bytes([i]) * 300_000 for i in range(1, 9)]  # 2.4 MB: past populate's 1 MB floor
+    build_log(tmp_path, big + [b"tail"], rotate_every=8)
+    seg = only_sealed(tmp_path)
+    with WriteAheadLog(tmp_path) as wal:
+        assert payloads_of(wal) == big + [b"tail"]
+    whole = seg.read_bytes()
+    offs = scan_segment(whole, is_last=False).offsets
+    seg.write_bytes(whole[: offs[-1] + 100])  # the last record cut: a torn tail in wal.log, not here
+    with pytest.raises(WalCorruptionError, match="sealed segment") as ei:
+        WriteAheadLog(tmp_path)
+    assert (ei.value.path, ei.value.offset) == (seg, offs[-1])
+    assert seg.read_bytes() == whole[: offs[-1] + 100]
+    seg.write_bytes(b"")
+    with pytest.raises(WalCorruptionError) as ei:
+        WriteAheadLog(tmp_path)
+    assert ei.value.path == seg and seg.read_bytes() == b""
+
+
 def test_flipped_byte_mid_log_is_corruption(tmp_path: Path) -> None:
     build_log(tmp_path, PAYLOADS)
     path = tmp_path / "wal.log"

@@ -28,7 +28,7 @@ from sutra_cluster.errors import StorageFailure, Unavailable
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage import columns
 from sutra_cluster.storage.fsio import fsync_dir as fsync_dir  # kept importable from here
-from sutra_cluster.storage.fsio import replace_durably, write_file_synced
+from sutra_cluster.storage.fsio import populate, replace_durably, write_file_synced
 from sutra_cluster.storage.state import Concept, VectorRef, stored_forms
 from sutra_cluster.storage.vecform import FINGERPRINT_VERSION, fingerprints, fingerprints_v1
 
@@ -249,9 +249,6 @@ def _encode_v1(
         yield _frame(KIND_CHUNK, chunk.SerializeToString())
 
 
-_MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages in one call (not in Python's mmap module)
-
-
 def _map_file(stream: BinaryIO) -> mmap.mmap | None:
     """A read-only shared mapping of the whole file behind ``stream``, or None
     when it has no descriptor or is empty."""
@@ -262,19 +259,6 @@ def _map_file(stream: BinaryIO) -> mmap.mmap | None:
         return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
-
-
-def _populate(mapping: mmap.mmap, offset: int, n: int) -> None:
-    """Map ``[offset, offset + n)`` in one call before it is read: a page
-    fault per 4 KB page cost more than the read itself.  Best effort (older
-    kernels refuse the advice; the pages then fault in as they are read)."""
-    if n < (1 << 20):
-        return
-    start = offset - offset % mmap.PAGESIZE
-    try:
-        mapping.madvise(_MADV_POPULATE_READ, start, min(len(mapping) - start, n + offset - start))
-    except (OSError, ValueError):
-        pass
 
 
 class SnapshotDecoder:
@@ -336,7 +320,7 @@ class SnapshotDecoder:
         if self.offset + n > len(self._map):
             raise SnapshotError(self.where, self.offset, f"truncated {what}")
         view = memoryview(self._map)[self.offset : self.offset + n]
-        _populate(self._map, self.offset, n)
+        populate(self._map, self.offset, n)
         self.offset += n
         return view
 

@@ -11,6 +11,7 @@ opener's policy (:class:`sutra_cluster.storage.wal.WriteAheadLog`).
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from sutra_cluster.storage.fsio import populate
 from sutra_cluster.storage.wal_format import (
     ACTIVE_NAME,
     MAX_PAYLOAD,
@@ -265,6 +267,34 @@ def _check_chain(prev: SegmentInfo | None, header: SegmentHeader, path: Path) ->
         raise WalCorruptionError(path, 0, f"segment seq {header.seq} is not above {prev.seq}")
 
 
+def _scan_sealed(path: Path) -> tuple[ScanResult, int]:
+    """Validate one sealed segment (every record's CRC and LSN) through a
+    read-only mapping, and return the scan and the file's size.
+
+    A sealed segment is never written again, only unlinked, so a mapping of it
+    stays as it was. Mapped in one call and CRC-checked in place, at 1M
+    concepts the ~3 GB a start after the first Flush keeps took 0.31 s against
+    1.5 s read through a buffer (the copy out of the page cache) and 3.0 s read
+    into a fresh bytes object per segment. A read error on a mapped page
+    raises SIGBUS where a read raises OSError: either way the start stops
+    (``cli`` enables faulthandler, so the traceback names this scan), as it
+    does for a segment that fails its CRC.
+    """
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return scan_segment(b"", is_last=False, path=path, keep_records=False), 0
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        populate(mapping, 0, size)
+        return scan_segment(memoryview(mapping), is_last=False, path=path, keep_records=False), size
+    finally:
+        try:
+            mapping.close()
+        except BufferError:  # a view still held (by an error's traceback): unmapped once it goes
+            pass
+
+
 def load_log_dir(directory: Path, on_dropped: DropCallback | None = None) -> LogDir:
     """Validate every segment of ``directory`` in log order (docs section 7).
 
@@ -280,36 +310,18 @@ def load_log_dir(directory: Path, on_dropped: DropCallback | None = None) -> Log
     sealed: list[SegmentInfo] = []
     prev: SegmentInfo | None = None
     names = sorted(os.listdir(sealed_dir)) if sealed_dir.is_dir() else []
-    # Every sealed segment is read into one reused buffer: a fresh 64 MB bytes object per segment
-    # cost a page fault per 4 KB on first touch (at 1M concepts, 3 GB of retained WAL: ~2 of the
-    # ~3 s a start spent here), and a validating scan copies no payload out.
-    buf = bytearray()
     for name in names:
         parsed = parse_sealed_name(name)
         path = sealed_dir / name
         if parsed is None:
             logger.warning("WAL %s: ignoring unexpected file %s", sealed_dir, name)
             continue
-        with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            if len(buf) < size:
-                buf = bytearray(size)
-            view = memoryview(buf)[:size]
-            got = 0
-            while got < size:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        data = view[:got]
-        res = scan_segment(data, is_last=False, path=path, keep_records=False)
+        res, size = _scan_sealed(path)
         if (res.header.seq, res.header.first_lsn) != parsed:
             raise WalCorruptionError(path, 0, f"header {res.header} disagrees with the file name")
         _check_chain(prev, res.header, path)
-        prev = SegmentInfo(path, res.header.seq, res.header.first_lsn, res.count, got)
+        prev = SegmentInfo(path, res.header.seq, res.header.first_lsn, res.count, size)
         sealed.append(prev)
-        data.release()
-        view.release()
     leftover = tmp if tmp.exists() else None
     active_path = directory / ACTIVE_NAME
     if not active_path.exists():
