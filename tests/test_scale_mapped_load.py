@@ -156,3 +156,39 @@ def test_truncated_mapped_file_is_damage(tmp_path: Path, keep: int) -> None:
     with open(path, "rb") as f, pytest.raises(ckpt.SnapshotError) as ei:
         list(ckpt.SnapshotDecoder(f, str(path), mapped=True))
     assert ei.value.reason.startswith("truncated"), ei.value.reason
+
+
+def _mapped_files(directory: Path) -> list[str]:
+    """Files of ``directory`` this process maps now (earlier tests' mappings may live on)."""
+    with open("/proc/self/maps") as f:
+        return [line.split(None, 5)[-1].strip() for line in f if str(directory) in line]
+
+
+def test_memory_start_reads_storage_dat_mapped_and_keeps_no_mapping(tmp_path: Path) -> None:
+    """Under SUTRA_VECTOR_STORAGE=memory a start reads storage.dat through a mapping too
+    (one copy of the vectors, out of the page cache into the chunks, where a reused
+    buffer took two); nothing it keeps is a view of it, so the mapping is gone once the
+    start is done, and the state is the one that was written."""
+    digest, stored, hits = _seeded(tmp_path)
+    seen: list[bool] = []
+    decoder = ckpt.SnapshotDecoder
+
+    class Spy(decoder):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            seen.append(self.mapped)
+
+    ckpt.SnapshotDecoder = Spy  # type: ignore[misc]
+    try:
+        engine = Engine(_cfg(tmp_path, "memory"))
+    finally:
+        ckpt.SnapshotDecoder = decoder  # type: ignore[misc]
+    try:
+        assert seen == [True]
+        assert _mapped_files(tmp_path) == []
+        assert engine.digest()[1] == digest
+        assert _stored(engine, _probe()) == stored
+        query = np.random.default_rng(9).standard_normal(DIM)
+        assert engine.search(query, 10)[0] == hits
+    finally:
+        engine.close()
