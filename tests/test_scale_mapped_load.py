@@ -18,6 +18,7 @@ from sutra_cluster.config import Config
 from sutra_cluster.pb import storage_pb2 as pb
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage import checkpoint as ckpt
+from sutra_cluster.storage import columns
 from sutra_cluster.storage.engine import Engine
 from sutra_cluster.storage.flatstore import CHUNK_ROWS
 from tests.mutators import flip_bit
@@ -192,3 +193,53 @@ def test_memory_start_reads_storage_dat_mapped_and_keeps_no_mapping(tmp_path: Pa
         assert engine.search(query, 10)[0] == hits
     finally:
         engine.close()
+
+
+def _mapped_rss(path: Path) -> int | None:
+    """Resident bytes of this process's mapping of ``path`` (None: not mapped)."""
+    rss, inside = None, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                inside = len(head) >= 6 and head[5] == str(path)
+                if inside:
+                    rss = rss or 0
+            elif inside and head[0] == "Rss:":
+                rss = (rss or 0) + int(head[1]) * 1024
+    return rss
+
+
+@pytest.mark.parametrize("transient", [True, False])
+def test_a_transient_mapped_decode_leaves_no_pages_resident(tmp_path: Path, transient: bool) -> None:
+    """``transient``: frames read are unmapped from the process (the page cache keeps
+    them), so a memory-storage start does not hold the whole file resident while it
+    loads; without it every page read stays resident until the mapping goes."""
+    dim = 256
+    engine = Engine(Config(storage_path=str(tmp_path), vector_dimension=dim, reconcile_interval_ms=1,
+                           node_id="transient", memory_threshold=1 << 30, ann_threshold=1 << 20))
+    engine.lead("single-node")
+    try:
+        rng = np.random.default_rng(3)
+        for lo in range(0, 13_000, 1000):
+            batch = wal_pb2.WalBatch()
+            for i in range(lo, lo + 1000):
+                batch.concepts.append(pb.LearnConceptRequest(
+                    concept_id=f"c{i}", content="t", embedding_f32=rng.standard_normal(dim).astype("<f4").tobytes()))
+            engine.wait_visible(engine.submit(batch))
+        engine.checkpoint(drain=True)
+    finally:
+        engine.close()
+    path = tmp_path / ckpt.STORAGE_FILE
+    size = path.stat().st_size
+    assert size > 8 << 20
+    with open(path, "rb") as f:
+        dec = ckpt.SnapshotDecoder(f, str(path), reuse_buffer=True, mapped=True, transient=transient)
+        rows = sum(len(chunk.ids) for chunk in dec if isinstance(chunk, columns.ColumnChunk))
+        assert rows == 13_000
+        resident = _mapped_rss(path)
+        assert resident is not None  # still mapped: the decoder holds it
+        if transient:
+            assert resident < 1 << 20, resident
+        else:
+            assert resident > size // 2, resident

@@ -276,7 +276,7 @@ class SnapshotDecoder:
     """
 
     def __init__(self, stream: BinaryIO, where: str, reuse_buffer: bool = False, mapped: bool = False,
-                 fingerprint_version: int = FINGERPRINT_VERSION) -> None:
+                 fingerprint_version: int = FINGERPRINT_VERSION, transient: bool = False) -> None:
         """``reuse_buffer``: read columns frames into one buffer reused frame after
         frame (a start then touches no fresh memory per frame: 3 GB less at 1M
         concepts); a yielded ColumnChunk's arrays are then valid only until the
@@ -287,11 +287,18 @@ class SnapshotDecoder:
         as they are referenced (the mapping outlives the decoder; the file is
         never rewritten in place, only replaced by rename).  ``self.mapped``
         says whether it was (a stream without a file descriptor, or an empty
-        file, is read as with ``reuse_buffer``)."""
+        file, is read as with ``reuse_buffer``).  ``transient`` (with ``mapped``):
+        the caller copies what it keeps, as with ``reuse_buffer``, so each
+        frame's pages leave this process's page tables once the next frame is
+        read (the page cache keeps them, and a view read again maps them again):
+        a start under ``memory`` storage then does not carry the whole file in
+        its resident memory while it loads (3 GB at 1M concepts)."""
         self.stream, self.where, self.offset = stream, where, 0
         self._buf: bytearray | None = bytearray() if reuse_buffer or mapped else None
         self._map: mmap.mmap | None = _map_file(stream) if mapped else None
         self.mapped = self._map is not None
+        self._transient = transient and self.mapped
+        self._held = 0  # transient: where the pages not yet dropped begin
         head = self._read(FILE_HEADER.size, "file header")
         magic, version, _ = FILE_HEADER.unpack(head)
         if magic != MAGIC:
@@ -336,7 +343,21 @@ class SnapshotDecoder:
         self.offset += n
         return view
 
+    def _drop_read(self, last: bool = False) -> None:
+        """``transient``: unmap the pages of the frames already read (not the page
+        the next frame starts in; all of them after the last frame)."""
+        assert self._map is not None
+        end = len(self._map) if last else self.offset - self.offset % mmap.PAGESIZE
+        if end - self._held >= (1 << 20) or (last and end > self._held):
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED, self._held, end - self._held)
+            except (OSError, ValueError):
+                pass
+            self._held = end
+
     def _next(self) -> tuple[int, bytes | memoryview]:
+        if self._transient:
+            self._drop_read()
         at = self.offset
         length, crc, kind = FRAME.unpack(self._read(FRAME.size, "frame header"))
         if length > MAX_FRAME or kind not in KINDS[self.version]:
@@ -354,6 +375,8 @@ class SnapshotDecoder:
             if kind == KIND_END:
                 if wal_pb2.SnapshotHeader.FromString(payload) != self.header:
                     raise SnapshotError(self.where, at, "end frame does not match the header")
+                if self._transient:
+                    self._drop_read(last=True)
                 return
             if kind == KIND_COLUMNS:
                 try:

@@ -290,9 +290,11 @@ class Engine(HistoryOps, TxnOps):
         with open(path, "rb", buffering=1 << 20) as f:
             # The file is mapped and its frames are CRC-checked in place. Under SUTRA_VECTOR_STORAGE=mmap its
             # vector blocks become the flat store's chunks (no copy); under memory they are copied out of the
-            # page cache once, into the chunks (a stored graph's storage), and the mapping goes with the
-            # decoder: read through a reused buffer instead, 3 GB at 1M concepts was copied twice.
-            dec = ckpt.SnapshotDecoder(f, str(path), reuse_buffer=True, mapped=True)
+            # page cache once, into the chunks (a stored graph's storage), each frame's pages leave the
+            # process once read (transient) and the mapping goes with the decoder: read through a reused
+            # buffer instead, 3 GB at 1M concepts was copied twice.
+            memory = getattr(self.vectors, "storage", "memory") != "mmap"
+            dec = ckpt.SnapshotDecoder(f, str(path), reuse_buffer=True, mapped=True, transient=memory)
             if path.name == ckpt.STORAGE_FILE:  # its stored graph's storage receives the vectors: one copy
                 annfile.reserve_graph_storage(self.dir, dec.header.lsn, self.cfg.vector_dimension, self.vectors)
             self._load_snapshot(dec)
