@@ -12,7 +12,6 @@ leaves either the old or the new checkpoint complete, never half of one.
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import mmap
 import os
@@ -28,7 +27,7 @@ from sutra_cluster.errors import StorageFailure, Unavailable
 from sutra_cluster.pb import wal_pb2
 from sutra_cluster.storage import columns
 from sutra_cluster.storage.fsio import fsync_dir as fsync_dir  # kept importable from here
-from sutra_cluster.storage.fsio import populate, replace_durably, write_file_synced
+from sutra_cluster.storage.fsio import map_readonly, populate, replace_durably, write_file_synced
 from sutra_cluster.storage.state import Concept, VectorRef, stored_forms
 from sutra_cluster.storage.vecform import FINGERPRINT_VERSION, fingerprints, fingerprints_v1
 
@@ -249,18 +248,6 @@ def _encode_v1(
         yield _frame(KIND_CHUNK, chunk.SerializeToString())
 
 
-def _map_file(stream: BinaryIO) -> mmap.mmap | None:
-    """A read-only shared mapping of the whole file behind ``stream``, or None
-    when it has no descriptor or is empty."""
-    try:
-        fd = stream.fileno()
-        if os.fstat(fd).st_size == 0:
-            return None
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return None
-
-
 class SnapshotDecoder:
     """Decode a snapshot (version 1, 2 or 3) from a file-like object, validating every frame.
 
@@ -295,7 +282,7 @@ class SnapshotDecoder:
         its resident memory while it loads (3 GB at 1M concepts)."""
         self.stream, self.where, self.offset = stream, where, 0
         self._buf: bytearray | None = bytearray() if reuse_buffer or mapped else None
-        self._map: mmap.mmap | None = _map_file(stream) if mapped else None
+        self._map: mmap.mmap | None = map_readonly(stream) if mapped else None
         self.mapped = self._map is not None
         self._transient = transient and self.mapped
         self._held = 0  # transient: where the pages not yet dropped begin

@@ -11,14 +11,28 @@ segments, storage.dat), mapped in one call rather than a page fault per 4 KB.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["fsync_dir", "populate", "replace_durably", "write_file_synced"]
+__all__ = ["fsync_dir", "map_readonly", "populate", "replace_durably", "write_file_synced"]
 
 _MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages in one call (not in Python's mmap module)
+
+
+def map_readonly(stream: BinaryIO) -> mmap.mmap | None:
+    """A read-only shared mapping of the whole file behind ``stream``, or None
+    when it has no descriptor or is empty."""
+    try:
+        fd = stream.fileno()
+        if os.fstat(fd).st_size == 0:
+            return None
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def populate(mapping: mmap.mmap, offset: int, n: int) -> None:

@@ -11,7 +11,6 @@ opener's policy (:class:`sutra_cluster.storage.wal.WriteAheadLog`).
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from sutra_cluster.storage.fsio import populate
+from sutra_cluster.storage.fsio import map_readonly, populate
 from sutra_cluster.storage.wal_format import (
     ACTIVE_NAME,
     MAX_PAYLOAD,
@@ -281,13 +280,12 @@ def _scan_sealed(path: Path) -> tuple[ScanResult, int]:
     does for a segment that fails its CRC.
     """
     with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return scan_segment(b"", is_last=False, path=path, keep_records=False), 0
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mapping = map_readonly(f)
+    if mapping is None:  # empty: its header is missing, which the scan reports
+        return scan_segment(b"", is_last=False, path=path, keep_records=False), 0
     try:
-        populate(mapping, 0, size)
-        return scan_segment(memoryview(mapping), is_last=False, path=path, keep_records=False), size
+        populate(mapping, 0, len(mapping))
+        return scan_segment(memoryview(mapping), is_last=False, path=path, keep_records=False), len(mapping)
     finally:
         try:
             mapping.close()
