@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sutra_cluster.client.options import channel_options  # noqa: E402
 from sutra_cluster.pb import storage_pb2 as pb  # noqa: E402
 from sutra_cluster.pb import storage_pb2_grpc as pbg  # noqa: E402
 from tests.helpers import NodeProcess  # noqa: E402
@@ -58,6 +59,13 @@ def _rss(pid: int, field: str = "VmRSS") -> int:
 
 def _du(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def _channel(address: str) -> grpc.Channel:
+    """A channel with the client library's short reconnect backoff. gRPC's default backs off
+    1, 1.6, 2.6, 4.1 ... s (x1.6, jittered) while the node is not yet listening, so a start timed
+    through a default channel was seen up to several seconds after the node was ready."""
+    return grpc.insecure_channel(address, options=channel_options(1 << 28))
 
 
 def _wait(cond: Any, timeout: float, what: str, node: NodeProcess) -> float:
@@ -93,9 +101,7 @@ class Run:
         del normed
 
     def stub(self) -> pbg.StorageServiceStub:
-        channel = grpc.insecure_channel(self.node.address, options=[("grpc.max_receive_message_length", 1 << 28),
-                                                                    ("grpc.max_send_message_length", 1 << 28)])
-        return pbg.StorageServiceStub(channel)
+        return pbg.StorageServiceStub(_channel(self.node.address))
 
     def stats(self, stub: pbg.StorageServiceStub) -> pb.GetStatsResponse:
         return stub.GetStats(pb.GetStatsRequest(), timeout=10)
@@ -307,7 +313,7 @@ def restart_only(base: Path, n: int, dim: int, env: dict[str, str], graph: bool)
     t0 = time.monotonic()
     node.start(wait=False)
     try:
-        channel = grpc.insecure_channel(node.address)
+        channel = _channel(node.address)
         stub = pbg.StorageServiceStub(channel)
         _wait(lambda: stub.GetStats(pb.GetStatsRequest(), timeout=10).concepts == n, 3600, "all concepts visible",
               node)
