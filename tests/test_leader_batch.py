@@ -225,6 +225,72 @@ def test_vectors_given_by_validation_are_taken_only_for_their_batch(monkeypatch:
     assert state.concepts == ref.concepts and bits(vec) == bits(rv)
 
 
+def single_writes(n: int, seed: int, first_ts: int, prefix: str = "s") -> list[wal_pb2.WalBatch]:
+    """``n`` logged single writes: one concept each, each batch with its own timestamp."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        b = wal_pb2.WalBatch(request_id=f"{prefix}-r{i}", timestamp_us=first_ts + i)
+        b.concepts.add(concept_id=f"{prefix}{i}", content=f"text {i}", strength=float(i % 3), confidence=0.5,
+                       embedding_f32=rng.standard_normal(DIM).astype("<f4").tobytes())
+        out.append(b)
+    return out
+
+
+def test_a_run_of_single_writes_is_one_block_and_the_state_one_by_one_leaves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = single_writes(30, seed=6, first_ts=100)
+    fast, slow = GraphState(), GraphState()
+    fv, sv = ApplyResult({}, set()), ApplyResult({}, set())
+    fast.apply_batches(batches, fv)
+    for b in batches:
+        per_concept_apply(slow, b, sv, monkeypatch)
+    assert fast.concepts == slow.concepts and fast.digest() == slow.digest()
+    assert bits(fv) == bits(sv)
+    block = fv.upserts.block  # type: ignore[attr-defined]
+    assert block is not None and block[0] == [f"s{i}" for i in range(30)]  # one block for the index
+    # Each record keeps its own batch's time, as one by one.
+    assert [(fast.concepts[f"s{i}"].created_us, fast.concepts[f"s{i}"].updated_us) for i in range(30)] == \
+        [(100 + i, 100 + i) for i in range(30)]
+    assert not any(gc.is_tracked(c) or gc.is_tracked(c.vector) for c in fast.concepts.values())
+
+
+@pytest.mark.parametrize("case", ["repeat in the run", "already held", "without a vector", "with attributes",
+                                  "edges between", "delete between, then created again", "vectors given"])
+def test_a_run_that_is_not_all_new_leaves_the_state_one_by_one_leaves(case: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    held = single_writes(3, seed=1, first_ts=10, prefix="h")
+    run = single_writes(12, seed=7, first_ts=100)
+    if case == "repeat in the run":
+        run[7].concepts[0].concept_id = "s2"  # an update of a concept the run created
+    elif case == "already held":
+        run[5].concepts[0].concept_id = "h1"
+    elif case == "without a vector":
+        run[4].concepts[0].ClearField("embedding_f32")
+    elif case == "with attributes":
+        run[9].concepts[0].attributes["k"] = "v"
+    elif case == "edges between":
+        edges = stamped(wal_pb2.WalBatch(), 150)
+        edges.associations.add(source_id="s1", target_id="s2", assoc_type=1, confidence=0.5)
+        run.insert(6, edges)
+    elif case == "delete between, then created again":
+        run.insert(6, stamped(wal_pb2.WalBatch(delete_concept_ids=["h0", "s3"]), 150))
+        run[9].concepts[0].concept_id = "s3"
+        run[10].concepts[0].concept_id = "h0"
+    fast, slow = GraphState(), GraphState()
+    fv, sv = ApplyResult({}, set()), ApplyResult({}, set())
+    if case == "vectors given":
+        for b in run[::3]:  # as the leader hands validation's matrix on, for some batches of a run
+            fast.give_vectors(b, np.frombuffer(b.concepts[0].embedding_f32, "<f4").reshape(1, DIM))
+    fast.apply_batches(held, fv)
+    fast.apply_batches(run, fv)
+    for b in held + run:
+        per_concept_apply(slow, b, sv, monkeypatch)
+    assert fast.concepts == slow.concepts and fast.digest() == slow.digest()
+    assert bits(fv) == bits(sv) and fv.removes == sv.removes and fast.edges == slow.edges
+    assert not fast.given
+
+
 def test_leader_apply_and_recovery_reach_one_digest(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The leader applies what it validated (columns, handed-over vectors);
     a restart replays the WAL's bytes, here one concept at a time as an older
@@ -266,6 +332,42 @@ def test_leader_apply_and_recovery_reach_one_digest(tmp_path: Any, monkeypatch: 
         assert again.digest()[1:] == (digest, concepts, edges)
     finally:
         again.close()
+
+
+def test_single_writes_applied_together_and_replayed_reach_one_digest(tmp_path: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Single writes logged by a leader and applied by one reconcile (one run),
+    a restart replaying them (runs of up to 1,024 records), and a replay one
+    concept at a time all hold one state."""
+    import dataclasses
+
+    from sutra_cluster.config import Config
+    from sutra_cluster.storage.engine import Engine
+
+    cfg = dataclasses.replace(Config(), storage_path=str(tmp_path / "d"), vector_dimension=DIM,
+                              ann_threshold=10**9, reconcile_interval_ms=10**6)
+    eng = Engine(cfg)
+    try:
+        eng.lead("here")
+        for b in single_writes(40, seed=8, first_ts=0):
+            b.ClearField("timestamp_us")  # the leader stamps each write as it logs it
+            eng.submit(b)
+        assert eng.reconcile_once() == 40
+        held = eng.digest()[1:]
+        assert held[1] == 40
+    finally:
+        eng.close()
+    again = Engine(cfg)
+    try:
+        assert again.digest()[1:] == held
+    finally:
+        again.close()
+    monkeypatch.setattr(GraphState, "_apply_new", lambda *a: False)
+    one_by_one = Engine(cfg)
+    try:
+        assert one_by_one.digest()[1:] == held
+    finally:
+        one_by_one.close()
 
 
 def reference_check_vectors(field: str, mat: np.ndarray) -> str | None:

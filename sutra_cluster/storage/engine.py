@@ -342,12 +342,9 @@ class Engine(HistoryOps, TxnOps):
 
     def _apply_entries(self, entries: list[tuple[int, wal_pb2.WalBatch | None, int]]) -> None:
         vec = ApplyResult({}, set())
-        items = 0
         with self._lock:
-            for _lsn, batch, n in entries:
-                if batch is not None:
-                    self.state.apply_batch(batch, vec)
-                items += n
+            self.state.apply_batches([batch for _lsn, batch, _n in entries if batch is not None], vec)
+            items = sum(n for _lsn, _batch, n in entries)
             if vec.removes:
                 self.vectors.remove(vec.removes)
             for keys, mat, norms in iter_vectors(vec.upserts, self.cfg.vector_dimension):

@@ -195,7 +195,7 @@ class GraphState:
         upserts, removes = vec.upserts, vec.removes
         given = self.given.pop(id(batch), None) if self.given else None
         vectors = given[1] if given is not None and given[0] is batch else None
-        if self._apply_new(batch.concepts, ts, vec, vectors):
+        if self._apply_new([(batch.concepts, ts, vectors)], vec):
             items = []
         else:
             # Each protobuf field read copies: read every one once.
@@ -241,33 +241,90 @@ class GraphState:
         for cid in batch.drop_concept_ids:
             self.drop_concept(cid, vec)
 
-    def _apply_new(self, batch_concepts: Any, ts: int, vec: ApplyResult, vectors: np.ndarray | None = None) -> bool:
-        """Apply the concepts of a batch at once when they are the common case
-        of bulk ingest: new ids (none held, none repeated), each with a vector
-        and without attributes. The records, stored forms and fingerprints are
-        those apply_batch's per-concept loop makes (tests/test_leader_batch.py),
-        built by C-level iteration over columns. Returns False, having changed
-        nothing, when the batch is not of that kind."""
-        n = len(batch_concepts)
+    def apply_batches(self, batches: Iterable[wal_pb2.WalBatch], vec: ApplyResult) -> None:
+        """Apply logged batches in log order. Consecutive batches that hold only
+        new concepts (a load of single writes, replayed at a start or streamed to
+        a replica: one concept per record) are applied as one block, as
+        ``_apply_new`` applies one batch; each record keeps its own batch's
+        timestamp. Any other batch, or a run that is not all new (an id repeated
+        or already held, a concept without a vector or with attributes), is
+        applied one batch at a time: the state is the same either way
+        (tests/test_leader_batch.py)."""
+        run: list[wal_pb2.WalBatch] = []
+        for batch in batches:
+            if batch.concepts and not (batch.associations or batch.delete_concept_ids or batch.drop_concept_ids):
+                run.append(batch)
+                continue
+            self._apply_run(run, vec)
+            run = []
+            self.apply_batch(batch, vec)
+        self._apply_run(run, vec)
+
+    def _apply_run(self, run: list[wal_pb2.WalBatch], vec: ApplyResult) -> None:
+        if len(run) > 1:
+            given = self.given
+            parts = []
+            for b in run:
+                g = given.get(id(b)) if given else None
+                parts.append((b.concepts, b.timestamp_us, g[1] if g is not None and g[0] is b else None))
+            if self._apply_new(parts, vec):
+                if given:
+                    for b in run:
+                        given.pop(id(b), None)
+                return
+        for b in run:
+            self.apply_batch(b, vec)
+
+    def _apply_new(self, parts: list[tuple[Any, int, np.ndarray | None]], vec: ApplyResult) -> bool:
+        """Apply the concepts of consecutive batches at once when they are the
+        common case of ingest: new ids (none held, none repeated), each with a
+        vector and without attributes. ``parts``: each batch's concepts, its
+        timestamp and the vectors validation gave for it (or None). The records,
+        stored forms and fingerprints are those apply_batch's per-concept loop
+        makes (tests/test_leader_batch.py), built by C-level iteration over
+        columns. Returns False, having changed nothing, when the concepts are not
+        of that kind."""
+        if len(parts) == 1:
+            cs = parts[0][0]
+        else:
+            cs = [c for p in parts for c in p[0]]
+        n = len(cs)
         if not n:
             return False
-        ids = [c.concept_id for c in batch_concepts]
-        if vectors is None or vectors.shape[0] != n:
-            embs = [c.embedding_f32 for c in batch_concepts]
-            if not all(embs):
+        ids = [c.concept_id for c in cs]
+        if any(p[2] is not None for p in parts):
+            mats = []
+            for part_concepts, _, given in parts:
+                m = len(part_concepts)
+                if given is None or given.shape[0] != m:
+                    embs = [c.embedding_f32 for c in part_concepts]
+                    if not all(embs):
+                        return False
+                    given = np.frombuffer(b"".join(embs), dtype="<f4").reshape(m, -1)
+                mats.append(given)
+            if len({m.shape[1] for m in mats}) != 1:
+                return False
+            vectors = mats[0] if len(mats) == 1 else np.concatenate(mats)
+        else:
+            embs = [c.embedding_f32 for c in cs]
+            if not all(embs) or len(set(map(len, embs))) != 1:
                 return False
             vectors = np.frombuffer(b"".join(embs), dtype="<f4").reshape(n, -1)
-        if any(c.attributes for c in batch_concepts):
+        if any(c.attributes for c in cs):
             return False
         concepts = self.concepts
         if len(set(ids)) != n or not concepts.keys().isdisjoint(ids):
             return False
         normed, lengths = normalise(vectors)
+        if len(parts) == 1:
+            stamps: Iterable[int] = repeat(parts[0][1])
+        else:
+            stamps = [ts for p in parts for ts in repeat(p[1], len(p[0]))]
         make = tuple.__new__
         refs = list(map(make, repeat(VectorRef), zip(ids, fingerprints(normed, lengths).tolist(), repeat(self.store))))
         records = list(map(make, repeat(Concept), zip(
-            [c.content for c in batch_concepts], interned(c.strength for c in batch_concepts),
-            interned(c.confidence for c in batch_concepts), repeat(NO_ATTRIBUTES), refs, repeat(ts), repeat(ts))))
+            [c.content for c in cs], interned(c.strength for c in cs), interned(c.confidence for c in cs),
+            repeat(NO_ATTRIBUTES), refs, stamps, stamps)))
         # Out of the cyclic collector, as apply_batch's records (storage/untrack.py).
         deque(map(untrack, refs), maxlen=0)
         deque(map(untrack, records), maxlen=0)
