@@ -288,7 +288,9 @@ def test_a_run_that_is_not_all_new_leaves_the_state_one_by_one_leaves(case: str,
         per_concept_apply(slow, b, sv, monkeypatch)
     assert fast.concepts == slow.concepts and fast.digest() == slow.digest()
     assert bits(fv) == bits(sv) and fv.removes == sv.removes and fast.edges == slow.edges
-    assert not fast.given
+    assert fast.by_attr == slow.by_attr and not fast.given
+    for cid, c in fast.concepts.items():  # out of the collector exactly where one by one leaves them
+        assert gc.is_tracked(c) == gc.is_tracked(slow.concepts[cid]), cid
 
 
 def test_leader_apply_and_recovery_reach_one_digest(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

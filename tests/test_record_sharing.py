@@ -62,7 +62,9 @@ def test_giving_one_concept_attributes_gives_them_to_no_other() -> None:
     state = GraphState()
     vec = ApplyResult({}, set())
     state.apply_batch(_batch(1, [("a", 1.0, 0.5, {}), ("b", 1.0, 0.5, {})]), vec)  # whole-batch path
-    state.apply_batch(_batch(2, [("c", 1.0, 0.5, {}), ("d", 2.0, 0.5, {"k": "x"})]), vec)  # per concept
+    second = _batch(2, [("c", 1.0, 0.5, {}), ("d", 2.0, 0.5, {"k": "x"}), ("e", 1.0, 0.5, {})])
+    second.concepts[2].ClearField("embedding_f32")  # a concept without a vector: the per-concept path
+    state.apply_batch(second, vec)
     a, b, c = (state.concepts[k] for k in "abc")
     assert a.attributes is b.attributes is c.attributes is NO_ATTRIBUTES
     assert a.strength is b.strength and a.confidence is b.confidence  # one batch: one object per value

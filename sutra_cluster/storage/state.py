@@ -247,7 +247,7 @@ class GraphState:
         a replica: one concept per record) are applied as one block, as
         ``_apply_new`` applies one batch; each record keeps its own batch's
         timestamp. Any other batch, or a run that is not all new (an id repeated
-        or already held, a concept without a vector or with attributes), is
+        or already held, a concept without a vector), is
         applied one batch at a time: the state is the same either way
         (tests/test_leader_batch.py)."""
         run: list[wal_pb2.WalBatch] = []
@@ -278,7 +278,7 @@ class GraphState:
     def _apply_new(self, parts: list[tuple[Any, int, np.ndarray | None]], vec: ApplyResult) -> bool:
         """Apply the concepts of consecutive batches at once when they are the
         common case of ingest: new ids (none held, none repeated), each with a
-        vector and without attributes. ``parts``: each batch's concepts, its
+        vector. ``parts``: each batch's concepts, its
         timestamp and the vectors validation gave for it (or None). The records,
         stored forms and fingerprints are those apply_batch's per-concept loop
         makes (tests/test_leader_batch.py), built by C-level iteration over
@@ -310,11 +310,12 @@ class GraphState:
             if not all(embs) or len(set(map(len, embs))) != 1:
                 return False
             vectors = np.frombuffer(b"".join(embs), dtype="<f4").reshape(n, -1)
-        if any(c.attributes for c in cs):
-            return False
         concepts = self.concepts
         if len(set(ids)) != n or not concepts.keys().isdisjoint(ids):
             return False
+        attrs: list[dict[str, str]] | None = None
+        if any(c.attributes for c in cs):
+            attrs = [dict(a) if a else NO_ATTRIBUTES for a in (c.attributes for c in cs)]
         normed, lengths = normalise(vectors)
         if len(parts) == 1:
             stamps: Iterable[int] = repeat(parts[0][1])
@@ -324,10 +325,18 @@ class GraphState:
         refs = list(map(make, repeat(VectorRef), zip(ids, fingerprints(normed, lengths).tolist(), repeat(self.store))))
         records = list(map(make, repeat(Concept), zip(
             [c.content for c in cs], interned(c.strength for c in cs), interned(c.confidence for c in cs),
-            repeat(NO_ATTRIBUTES), refs, stamps, stamps)))
+            repeat(NO_ATTRIBUTES) if attrs is None else attrs, refs, stamps, stamps)))
         # Out of the cyclic collector, as apply_batch's records (storage/untrack.py).
         deque(map(untrack, refs), maxlen=0)
-        deque(map(untrack, records), maxlen=0)
+        if attrs is None:
+            deque(map(untrack, records), maxlen=0)
+        else:
+            is_tracked = gc.is_tracked
+            for cid, record, own in zip(ids, records, attrs):
+                if own:
+                    self._index_attrs(cid, own)
+                if not is_tracked(own):  # (a dict of strings is not)
+                    untrack(record)
         concepts.update(zip(ids, records))
         assert isinstance(vec.upserts, Upserts)
         vec.upserts.add_block(ids, normed, lengths)
