@@ -193,9 +193,7 @@ class GraphState:
         ts = batch.timestamp_us
         concepts = self.concepts
         upserts, removes = vec.upserts, vec.removes
-        given = self.given.pop(id(batch), None) if self.given else None
-        vectors = given[1] if given is not None and given[0] is batch else None
-        if self._apply_new([(batch.concepts, ts, vectors)], vec):
+        if self._apply_new([(batch.concepts, ts, self._given_vectors(batch, take=True))], vec):
             items = []
         else:
             # Each protobuf field read copies: read every one once.
@@ -247,9 +245,8 @@ class GraphState:
         a replica: one concept per record) are applied as one block, as
         ``_apply_new`` applies one batch; each record keeps its own batch's
         timestamp. Any other batch, or a run that is not all new (an id repeated
-        or already held, a concept without a vector), is
-        applied one batch at a time: the state is the same either way
-        (tests/test_leader_batch.py)."""
+        or already held, a concept without a vector), is applied one batch at a
+        time: the state is the same either way (tests/test_leader_batch.py)."""
         run: list[wal_pb2.WalBatch] = []
         for batch in batches:
             if batch.concepts and not (batch.associations or batch.delete_concept_ids or batch.drop_concept_ids):
@@ -262,28 +259,31 @@ class GraphState:
 
     def _apply_run(self, run: list[wal_pb2.WalBatch], vec: ApplyResult) -> None:
         if len(run) > 1:
-            given = self.given
-            parts = []
-            for b in run:
-                g = given.get(id(b)) if given else None
-                parts.append((b.concepts, b.timestamp_us, g[1] if g is not None and g[0] is b else None))
+            parts = [(b.concepts, b.timestamp_us, self._given_vectors(b, take=False)) for b in run]
             if self._apply_new(parts, vec):
-                if given:
-                    for b in run:
-                        given.pop(id(b), None)
+                for b in run:
+                    self._given_vectors(b, take=True)
                 return
         for b in run:
             self.apply_batch(b, vec)
 
+    def _given_vectors(self, batch: wal_pb2.WalBatch, take: bool) -> np.ndarray | None:
+        """The matrix validation gave for this very batch object (give_vectors),
+        or None; ``take`` also drops the entry."""
+        if not self.given:
+            return None
+        given = self.given.pop(id(batch), None) if take else self.given.get(id(batch))
+        return given[1] if given is not None and given[0] is batch else None
+
     def _apply_new(self, parts: list[tuple[Any, int, np.ndarray | None]], vec: ApplyResult) -> bool:
         """Apply the concepts of consecutive batches at once when they are the
         common case of ingest: new ids (none held, none repeated), each with a
-        vector. ``parts``: each batch's concepts, its
-        timestamp and the vectors validation gave for it (or None). The records,
-        stored forms and fingerprints are those apply_batch's per-concept loop
-        makes (tests/test_leader_batch.py), built by C-level iteration over
-        columns. Returns False, having changed nothing, when the concepts are not
-        of that kind."""
+        vector. ``parts``: each batch's concepts, its timestamp and the vectors
+        validation gave for it (or None). The records, stored forms and
+        fingerprints are those apply_batch's per-concept loop makes
+        (tests/test_leader_batch.py), built by C-level iteration over columns.
+        Returns False, having changed nothing, when the concepts are not of that
+        kind."""
         if len(parts) == 1:
             cs = parts[0][0]
         else:
