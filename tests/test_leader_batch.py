@@ -401,3 +401,12 @@ def test_vector_checks_refuse_as_the_first_form(rows: dict[int, float]) -> None:
         with pytest.raises(InvalidArgument) as info:
             model._check_vectors("concepts embedding", mat)
         assert str(info.value) == want
+    for row in mat:  # one row (a single write) takes its own path: a matrix-vector product
+        one = row.reshape(1, DIM)
+        want = reference_check_vectors("embedding", one)
+        if want is None:
+            model._check_vectors("embedding", one)
+        else:
+            with pytest.raises(InvalidArgument) as info:
+                model._check_vectors("embedding", one)
+            assert str(info.value) == want
