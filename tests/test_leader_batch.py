@@ -394,19 +394,16 @@ def test_vector_checks_refuse_as_the_first_form(rows: dict[int, float]) -> None:
             mat[row] = value  # the whole row: zero, underflowing to a zero sum, overflowing to infinity
         else:
             mat[row, 3] = value
-    want = reference_check_vectors("concepts embedding", mat)
+    _refuses_as_first_form("concepts embedding", mat)
+    for row in mat:  # one row (a single write) takes its own path: a matrix-vector product
+        _refuses_as_first_form("embedding", row.reshape(1, DIM))
+
+
+def _refuses_as_first_form(field: str, mat: np.ndarray) -> None:
+    want = reference_check_vectors(field, mat)
     if want is None:
-        model._check_vectors("concepts embedding", mat)
+        model._check_vectors(field, mat)
     else:
         with pytest.raises(InvalidArgument) as info:
-            model._check_vectors("concepts embedding", mat)
+            model._check_vectors(field, mat)
         assert str(info.value) == want
-    for row in mat:  # one row (a single write) takes its own path: a matrix-vector product
-        one = row.reshape(1, DIM)
-        want = reference_check_vectors("embedding", one)
-        if want is None:
-            model._check_vectors("embedding", one)
-        else:
-            with pytest.raises(InvalidArgument) as info:
-                model._check_vectors("embedding", one)
-            assert str(info.value) == want
