@@ -144,7 +144,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-concurrent-") as tmp:
         for rnd in range(a.rounds):
             reqs = [bp.single_request(r) for r in bp.make_records(a.writes, f"c{rnd}", rng)]
-            for label, checkout in kinds:
+            sutras = kinds[1:] if rnd % 2 == 0 else kinds[:0:-1]  # which tree goes first alternates
+            for label, checkout in [kinds[0], *sutras]:
                 kind = "echo" if label == "echo" else "sutra"
                 runs[label].append(measure(kind, reqs, a.threads, a.gil, Path(tmp), checkout))
                 r = runs[label][-1]

@@ -420,7 +420,10 @@ def main() -> int:
                 names[key] = p.name
                 runs.setdefault(key, []).append(measure(p, batch, singles, args.batch_size, lambda _: None))
                 print(f"round {rnd + 1}: {p.name}: {runs[key][-1]}", flush=True)
-            for topo, hnsw, co in sutra_keys:
+            # Which tree goes first alternates round by round, so the position in a
+            # round (the writeback of the runs before it) does not favour one tree.
+            first = checkouts if rnd % 2 == 0 else checkouts[::-1]
+            for topo, hnsw, co in sorted(sutra_keys, key=lambda k: first.index(k[2])):
                 s = Sutra(base / f"s{rnd}-{topo}-{int(hnsw)}-{int(co is not None)}", topo, hnsw, co, node_env)
                 names[s.key] = s.name
                 try:
@@ -441,7 +444,7 @@ def main() -> int:
             if echo is not None:
                 creqs = [single_request(r) for r in make_records(args.concurrent_writes, f"c{rnd}", rng)]
                 conc.setdefault("echo", []).append(concurrent(echo.address, peers.ECHO_METHOD, creqs, args.threads))
-                for co in checkouts:
+                for co in checkouts if rnd % 2 == 0 else checkouts[::-1]:
                     for topo in args.concurrent_topologies.split(","):
                         s = Sutra(base / f"c{rnd}-{topo}-{int(co is not None)}", topo, False, co, node_env)
                         try:

@@ -196,7 +196,10 @@ def main() -> int:
     rounds: dict[str, list[dict[str, object]]] = {label: [] for label in trees}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.rounds):
-            for label, root in trees.items():
+            # Which tree goes first alternates, so the position in a round (the
+            # writeback of the runs before it) does not favour one tree.
+            order = list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]
+            for label, root in order:
                 helpers.ROOT = root  # NodeProcess.start runs `python -m sutra_cluster` there
                 try:
                     rounds[label].append(run_tree(Path(tmp) / f"{i}-{label.replace(' ', '-')}", a, node_env))
