@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -397,6 +398,17 @@ def test_vector_checks_refuse_as_the_first_form(rows: dict[int, float]) -> None:
     _refuses_as_first_form("concepts embedding", mat)
     for row in mat:  # one row (a single write) takes its own path: a matrix-vector product
         _refuses_as_first_form("embedding", row.reshape(1, DIM))
+
+
+def test_one_row_whose_squares_overflow_is_judged_without_a_warning() -> None:
+    """Finite values whose squares overflow float32 are accepted, as the first
+    form accepted them, and the one-row product's overflow warning stays out of
+    the node's log."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model._check_vectors("embedding", np.full((1, DIM), 1e30, dtype="<f4"))
+        model._check_vectors("embedding", np.full((3, DIM), 1e30, dtype="<f4"))
+    assert [str(w.message) for w in seen] == []
 
 
 def _refuses_as_first_form(field: str, mat: np.ndarray) -> None:

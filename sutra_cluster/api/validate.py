@@ -113,9 +113,13 @@ def _sums_of_squares(mat: np.ndarray) -> np.ndarray:
     rounding does not matter. One row (a single write) is a matrix-vector
     product, which numpy runs without letting go of the GIL; einsum lets go and
     takes it back, a hand-over to another thread on a busy node and a wait to
-    get it back (issue 13: ~18 such hand-overs per concurrent single write)."""
+    get it back (issue 13: ~18 such hand-overs per concurrent single write).
+    A finite row whose squares overflow sums to inf and is judged value by
+    value below, as with einsum; matmul would also warn about it (einsum does
+    not), so that is switched off for the call."""
     if mat.shape[0] == 1:
-        return mat @ mat[0]
+        with np.errstate(over="ignore"):
+            return mat @ mat[0]
     return np.einsum("ij,ij->i", mat, mat)
 
 
