@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_peers as bp  # noqa: E402
 import peers  # noqa: E402
 
+from tests.helpers import free_port  # noqa: E402
+
 LIBPYTHON_PROBE = "probe_libpython3:PyEval_SaveThread"
 
 
@@ -46,12 +46,6 @@ def _machine() -> tuple[int, int]:
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     return sum(fields), fields[3] + fields[4]  # all, idle + iowait
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _gil_probe() -> bool:
@@ -79,7 +73,7 @@ def _wal_groups(metrics_port: int) -> tuple[float, float]:
 def measure(kind: str, reqs: list[bytes], threads: int, gil: bool, base: Path,
             checkout: Path | None = None) -> dict[str, Any]:
     """One round against ``kind`` ("echo" or "sutra"); the server is started and stopped here."""
-    mport = _free_port()
+    mport = free_port()
     if kind == "echo":
         server: Any = peers.EchoServer(32)
         server.start()
@@ -97,9 +91,9 @@ def measure(kind: str, reqs: list[bytes], threads: int, gil: bool, base: Path,
                                         str(base / "gil.txt")], stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         table = bp.ThreadTable([pid])
-        m0, me0, cpu0 = _machine(), os.times(), bp.cpu_seconds(pid)
+        m0, me0, cpu0, w0 = _machine(), os.times(), bp.cpu_seconds(pid), bp.wakeups(pid)
         rate = bp.concurrent(address, method, reqs, threads)
-        m1, me1, cpu1 = _machine(), os.times(), bp.cpu_seconds(pid)
+        m1, me1, cpu1, w1 = _machine(), os.times(), bp.cpu_seconds(pid), bp.wakeups(pid)
         lines = table.lines(len(reqs))
         n = len(reqs)
         out: dict[str, Any] = {
@@ -107,11 +101,9 @@ def measure(kind: str, reqs: list[bytes], threads: int, gil: bool, base: Path,
             "machine_busy": 1 - (m1[1] - m0[1]) / max(1, m1[0] - m0[0]),
             "client_cpu_us": ((me1.user - me0.user) + (me1.system - me0.system)) / n * 1e6,
             "server_cpu_us": (cpu1 - cpu0) / n * 1e6,
+            "server_wakeups": (w1 - w0) / n,
             "threads": lines,
         }
-        total = next((ln for ln in lines if ln.startswith("### ")), "")
-        woke = re.search(r"([\d.]+) wake-ups", total)
-        out["server_wakeups"] = float(woke.group(1)) if woke else None
         if counter is not None:
             counter.send_signal(2)
             counter.wait(timeout=30)
