@@ -1,6 +1,7 @@
 """The floor under a replicated single write in Python grpcio, measured.
 
     .venv/bin/python bench/bench_write_path.py [--writes 600] [--rounds 3] [--threads 32] [--no-pg]
+    .venv/bin/python bench/bench_write_path.py --variants echo,sync-1,split-1 --work-us 500 --no-pg
 
 Issue 13 asks single writes through a leader and one sync replica to match
 PostgreSQL with a synchronous standby. This measures what the chain itself
@@ -17,6 +18,10 @@ client threads on the one-node chains):
 - ``sync-1`` / ``aio-1``: RPC + leader fsync (group commit), sync server
   (ThreadPoolExecutor, like a node) or a ``grpc.aio`` server (the fsync inline
   in the event loop);
+- ``split-1``: the gRPC process only passes each request's bytes to a writer
+  process over a Unix socket and waits for its one-byte answer; the writer
+  (one thread, a selector) group-commits what is readable. The floor of moving
+  a node's engine and log out of the gRPC process's GIL;
 - ``raw-2``: the floor: the client RPC as in ``sync-1``, and the record sent to
   the replica over a plain TCP socket by the very thread that made it durable,
   which then reads the 8-byte acknowledgement itself (no hand-off on the
@@ -30,11 +35,20 @@ client threads on the one-node chains):
   writer are coroutines of one event loop.
 
 - ``sutra-1`` / ``sutra-2``: Sutra's own nodes (one node; leader + 1 sync
-  replica; HNSW off), started as bench_peers.py starts them.
+  replica; HNSW off), started as bench_peers.py starts them (``sutra-1`` also
+  with the client threads, 2 x --writes LearnConcept calls).
+
+``--work-us N`` adds N µs of CPU per record of stand-in engine work holding
+the GIL (validation, the apply): in the leader's handler for ``sync-1`` (and
+``sync-2``, ``raw-2``), where a node does it today; in the writer process for
+``split-1``, where a split node would. Side by side they say what moving that work out of the gRPC process
+buys with 32 client threads.
 
 Also PostgreSQL 15 + a synchronous standby (bench/peers.py), same run. Prints
 a table (writes/s, leader CPU µs and voluntary wake-ups per write; medians of
---rounds) and writes JSON to bench/results/write_path.json.
+--rounds; with 32 threads also the server's CPU per write over all its
+processes, and how busy the whole machine was) and writes JSON to
+bench/results/write_path.json.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ import collections
 import json
 import os
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,6 +86,18 @@ WRITE = f"/{SERVICE}/Write"
 STREAM = f"/{SERVICE}/Stream"
 RECORD = 3288
 OK = b"\x08\x01"
+# CPU each server spends per record on stand-in engine work (--work-us): in the
+# sync leader's gRPC handler, or in split-1's writer process.
+WORK_US = int(os.environ.get("BENCH_WRITE_PATH_WORK_US", "0"))
+
+
+def _work() -> None:
+    """Hold the GIL for WORK_US of this thread's CPU, as validation and the
+    engine's apply do in a node."""
+    if WORK_US:
+        end = time.thread_time() + WORK_US / 1e6
+        while time.thread_time() < end:
+            pass
 
 
 def _open_log(data: Path) -> int:
@@ -95,6 +122,7 @@ class SyncLeader:
         self.replica = False
 
     def write(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        _work()
         with self.mu:
             self.buf.append(request)
             self.last += 1
@@ -219,6 +247,113 @@ def run_replica_raw(leader_port: int, data: Path) -> None:
         os.fdatasync(fd)
         lsn += 1
         sock.sendall(lsn.to_bytes(8, "little"))
+
+
+# ---- the leader split in two processes: gRPC in one, the log in another ----------------
+def _abstract(name: str) -> str:
+    """A Unix socket name in Linux's abstract namespace: no file, no path-length limit."""
+    return "\0" + name
+
+
+def run_writer(name: str, data: Path) -> None:
+    """The log's own process: one thread, a selector over the gRPC process's
+    connections. Whatever is readable is one group: written, fdatasynced once,
+    then each record's one-byte answer goes back on its connection."""
+    import selectors
+    import socket
+
+    fd = _open_log(data)
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(_abstract(name))
+    lsock.listen(128)
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ)
+    bufs: dict[socket.socket, bytearray] = {}
+    while True:
+        group: list[bytes] = []
+        answers: list[socket.socket] = []
+        for key, _ in sel.select():
+            s = key.fileobj
+            if s is lsock:
+                conn, _ = lsock.accept()
+                bufs[conn] = bytearray()
+                sel.register(conn, selectors.EVENT_READ)
+                continue
+            assert isinstance(s, socket.socket)
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                sel.unregister(s)
+                del bufs[s]
+                s.close()
+                continue
+            buf = bufs[s]
+            buf += chunk
+            while len(buf) >= 4:
+                n = int.from_bytes(buf[:4], "little")
+                if len(buf) < 4 + n:
+                    break
+                _work()
+                group.append(bytes(buf[4:4 + n]))
+                answers.append(s)
+                del buf[:4 + n]
+        if group:
+            os.write(fd, b"".join(group))
+            os.fdatasync(fd)
+            for s in answers:
+                s.sendall(b"\x01")
+
+
+class SplitLeader:
+    """The gRPC process does nothing but pass each request's bytes to the
+    writer process (one Unix socket per worker thread) and wait for its answer:
+    the floor of moving a node's engine and log out of the gRPC process."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.local = threading.local()
+
+    def write(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        import socket
+
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(_abstract(self.name))
+        conn.sendall(len(request).to_bytes(4, "little") + request)
+        if conn.recv(1) != b"\x01":
+            context.abort(grpc.StatusCode.UNAVAILABLE, "writer process gone")
+        return OK
+
+
+def serve_split(port: int, data: Path, workers: int) -> None:
+    import socket
+
+    data.mkdir(parents=True, exist_ok=True)
+    name = f"bench-write-path-{os.getpid()}-{port}"
+    writer = subprocess.Popen([sys.executable, __file__, "--writer", name, str(data)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until the writer listens
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(_abstract(name))
+                break
+            except OSError:
+                if time.monotonic() > deadline or writer.poll() is not None:
+                    raise SystemExit("the writer process did not start") from None
+                time.sleep(0.01)
+            finally:
+                probe.close()
+        leader = SplitLeader(name)
+        handler = grpc.method_handlers_generic_handler(SERVICE, {
+            "Write": grpc.unary_unary_rpc_method_handler(leader.write)})
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), handlers=(handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        server.wait_for_termination()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 # ---- the leader, grpc.aio -----------------------------------------------------------
@@ -355,6 +490,25 @@ def cpu_and_wakeups(pid: int) -> tuple[float, int]:
     return cpu, wake
 
 
+def family_cpu(pid: int) -> float:
+    """CPU seconds of a server process and its children (split-1's writer)."""
+    total = cpu_and_wakeups(pid)[0]
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                total += sum(family_cpu(int(c)) for c in f.read().split())
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def machine_times() -> tuple[int, int]:
+    """(all, idle + iowait) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
 class Chain:
     """One variant as processes: the leader (or echo server) and maybe a replica."""
 
@@ -396,7 +550,7 @@ class Chain:
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)  # with its children (split-1's writer)
                 p.wait(timeout=30)
 
 
@@ -439,7 +593,7 @@ def concurrent(address: str, method: str, n: int, threads: int) -> float:
             c.close()
 
 
-def measure_sutra(kind: str, base: Path, writes: int) -> dict[str, float]:
+def measure_sutra(kind: str, base: Path, writes: int, threads: int) -> dict[str, float]:
     """Sutra's own nodes (bench_peers' topologies, HNSW off), the same way."""
     import bench_peers
     import numpy as np
@@ -447,13 +601,20 @@ def measure_sutra(kind: str, base: Path, writes: int) -> dict[str, float]:
     s = bench_peers.Sutra(base / kind, kind.split("-")[1], False)
     try:
         s.start()
-        recs = bench_peers.make_records(writes + 20, f"{kind}-{time.monotonic_ns()}", np.random.default_rng())
+        recs = bench_peers.make_records(writes * 3 + 20, f"{kind}-{time.monotonic_ns()}", np.random.default_rng())
         s.single(recs[:20])
         cpu0, w0 = cpu_and_wakeups(s.pids[0])
-        row = {"single": writes / s.single(recs[20:])}
+        row = {"single": writes / s.single(recs[20:writes + 20])}
         cpu1, w1 = cpu_and_wakeups(s.pids[0])
         row["leader_cpu_us"] = (cpu1 - cpu0) / writes * 1e6
         row["leader_wakeups"] = (w1 - w0) / writes
+        if kind == "sutra-1":
+            reqs = [bench_peers.single_request(r) for r in recs[writes + 20:]]
+            f0, m0 = family_cpu(s.pids[0]), machine_times()
+            row["concurrent"] = bench_peers.concurrent(s.address, bench_peers.SERVICE + "LearnConcept", reqs, threads)
+            f1, m1 = family_cpu(s.pids[0]), machine_times()
+            row["concurrent_server_cpu_us"] = (f1 - f0) / len(reqs) * 1e6
+            row["concurrent_machine_busy"] = 1 - (m1[1] - m0[1]) / max(1, m1[0] - m0[0])
         return row
     finally:
         s.stop()
@@ -461,7 +622,7 @@ def measure_sutra(kind: str, base: Path, writes: int) -> dict[str, float]:
 
 def measure(kind: str, base: Path, writes: int, threads: int) -> dict[str, float]:
     if kind.startswith("sutra-"):
-        return measure_sutra(kind, base, writes)
+        return measure_sutra(kind, base, writes, threads)
     c = Chain(kind, base / kind)
     try:
         c.start()
@@ -471,7 +632,12 @@ def measure(kind: str, base: Path, writes: int, threads: int) -> dict[str, float
         row["leader_cpu_us"] = (cpu1 - cpu0) / (writes + 20) * 1e6
         row["leader_wakeups"] = (w1 - w0) / (writes + 20)
         if kind.endswith("-1") or kind == "echo":
+            n = threads * (writes * 2 // threads)
+            f0, m0 = family_cpu(c.leader.pid), machine_times()
             row["concurrent"] = concurrent(c.address, c.method, writes * 2, threads)
+            f1, m1 = family_cpu(c.leader.pid), machine_times()
+            row["concurrent_server_cpu_us"] = (f1 - f0) / n * 1e6
+            row["concurrent_machine_busy"] = 1 - (m1[1] - m0[1]) / max(1, m1[0] - m0[0])
         return row
     finally:
         c.stop()
@@ -484,19 +650,30 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--variants", default="echo,sync-1,aio-1,sync-2,aio-2")
     ap.add_argument("--no-pg", action="store_true")
+    ap.add_argument("--work-us", type=int, default=0,
+                    help="CPU µs of stand-in engine work per record: in the handler (sync-1) or the writer (split-1)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "write_path.json"))
+    ap.add_argument("--tmp", default=None, help="folder for all data (default: the system's temp folder)")
     ap.add_argument("--serve-sync", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--serve-aio", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--replica", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--replica-aio", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--replica-raw", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--serve-raw", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-split", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--writer", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_sync:
         serve_sync(int(args.serve_sync[0]), Path(args.serve_sync[1]), 32)
         return 0
     if args.serve_aio:
         serve_aio(int(args.serve_aio[0]), Path(args.serve_aio[1]))
+        return 0
+    if args.serve_split:
+        serve_split(int(args.serve_split[0]), Path(args.serve_split[1]), 32)
+        return 0
+    if args.writer:
+        run_writer(args.writer[0], Path(args.writer[1]))
         return 0
     if args.serve_raw:
         port, wire_port = args.serve_raw[0].split(":")
@@ -511,8 +688,9 @@ def main() -> int:
     if args.replica:
         run_replica(args.replica[0], Path(args.replica[1]))
         return 0
+    os.environ["BENCH_WRITE_PATH_WORK_US"] = str(args.work_us)
     load0 = os.getloadavg()[0]
-    base = Path(tempfile.mkdtemp(prefix="bench-write-path-"))
+    base = Path(tempfile.mkdtemp(prefix="bench-write-path-", dir=args.tmp))
     runs: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     pg = None if args.no_pg else peers.Postgres(base, peers.pg_bindir())
     try:
@@ -537,12 +715,17 @@ def main() -> int:
     pgs = med.get("postgres", {}).get("single")
     print(f"\n{args.writes} sequential single writes of {RECORD} B, medians of {args.rounds}; load average "
           f"{load0:.1f} -> {os.getloadavg()[0]:.1f}\n")
+    echo = med.get("echo", {}).get("concurrent")
     print(f"| chain | single writes/s | vs PostgreSQL | leader CPU µs / write | leader wake-ups / write "
-          f"| {args.threads} threads, writes/s |\n|---|---:|---:|---:|---:|---:|")
+          f"| {args.threads} threads, writes/s | vs echo | server CPU µs / write (all its processes) "
+          f"| machine busy |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, m in med.items():
         vs = f"{m['single'] / pgs:.2f}" if pgs else "–"
+        conc = m.get("concurrent")
         print(f"| {k} | {m['single']:,.0f} | {vs} | {m.get('leader_cpu_us', 0):,.0f} | "
-              f"{m.get('leader_wakeups', 0):.1f} | {m.get('concurrent', 0):,.0f} |")
+              f"{m.get('leader_wakeups', 0):.1f} | {conc or 0:,.0f} | "
+              f"{f'{conc / echo:.2f}' if conc and echo else '–'} | {m.get('concurrent_server_cpu_us', 0):,.0f} | "
+              f"{m.get('concurrent_machine_busy', 0):.2f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"medians": med, "runs": runs, "args": vars(args),
