@@ -181,6 +181,8 @@ class Node:
 def serve(cfg: Config) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit status."""
     ctx = setup_logging(cfg)
+    if not process.tune_malloc():
+        log.info("malloc thresholds left as they were (not glibc)")
     node = Node(cfg)
     ctx.engine = node.engine
     node.start()
