@@ -8,9 +8,13 @@ call; glibc's mallinfo2 counts the bytes of blocks mapped on their own."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -55,3 +59,20 @@ def test_blocks_from_the_mapping_threshold_up_are_still_mapped() -> None:
     size = 12_582_912  # a vector store chunk: 4,096 rows of 768 float32
     assert size > process.MMAP_THRESHOLD
     assert _mapped_alone("tuned", size)
+
+
+@pytest.mark.slow  # starts a gRPC server and client per mode
+def test_the_stream_bench_reports_both_modes(tmp_path: Path) -> None:
+    """bench/bench_grpc_stream.py runs end to end. It asserts nothing about the
+    figures: how many pages a receiver faults in depends on how grpc happens to
+    chunk its reads, which moves with the machine's load."""
+    out = tmp_path / "grpc_stream.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_grpc_stream.py"), "--rounds", "1", "--messages", "10",
+         "--out", str(out)], capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    med = json.loads(out.read_text())["medians"]
+    for mode in ("default", "tuned"):
+        assert med[mode]["receiver_cpu_ms_per_mb"] > 0 and med[mode]["sender_cpu_ms_per_mb"] > 0, mode
+        assert med[mode]["receiver_faults_per_mb"] >= 0, mode
+    assert "| glibc's defaults |" in proc.stdout
