@@ -41,8 +41,8 @@ client threads on the one-node chains):
 ``--work-us N`` adds N µs of CPU per record of stand-in engine work holding
 the GIL (validation, the apply): in the leader's handler for ``sync-1`` (and
 ``sync-2``, ``raw-2``), where a node does it today; in the writer process for
-``split-1``, where a split node would. Side by side they say what moving that work out of the gRPC process
-buys with 32 client threads.
+``split-1``, where a split node would. Side by side they say what moving that
+work out of the gRPC process buys with 32 client threads.
 
 Also PostgreSQL 15 + a synchronous standby (bench/peers.py), same run. Prints
 a table (writes/s, leader CPU µs and voluntary wake-ups per write; medians of
@@ -221,14 +221,18 @@ class RawLeader(SyncLeader):
         return OK
 
 
-def serve_raw(port: int, wire_port: int, data: Path, workers: int) -> None:
-    leader = RawLeader(_open_log(data), wire_port)
+def serve_writes(write: Any, port: int, workers: int) -> None:
+    """A sync grpcio server with the one Write method, until the process is killed."""
     handler = grpc.method_handlers_generic_handler(SERVICE, {
-        "Write": grpc.unary_unary_rpc_method_handler(leader.write)})
+        "Write": grpc.unary_unary_rpc_method_handler(write)})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), handlers=(handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     server.wait_for_termination()
+
+
+def serve_raw(port: int, wire_port: int, data: Path, workers: int) -> None:
+    serve_writes(RawLeader(_open_log(data), wire_port).write, port, workers)
 
 
 def run_replica_raw(leader_port: int, data: Path) -> None:
@@ -344,13 +348,7 @@ def serve_split(port: int, data: Path, workers: int) -> None:
                 time.sleep(0.01)
             finally:
                 probe.close()
-        leader = SplitLeader(name)
-        handler = grpc.method_handlers_generic_handler(SERVICE, {
-            "Write": grpc.unary_unary_rpc_method_handler(leader.write)})
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), handlers=(handler,))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        server.start()
-        server.wait_for_termination()
+        serve_writes(SplitLeader(name).write, port, workers)
     finally:
         writer.kill()
         writer.wait()
