@@ -774,3 +774,29 @@ def test_sync_election_still_waits_for_an_unfrozen_sync_member() -> None:
     s = snap(member("n1", 10), member("n2", 12, frozen=2), term=3, sync=("n1", "n2"))
     assert decide(s, me("n1", lsn=10), SYNC) == Action(
         WAIT, "no leader at term 3: waiting for n2 to publish a final LSN")
+
+
+def test_sync_a_leader_killed_before_its_member_key_said_so_is_not_waited_for() -> None:
+    # n0 led term 3 and published the set, but died before republishing its member
+    # key, which still says "replica" from before its promotion and lives on for
+    # its TTL. The holders of every acknowledged write (n1, n2) elect at once.
+    def s(n0_frozen: int) -> ClusterSnapshot:
+        return ClusterSnapshot(leader=None, term=3, members={m.node_id: m for m in (
+            member("n0", 20, frozen=n0_frozen), member("n1", 16), member("n2", 15))},
+            sync=SyncState("n0", 3, ("n1", "n2")), revision=1)
+    assert decide(s(2), as_local(s(2).members["n1"]), SYNC) == Action(
+        ACQUIRE, "promoted self: leader key acquired at term 4", term=4)
+    assert decide(s(2), as_local(s(2).members["n2"]), SYNC) == Action(
+        WAIT, "no leader at term 3: n1 (LSN 16) should take over")
+    # Alive and demoted, it freezes within a tick: then it is a holder like any other.
+    assert decide(s(3), as_local(s(3).members["n1"]), SYNC) == Action(
+        WAIT, "no leader at term 3: n0 (LSN 20) should take over")
+
+
+def test_sync_a_member_that_led_an_older_term_is_still_waited_for() -> None:
+    # Only the leader of the current term is read as stale: a set published at
+    # term 2 says nothing about who led term 3.
+    s = ClusterSnapshot(leader=None, term=3, members={m.node_id: m for m in (
+        member("n0", 20, frozen=2), member("n1", 16))}, sync=SyncState("n0", 2, ("n1",)), revision=1)
+    assert decide(s, as_local(s.members["n1"]), SYNC) == Action(
+        WAIT, "no leader at term 3: waiting for n0 to publish a final LSN")

@@ -96,6 +96,20 @@ def _sync_holders(snap: ClusterSnapshot) -> set[str]:
     return holders
 
 
+def _unfrozen_term_leader(snap: ClusterSnapshot, m: MemberInfo) -> bool:
+    """Whether ``m`` is the node that led ``snap.term`` (it published that term's
+    sync set) and has not frozen for this election. Its member key may still say
+    "replica" from before its promotion: a leader killed in its first moments
+    never republished it, and its key lives on for its TTL. Such a node is
+    treated as its key would say once refreshed (a leader): nobody waits for its
+    final LSN, and it cannot win until it has frozen (a demoted leader that is
+    alive does so within a tick). Every acknowledged write is on the sync set's
+    other holders, so nothing acknowledged depends on it."""
+    sync = snap.sync
+    return (sync is not None and sync.term == snap.term and m.node_id == sync.leader
+            and m.frozen_term != snap.term)
+
+
 def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str]:
     """Members that may take over, and why the others may not.
 
@@ -103,7 +117,8 @@ def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str
     term compete, so a long tail from an older term (a former leader that has
     not rejoined yet) never beats the newer history.
     """
-    alive = [m for m in snap.members.values() if m.healthy and m.role != Role.LEADER]
+    alive = [m for m in snap.members.values()
+             if m.healthy and m.role != Role.LEADER and not _unfrozen_term_leader(snap, m)]
     if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
         sync = _sync_holders(snap)
         alive = [m for m in alive if m.node_id in sync]
@@ -180,7 +195,8 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
         holders = _sync_holders(snap)
         voters = [m for m in voters if m.node_id in holders or m.node_id == me.node_id]
     waiting = sorted(m.node_id for m in voters
-                     if m.healthy and m.role != Role.LEADER and m.frozen_term != snap.term)
+                     if m.healthy and m.role != Role.LEADER and m.frozen_term != snap.term
+                     and not _unfrozen_term_leader(snap, m))
     if waiting:
         return Action(WAIT, f"no leader at term {snap.term}: waiting for {', '.join(waiting)} to publish a final LSN")
     if snap.term == 0 and me.uptime_s < s.startup_grace_s and not any(m.preferred for m in snap.members.values()):
