@@ -42,12 +42,6 @@ from tests.helpers import free_port  # noqa: E402
 LIBPYTHON_PROBE = "probe_libpython3:PyEval_SaveThread"
 
 
-def _machine() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields), fields[3] + fields[4]  # all, idle + iowait
-
-
 def _gil_probe() -> bool:
     """Add the uprobe once; False when perf cannot (not root, no perf)."""
     import sysconfig
@@ -91,9 +85,9 @@ def measure(kind: str, reqs: list[bytes], threads: int, gil: bool, base: Path,
                                         str(base / "gil.txt")], stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         table = bp.ThreadTable([pid])
-        m0, me0, cpu0, w0 = _machine(), os.times(), bp.cpu_seconds(pid), bp.wakeups(pid)
+        m0, me0, cpu0, w0 = bp.machine_times(), os.times(), bp.cpu_seconds(pid), bp.wakeups(pid)
         rate = bp.concurrent(address, method, reqs, threads)
-        m1, me1, cpu1, w1 = _machine(), os.times(), bp.cpu_seconds(pid), bp.wakeups(pid)
+        m1, me1, cpu1, w1 = bp.machine_times(), os.times(), bp.cpu_seconds(pid), bp.wakeups(pid)
         lines = table.lines(len(reqs))
         n = len(reqs)
         out: dict[str, Any] = {

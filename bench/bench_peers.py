@@ -72,6 +72,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_times() -> tuple[int, int]:
+    """(all, idle + iowait) jiffies of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
 def wakeups(pid: int) -> int:
     """Voluntary context switches of every thread of ``pid``: each is a thread that
     blocked (a lock, the GIL, a condition, I/O) and was woken again."""

@@ -500,11 +500,17 @@ def family_cpu(pid: int) -> float:
     return total
 
 
-def machine_times() -> tuple[int, int]:
-    """(all, idle + iowait) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    return sum(fields), fields[3] + fields[4]
+def timed_concurrent(pid: int, writes: int, run: Any) -> dict[str, float]:
+    """``run()`` (``writes`` calls from the client threads; returns writes/s) with
+    the server's CPU per write over ``pid`` and its children, and how busy the
+    whole machine was meanwhile."""
+    from bench_peers import machine_times
+
+    f0, m0 = family_cpu(pid), machine_times()
+    rate = run()
+    f1, m1 = family_cpu(pid), machine_times()
+    return {"concurrent": rate, "concurrent_server_cpu_us": (f1 - f0) / writes * 1e6,
+            "concurrent_machine_busy": 1 - (m1[1] - m0[1]) / max(1, m1[0] - m0[0])}
 
 
 class Chain:
@@ -608,11 +614,8 @@ def measure_sutra(kind: str, base: Path, writes: int, threads: int) -> dict[str,
         row["leader_wakeups"] = (w1 - w0) / writes
         if kind == "sutra-1":
             reqs = [bench_peers.single_request(r) for r in recs[writes + 20:]]
-            f0, m0 = family_cpu(s.pids[0]), machine_times()
-            row["concurrent"] = bench_peers.concurrent(s.address, bench_peers.SERVICE + "LearnConcept", reqs, threads)
-            f1, m1 = family_cpu(s.pids[0]), machine_times()
-            row["concurrent_server_cpu_us"] = (f1 - f0) / len(reqs) * 1e6
-            row["concurrent_machine_busy"] = 1 - (m1[1] - m0[1]) / max(1, m1[0] - m0[0])
+            row.update(timed_concurrent(s.pids[0], len(reqs), lambda: bench_peers.concurrent(
+                s.address, bench_peers.SERVICE + "LearnConcept", reqs, threads)))
         return row
     finally:
         s.stop()
@@ -630,12 +633,8 @@ def measure(kind: str, base: Path, writes: int, threads: int) -> dict[str, float
         row["leader_cpu_us"] = (cpu1 - cpu0) / (writes + 20) * 1e6
         row["leader_wakeups"] = (w1 - w0) / (writes + 20)
         if kind.endswith("-1") or kind == "echo":
-            n = threads * (writes * 2 // threads)
-            f0, m0 = family_cpu(c.leader.pid), machine_times()
-            row["concurrent"] = concurrent(c.address, c.method, writes * 2, threads)
-            f1, m1 = family_cpu(c.leader.pid), machine_times()
-            row["concurrent_server_cpu_us"] = (f1 - f0) / n * 1e6
-            row["concurrent_machine_busy"] = 1 - (m1[1] - m0[1]) / max(1, m1[0] - m0[0])
+            row.update(timed_concurrent(c.leader.pid, threads * (writes * 2 // threads),
+                                        lambda: concurrent(c.address, c.method, writes * 2, threads)))
         return row
     finally:
         c.stop()

@@ -110,6 +110,12 @@ def _unfrozen_term_leader(snap: ClusterSnapshot, m: MemberInfo) -> bool:
             and m.frozen_term != snap.term)
 
 
+def _may_stand(snap: ClusterSnapshot, m: MemberInfo) -> bool:
+    """Whether ``m`` can take part in this election: a healthy replica, and not
+    a leader (by its key, or the term's own leader before it has frozen)."""
+    return m.healthy and m.role != Role.LEADER and not _unfrozen_term_leader(snap, m)
+
+
 def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str]:
     """Members that may take over, and why the others may not.
 
@@ -117,8 +123,7 @@ def _eligible(snap: ClusterSnapshot, s: Settings) -> tuple[list[MemberInfo], str
     term compete, so a long tail from an older term (a former leader that has
     not rejoined yet) never beats the newer history.
     """
-    alive = [m for m in snap.members.values()
-             if m.healthy and m.role != Role.LEADER and not _unfrozen_term_leader(snap, m)]
+    alive = [m for m in snap.members.values() if _may_stand(snap, m)]
     if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
         sync = _sync_holders(snap)
         alive = [m for m in alive if m.node_id in sync]
@@ -194,9 +199,7 @@ def decide(snap: ClusterSnapshot, me: Local, s: Settings) -> Action:
     if s.commit_mode == CommitMode.SYNC and snap.sync is not None:
         holders = _sync_holders(snap)
         voters = [m for m in voters if m.node_id in holders or m.node_id == me.node_id]
-    waiting = sorted(m.node_id for m in voters
-                     if m.healthy and m.role != Role.LEADER and m.frozen_term != snap.term
-                     and not _unfrozen_term_leader(snap, m))
+    waiting = sorted(m.node_id for m in voters if _may_stand(snap, m) and m.frozen_term != snap.term)
     if waiting:
         return Action(WAIT, f"no leader at term {snap.term}: waiting for {', '.join(waiting)} to publish a final LSN")
     if snap.term == 0 and me.uptime_s < s.startup_grace_s and not any(m.preferred for m in snap.members.values()):
