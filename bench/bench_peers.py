@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,37 @@ def machine_times() -> tuple[int, int]:
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     return sum(fields), fields[3] + fields[4]
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` so far: each is a page it touched for the first time
+    (or again after handing it back), cleared by the kernel."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+@contextlib.contextmanager
+def fresh_memory_cost(mib: int = 64) -> Iterator[float]:
+    """CPU ms per MB to take ``mib`` MiB of fresh memory from the kernel and touch
+    each page once, now; the pages are held until the block ends, so the system
+    measured inside it cannot be handed them back warm.
+
+    On bare metal this is clearing pages (~0.07 ms/MB on this machine when warm).
+    In a virtual machine whose guest hands freed memory back to its host
+    (virtio-balloon free page reporting), a page the host must back again costs
+    ~2.5 ms/MB. Every system that grows memory while it writes (page cache, a
+    node's vector store and WAL tail) pays that rate, so it is printed beside each
+    system: runs met at different rates do not compare."""
+    import mmap
+
+    size = mib << 20
+    t0 = time.process_time()
+    buf = mmap.mmap(-1, size)
+    try:
+        np.frombuffer(buf, dtype=np.uint8)[::mmap.PAGESIZE] = 1
+        yield (time.process_time() - t0) * 1e3 / (size / 1e6)
+    finally:
+        buf.close()
 
 
 def wakeups(pid: int) -> int:
@@ -145,6 +176,9 @@ class Sutra:
 
     def wakeups(self) -> list[int]:
         return [wakeups(p) for p in self.pids]
+
+    def faults(self) -> list[int]:
+        return [minor_faults(p) for p in self.pids]
 
     def batched(self, recs: Sequence[peers.Record], size: int) -> float:
         reqs = []
@@ -335,13 +369,26 @@ def summarise(raw: Path, out: Path, title: str, top: int = 40) -> None:
 # ---- the run ------------------------------------------------------------------
 def measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Record], size: int,
             prof: Callable[[str], Profiler | None]) -> dict[str, float]:
+    with fresh_memory_cost() as cost:
+        row = {"fresh_memory_ms_per_mb": cost}
+        row.update(_measure(sys_, recs, singles, size, prof))
+    return row
+
+
+def _measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Record], size: int,
+             prof: Callable[[str], Profiler | None]) -> dict[str, float]:
     row: dict[str, float] = {}
     cpu0 = sys_.cpu() if hasattr(sys_, "cpu") else None
+    f0 = sys_.faults() if hasattr(sys_, "faults") else None
     p = prof("batched")
     row["batched"] = len(recs) / sys_.batched(recs, size)
     if p:
         p.finish(len(recs))
     cpu1 = sys_.cpu() if cpu0 is not None else None
+    if f0 is not None:
+        f1 = sys_.faults()
+        row["leader_faults_per_batched_record"] = (f1[0] - f0[0]) / len(recs)
+        row["all_nodes_faults_per_batched_record"] = (sum(f1) - sum(f0)) / len(recs)
     w1 = sys_.wakeups() if hasattr(sys_, "wakeups") else None
     p = prof("single")
     row["single"] = len(singles) / sys_.single(singles)
@@ -489,15 +536,19 @@ def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc:
     print(f"\n{args.batches * args.batch_size:,} records in batches of {args.batch_size:,}, then {args.singles} "
           f"sequential single writes; records/s, medians of {args.rounds}\n")
     print("| system | batched | single write | batched vs PostgreSQL | single vs PostgreSQL |"
-          " leader CPU µs/record batched / single | wake-ups per single write, leader / all nodes |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          " leader CPU µs/record batched / single | wake-ups per single write, leader / all nodes |"
+          " all nodes per batched record: CPU µs / page faults | fresh memory, ms/MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, m in med.items():
         vs = (f"{m['batched'] / pg['batched']:.2f}× | {m['single'] / pg['single']:.2f}×") if pg else "– | –"
         cpu = (f"{m['leader_cpu_us_per_batched_record']:.0f} / {m['leader_cpu_us_per_single_write']:.0f}"
                if "leader_cpu_us_per_single_write" in m else "")
         wk = (f"{m['leader_wakeups_per_single_write']:.1f} / {m['all_nodes_wakeups_per_single_write']:.1f}"
               if "leader_wakeups_per_single_write" in m else "")
-        print(f"| {names[k]} | {m['batched']:,.0f} | {m['single']:,.0f} | {vs} | {cpu} | {wk} |")
+        nodes = (f"{m['all_nodes_cpu_us_per_batched_record']:.0f} / {m['all_nodes_faults_per_batched_record']:.2f}"
+                 if "all_nodes_faults_per_batched_record" in m else "")
+        print(f"| {names[k]} | {m['batched']:,.0f} | {m['single']:,.0f} | {vs} | {cpu} | {wk} | {nodes} | "
+              f"{m['fresh_memory_ms_per_mb']:.2f} |")
     goals: list[tuple[str, float | None, str]] = []
 
     def ratio(a: str, am: str, b: str, bm: str) -> float | None:

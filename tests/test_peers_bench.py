@@ -1,0 +1,72 @@
+"""bench/bench_peers.py's machine probes, and the script itself on Sutra alone.
+
+Nothing here asserts a speed: the probes' job is to say what state the machine
+was in (how dear fresh memory was, how many pages each system touched), and
+these tests prove they measure what they name."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_peers  # noqa: E402
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * mmap.PAGESIZE
+
+
+def test_minor_faults_count_each_first_touch() -> None:
+    pages = 2048
+    buf = mmap.mmap(-1, pages * mmap.PAGESIZE)
+    try:
+        before = bench_peers.minor_faults(os.getpid())
+        for off in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+            buf[off] = 1
+        touched = bench_peers.minor_faults(os.getpid()) - before
+        again = bench_peers.minor_faults(os.getpid())
+        for off in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+            buf[off] = 2
+        retouched = bench_peers.minor_faults(os.getpid()) - again
+    finally:
+        buf.close()
+    assert touched >= pages * 0.9, touched  # (a huge page would need fewer: anonymous mmap gets none unless asked)
+    assert retouched < pages * 0.1, retouched
+
+
+def test_fresh_memory_probe_holds_its_pages_until_the_block_ends() -> None:
+    rss0 = _rss_bytes()
+    with bench_peers.fresh_memory_cost(mib=32) as cost:
+        held = _rss_bytes() - rss0
+    after = _rss_bytes() - rss0
+    assert cost > 0
+    assert held >= 30 << 20, held  # touched and still mapped while the system under test runs
+    assert after < 4 << 20, after  # handed back afterwards
+
+
+@pytest.mark.slow
+def test_bench_peers_reports_faults_cpu_and_fresh_memory_per_system(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_peers.py"), "--systems", "sutra", "--topologies", "1",
+         "--hnsw", "off", "--rounds", "1", "--batches", "2", "--singles", "5", "--tmp", str(tmp_path),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text())["medians"]["sutra-1-flat"]
+    # 2,000 records of 768 floats are ~6 MB the node did not hold before: it must touch new pages.
+    assert row["all_nodes_faults_per_batched_record"] > 0.1, row
+    assert row["leader_faults_per_batched_record"] == row["all_nodes_faults_per_batched_record"]  # one node
+    assert row["fresh_memory_ms_per_mb"] > 0
+    assert "| Sutra, 1 node, HNSW off |" in proc.stdout
+    assert "page faults" in proc.stdout and "fresh memory, ms/MB" in proc.stdout
