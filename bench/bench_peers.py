@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import peers  # noqa: E402  (bench/ is on sys.path: this script's folder)
+from memprobe import fresh_memory_cost  # noqa: E402
 
 from sutra_cluster.pb import storage_pb2 as pb  # noqa: E402
 from tests import cluster as tc  # noqa: E402
@@ -84,30 +85,6 @@ def minor_faults(pid: int) -> int:
     (or again after handing it back), cleared by the kernel."""
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[7])
-
-
-@contextlib.contextmanager
-def fresh_memory_cost(mib: int = 64) -> Iterator[float]:
-    """CPU ms per MB to take ``mib`` MiB of fresh memory from the kernel and touch
-    each page once, now; the pages are held until the block ends, so the system
-    measured inside it cannot be handed them back warm.
-
-    On bare metal this is clearing pages (~0.07 ms/MB on this machine when warm).
-    In a virtual machine whose guest hands freed memory back to its host
-    (virtio-balloon free page reporting), a page the host must back again costs
-    ~2.5 ms/MB. Every system that grows memory while it writes (page cache, a
-    node's vector store and WAL tail) pays that rate, so it is printed beside each
-    system: runs met at different rates do not compare."""
-    import mmap
-
-    size = mib << 20
-    t0 = time.process_time()
-    buf = mmap.mmap(-1, size)
-    try:
-        np.frombuffer(buf, dtype=np.uint8)[::mmap.PAGESIZE] = 1
-        yield (time.process_time() - t0) * 1e3 / (size / 1e6)
-    finally:
-        buf.close()
 
 
 def wakeups(pid: int) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lag_stages  # noqa: E402  (this folder is on sys.path: the script runs from it)
+from memprobe import fresh_memory_cost  # noqa: E402
 
 from sutra_cluster.client import Concept, SutraClient  # noqa: E402
 from tests import cluster as tc  # noqa: E402
@@ -124,7 +125,9 @@ def run_tree(tmp: Path, a: argparse.Namespace, node_env: dict[str, str]) -> dict
             if not a.lag_only:
                 out[f"{mode}_per_s"] = ingest(c.leader.address, a.seconds, a.threads, a.batch)
             if mode == "async":
-                out["lag"] = lag_at_rate(c, a.rate, a.seconds)
+                with fresh_memory_cost() as cost:  # held through the lag phase (bench/memprobe.py)
+                    out["lag"] = lag_at_rate(c, a.rate, a.seconds)
+                out["lag"]["fresh_memory_ms_per_mb"] = cost  # type: ignore[index]
         if a.trace and mode == "async":  # the nodes wrote their marks out as they stopped
             out["stages"] = lag_stages.summary(trace)
     if not a.lag_only:
@@ -154,6 +157,9 @@ def report(label: str, rounds: list[dict[str, object]], lag_only: bool) -> None:
           f"(target {rounds[0]['lag']['target_rate']}): p50 {med(rounds, 'lag', 'lag_ms_p50'):.1f} ms, "  # type: ignore[index]
           f"p99 {med(rounds, 'lag', 'lag_ms_p99'):.1f} ms (each round: {each}), "
           f"max {med(rounds, 'lag', 'lag_ms_max'):.1f} ms")
+    fresh = ", ".join(f"{r['lag']['fresh_memory_ms_per_mb']:.2f}" for r in rounds)  # type: ignore[index]
+    print(f"{label}: fresh memory before each round's lag phase, ms/MB: {fresh} "
+          "(~0.5 warm, ~2.5 at the host's rate: bench/memprobe.py)")
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ from tests.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_peers  # noqa: E402
+import memprobe  # noqa: E402
 
 
 def _rss_bytes() -> int:
@@ -46,7 +47,7 @@ def test_minor_faults_count_each_first_touch() -> None:
 
 def test_fresh_memory_probe_holds_its_pages_until_the_block_ends() -> None:
     rss0 = _rss_bytes()
-    with bench_peers.fresh_memory_cost(mib=32) as cost:
+    with memprobe.fresh_memory_cost(mib=32) as cost:
         held = _rss_bytes() - rss0
     after = _rss_bytes() - rss0
     assert cost > 0
