@@ -101,7 +101,18 @@ class Maintainer:
     _ef_construction: int
     quantization: str
 
+    def _compaction_due_locked(self) -> bool:
+        """(Overridden by the store) tombstones due to be dropped by ``_compact_step``."""
+        return False
+
+    def _compaction_pending(self) -> bool:
+        return False
+
+    def _compact_step(self) -> bool:
+        return True
+
     if TYPE_CHECKING:
+        def _compact_locked(self) -> None: ...
         def _view_locked(self) -> View: ...
         def _rows_for_seqs_locked(self, seqs: np.ndarray) -> np.ndarray: ...
         def _free_covered_locked(self) -> None: ...
@@ -171,6 +182,8 @@ class Maintainer:
         indexing resumes."""
         was = self._state
         while not self._stop:
+            if self._compaction_due_locked():
+                return  # the caller compacts first
             idle_for = time.monotonic() - self._last_upsert
             tail = self._tail_locked()
             if may_index(idle_for, self._quiet, tail, self._max_tail):
@@ -284,22 +297,38 @@ class Maintainer:
             self._quiet_cv = threading.Condition(self._lock)  # close() notifies it under the same lock
         while True:
             with self._cv:
-                idle = not self._stop and self._work_locked(auto=True) is None
+                idle = not self._stop and self._work_locked(auto=True) is None and not self._compaction_due_locked()
                 if idle:
                     self._state = "idle"
             if idle and self._trim_due:
                 self._trim_due = False
                 release_free_heap()
             with self._cv:
-                while not self._stop and self._work_locked(auto=True) is None:
+                while not self._stop and self._work_locked(auto=True) is None and not self._compaction_due_locked():
                     self._state = "idle"
                     self._cv.wait()
                 if self._stop:
                     return
+            if self._compaction_pending():
+                # Tombstones first, whether or not writes are flowing (they are what makes them).
+                try:
+                    with self._maint_lock:
+                        if not self._compact_step():
+                            with self._lock:
+                                if self._compaction_due_locked():
+                                    self._compact_locked()
+                    self._trim_due = True
+                except Exception:  # keep the thread alive; it tries again in 1 s
+                    logger.exception("vector store compaction failed")
+                    with self._cv:
+                        self._cv.wait(timeout=1.0)
+                continue
             with self._quiet_cv:
                 self._wait_quiet_locked()
                 if self._stop:
                     return
+            if self._compaction_pending():
+                continue
             try:
                 t0 = time.monotonic()
                 with self._maint_lock:

@@ -177,6 +177,9 @@ class VectorIndex(Maintainer):
         self._ann: Ann | None = None
         self._reserved: GraphStorage | None = None  # a stored graph's storage the load writes into
         self._epoch = getattr(self, "_epoch", 0) + 1  # invalidates in-flight builds
+        # Bumped by every change that renumbers rows (a reset, a compaction, a graph
+        # adopted): a background compaction's copy of an older numbering is dropped.
+        self._layout = getattr(self, "_layout", 0) + 1
 
     def _check_vectors(self, keys: list[str], vectors: np.ndarray,
                        norms: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -270,16 +273,32 @@ class VectorIndex(Maintainer):
         self._n += m
         self._live += m
 
+    def _compaction_due_locked(self) -> bool:
+        """A quarter of the rows (and at least _COMPACT_MIN_DEAD) are tombstones."""
+        dead = self._n - self._live
+        return dead >= _COMPACT_MIN_DEAD and dead >= _COMPACT_FRACTION * self._n
+
     def _maybe_compact_locked(self) -> None:
+        """Drop tombstoned rows once they are due. With a maintainer thread running,
+        it compacts (``_compact_step``: the copy without the lock, so searches and
+        the apply do not wait O(rows) behind it); without one, here and now."""
+        if not self._compaction_due_locked():
+            return
+        thread = self._thread
+        if thread is not None and thread.is_alive() and not self._stop:
+            self._cv.notify_all()
+            return
+        self._compact_locked()
+
+    def _compact_locked(self) -> None:
         """Drop tombstoned rows (order kept, so the watermark stays valid).
 
-        O(rows) under the lock but amortised: it only runs once a quarter of
-        the rows are dead.  New chunk/list objects are built, so views held by
-        concurrent searches remain valid; covered rows copy no vector.
+        O(rows) under the lock: the fallback of ``_compact_step``, and the way
+        an index without a maintainer thread compacts. New chunk/list objects
+        are built, so views held by concurrent searches remain valid; covered
+        rows copy no vector.
         """
         dead = self._n - self._live
-        if dead < _COMPACT_MIN_DEAD or dead < _COMPACT_FRACTION * self._n:
-            return
         keep = np.flatnonzero(self._alive[: self._n])
         covered = int(np.searchsorted(keep, self._covered))
         split = 0 if self._keep else covered  # rows below split take no chunk copy
@@ -299,7 +318,94 @@ class VectorIndex(Maintainer):
         self._seq[: self._n] = seq
         self._next_seq = next_seq
         self._covered = covered
+        self._layout += 1
         logger.debug("compacted vector store: %d dead rows dropped, %d kept", dead, self._n)
+
+    def _compaction_pending(self) -> bool:
+        with self._lock:
+            return self._compaction_due_locked()
+
+    def _compact_step(self) -> bool:
+        """Compact the flat store as ``_compact_locked`` does, but copy the live
+        rows into new chunks with the lock released (caller holds ``_maint_lock``,
+        so no graph step moves the covered rows meanwhile). Writes go on during
+        the copy: rows appended meanwhile are copied after it, again without the
+        lock, until at most a chunk's worth is left, which the install copies;
+        rows tombstoned meanwhile stay tombstones in the new layout. So the lock
+        is held for a snapshot of the row arrays and an install, not for the
+        copy. Returns False, having changed nothing, when a reset or another
+        renumbering came in between or a row appended meanwhile lies in a freed
+        chunk; the caller then compacts under the lock."""
+        with self._lock:
+            if not self._compaction_due_locked():
+                return True
+            layout, n0, covered0 = self._layout, self._n, self._covered
+            alive0 = self._alive[:n0].copy()
+            chunks0, keys0 = list(self._chunks), self._keys[:n0]
+            seq0, norms0 = self._seq[:n0].copy(), self._norms[:n0].copy()
+        keep = np.flatnonzero(alive0)
+        total = len(keep)
+        split = 0 if self._keep else int(np.searchsorted(keep, covered0))  # covered: read from the graph
+        chunks: list[np.ndarray | None] = [None] * (split // CHUNK_ROWS)
+        self._copy_rows(chunks, chunks0, keep[split:], split)  # rows below split in its chunk stay unfilled
+        keys = [keys0[i] for i in keep]
+        row_of = dict(zip(keys, range(total)))
+        upto = n0  # rows appended since the snapshot are copied up to here
+        while True:
+            with self._lock:
+                n1 = self._n
+                if self._layout != layout or self._freed_locked(upto, n1):
+                    return False
+                if n1 - upto <= CHUNK_ROWS:
+                    self._copy_rows(chunks, self._chunks, np.arange(upto, n1), total + upto - n0)
+                    self._install_compaction_locked(chunks, keep, keys, row_of, seq0, norms0, n0)
+                    break
+                src = list(self._chunks)
+            self._copy_rows(chunks, src, np.arange(upto, n1), total + upto - n0)
+            upto = n1
+        logger.debug("compacted vector store: %d dead rows dropped, %d kept", n0 - total, total + n1 - n0)
+        return True
+
+    def _freed_locked(self, lo: int, hi: int) -> bool:
+        """Any of rows [lo, hi) lies in a freed chunk."""
+        return hi > lo and any(self._chunks[c] is None for c in range(lo // CHUNK_ROWS, (hi - 1) // CHUNK_ROWS + 1))
+
+    def _copy_rows(self, dst: list[np.ndarray | None], src: list[np.ndarray | None], rows: np.ndarray,
+                   at: int) -> None:
+        """Copy ``rows`` of the chunks ``src`` to rows ``at``... of the chunks
+        ``dst``, allocating its chunks as they are reached."""
+        row, end = at, at + len(rows)
+        while row < end:
+            c, off = divmod(row, CHUNK_ROWS)
+            take = min(end - row, CHUNK_ROWS - off)
+            while len(dst) <= c:
+                dst.append(self._alloc.chunk(CHUNK_ROWS, self.dim))
+            chunk = dst[c]
+            assert chunk is not None
+            chunk[off : off + take] = gather(src, rows[row - at : row - at + take], self.dim)
+            row += take
+
+    def _install_compaction_locked(self, chunks: list[np.ndarray | None], keep: np.ndarray, keys: list[str],
+                                   row_of: dict[str, int], seq0: np.ndarray, norms0: np.ndarray, n0: int) -> None:
+        """Make the compacted layout current: ``keep`` (the rows live at the
+        snapshot of ``n0`` rows) in order, then every row appended since, with
+        tombstones taken from now."""
+        n1, total = self._n, len(keep)
+        alive = np.concatenate([self._alive[:n0][keep], self._alive[n0:n1]])
+        for j in np.flatnonzero(~alive[:total]).tolist():  # tombstoned during the copy
+            del row_of[keys[j]]  # (re-added since: its new row is in the tail, set below)
+        tail_keys = self._keys[n0:n1]
+        for j in np.flatnonzero(alive[total:]).tolist():
+            row_of[tail_keys[j]] = total + j
+        covered = self._covered
+        self._covered = int(np.searchsorted(keep, covered)) if covered <= n0 else total + covered - n0
+        self._chunks = chunks
+        self._seq = np.concatenate([seq0[keep], self._seq[n0:n1]])
+        self._norms = np.concatenate([norms0[keep], self._norms[n0:n1]])
+        self._alive = alive
+        self._keys, self._row_of, self._n = keys + tail_keys, row_of, total + n1 - n0
+        self._layout += 1
+        self._free_covered_locked()
 
     def _free_covered_locked(self) -> None:
         """Move the covered boundary up to the graph's watermark and free the
@@ -622,6 +728,7 @@ class VectorIndex(Maintainer):
             self._seq[live:n] = graph.total + np.arange(n - live)
             self._next_seq = graph.total + n - live
             self._ann = ann
+            self._layout += 1
             self._free_covered_locked()
             self._cv.notify_all()
         logger.info("vector index: adopted a stored HNSW graph (%d labels, %d live, %d vectors still to index)",
