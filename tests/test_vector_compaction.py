@@ -226,3 +226,20 @@ def test_the_maintainer_thread_compacts_and_searches_do_not_wait_for_the_copy(
     finally:
         release.set()
         index.close()
+
+
+@pytest.mark.parametrize("writes_recent", [True, False])
+def test_the_copy_rests_between_chunks_only_while_writes_flow(deferred: None, writes_recent: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    index, model = _store_with_tombstones(graph=False)
+    index._index_yield = 1.0
+    index._last_upsert = vectors_module.time.monotonic() - (0.0 if writes_recent else 60.0)
+    if writes_recent:  # (the rest is measured from when the last upsert came: keep it recent throughout)
+        monkeypatch.setattr(vectors_module.time, "monotonic", lambda: index._last_upsert)
+    rests: list[float] = []
+    monkeypatch.setattr(vectors_module.time, "sleep", rests.append)
+    with index._maint_lock:
+        assert index._compact_step()
+    # 11,000 live rows: three chunks of 4,096 copied without the lock, a rest after each while writes flow.
+    assert len(rests) == (3 if writes_recent else 0)
+    _assert_holds(index, model)

@@ -48,7 +48,7 @@ from sutra_cluster.storage.ann import Ann, default_beam
 from sutra_cluster.storage.annfile import GraphCapture, GraphStorage, LoadedGraph, flat_storage, keys_hash
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
-from sutra_cluster.storage.maintainer import DEFAULT_MAX_TAIL, DEFAULT_QUIET_S, Maintainer
+from sutra_cluster.storage.maintainer import _BUSY_WINDOW_S, DEFAULT_MAX_TAIL, DEFAULT_QUIET_S, Maintainer
 from sutra_cluster.storage.quant import PQ_BEAM_MAX, ChunkAllocator, check_modes, rescore_fetch, search_params
 from sutra_cluster.storage.vecform import normalise, original
 
@@ -347,7 +347,7 @@ class VectorIndex(Maintainer):
         total = len(keep)
         split = 0 if self._keep else int(np.searchsorted(keep, covered0))  # covered: read from the graph
         chunks: list[np.ndarray | None] = [None] * (split // CHUNK_ROWS)
-        self._copy_rows(chunks, chunks0, keep[split:], split)  # rows below split in its chunk stay unfilled
+        self._copy_rows(chunks, chunks0, keep[split:], split, pace=True)  # rows below split in its chunk: unfilled
         keys = [keys0[i] for i in keep]
         row_of = dict(zip(keys, range(total)))
         upto = n0  # rows appended since the snapshot are copied up to here
@@ -361,7 +361,7 @@ class VectorIndex(Maintainer):
                     self._install_compaction_locked(chunks, keep, keys, row_of, seq0, norms0, n0)
                     break
                 src = list(self._chunks)
-            self._copy_rows(chunks, src, np.arange(upto, n1), total + upto - n0)
+            self._copy_rows(chunks, src, np.arange(upto, n1), total + upto - n0, pace=True)
             upto = n1
         logger.debug("compacted vector store: %d dead rows dropped, %d kept", n0 - total, total + n1 - n0)
         return True
@@ -371,11 +371,14 @@ class VectorIndex(Maintainer):
         return hi > lo and any(self._chunks[c] is None for c in range(lo // CHUNK_ROWS, (hi - 1) // CHUNK_ROWS + 1))
 
     def _copy_rows(self, dst: list[np.ndarray | None], src: list[np.ndarray | None], rows: np.ndarray,
-                   at: int) -> None:
+                   at: int, pace: bool = False) -> None:
         """Copy ``rows`` of the chunks ``src`` to rows ``at``... of the chunks
-        ``dst``, allocating its chunks as they are reached."""
+        ``dst``, allocating its chunks as they are reached. ``pace`` (without the
+        lock): while writes flow, rest ``index_yield`` times as long as each
+        chunk took, as graph work does, so the copy leaves them the CPU."""
         row, end = at, at + len(rows)
         while row < end:
+            t0 = time.monotonic()
             c, off = divmod(row, CHUNK_ROWS)
             take = min(end - row, CHUNK_ROWS - off)
             while len(dst) <= c:
@@ -384,6 +387,8 @@ class VectorIndex(Maintainer):
             assert chunk is not None
             chunk[off : off + take] = gather(src, rows[row - at : row - at + take], self.dim)
             row += take
+            if pace and self._index_yield and time.monotonic() - self._last_upsert < _BUSY_WINDOW_S:
+                time.sleep((time.monotonic() - t0) * self._index_yield)
 
     def _install_compaction_locked(self, chunks: list[np.ndarray | None], keep: np.ndarray, keys: list[str],
                                    row_of: dict[str, int], seq0: np.ndarray, norms0: np.ndarray, n0: int) -> None:
