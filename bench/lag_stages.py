@@ -54,8 +54,10 @@ def reached(marks: Marks, node: str, stage: str, lsn: int) -> int | None:
     return got[1][i] if i < len(got[0]) else None
 
 
-def stages(marks: Marks) -> dict[str, dict[str, list[float]]]:
-    """Per replica: each step's duration in ms for every record the leader logged."""
+def stages(marks: Marks, after_lsn: int = 0) -> dict[str, dict[str, list[float]]]:
+    """Per replica: each step's duration in ms for every record the leader logged
+    after ``after_lsn`` (the marks cover the cluster's whole life: an earlier
+    phase's records are left out this way)."""
     leader = next((n for (n, s) in marks if s.startswith("sent:")), None)
     if leader is None:
         return {}
@@ -66,7 +68,7 @@ def stages(marks: Marks) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {}
     for r in replicas:
         steps: dict[str, list[float]] = defaultdict(list)
-        for lsn in lsns:
+        for lsn in lsns[bisect.bisect_right(lsns, after_lsn):]:
             ts = [reached(marks, n.format(r=r), s.format(r=r), lsn) for n, s in chain]
             if any(t is None for t in ts):
                 continue
@@ -91,10 +93,10 @@ def pct(vals: list[float], q: float) -> float:
     return s[int(q * (len(s) - 1))]
 
 
-def summary(prefix: str) -> dict[str, dict[str, dict[str, float]]]:
-    """{replica: {step: {p50, p99, max, mean, n}}} in ms."""
+def summary(prefix: str, after_lsn: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """{replica: {step: {p50, p99, max, mean, n}}} in ms, over the records after ``after_lsn``."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for r, steps in stages(load(prefix)).items():
+    for r, steps in stages(load(prefix), after_lsn).items():
         out[r] = {k: {"p50": statistics.median(v), "p99": pct(v, 0.99), "max": max(v),
                       "mean": statistics.fmean(v), "n": len(v)} for k, v in steps.items() if v}
     return out

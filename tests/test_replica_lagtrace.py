@@ -31,3 +31,17 @@ def test_a_record_reaches_a_stage_at_the_first_mark_at_or_above_it(tmp_path: Pat
     assert steps["total: L tail -> L ack"] == [20.0, 19.0]
     assert steps["R durable -> R visible"] == [2.0, 5.0]
     assert steps["L durable -> L visible"] == [6.0, 6.0]
+
+
+def test_records_before_a_phase_can_be_left_out(tmp_path: Path) -> None:
+    ms = 1_000_000
+    leader = [("tail", 1, 0), ("durable", 1, 1), ("sent:r1", 1, 2), ("ack:r1", 1, 50),
+              ("tail", 2, 100), ("durable", 2, 101), ("sent:r1", 2, 102), ("ack:r1", 2, 105)]
+    replica = [("recv", 1, 3), ("tail", 1, 4), ("durable", 1, 5), ("ackq", 1, 6),
+               ("recv", 2, 103), ("tail", 2, 103), ("durable", 2, 104), ("ackq", 2, 104)]
+    (tmp_path / "t.1").write_text("".join(f"leader {s} {lsn} {t * ms}\n" for s, lsn, t in leader))
+    (tmp_path / "t.2").write_text("".join(f"r1 {s} {lsn} {t * ms}\n" for s, lsn, t in replica))
+    marks = lag_stages.load(str(tmp_path / "t"))
+    assert lag_stages.stages(marks)["r1"]["total: L tail -> L ack"] == [50.0, 5.0]
+    assert lag_stages.stages(marks, after_lsn=1)["r1"]["total: L tail -> L ack"] == [5.0]
+    assert lag_stages.summary(str(tmp_path / "t"), after_lsn=1)["r1"]["total: L tail -> L ack"]["n"] == 1
