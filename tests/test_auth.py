@@ -119,7 +119,10 @@ def _terms(data_dir: Path) -> bytes | None:
 def _state(node: NodeProcess) -> tuple[object, ...]:
     """What an attack must not change: digest, role, term, terms.json's bytes, every data file."""
     with node.client() as c:
-        d, st = c.digest(), c.stats()
+        st = c.stats()
+        # At the durable LSN: the apply runs behind the log, so a digest taken right after an
+        # acknowledged write could be of the state before it (CI saw 0 concepts, then 1).
+        d = c.digest(st.durable_lsn)
     return d.digest, d.lsn, d.concepts, st.role, st.term, _terms(node.data_dir), _files(node.data_dir)
 
 
