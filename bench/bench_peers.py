@@ -67,9 +67,15 @@ TOPOLOGIES = {  # key: (replicas, label)
 }
 
 
+def stat_fields(path: str) -> list[str]:
+    """The fields of a ``/proc/<pid>[/task/<tid>]/stat`` file after the command name
+    (fields[0] is the state; utime is fields[11], stime fields[12], minflt fields[7])."""
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
+    parts = stat_fields(f"/proc/{pid}/stat")
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -83,8 +89,7 @@ def machine_times() -> tuple[int, int]:
 def minor_faults(pid: int) -> int:
     """Minor page faults of ``pid`` so far: each is a page it touched for the first time
     (or again after handing it back), cleared by the kernel."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])
+    return int(stat_fields(f"/proc/{pid}/stat")[7])
 
 
 def wakeups(pid: int) -> int:
@@ -246,8 +251,7 @@ def thread_times(pid: int) -> dict[int, tuple[int, int]]:
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(FileNotFoundError, StopIteration):
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                parts = f.read().rsplit(")", 1)[1].split()
+            parts = stat_fields(f"/proc/{pid}/task/{tid}/stat")
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 wake = next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
             out[int(tid)] = (int(parts[11]) + int(parts[12]), wake)

@@ -101,17 +101,10 @@ class Maintainer:
     _ef_construction: int
     quantization: str
 
-    def _compaction_due_locked(self) -> bool:
-        """(Overridden by the store) tombstones due to be dropped by ``_compact_step``."""
-        return False
-
-    def _compaction_pending(self) -> bool:
-        return False
-
-    def _compact_step(self) -> bool:
-        return True
-
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # the store's flat-store compaction (vectors.py), which this thread runs too
+        def _compaction_due_locked(self) -> bool: ...
+        def _compaction_pending(self) -> bool: ...
+        def _compact_step(self) -> bool: ...
         def _compact_locked(self) -> None: ...
         def _view_locked(self) -> View: ...
         def _rows_for_seqs_locked(self, seqs: np.ndarray) -> np.ndarray: ...
@@ -167,6 +160,11 @@ class Maintainer:
 
     _state = "idle"  # index_state; written under _lock by the background thread only
     build_threads = 0  # faiss threads of the background thread's latest graph work (0: none yet)
+
+    def _writes_flowing(self) -> bool:
+        """Background work should rest ``_index_yield`` times what it took: an upsert came
+        within ``_BUSY_WINDOW_S`` (and resting is not switched off)."""
+        return bool(self._index_yield) and time.monotonic() - self._last_upsert < _BUSY_WINDOW_S
 
     def _tail_locked(self) -> int:
         """Rows a search scans exactly: those past the published graph's prefix."""
@@ -335,7 +333,7 @@ class Maintainer:
                     self._step(auto=True, budget=self._batch)
                 self._trim_due = True
                 took = time.monotonic() - t0
-                if self._index_yield and time.monotonic() - self._last_upsert < _BUSY_WINDOW_S:
+                if self._writes_flowing():
                     with self._cv:  # writes are flowing: give them the CPU for a while
                         if not self._stop:
                             self._cv.wait(timeout=took * self._index_yield)

@@ -48,7 +48,7 @@ from sutra_cluster.storage.ann import Ann, default_beam
 from sutra_cluster.storage.annfile import GraphCapture, GraphStorage, LoadedGraph, flat_storage, keys_hash
 from sutra_cluster.storage.filtered import ann_filtered
 from sutra_cluster.storage.flatstore import CHUNK_ROWS, View, gather, ranked, top_k
-from sutra_cluster.storage.maintainer import _BUSY_WINDOW_S, DEFAULT_MAX_TAIL, DEFAULT_QUIET_S, Maintainer
+from sutra_cluster.storage.maintainer import DEFAULT_MAX_TAIL, DEFAULT_QUIET_S, Maintainer
 from sutra_cluster.storage.quant import PQ_BEAM_MAX, ChunkAllocator, check_modes, rescore_fetch, search_params
 from sutra_cluster.storage.vecform import normalise, original
 
@@ -387,7 +387,7 @@ class VectorIndex(Maintainer):
             assert chunk is not None
             chunk[off : off + take] = gather(src, rows[row - at : row - at + take], self.dim)
             row += take
-            if pace and self._index_yield and time.monotonic() - self._last_upsert < _BUSY_WINDOW_S:
+            if pace and self._writes_flowing():
                 time.sleep((time.monotonic() - t0) * self._index_yield)
 
     def _install_compaction_locked(self, chunks: list[np.ndarray | None], keep: np.ndarray, keys: list[str],
