@@ -75,7 +75,8 @@ def test_real_rules_hold_for_the_fixed_budget(mode: str) -> None:
     res = search(range(1, BUDGET + 1), rules, SHAPE, kinds=SAFETY)
     print(f"\n{report(res, rules, SHAPE)}: {res.events} events, {res.acked} writes acknowledged, "
           f"{res.failovers} promotions, {res.lost_async} acknowledged writes lost (async), "
-          f"{res.exposed_cuts} replica reads of a tail cut later, {res.replica_shown} records shown by replicas; "
+          f"{res.exposed_cuts} replica reads of a tail cut later, {res.replica_shown} records shown by replicas, "
+          f"{res.lost_tail_held} crashes of a leader whose lost tail a replica held; "
           f"other findings: "
           f"{ {k: (n, o.seed) for k, (n, o) in res.other.items()} }")
     assert res.failure is None, report(res, rules, SHAPE)
@@ -85,6 +86,8 @@ def test_real_rules_hold_for_the_fixed_budget(mode: str) -> None:
     assert res.failovers > BUDGET
     # Replicas showed records to reads (in sync mode, as their leaders' commit news allowed).
     assert res.replica_shown > 10 * BUDGET
+    # Leaders stream records before their own fsync: crashes lost tails replicas held.
+    assert res.lost_tail_held > 0
     if mode == "sync":
         assert res.lost_async == 0
 

@@ -131,16 +131,38 @@ class LeaderStreams:
         # (last LSN of a group, when it became durable here), oldest first.
         self._durable_at: deque[tuple[int, float]] = deque(maxlen=DURABLE_TIMES_KEPT)
         engine.durable_listeners.append(self._on_durable)
+        # Managed, a leader streams each group once it is written to its log file,
+        # so the replicas' receive, append and fsync overlap its own fsync. Such a
+        # record is lost on this node only with its machine (or a failed fsync,
+        # which is fatal), and a node that comes back leads only in a new term, so
+        # a replica holding the lost tail is cut back like any divergent tail
+        # (``divergence``) or, promoted, keeps it. Nothing counts it as committed
+        # before it is durable here too (``SyncCommit.commit_lsn``, the writer's own
+        # wait). Without etcd a restarted leader keeps its term, and could write
+        # other records at those LSNs in the same term: it streams durable records.
+        self.unflushed = managed
+        if self.unflushed:
+            engine.written_listeners.append(self._on_written)
 
     def _on_durable(self, lsn: int) -> None:
         # Lag is counted from when a record became durable here (PostgreSQL's
-        # flush_lag does the same): until then no replica could have had it.
+        # flush_lag does the same); a replica that flushed it sooner has no lag.
         times = self._durable_at
         if times and times[-1][0] >= lsn:
             times.clear()  # the log was cut back and LSNs are reused: older times no longer apply
         times.append((lsn, time.monotonic()))
+        if not self.unflushed:  # else the feeders were woken when the group was written
+            with self._data:
+                self._data.notify_all()
+
+    def _on_written(self, lsn: int) -> None:
         with self._data:
             self._data.notify_all()
+
+    def _send_limit(self) -> int:
+        """The highest LSN a replica may be sent."""
+        wal = self.engine.wal
+        return wal.written_lsn if self.unflushed else wal.durable_lsn
 
     def wake_commits(self) -> None:
         """Wake writes waiting for replicas (the role changed: they fail now)."""
@@ -246,7 +268,7 @@ class LeaderStreams:
             self._streams += 1
             # A replica is counted from what this leader has itself sent it, never
             # from the LSN its hello claims: acknowledgements above ``sent`` are cut.
-            start = min(hello.last_lsn, eng.wal.durable_lsn)
+            start = min(hello.last_lsn, self._send_limit())
             pos = self.commit.connect(hello.node_id, 0, time.monotonic())
             f = Follower(hello.node_id, hello.address, pos, written=start, sent=start, stream_id=self._streams)
             old = self.followers.get(hello.node_id)
@@ -290,7 +312,7 @@ class LeaderStreams:
             yield rpb.LeaderMessage(**head, need_snapshot=rpb.NeedSnapshot(reason=reason))
             return
         while context.is_active() and f.connected and eng.role == Role.LEADER and eng.term == term and not self.closing:
-            entries: list[Any] | None = eng.read_after(pos, MAX_MESSAGE_BYTES)
+            entries: list[Any] | None = eng.read_after(pos, MAX_MESSAGE_BYTES, upto=self._send_limit())
             if entries is None:
                 if disk is None:
                     if pos + 1 < eng.wal.first_lsn:
@@ -370,7 +392,7 @@ class LeaderStreams:
         return self.commit.mode == CommitMode.SYNC and self.commit_lsn() > f.commit_sent
 
     def _more_to_send(self, f: Follower, sent: int) -> bool:
-        return self.engine.wal.durable_lsn > sent or not f.connected
+        return self._send_limit() > sent or not f.connected
 
     def _read_acks(self, requests: Iterator[rpb.FollowerMessage], f: Follower) -> None:
         try:

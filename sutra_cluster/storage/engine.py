@@ -111,6 +111,9 @@ class Engine(HistoryOps, TxnOps):
         self.terms = TermHistory(self.dir)
         self.txns = PreparedTxns()  # cross-shard parts prepared here and not yet decided
         self.durable_listeners: list[Callable[[int], None]] = []
+        # Told each group's last LSN once it is in the log file, before its fsync:
+        # a managed leader streams it to replicas while that fsync runs.
+        self.written_listeners: list[Callable[[int], None]] = []
         self.applied_lsn = 0
         self.checkpoint_lsn = 0
         self.backup_lsn = 0
@@ -176,6 +179,7 @@ class Engine(HistoryOps, TxnOps):
         wal.on_fsync = self._on_fsync
         self._last_durable = wal.durable_lsn
         wal.add_durable_listener(self._on_durable)
+        wal.add_written_listener(self._on_written)
         return wal
 
     def _on_durable(self, lsn: int) -> None:
@@ -184,6 +188,10 @@ class Engine(HistoryOps, TxnOps):
             self.metrics.group_size.observe(group)  # records made durable by one fsync
         self._last_durable = lsn
         for fn in self.durable_listeners:
+            fn(lsn)
+
+    def _on_written(self, lsn: int) -> None:
+        for fn in self.written_listeners:
             fn(lsn)
 
     @property

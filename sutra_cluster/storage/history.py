@@ -104,10 +104,13 @@ class HistoryOps:
         self.written += sum(n for _, _, n in appended)
         return last
 
-    def read_after(self, lsn: int, max_bytes: int = 4 << 20, max_count: int = 4096) -> list[Entry] | None:
-        """Durable records after ``lsn`` from memory; None when memory does not reach
-        back that far (the caller then reads the WAL files)."""
-        return self.recent.after(lsn, self.wal.durable_lsn, max_bytes, max_count)
+    def read_after(self, lsn: int, max_bytes: int = 4 << 20, max_count: int = 4096,
+                   upto: int | None = None) -> list[Entry] | None:
+        """Records after ``lsn`` from memory, up to ``upto`` (default: the durable
+        LSN); None when memory does not reach back that far (the caller then
+        reads the WAL files)."""
+        limit = self.wal.durable_lsn if upto is None else upto
+        return self.recent.after(lsn, limit, max_bytes, max_count)
 
     def begin_term(self, term: int) -> int:
         """Start writing in ``term`` (promotion): log a term record and make it

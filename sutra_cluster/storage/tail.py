@@ -1,4 +1,4 @@
-"""The in-memory tail of the WAL (durable records, newest last), so that replicas that keep up are fed
+"""The in-memory tail of the WAL (records as they are logged, newest last), so that replicas that keep up are fed
 from memory (no re-reading of WAL files) and lag can be told in bytes and time.
 """
 

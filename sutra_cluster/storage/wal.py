@@ -31,7 +31,9 @@ and write generations are one discipline, best read in one place.
 from __future__ import annotations
 
 import errno as errno_mod
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +55,8 @@ from sutra_cluster.storage.wal_format import (
 from sutra_cluster.storage.wal_reader import DropCallback, LogDir, load_log_dir, scan_segment
 from sutra_cluster.storage.wal_segments import SegmentFiles, repair_torn_tail, wal_files
 from sutra_cluster.storage.wal_waiters import Waiters
+
+FSYNC_GATE = "fsync.gate"  # see WriteAheadLog._hold_at_gate
 
 __all__ = [
     "Lsn",
@@ -119,6 +123,8 @@ class WriteAheadLog:
         self.fsync_seconds = 0.0
         #: optional metrics hook, called with each group fsync's duration
         self.on_fsync: Callable[[float], None] | None = None
+        # Fault injection for crash tests: see _hold_at_gate.
+        self._gate = self._dir / FSYNC_GATE if os.environ.get("SUTRA_FAULT_FSYNC_GATE") == "1" else None
 
         self._io = threading.Lock()
         self._mu = threading.Lock()
@@ -137,10 +143,11 @@ class WriteAheadLog:
         self._stopping = False
         self._closed = False
         self._listeners: list[Callable[[int], None]] = []
+        self._written_listeners: list[Callable[[int], None]] = []
 
         self._segs = SegmentFiles(self._dir, fsync=fsync, fatal=self._enter_fatal)  # guarded by _io
         self._recover(start_lsn)
-        self._last_lsn = self._durable_lsn = self._segs.active.last_lsn
+        self._last_lsn = self._durable_lsn = self._written_lsn = self._segs.active.last_lsn
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
         self._thread.start()
 
@@ -264,6 +271,16 @@ class WriteAheadLog:
         except OSError as exc:
             self._write_failed(exc, first)
             return None
+        with self._mu:
+            self._written_lsn = last
+            written = list(self._written_listeners)
+        for fn in written:  # in the file now: only an fsync failure (fatal) or power loss can undo it
+            try:
+                fn(last)
+            except Exception:
+                logger.exception("WAL written listener %r failed", fn)
+        if self._gate is not None:
+            self._hold_at_gate(first, last)
         if self._fsync:
             t0 = time.monotonic()
             try:
@@ -282,6 +299,23 @@ class WriteAheadLog:
             self._durable_lsn = last
             self._wake_writers()
         return last
+
+    def _hold_at_gate(self, first: int, last: int) -> None:
+        """Fault injection for crash tests (``SUTRA_FAULT_FSYNC_GATE=1``): while a
+        file ``fsync.gate`` is in the log's folder, a written group waits before its
+        fsync, and ``fsync.gate.json`` says where the log file's durable bytes end,
+        so a test can SIGKILL the process and cut the file there, as losing the
+        machine would (``_io`` is held: no later group is written meanwhile)."""
+        gate = self._gate
+        if gate is None or not gate.exists():
+            return
+        where = {"path": str(self._segs.active_path), "durable_size": self._segs.active.size,
+                 "first_lsn": first, "last_lsn": last}
+        gate.with_name(FSYNC_GATE + ".json").write_text(json.dumps(where))
+        logger.warning("fault injection: WAL %s: records %d..%d written, fsync held while %s exists",
+                       self._dir, first, last, gate.name)
+        while gate.exists():
+            time.sleep(0.01)
 
     def _write_failed(self, exc: OSError, first: int) -> None:
         """Undo a failed group write; its records and later ones fail."""
@@ -329,6 +363,14 @@ class WriteAheadLog:
         """Highest LSN appended, durable or not."""
         with self._mu:
             return self._last_lsn
+
+    @property
+    def written_lsn(self) -> int:
+        """Highest LSN written to the log file, fsynced or not. A failed write is
+        undone and its LSNs reused; a written record is lost only with the
+        process's machine (power, kernel) or a failed fsync, which is fatal."""
+        with self._mu:
+            return max(self._written_lsn, self._durable_lsn)
 
     @property
     def durable_lsn(self) -> int:
@@ -470,6 +512,12 @@ class WriteAheadLog:
         with self._mu:
             self._listeners.append(fn)
 
+    def add_written_listener(self, fn: Callable[[int], None]) -> None:
+        """Call ``fn(written_lsn)`` from the flushing thread once a group is in the
+        log file, before its fsync (which it delays by as long as ``fn`` takes)."""
+        with self._mu:
+            self._written_listeners.append(fn)
+
     # -------------------------------------------------------------- segments
 
     def rotate(self) -> None:
@@ -573,7 +621,7 @@ class WriteAheadLog:
             except OSError as exc:
                 raise WalWriteError(f"WAL truncate_after({lsn}) failed in {self._dir}: {exc}") from exc
             with self._mu:
-                self._last_lsn = self._durable_lsn = lsn
+                self._last_lsn = self._durable_lsn = self._written_lsn = lsn
             logger.warning("WAL %s: removed %d records after lsn %d", self._dir, len(removed), lsn)
             return removed
 

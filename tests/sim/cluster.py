@@ -36,6 +36,8 @@ class Rules:
     # What a replica shows to reads in sync mode: "commit", the real rule (the leader's commit LSN as
     # last told, on records and heartbeats), or "durable" (a broken rule: all it holds).
     replica_shows: str = "commit"
+    # Whether a leader streams records before they are durable on it (the real rule, managed).
+    unflushed: bool = True
     name: str = "real rules"
 
 
@@ -52,6 +54,7 @@ class Stats:
     acked: int = 0
     failovers: int = 0
     replica_shown: int = 0  # records replicas made visible to reads (so the reads check is not vacuous)
+    lost_tail_held: int = 0  # crashes that lost records a replica had already been streamed
     tick_errors: list[str] = field(default_factory=list)
 
 

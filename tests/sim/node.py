@@ -6,8 +6,10 @@ the process and is lost: role, streams, the commit bookkeeping (a real
 ``SyncCommit``), pending writes.
 
 Modelled after ``ReplicationManager`` / ``LeaderStreams`` / ``FollowerLoop``:
-- a leader streams only durable records, and counts a replica's position from
-  its hello (``connect``) and its acknowledgements (``ack``);
+- a leader streams records before they are durable on it (``LeaderStreams.unflushed``:
+  the real one waits until they are in its log file; here they go at once, and a crash
+  loses everything not durable, as losing the machine would), and counts a replica's
+  position from its hello (``connect``) and its acknowledgements (``ack``);
 - a write is acknowledged only once it is durable here, ``SyncCommit.try_commit``
   admits it, and the HA loop's fence passes, in that order;
 - a follower's hello carries its last LSN, the term there and the highest term
@@ -139,6 +141,9 @@ class SimNode:
         """Lose the process and everything not durable."""
         self.alive = False
         if len(self.log) > self.durable:
+            lost = set(enumerate(self.log[self.durable:], self.durable + 1))
+            if any(lost & set(enumerate(n.log, 1)) for n in self.c.nodes.values() if n is not self):
+                self.c.stats.lost_tail_held += 1  # a replica holds records this node's crash lost
             self.log = self.log[: self.durable]
         self.terms.truncate(self.durable)
         self.exposed = min(self.exposed, self.durable)
@@ -274,6 +279,9 @@ class SimNode:
         self.log.append((self.lead_term, wid))
         self.pending.append(Pending(len(self.log), wid, self.c.sched.now + self.c.cfg.sync_timeout_ms / 1000.0))
         self._flush()
+        if self.c.rules.unflushed:
+            for s in list(self.out.values()):
+                self._feed(s)
 
     def _fail_pending(self) -> None:
         self.pending.clear()
@@ -318,12 +326,16 @@ class SimNode:
             self.out.pop(s.follower, None)
             self.c.wire.reset(s, (s.follower,))
             return False
-        if s.sent >= self.durable:
+        limit = self._send_limit()
+        if s.sent >= limit:
             return False
-        entries = self.log[s.sent: self.durable]
+        entries = self.log[s.sent: limit]
         self.c.wire.send(s.down, self.c.nodes[s.follower].on_records, s, s.sent + 1, entries, self.commit_news())
-        s.sent = self.durable
+        s.sent = limit
         return True
+
+    def _send_limit(self) -> int:
+        return len(self.log) if self.c.rules.unflushed else self.durable
 
     def commit_news(self) -> int:
         """The commit LSN a message to a replica carries (LeaderStreams._commit_for): in sync mode
@@ -371,7 +383,7 @@ class SimNode:
             self.c.wire.reset(old, ())
         # Counted from what this leader itself sent, never from the hello's claim.
         s.pos = self.sync.connect(s.follower, 0, self.c.sched.now)
-        s.sent = min(h.last_lsn, self.durable)
+        s.sent = min(h.last_lsn, self._send_limit())
         self.out[s.follower] = s
         if not self._feed(s):
             self.c.wire.send(s.down, self.c.nodes[s.follower].on_heartbeat, s, self.durable, self.commit_news())

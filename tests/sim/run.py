@@ -123,6 +123,7 @@ class Search:
     lost_async: int = 0
     exposed_cuts: int = 0
     replica_shown: int = 0
+    lost_tail_held: int = 0
     tick_errors: list[str] = field(default_factory=list)
     # Violations of kinds the search was not looking for: kind -> (count, first outcome).
     other: dict[str, tuple[int, Outcome]] = field(default_factory=dict)
@@ -146,6 +147,7 @@ def search(seeds: Iterable[int], rules: Rules, shape: Shape = Shape(), *, second
         res.lost_async += o.lost
         res.exposed_cuts += o.exposed_cuts
         res.replica_shown += o.stats.replica_shown
+        res.lost_tail_held += o.stats.lost_tail_held
         res.tick_errors.extend(o.stats.tick_errors[:1])
         if o.violation is not None and kinds is not None and o.violation.kind not in kinds:
             n, first = res.other.get(o.violation.kind, (0, o))
