@@ -16,7 +16,10 @@ bytes, same worker count), measured in the same run: the ceiling of a sync
 Python gRPC server here. How the peers' binaries are found: bench/peers.py.
 
 Sutra topologies: 1 node; leader + 1 replica, sync (PostgreSQL's topology);
-leader + 2 replicas, sync with SUTRA_SYNC_REPLICAS=1; each with HNSW off
+leader + 2 replicas, sync with SUTRA_SYNC_REPLICAS=1. Replicated topologies run
+as deployed, with an etcd of their own deciding who leads (--failover none: fixed
+roles, no etcd; a leader then streams only records durable on it, see
+docs/HA.md). Each with HNSW off
 (SUTRA_ANN_THRESHOLD above the data) and at the default threshold (10,000), where
 the batched phase's 12,000 records make HNSW indexing due while the single
 writes run (nodes since SUTRA_INDEX_QUIET_MS wait for them; the report says how
@@ -114,8 +117,9 @@ class Sutra:
     another checkout (``checkout``: its nodes run that tree's code)."""
 
     def __init__(self, base: Path, topo: str, hnsw: bool, checkout: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, managed: bool = True) -> None:
         self.base = base
+        self.managed = managed
         self.replicas, label = TOPOLOGIES[topo]
         self.key = f"sutra-{topo}-{'hnsw' if hnsw else 'flat'}" + ("-before" if checkout else "")
         self.name = f"{label}, HNSW {'default' if hnsw else 'off'}" + (" (before)" if checkout else "")
@@ -138,8 +142,11 @@ class Sutra:
                 nodes: list[NodeProcess] = [node]
             else:
                 env = {**self.env, "SUTRA_SYNC_REPLICAS": "1"}
-                c = self.stack.enter_context(tc.running_cluster(self.base, self.replicas, "sync", env=env))
-                tc.wait_streaming(c.leader, [r.name for r in c.replicas])
+                if self.managed:
+                    c = self.stack.enter_context(tc.running_managed_cluster(self.base, self.replicas, "sync", env=env))
+                else:
+                    c = self.stack.enter_context(tc.running_cluster(self.base, self.replicas, "sync", env=env))
+                    tc.wait_streaming(c.leader, [r.name for r in c.replicas])
                 nodes = list(c.nodes)
         finally:
             helpers.ROOT = old
@@ -407,6 +414,9 @@ def main() -> int:
     ap.add_argument("--before", default="", help="another checkout: its Sutra nodes run too, labelled (before)")
     ap.add_argument("--profile", default="", help="profile these Sutra keys' leaders (sutra-1-flat,...) in bench/profiles/")
     ap.add_argument("--node-env", default="", help="extra settings for every Sutra node: K=V,K=V")
+    ap.add_argument("--failover", choices=("etcd", "none"), default="etcd",
+                    help="replicated Sutra topologies with an etcd of their own, as deployed (default), or "
+                         "with fixed roles and no etcd")
     ap.add_argument("--pg-bin", default="", help="folder of initdb/pg_ctl (default: see bench/peers.py)")
     ap.add_argument("--tmp", default=None, help="folder for all data (default: the system's temp folder)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "peers.json"))
@@ -464,7 +474,8 @@ def main() -> int:
             # exit: the fresh-memory column) and paid ~2.5x the CPU per record.
             turn = rnd % max(1, len(sutra_keys))
             for topo, hnsw, co in sorted(sutra_keys[turn:] + sutra_keys[:turn], key=lambda k: first.index(k[2])):
-                s = Sutra(base / f"s{rnd}-{topo}-{int(hnsw)}-{int(co is not None)}", topo, hnsw, co, node_env)
+                s = Sutra(base / f"s{rnd}-{topo}-{int(hnsw)}-{int(co is not None)}", topo, hnsw, co, node_env,
+                          managed=args.failover == "etcd")
                 names[s.key] = s.name
                 try:
                     s.start()
@@ -486,7 +497,8 @@ def main() -> int:
                 conc.setdefault("echo", []).append(concurrent(echo.address, peers.ECHO_METHOD, creqs, args.threads))
                 for co in checkouts if rnd % 2 == 0 else checkouts[::-1]:
                     for topo in args.concurrent_topologies.split(","):
-                        s = Sutra(base / f"c{rnd}-{topo}-{int(co is not None)}", topo, False, co, node_env)
+                        s = Sutra(base / f"c{rnd}-{topo}-{int(co is not None)}", topo, False, co, node_env,
+                                  managed=args.failover == "etcd")
                         try:
                             s.start()
                             w0, c0 = s.wakeups(), s.cpu()

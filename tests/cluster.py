@@ -161,6 +161,49 @@ def running_cluster(base: Path, replicas: int = 2, mode: str = "async", env: dic
         c.stop_all()
 
 
+@contextmanager
+def running_managed_cluster(base: Path, replicas: int = 2, mode: str = "sync",
+                            env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """As ``running_cluster``, with etcd deciding who leads (the HA deployment):
+    an etcd of its own, and nodes named as there, ``leader`` being the initial
+    leader preference. Yields once a node leads and every other one streams from
+    it; ``Cluster.leader`` is the node that leads. etcd is ended too."""
+    from tests.etcd import EtcdProcess
+
+    base.mkdir(parents=True, exist_ok=True)
+    etcd = EtcdProcess(base / "etcd")
+    c: Cluster | None = None
+    try:
+        etcd.start()
+        ports = free_ports(2 * (replicas + 1))
+        common = {"VECTOR_DIMENSION": str(DIM), "SUTRA_COMMIT_MODE": mode,
+                  "SUTRA_ETCD_ENDPOINTS": etcd.endpoint, **(env or {})}
+        names = ["leader", *(f"r{i}" for i in range(1, replicas + 1))]
+        nodes = [Node(nm, base / nm, {**common, "SUTRA_NODE_ROLE": "leader" if i == 0 else "replica"},
+                      ports[i], ports[replicas + 1 + i], base / f"{nm}.log") for i, nm in enumerate(names)]
+        c = Cluster(base, nodes[0], nodes[1:])
+        _start_all(nodes)
+
+        def led() -> Node | None:
+            for n in nodes:
+                st = n.status()
+                if st.role == "leader" and all(
+                        r.state == "streaming" for r in st.replicas) and len(st.replicas) == replicas:
+                    return n
+            return None
+
+        lead = wait_for(led, 60, "a leader elected through etcd, with every other node streaming from it")
+        assert lead is not None
+        c.leader, c.replicas = lead, [n for n in nodes if n is not lead]
+        yield c
+    finally:
+        try:
+            if c is not None:
+                c.stop_all()
+        finally:
+            etcd.stop()
+
+
 # ---- waiting and comparing ----------------------------------------------------
 def wait_streaming(leader: Node, names: Sequence[str], timeout: float = 30.0) -> rpb.ReplicationStatus:
     """Until the leader reports every named replica connected and streaming, and

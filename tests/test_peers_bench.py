@@ -71,3 +71,33 @@ def test_bench_peers_reports_faults_cpu_and_fresh_memory_per_system(tmp_path: Pa
     assert row["fresh_memory_ms_per_mb"] > 0
     assert "| Sutra, 1 node, HNSW off |" in proc.stdout
     assert "page faults" in proc.stdout and "fresh memory, ms/MB" in proc.stdout
+
+
+def _processes_under(path: Path) -> list[str]:
+    """Command lines of live processes that name ``path`` (data folders of nodes, etcd)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(path) in cmd:
+                out.append(cmd)
+    return out
+
+
+@pytest.mark.slow
+def test_bench_peers_runs_replicated_topologies_under_etcd_and_ends_every_process(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_peers.py"), "--systems", "sutra", "--topologies", "2",
+         "--hnsw", "off", "--rounds", "1", "--batches", "1", "--singles", "5", "--tmp", str(tmp_path),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["args"]["failover"] == "etcd"
+    row = res["medians"]["sutra-2-flat"]
+    assert row["batched"] > 0 and row["single"] > 0, row
+    assert not _processes_under(tmp_path), _processes_under(tmp_path)
