@@ -8,7 +8,9 @@ at a fixed write rate.
 Every configuration ingests the same batches (768-d vectors, LearnBatch of
 --batch concepts from --threads client threads, for --seconds). Replicated
 figures are reported as a ratio to single-node ingest measured in the same run.
-Lag: an async leader with two replicas takes a paced load of --rate concepts/s
+Clusters run as deployed, with an etcd of their own deciding who leads
+(``--failover none``: fixed roles and no etcd; a leader then streams only records
+durable on it). Lag: an async leader with two replicas takes a paced load of --rate concepts/s
 while the leader's GetReplicationStatus is sampled every 20 ms; p50/p99 of the
 per-replica lag in milliseconds are reported (the guide's target: about 10 ms).
 With ``--before <checkout>`` that tree's nodes are measured too, alternating
@@ -136,8 +138,11 @@ def run_tree(tmp: Path, a: argparse.Namespace, node_env: dict[str, str]) -> dict
         trace = str(tmp / f"trace-{mode}")
         if a.trace:
             env["SUTRA_LAG_TRACE"] = trace  # an older tree without lagtrace ignores it
-        with tc.running_cluster(tmp / mode, replicas=2, mode=mode, env=env) as c:
-            tc.wait_streaming(c.leader, ["r1", "r2"])
+        managed = a.failover == "etcd"
+        start = tc.running_managed_cluster if managed else tc.running_cluster
+        with start(tmp / mode, replicas=2, mode=mode, env=env) as c:
+            if not managed:
+                tc.wait_streaming(c.leader, ["r1", "r2"])
             if not a.lag_only:
                 out[f"{mode}_per_s"] = ingest(c.leader.address, a.seconds, a.threads, a.batch)
             if mode == "async":
@@ -197,6 +202,8 @@ def main() -> int:
                    help="nodes mark each record's stages (SUTRA_LAG_TRACE); prints where the async lag goes")
     p.add_argument("--node-env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment setting for every node (both trees; a tree that lacks it ignores it)")
+    p.add_argument("--failover", choices=("etcd", "none"), default="etcd",
+                   help="the clusters with an etcd of their own, as deployed (default), or fixed roles and no etcd")
     p.add_argument("--out", default="bench/results/replication.json")
     a = p.parse_args()
     tc.DIM = DIM
