@@ -55,16 +55,22 @@ def test_fresh_memory_probe_holds_its_pages_until_the_block_ends() -> None:
     assert after < 4 << 20, after  # handed back afterwards
 
 
-@pytest.mark.slow
-def test_bench_peers_reports_faults_cpu_and_fresh_memory_per_system(tmp_path: Path) -> None:
+def _bench_sutra(tmp_path: Path, topology: str, batches: int) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """bench_peers on one Sutra topology, one round, HNSW off: its output and its JSON."""
     out = tmp_path / "peers.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_peers.py"), "--systems", "sutra", "--topologies", "1",
-         "--hnsw", "off", "--rounds", "1", "--batches", "2", "--singles", "5", "--tmp", str(tmp_path),
+        [sys.executable, str(ROOT / "bench" / "bench_peers.py"), "--systems", "sutra", "--topologies", topology,
+         "--hnsw", "off", "--rounds", "1", "--batches", str(batches), "--singles", "5", "--tmp", str(tmp_path),
          "--out", str(out)],
         capture_output=True, text=True, timeout=300, start_new_session=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    row = json.loads(out.read_text())["medians"]["sutra-1-flat"]
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_bench_peers_reports_faults_cpu_and_fresh_memory_per_system(tmp_path: Path) -> None:
+    proc, res = _bench_sutra(tmp_path, "1", batches=2)
+    row = res["medians"]["sutra-1-flat"]
     # 2,000 records of 768 floats are ~6 MB the node did not hold before: it must touch new pages.
     assert row["all_nodes_faults_per_batched_record"] > 0.1, row
     assert row["leader_faults_per_batched_record"] == row["all_nodes_faults_per_batched_record"]  # one node
@@ -89,14 +95,7 @@ def _processes_under(path: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_bench_peers_runs_replicated_topologies_under_etcd_and_ends_every_process(tmp_path: Path) -> None:
-    out = tmp_path / "peers.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_peers.py"), "--systems", "sutra", "--topologies", "2",
-         "--hnsw", "off", "--rounds", "1", "--batches", "1", "--singles", "5", "--tmp", str(tmp_path),
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=300, start_new_session=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(out.read_text())
+    _, res = _bench_sutra(tmp_path, "2", batches=1)
     assert res["args"]["failover"] == "etcd"
     row = res["medians"]["sutra-2-flat"]
     assert row["batched"] > 0 and row["single"] > 0, row
