@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import peers  # noqa: E402  (bench/ is on sys.path: this script's folder)
+from diskprobe import fsync_rate  # noqa: E402
 from memprobe import fresh_memory_cost  # noqa: E402
 
 from sutra_cluster.pb import storage_pb2 as pb  # noqa: E402
@@ -356,9 +357,12 @@ def summarise(raw: Path, out: Path, title: str, top: int = 40) -> None:
 
 # ---- the run ------------------------------------------------------------------
 def measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Record], size: int,
-            prof: Callable[[str], Profiler | None]) -> dict[str, float]:
+            prof: Callable[[str], Profiler | None], probe_dir: Path) -> dict[str, float]:
+    """One system's figures, with what the machine's memory and disk cost just before
+    (bench/memprobe.py, bench/diskprobe.py)."""
+    fsyncs = fsync_rate(probe_dir)
     with fresh_memory_cost() as cost:
-        row = {"fresh_memory_ms_per_mb": cost}
+        row = {"fresh_memory_ms_per_mb": cost, "disk_fsyncs_per_s": fsyncs}
         row.update(_measure(sys_, recs, singles, size, prof))
     return row
 
@@ -463,7 +467,7 @@ def main() -> int:
             for p in peer_list:
                 key = type(p).__name__.lower()
                 names[key] = p.name
-                runs.setdefault(key, []).append(measure(p, batch, singles, args.batch_size, lambda _: None))
+                runs.setdefault(key, []).append(measure(p, batch, singles, args.batch_size, lambda _: None, base))
                 print(f"round {rnd + 1}: {p.name}: {runs[key][-1]}", flush=True)
             # Which tree goes first alternates round by round, so the position in a
             # round (the writeback of the runs before it) does not favour one tree.
@@ -488,7 +492,7 @@ def main() -> int:
                                         f"{s.name}: leader process, {phase} writes ({args.batch_size}/batch)",
                                         s.pids)
 
-                    runs.setdefault(s.key, []).append(measure(s, batch, singles, args.batch_size, prof))
+                    runs.setdefault(s.key, []).append(measure(s, batch, singles, args.batch_size, prof, base))
                 finally:
                     s.stop()
                 print(f"round {rnd + 1}: {s.name}: {runs[s.key][-1]}", flush=True)
@@ -535,8 +539,8 @@ def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc:
           f"sequential single writes; records/s, medians of {args.rounds}\n")
     print("| system | batched | single write | batched vs PostgreSQL | single vs PostgreSQL |"
           " leader CPU µs/record batched / single | wake-ups per single write, leader / all nodes |"
-          " all nodes per batched record: CPU µs / page faults | fresh memory, ms/MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          " all nodes per batched record: CPU µs / page faults | fresh memory, ms/MB | disk, fsyncs/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, m in med.items():
         vs = (f"{m['batched'] / pg['batched']:.2f}× | {m['single'] / pg['single']:.2f}×") if pg else "– | –"
         cpu = (f"{m['leader_cpu_us_per_batched_record']:.0f} / {m['leader_cpu_us_per_single_write']:.0f}"
@@ -546,7 +550,7 @@ def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc:
         nodes = (f"{m['all_nodes_cpu_us_per_batched_record']:.0f} / {m['all_nodes_faults_per_batched_record']:.2f}"
                  if "all_nodes_faults_per_batched_record" in m else "")
         print(f"| {names[k]} | {m['batched']:,.0f} | {m['single']:,.0f} | {vs} | {cpu} | {wk} | {nodes} | "
-              f"{m['fresh_memory_ms_per_mb']:.2f} |")
+              f"{m['fresh_memory_ms_per_mb']:.2f} | {m['disk_fsyncs_per_s']:,.0f} |")
     goals: list[tuple[str, float | None, str]] = []
 
     def ratio(a: str, am: str, b: str, bm: str) -> float | None:

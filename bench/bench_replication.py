@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lag_stages  # noqa: E402  (this folder is on sys.path: the script runs from it)
+from diskprobe import fsync_rate  # noqa: E402
 from memprobe import fresh_memory_cost  # noqa: E402
 
 from sutra_cluster.client import Concept, SutraClient  # noqa: E402
@@ -146,9 +147,11 @@ def run_tree(tmp: Path, a: argparse.Namespace, node_env: dict[str, str]) -> dict
             if not a.lag_only:
                 out[f"{mode}_per_s"] = ingest(c.leader.address, a.seconds, a.threads, a.batch)
             if mode == "async":
+                fsyncs = fsync_rate(tmp)  # the disk's pace just before (bench/diskprobe.py)
                 with fresh_memory_cost() as cost:  # held through the lag phase (bench/memprobe.py)
                     out["lag"] = lag_at_rate(c, a.rate, a.seconds)
                 out["lag"]["fresh_memory_ms_per_mb"] = cost  # type: ignore[index]
+                out["lag"]["disk_fsyncs_per_s"] = fsyncs  # type: ignore[index]
         if a.trace and mode == "async":  # the nodes wrote their marks out as they stopped
             # The paced phase's records only: an ingest phase before it is in the same marks.
             out["stages"] = lag_stages.summary(trace, int(out["lag"]["first_lsn"]) - 1)  # type: ignore[index]
@@ -182,6 +185,8 @@ def report(label: str, rounds: list[dict[str, object]], lag_only: bool) -> None:
     fresh = ", ".join(f"{r['lag']['fresh_memory_ms_per_mb']:.2f}" for r in rounds)  # type: ignore[index]
     print(f"{label}: fresh memory before each round's lag phase, ms/MB: {fresh} "
           "(~0.5 warm, ~2.5 at the host's rate: bench/memprobe.py)")
+    disk = ", ".join(f"{r['lag']['disk_fsyncs_per_s']:,.0f}" for r in rounds)  # type: ignore[index]
+    print(f"{label}: the disk before each round's lag phase, single fdatasyncs/s: {disk} (bench/diskprobe.py)")
 
 
 def main() -> int:

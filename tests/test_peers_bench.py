@@ -1,7 +1,8 @@
 """bench/bench_peers.py's machine probes, and the script itself on Sutra alone.
 
 Nothing here asserts a speed: the probes' job is to say what state the machine
-was in (how dear fresh memory was, how many pages each system touched), and
+was in (how dear fresh memory was, how fast the disk answered an fdatasync,
+how many pages each system touched), and
 these tests prove they measure what they name."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_peers  # noqa: E402
+import diskprobe  # noqa: E402
 import memprobe  # noqa: E402
 
 
@@ -55,6 +57,23 @@ def test_fresh_memory_probe_holds_its_pages_until_the_block_ends() -> None:
     assert after < 4 << 20, after  # handed back afterwards
 
 
+def test_disk_probe_counts_appends_each_made_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    rate = diskprobe.fsync_rate(tmp_path, seconds=0.2)
+    assert len(synced) >= 2
+    # One record appended before each fdatasync, and the rate is those syncs over ~0.2 s.
+    assert synced == [diskprobe.RECORD * (i + 1) for i in range(len(synced))]
+    assert 0 < rate <= len(synced) / 0.2  # those syncs over at least 0.2 s
+    assert list(tmp_path.iterdir()) == []  # its file is gone
+
+
 def _bench_sutra(tmp_path: Path, topology: str, batches: int) -> tuple[subprocess.CompletedProcess[str], dict]:
     """bench_peers on one Sutra topology, one round, HNSW off: its output and its JSON."""
     out = tmp_path / "peers.json"
@@ -75,8 +94,10 @@ def test_bench_peers_reports_faults_cpu_and_fresh_memory_per_system(tmp_path: Pa
     assert row["all_nodes_faults_per_batched_record"] > 0.1, row
     assert row["leader_faults_per_batched_record"] == row["all_nodes_faults_per_batched_record"]  # one node
     assert row["fresh_memory_ms_per_mb"] > 0
+    assert row["disk_fsyncs_per_s"] > 0
     assert "| Sutra, 1 node, HNSW off |" in proc.stdout
     assert "page faults" in proc.stdout and "fresh memory, ms/MB" in proc.stdout
+    assert "disk, fsyncs/s" in proc.stdout
 
 
 def _processes_under(path: Path) -> list[str]:

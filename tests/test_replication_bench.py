@@ -27,5 +27,7 @@ def test_lag_phase_reports_the_fresh_memory_rate_it_met(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     lag = json.loads(out.read_text())["runs"]["this tree"][0]["lag"]
     assert lag["fresh_memory_ms_per_mb"] > 0
+    assert lag["disk_fsyncs_per_s"] > 0
     assert lag["achieved_rate"] > 0 and lag["lag_ms_p99"] >= lag["lag_ms_p50"] >= 0
     assert "fresh memory before each round's lag phase, ms/MB" in proc.stdout
+    assert "single fdatasyncs/s" in proc.stdout
