@@ -13,6 +13,9 @@ truncation) and guards the segment files; ``_mu`` guards the in-memory state
 (buffer, LSNs, failures) and backs both condition variables. ``_io`` is
 always taken before ``_mu`` and ``_mu`` is never held across I/O, so appends
 never wait for a disk write. ``_notify_mu`` orders the durable listeners.
+Written listeners run under ``_io``, between a group's write and its fsync:
+one group at a time, in order, and a managed leader's feeders send the group
+while its fsync runs (``written_lsn``).
 
 Group commit without a thread hop: a writer that appended with ``wake=False``
 and then blocks in :meth:`wait_durable` writes and fsyncs the whole buffered
