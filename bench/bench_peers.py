@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import peers  # noqa: E402  (bench/ is on sys.path: this script's folder)
+from cpuprobe import python_loop_ms  # noqa: E402
 from diskprobe import fsync_rate  # noqa: E402
 from memprobe import fresh_memory_cost  # noqa: E402
 
@@ -81,6 +82,11 @@ def stat_fields(path: str) -> list[str]:
 def cpu_seconds(pid: int) -> float:
     parts = stat_fields(f"/proc/{pid}/stat")
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_cpu_seconds(pid: int) -> float:
+    """The kernel's share of ``cpu_seconds``: time in system calls, page faults and the like."""
+    return int(stat_fields(f"/proc/{pid}/stat")[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_times() -> tuple[int, int]:
@@ -163,6 +169,9 @@ class Sutra:
 
     def cpu(self) -> list[float]:
         return [cpu_seconds(p) for p in self.pids]
+
+    def system_cpu(self) -> list[float]:
+        return [system_cpu_seconds(p) for p in self.pids]
 
     def wakeups(self) -> list[int]:
         return [wakeups(p) for p in self.pids]
@@ -360,9 +369,9 @@ def measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Rec
             prof: Callable[[str], Profiler | None], probe_dir: Path) -> dict[str, float]:
     """One system's figures, with what the machine's memory and disk cost just before
     (bench/memprobe.py, bench/diskprobe.py)."""
-    fsyncs = fsync_rate(probe_dir)
+    fsyncs, loop = fsync_rate(probe_dir), python_loop_ms()
     with fresh_memory_cost() as cost:
-        row = {"fresh_memory_ms_per_mb": cost, "disk_fsyncs_per_s": fsyncs}
+        row = {"fresh_memory_ms_per_mb": cost, "disk_fsyncs_per_s": fsyncs, "cpu_probe_ms": loop}
         row.update(_measure(sys_, recs, singles, size, prof))
     return row
 
@@ -371,12 +380,20 @@ def _measure(sys_: Any, recs: Sequence[peers.Record], singles: Sequence[peers.Re
              prof: Callable[[str], Profiler | None]) -> dict[str, float]:
     row: dict[str, float] = {}
     cpu0 = sys_.cpu() if hasattr(sys_, "cpu") else None
+    sys0 = sys_.system_cpu() if hasattr(sys_, "system_cpu") else None
     f0 = sys_.faults() if hasattr(sys_, "faults") else None
+    m0 = machine_times()
     p = prof("batched")
     row["batched"] = len(recs) / sys_.batched(recs, size)
     if p:
         p.finish(len(recs))
+    m1 = machine_times()
+    # How busy the whole machine was meanwhile: with the nodes' own CPU, whether anything
+    # else took the cores while this system ran.
+    row["machine_busy_batched"] = 1 - (m1[1] - m0[1]) / max(1, m1[0] - m0[0])
     cpu1 = sys_.cpu() if cpu0 is not None else None
+    if sys0 is not None:
+        row["all_nodes_system_cpu_us_per_batched_record"] = (sum(sys_.system_cpu()) - sum(sys0)) / len(recs) * 1e6
     if f0 is not None:
         f1 = sys_.faults()
         row["leader_faults_per_batched_record"] = (f1[0] - f0[0]) / len(recs)
@@ -539,8 +556,9 @@ def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc:
           f"sequential single writes; records/s, medians of {args.rounds}\n")
     print("| system | batched | single write | batched vs PostgreSQL | single vs PostgreSQL |"
           " leader CPU µs/record batched / single | wake-ups per single write, leader / all nodes |"
-          " all nodes per batched record: CPU µs / page faults | fresh memory, ms/MB | disk, fsyncs/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          " all nodes per batched record: CPU µs / page faults | fresh memory, ms/MB | disk, fsyncs/s |"
+          " CPU probe, ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, m in med.items():
         vs = (f"{m['batched'] / pg['batched']:.2f}× | {m['single'] / pg['single']:.2f}×") if pg else "– | –"
         cpu = (f"{m['leader_cpu_us_per_batched_record']:.0f} / {m['leader_cpu_us_per_single_write']:.0f}"
@@ -550,7 +568,7 @@ def report(runs: dict[str, list[dict[str, float]]], names: dict[str, str], conc:
         nodes = (f"{m['all_nodes_cpu_us_per_batched_record']:.0f} / {m['all_nodes_faults_per_batched_record']:.2f}"
                  if "all_nodes_faults_per_batched_record" in m else "")
         print(f"| {names[k]} | {m['batched']:,.0f} | {m['single']:,.0f} | {vs} | {cpu} | {wk} | {nodes} | "
-              f"{m['fresh_memory_ms_per_mb']:.2f} | {m['disk_fsyncs_per_s']:,.0f} |")
+              f"{m['fresh_memory_ms_per_mb']:.2f} | {m['disk_fsyncs_per_s']:,.0f} | {m['cpu_probe_ms']:.1f} |")
     goals: list[tuple[str, float | None, str]] = []
 
     def ratio(a: str, am: str, b: str, bm: str) -> float | None:

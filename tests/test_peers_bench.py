@@ -20,6 +20,7 @@ from tests.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_peers  # noqa: E402
+import cpuprobe  # noqa: E402
 import diskprobe  # noqa: E402
 import memprobe  # noqa: E402
 
@@ -74,6 +75,11 @@ def test_disk_probe_counts_appends_each_made_durable(tmp_path: Path, monkeypatch
     assert list(tmp_path.iterdir()) == []  # its file is gone
 
 
+def test_cpu_probe_times_the_work_it_names() -> None:
+    small, large = cpuprobe.python_loop_ms(20_000), cpuprobe.python_loop_ms(400_000)
+    assert 0 < small < large  # 20x the loop takes longer, whatever the machine's pace
+
+
 def _bench_sutra(tmp_path: Path, topology: str, batches: int) -> tuple[subprocess.CompletedProcess[str], dict]:
     """bench_peers on one Sutra topology, one round, HNSW off: its output and its JSON."""
     out = tmp_path / "peers.json"
@@ -95,9 +101,12 @@ def test_bench_peers_reports_faults_cpu_and_fresh_memory_per_system(tmp_path: Pa
     assert row["leader_faults_per_batched_record"] == row["all_nodes_faults_per_batched_record"]  # one node
     assert row["fresh_memory_ms_per_mb"] > 0
     assert row["disk_fsyncs_per_s"] > 0
+    assert row["cpu_probe_ms"] > 0
+    assert 0 < row["machine_busy_batched"] <= 1
+    assert 0 <= row["all_nodes_system_cpu_us_per_batched_record"] <= row["all_nodes_cpu_us_per_batched_record"]
     assert "| Sutra, 1 node, HNSW off |" in proc.stdout
     assert "page faults" in proc.stdout and "fresh memory, ms/MB" in proc.stdout
-    assert "disk, fsyncs/s" in proc.stdout
+    assert "disk, fsyncs/s" in proc.stdout and "CPU probe, ms" in proc.stdout
 
 
 def _processes_under(path: Path) -> list[str]:
