@@ -103,7 +103,8 @@ def test_bench_peers_reports_faults_cpu_and_fresh_memory_per_system(tmp_path: Pa
     assert row["disk_fsyncs_per_s"] > 0
     assert row["cpu_probe_ms"] > 0
     assert 0 < row["machine_busy_batched"] <= 1
-    assert 0 <= row["all_nodes_system_cpu_us_per_batched_record"] <= row["all_nodes_cpu_us_per_batched_record"]
+    # The kernel's share of the nodes' CPU (both from clock ticks, so they may be equal).
+    assert 0 <= row["all_nodes_system_cpu_us_per_batched_record"] <= row["all_nodes_cpu_us_per_batched_record"] + 1e-6
     assert "| Sutra, 1 node, HNSW off |" in proc.stdout
     assert "page faults" in proc.stdout and "fresh memory, ms/MB" in proc.stdout
     assert "disk, fsyncs/s" in proc.stdout and "CPU probe, ms" in proc.stdout

@@ -380,6 +380,18 @@ class ManagedCluster:
         wait_for(done, timeout, f"every node to apply LSN {lsn}", interval=0.05)
         return lsn
 
+    def steady_sync_roles(self, load: WriteLoad) -> tuple[ChaosNode, ChaosNode, ChaosNode]:
+        """Once a leader is healthy, every node caught up and ``load`` acknowledged by it
+        again: (the leader, its one sync-set member, the other replica)."""
+        lead = self.wait_healthy(60)
+        self.wait_caught_up(timeout=60)
+        load.wait_acks(10, since=time.monotonic(), node=lead.name)
+        snap = self.snapshot()
+        assert snap.sync is not None and len(snap.sync.members) == 1, f"expected one sync member: {snap.sync}"
+        member = self.node(snap.sync.members[0])
+        other = next(n for n in self.others(lead) if n is not member)
+        return lead, member, other
+
     def assert_same_digest(self, lsn: int) -> str:
         got = {}
         for n in self.nodes:

@@ -94,13 +94,7 @@ def test_leader_machine_loses_a_tail_its_replicas_hold(
                                         "SUTRA_SYNC_STALL_MS": "600000"})
     load = WriteLoad(cluster, ledger).start()
     request.addfinalizer(load.stop_event.set)  # a failing test leaves no writer running
-    lead = cluster.wait_healthy(60)
-    cluster.wait_caught_up(timeout=60)
-    load.wait_acks(10, since=time.monotonic(), node=lead.name)
-    snap = cluster.snapshot()
-    assert snap.sync is not None and len(snap.sync.members) == 1, f"expected one sync member: {snap.sync}"
-    member = cluster.node(snap.sync.members[0])
-    other = next(n for n in cluster.others(lead) if n is not member)
+    lead, member, other = cluster.steady_sync_roles(load)
     cuts_before = set(other.data_dir.glob("divergent-*"))
     rule: list[str] = []
     if member_cut_off:  # every packet of the leader's stream to the member (the stack's cleanup deletes the rule)

@@ -70,13 +70,7 @@ def test_sigkill_leader_while_the_replica_outside_the_sync_set_is_ahead(
     pinned: list[PinnedWriter] = []
     rounds: list[dict[str, object]] = []
     for r in range(ROUNDS):
-        lead = cluster.wait_healthy(60)
-        cluster.wait_caught_up(timeout=60)
-        load.wait_acks(10, since=time.monotonic(), node=lead.name)
-        snap = cluster.snapshot()
-        assert snap.sync is not None and len(snap.sync.members) == 1, f"expected one sync member: {snap.sync}"
-        member = cluster.node(snap.sync.members[0])
-        other = next(n for n in cluster.others(lead) if n is not member)
+        lead, member, other = cluster.steady_sync_roles(load)
         before = _cuts(other)
         member.pause()
         pin = PinnedWriter(lead, f"ahead{r}-", interval=0.01, timeout=10.0).start()
