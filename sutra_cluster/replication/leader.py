@@ -142,7 +142,7 @@ class LeaderStreams:
         # other records at those LSNs in the same term: it streams durable records.
         self.unflushed = managed
         if self.unflushed:
-            engine.written_listeners.append(self._on_written)
+            engine.written_listeners.append(self._wake_feeders)
 
     def _on_durable(self, lsn: int) -> None:
         # Lag is counted from when a record became durable here (PostgreSQL's
@@ -152,10 +152,10 @@ class LeaderStreams:
             times.clear()  # the log was cut back and LSNs are reused: older times no longer apply
         times.append((lsn, time.monotonic()))
         if not self.unflushed:  # else the feeders were woken when the group was written
-            with self._data:
-                self._data.notify_all()
+            self._wake_feeders()
 
-    def _on_written(self, lsn: int) -> None:
+    def _wake_feeders(self, lsn: int = 0) -> None:
+        """Every feeder looks again for records to send (or finds its stream gone)."""
         with self._data:
             self._data.notify_all()
 
@@ -418,8 +418,7 @@ class LeaderStreams:
             with self._acks:
                 self.commit.disconnect(f.pos)
                 self._wake_committed()
-            with self._data:
-                self._data.notify_all()
+            self._wake_feeders()
 
     def _newly_joinable(self, f: Follower) -> bool:
         """True once per stream, when ``f`` could fill a short sync set."""
@@ -438,8 +437,7 @@ class LeaderStreams:
         while self.engine.inflight and time.monotonic() < deadline:
             time.sleep(0.01)
         self.closing = True
-        with self._data:
-            self._data.notify_all()
+        self._wake_feeders()
 
     # ---- commit ------------------------------------------------------------
     def connected(self) -> list[Follower]:

@@ -373,7 +373,7 @@ class WriteAheadLog:
         undone and its LSNs reused; a written record is lost only with the
         process's machine (power, kernel) or a failed fsync, which is fatal."""
         with self._mu:
-            return max(self._written_lsn, self._durable_lsn)
+            return self._written_lsn  # set before each fsync, with durable_lsn when the log is cut
 
     @property
     def durable_lsn(self) -> int:

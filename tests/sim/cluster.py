@@ -36,8 +36,6 @@ class Rules:
     # What a replica shows to reads in sync mode: "commit", the real rule (the leader's commit LSN as
     # last told, on records and heartbeats), or "durable" (a broken rule: all it holds).
     replica_shows: str = "commit"
-    # Whether a leader streams records before they are durable on it (the real rule, managed).
-    unflushed: bool = True
     name: str = "real rules"
 
 

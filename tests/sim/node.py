@@ -141,9 +141,10 @@ class SimNode:
         """Lose the process and everything not durable."""
         self.alive = False
         if len(self.log) > self.durable:
-            lost = set(enumerate(self.log[self.durable:], self.durable + 1))
-            if any(lost & set(enumerate(n.log, 1)) for n in self.c.nodes.values() if n is not self):
-                self.c.stats.lost_tail_held += 1  # a replica holds records this node's crash lost
+            lost = self.log[self.durable:]
+            others = [n for n in self.c.nodes.values() if n is not self]
+            if any(a == b for n in others for a, b in zip(n.log[self.durable:], lost)):
+                self.c.stats.lost_tail_held += 1  # a replica holds, at the same LSN, a record this crash lost
             self.log = self.log[: self.durable]
         self.terms.truncate(self.durable)
         self.exposed = min(self.exposed, self.durable)
@@ -279,9 +280,8 @@ class SimNode:
         self.log.append((self.lead_term, wid))
         self.pending.append(Pending(len(self.log), wid, self.c.sched.now + self.c.cfg.sync_timeout_ms / 1000.0))
         self._flush()
-        if self.c.rules.unflushed:
-            for s in list(self.out.values()):
-                self._feed(s)
+        for s in list(self.out.values()):  # streamed before it is durable here
+            self._feed(s)
 
     def _fail_pending(self) -> None:
         self.pending.clear()
@@ -326,7 +326,7 @@ class SimNode:
             self.out.pop(s.follower, None)
             self.c.wire.reset(s, (s.follower,))
             return False
-        limit = self._send_limit()
+        limit = len(self.log)  # what is logged, durable or not
         if s.sent >= limit:
             return False
         entries = self.log[s.sent: limit]
@@ -334,8 +334,6 @@ class SimNode:
         s.sent = limit
         return True
 
-    def _send_limit(self) -> int:
-        return len(self.log) if self.c.rules.unflushed else self.durable
 
     def commit_news(self) -> int:
         """The commit LSN a message to a replica carries (LeaderStreams._commit_for): in sync mode
@@ -383,7 +381,7 @@ class SimNode:
             self.c.wire.reset(old, ())
         # Counted from what this leader itself sent, never from the hello's claim.
         s.pos = self.sync.connect(s.follower, 0, self.c.sched.now)
-        s.sent = min(h.last_lsn, self._send_limit())
+        s.sent = min(h.last_lsn, len(self.log))
         self.out[s.follower] = s
         if not self._feed(s):
             self.c.wire.send(s.down, self.c.nodes[s.follower].on_heartbeat, s, self.durable, self.commit_news())
