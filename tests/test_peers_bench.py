@@ -105,6 +105,10 @@ def test_bench_peers_reports_faults_cpu_and_fresh_memory_per_system(tmp_path: Pa
     assert 0 < row["machine_busy_batched"] <= 1
     # The kernel's share of the nodes' CPU (both from clock ticks, so they may be equal).
     assert 0 <= row["all_nodes_system_cpu_us_per_batched_record"] <= row["all_nodes_cpu_us_per_batched_record"] + 1e-6
+    # ... and that kernel time over the faults, which tells a fault's cost apart from their number.
+    assert row["all_nodes_system_cpu_us_per_fault"] == pytest.approx(
+        row["all_nodes_system_cpu_us_per_batched_record"] / row["all_nodes_faults_per_batched_record"])
+    assert "system CPU µs per page fault" in proc.stdout
     assert "| Sutra, 1 node, HNSW off |" in proc.stdout
     assert "page faults" in proc.stdout and "fresh memory, ms/MB" in proc.stdout
     assert "disk, fsyncs/s" in proc.stdout and "CPU probe, ms" in proc.stdout
