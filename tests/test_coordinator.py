@@ -463,6 +463,71 @@ def test_etcd_leader_key_is_bound_to_its_lease_and_term_is_not(etcd: EtcdProcess
         raw.close()
 
 
+@pytest.mark.slow
+def test_etcd_member_lease_is_refreshed_once_per_interval_and_replaced_when_gone(etcd: EtcdProcess) -> None:
+    """The member key is put at every publish, its lease refreshed at most every
+    member_ttl / 5: a refresh opens a keep-alive stream, the costliest call of an HA tick."""
+    prefix = shard_prefix("member-refresh", 0)
+    c = EtcdCoordinator([etcd.endpoint], prefix, "a", ttl=TTL, member_ttl=5)
+    raw = etcd.client()
+    now = [100.0]
+    c.clock = lambda: now[0]
+    refreshes: list[int] = []
+    real_refresh = c.client.refresh_lease
+
+    def counted(lease_id: int):  # type: ignore[no-untyped-def]
+        refreshes.append(lease_id)
+        return real_refresh(lease_id)
+
+    c.client.refresh_lease = counted  # type: ignore[method-assign]
+    try:
+        assert c.member_refresh_s == pytest.approx(1.0)
+        c.publish_member(info("a", 1))  # the first publish grants the lease
+        first = c.member_lease
+        for lsn in range(2, 12):  # ten ticks within the interval: puts only
+            now[0] += 0.09
+            c.publish_member(info("a", lsn))
+        assert refreshes == []
+        value, meta = raw.get(prefix + "members/a")
+        assert value is not None and MemberInfo.decode(value).flushed_lsn == 11 and meta.lease_id == first
+        now[0] += 0.2  # 1.1 s since the grant: this publish refreshes, once
+        c.publish_member(info("a", 12))
+        c.publish_member(info("a", 13))
+        assert refreshes == [first] and c.member_lease == first
+        # A lease gone between refreshes (revoked here; expired in etcd's clock): the next
+        # publish puts the key under a new lease instead of failing the tick.
+        raw.revoke_lease(first)
+        c.publish_member(info("a", 14))
+        assert c.member_lease not in (0, first)
+        value, meta = raw.get(prefix + "members/a")
+        assert value is not None and MemberInfo.decode(value).flushed_lsn == 14 and meta.lease_id == c.member_lease
+        assert refreshes == [first]  # replaced without a refresh of the dead lease
+    finally:
+        c.close()
+        raw.close()
+
+
+@pytest.mark.slow
+def test_etcd_member_key_lives_while_published_at_the_tick_rate(etcd: EtcdProcess) -> None:
+    """With the shortest TTL etcd grants, publishing every 100 ms keeps the member key,
+    on etcd's own clock, though most publishes do not refresh its lease."""
+    prefix = shard_prefix("member-live", 0)
+    c = EtcdCoordinator([etcd.endpoint], prefix, "a", ttl=TTL, member_ttl=TTL)
+    watcher = EtcdCoordinator([etcd.endpoint], prefix, "b", ttl=TTL)
+    try:
+        t_end = time.monotonic() + 2.5 * TTL
+        seen = 0
+        while time.monotonic() < t_end:
+            c.publish_member(info("a", seen))
+            assert "a" in watcher.snapshot().members, f"the member key expired after {seen} publishes"
+            seen += 1
+            time.sleep(0.1)  # the HA loop's tick
+        assert seen >= 2 * TTL * 5
+    finally:
+        c.close()
+        watcher.close()
+
+
 def stopped(pid: int, tid: str) -> bool:
     try:
         with open(f"/proc/{pid}/task/{tid}/stat") as f:
