@@ -29,17 +29,14 @@ from sutra_cluster.failover.keys import shard_prefix  # noqa: F401 - callers' im
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-
-
-
-# gRPC's default reconnect backoff grows to seconds while etcd is down, so writes
-# resumed 1.4-4.8 s after etcd answered again; the HA loop retries every tick
-# itself, so the channel should reconnect within a tick or two.
 # A member lease is refreshed this many times per TTL (5 s: once a second). A dead
 # node's member key then goes 4-5 s after it died, where a refresh every tick made it
 # 5 s: no later than before.
 MEMBER_REFRESHES_PER_TTL = 5
 
+# gRPC's default reconnect backoff grows to seconds while etcd is down, so writes
+# resumed 1.4-4.8 s after etcd answered again; the HA loop retries every tick
+# itself, so the channel should reconnect within a tick or two.
 RECONNECT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
