@@ -32,24 +32,12 @@ import bench_peers as bp  # noqa: E402
 PARTS = ("leader", "replica 1", "replica 2", "etcd")
 
 
-def etcd_pid(base: Path) -> int:
-    """The etcd process whose command line names ``base`` (the cluster's own etcd)."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmd and cmd[0].endswith(b"etcd") and str(base).encode() in b" ".join(cmd):
-                return int(d.name)
-    raise RuntimeError(f"no etcd process under {base}")
-
-
 def measure(base: Path, checkout: Path | None, settle: float, seconds: float) -> dict[str, Any]:
     sutra = bp.Sutra(base, "3", hnsw=False, checkout=checkout)
     sutra.start()
     try:
-        pids = dict(zip(PARTS, [*sutra.pids, etcd_pid(base)], strict=True))
+        assert sutra.etcd_pid is not None  # a managed topology
+        pids = dict(zip(PARTS, [*sutra.pids, sutra.etcd_pid], strict=True))
         time.sleep(settle)  # start-up work (imports, the first checkpoint, elections) is not idle cost
         c0 = {k: bp.cpu_seconds(p) for k, p in pids.items()}
         w0 = {k: bp.wakeups(p) for k, p in pids.items()}

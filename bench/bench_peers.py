@@ -136,6 +136,7 @@ class Sutra:
             self.env["SUTRA_ANN_THRESHOLD"] = str(1 << 40)
         self.stack = contextlib.ExitStack()
         self.pids: list[int] = []
+        self.etcd_pid: int | None = None  # a managed topology's own etcd
         self.address = ""
 
     def start(self) -> None:
@@ -151,6 +152,7 @@ class Sutra:
                 env = {**self.env, "SUTRA_SYNC_REPLICAS": "1"}
                 if self.managed:
                     c = self.stack.enter_context(tc.running_managed_cluster(self.base, self.replicas, "sync", env=env))
+                    self.etcd_pid = c.etcd_pid
                 else:
                     c = self.stack.enter_context(tc.running_cluster(self.base, self.replicas, "sync", env=env))
                     tc.wait_streaming(c.leader, [r.name for r in c.replicas])

@@ -103,6 +103,7 @@ class Cluster:
     leader: Node
     replicas: list[Node]
     extra: list[Node] = field(default_factory=list)  # nodes added later, also ended at the end
+    etcd_pid: int | None = None  # the cluster's own etcd (running_managed_cluster)
 
     @property
     def nodes(self) -> list[Node]:
@@ -195,6 +196,7 @@ def running_managed_cluster(base: Path, replicas: int = 2, mode: str = "sync",
         lead = wait_for(led, 60, "a leader elected through etcd, with every other node streaming from it")
         assert lead is not None
         c.leader, c.replicas = lead, [n for n in nodes if n is not lead]
+        c.etcd_pid = etcd.proc.pid if etcd.proc is not None else None
         yield c
     finally:
         try:
